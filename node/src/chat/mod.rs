@@ -1,0 +1,12 @@
+//! The chat service's state machine: accounts, sessions and messages, changed only by
+//! applying `Command`s in log order. It knows nothing of how the log is replicated.
+
+pub mod credentials;
+pub mod limits;
+mod outcome;
+mod schema;
+mod state_machine;
+pub mod validate;
+
+pub use outcome::{MessageView, Outcome, Rejection};
+pub use state_machine::{ChatStateMachine, Credentials, SessionUser, StateMachineError};

@@ -1,0 +1,540 @@
+//! The chat state machine: applies `Command`s to a SQLite database and answers queries.
+//!
+//! `apply` is deterministic: it reads no clock, draws no randomness, and every query it
+//! runs has a total order, so replicas that apply the same commands hold the same rows.
+//! Each apply is one transaction that also records `last_applied`, so a crash never applies
+//! a command twice or loses one that was acknowledged.
+
+use std::path::{Path, PathBuf};
+
+use chorus_proto::v1::{Command, command};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use sha2::{Digest, Sha256};
+
+use super::limits::SESSIONS_PER_USER_MAX;
+use super::outcome::{MessageView, Outcome, Rejection};
+use super::schema::MIGRATIONS;
+use super::validate;
+use crate::storage::{self, SqliteError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateMachineError {
+    #[error(transparent)]
+    Open(#[from] SqliteError),
+    #[error("chat database {path}: {source}")]
+    Sqlite { path: PathBuf, source: rusqlite::Error },
+}
+
+/// The account a session token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionUser {
+    pub user_id: u64,
+    pub username: String,
+}
+
+/// What is needed to check a password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user_id: u64,
+    pub password_hash: String,
+}
+
+pub struct ChatStateMachine {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// Length of a SHA-256 token hash; anything else cannot name a session.
+const TOKEN_HASH_BYTES: usize = 32;
+
+/// The columns and joins that turn a `messages` row into a [`MessageView`].
+const MESSAGE_VIEW_SELECT: &str = "
+    SELECT m.message_id, s.username, r.username, m.body, m.sent_at_ms, m.read_at_ms IS NOT NULL
+    FROM messages m
+    JOIN users s ON s.user_id = m.sender_id
+    JOIN users r ON r.user_id = m.recipient_id";
+
+impl ChatStateMachine {
+    /// Opens (creating if needed) the chat database at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self, StateMachineError> {
+        let mut conn = storage::open_database(path)?;
+        storage::migrate(&mut conn, path, MIGRATIONS)?;
+        Ok(Self { conn, path: path.to_owned() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn sql_error(&self) -> impl Fn(rusqlite::Error) -> StateMachineError + '_ {
+        |source| StateMachineError::Sqlite { path: self.path.clone(), source }
+    }
+
+    /// The index of the last command applied; 0 for a new database.
+    pub fn last_applied(&self) -> Result<u64, StateMachineError> {
+        let index: i64 = self
+            .conn
+            .query_row("SELECT last_applied FROM chat_state WHERE singleton = 1", [], |row| row.get(0))
+            .map_err(self.sql_error())?;
+        Ok(to_u64(index))
+    }
+
+    /// Applies the command at log position `index` and records `index` as applied, in one
+    /// transaction. `index` must be greater than every index applied before: the log hands
+    /// each command over exactly once, in order.
+    ///
+    /// An `Err` is a storage failure (disk full, I/O error): nothing was applied and the
+    /// node cannot go on applying. Whatever the command holds, apply never panics on it.
+    pub fn apply(&mut self, index: u64, command: &Command) -> Result<Outcome, StateMachineError> {
+        let path = self.path.clone();
+        let sql_error = |source| StateMachineError::Sqlite { path: path.clone(), source };
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql_error)?;
+        let last_applied: i64 =
+            tx.query_row("SELECT last_applied FROM chat_state WHERE singleton = 1", [], |row| row.get(0)).map_err(sql_error)?;
+        assert!(
+            index > to_u64(last_applied),
+            "apply out of order: index {index} after last_applied {last_applied} in {}",
+            path.display()
+        );
+        let outcome = Apply { tx: &tx, index }.command(command).map_err(sql_error)?;
+        tx.execute("UPDATE chat_state SET last_applied = ?1 WHERE singleton = 1", [to_i64(index)]).map_err(sql_error)?;
+        // COMMIT under synchronous=FULL returns after the WAL is fsynced: from here on the
+        // outcome survives a crash, and only now may anyone be told about it.
+        tx.commit().map_err(sql_error)?;
+        Ok(outcome)
+    }
+
+    /// The account and password hash of a live user, for checking a password.
+    pub fn credentials(&self, username: &str) -> Result<Option<Credentials>, StateMachineError> {
+        self.conn
+            .query_row(
+                "SELECT user_id, password_hash FROM users WHERE username = ?1 AND deleted_at_ms IS NULL",
+                [username],
+                |row| Ok(Credentials { user_id: to_u64(row.get(0)?), password_hash: row.get(1)? }),
+            )
+            .optional()
+            .map_err(self.sql_error())
+    }
+
+    /// The live account a session token hash belongs to.
+    pub fn session_user(&self, token_hash: &[u8]) -> Result<Option<SessionUser>, StateMachineError> {
+        session_user(&self.conn, token_hash).map_err(self.sql_error())
+    }
+
+    /// The id of any account ever created under `username`, deleted or not.
+    pub fn user_id(&self, username: &str) -> Result<Option<u64>, StateMachineError> {
+        self.conn
+            .query_row("SELECT user_id FROM users WHERE username = ?1", [username], |row| row.get::<_, i64>(0))
+            .optional()
+            .map(|id| id.map(to_u64))
+            .map_err(self.sql_error())
+    }
+
+    /// Live account names matching the SQLite GLOB `pattern` (made by
+    /// [`validate::account_pattern`]), sorted, strictly after `after`, at most `limit`.
+    pub fn list_accounts(&self, pattern: &str, after: Option<&str>, limit: u32) -> Result<Vec<String>, StateMachineError> {
+        // The literal prefix of the pattern bounds an index range scan, so a prefix search
+        // touches only the matching names; GLOB then filters inside that range.
+        let prefix: String = pattern.chars().take_while(|&c| c != '*' && c != '?').collect();
+        let upper = prefix_upper_bound(&prefix);
+        // Resume strictly after the last name served, or start at the prefix itself.
+        let (lower_bound_sql, lower) = match after {
+            Some(after) if after >= prefix.as_str() => ("username > ?1", after),
+            _ => ("username >= ?1", prefix.as_str()),
+        };
+        let sql = format!(
+            "SELECT username FROM users
+             WHERE {lower_bound_sql} AND username < ?2 AND username GLOB ?3 AND deleted_at_ms IS NULL
+             ORDER BY username LIMIT ?4"
+        );
+        let mut statement = self.conn.prepare_cached(&sql).map_err(self.sql_error())?;
+        let rows =
+            statement.query_map(params![lower, upper, pattern, limit], |row| row.get(0)).map_err(self.sql_error())?;
+        rows.collect::<Result<_, _>>().map_err(self.sql_error())
+    }
+
+    /// Messages sent or received by `user_id` (only those exchanged with `peer_id`, if given)
+    /// with id < `before_id`, newest first, at most `limit`.
+    pub fn history(
+        &self,
+        user_id: u64,
+        peer_id: Option<u64>,
+        before_id: u64,
+        limit: u32,
+    ) -> Result<Vec<MessageView>, StateMachineError> {
+        let user = to_i64(user_id);
+        let before = to_i64(before_id.min(i64::MAX as u64));
+        let sql_error = self.sql_error();
+        match peer_id {
+            Some(peer_id) => {
+                let peer = to_i64(peer_id);
+                let sql = format!(
+                    "{MESSAGE_VIEW_SELECT}
+                     WHERE m.pair_low = ?1 AND m.pair_high = ?2 AND m.message_id < ?3
+                     ORDER BY m.message_id DESC LIMIT ?4"
+                );
+                let mut statement = self.conn.prepare_cached(&sql).map_err(&sql_error)?;
+                let rows = statement
+                    .query_map(params![user.min(peer), user.max(peer), before, limit], message_view)
+                    .map_err(&sql_error)?;
+                rows.collect::<Result<_, _>>().map_err(sql_error)
+            }
+            None => {
+                // Two index range scans, newest first, each cut at `limit`, merged: a user's
+                // history page costs O(log n + limit) however many messages exist.
+                let sql = format!(
+                    "{MESSAGE_VIEW_SELECT}
+                     WHERE m.message_id IN (
+                         SELECT message_id FROM (SELECT message_id FROM messages
+                             WHERE recipient_id = ?1 AND message_id < ?2 ORDER BY message_id DESC LIMIT ?3)
+                         UNION
+                         SELECT message_id FROM (SELECT message_id FROM messages
+                             WHERE sender_id = ?1 AND message_id < ?2 ORDER BY message_id DESC LIMIT ?3))
+                     ORDER BY m.message_id DESC LIMIT ?3"
+                );
+                let mut statement = self.conn.prepare_cached(&sql).map_err(&sql_error)?;
+                let rows = statement.query_map(params![user, before, limit], message_view).map_err(&sql_error)?;
+                rows.collect::<Result<_, _>>().map_err(sql_error)
+            }
+        }
+    }
+
+    /// Messages received by `user_id` with id > `after_id`, oldest first, at most `limit`:
+    /// what a subscription delivers.
+    pub fn received_after(&self, user_id: u64, after_id: u64, limit: u32) -> Result<Vec<MessageView>, StateMachineError> {
+        let sql = format!(
+            "{MESSAGE_VIEW_SELECT}
+             WHERE m.recipient_id = ?1 AND m.message_id > ?2
+             ORDER BY m.message_id LIMIT ?3"
+        );
+        let mut statement = self.conn.prepare_cached(&sql).map_err(self.sql_error())?;
+        let after = to_i64(after_id.min(i64::MAX as u64));
+        let rows =
+            statement.query_map(params![to_i64(user_id), after, limit], message_view).map_err(self.sql_error())?;
+        rows.collect::<Result<_, _>>().map_err(self.sql_error())
+    }
+
+    /// How many messages wait unread in the mailbox of `user_id`.
+    pub fn unread_count(&self, user_id: u64) -> Result<u64, StateMachineError> {
+        self.conn
+            .query_row("SELECT unread_count FROM users WHERE user_id = ?1", [to_i64(user_id)], |row| row.get::<_, i64>(0))
+            .optional()
+            .map(|count| count.map_or(0, to_u64))
+            .map_err(self.sql_error())
+    }
+}
+
+/// The upper end of the index range for names starting with `prefix`: names that start
+/// with it sort below `prefix` followed by a character above every username character.
+fn prefix_upper_bound(prefix: &str) -> String {
+    // '~' (0x7e) sorts after every username character ('-', '.', '0'-'9', '_', 'a'-'z').
+    format!("{prefix}~")
+}
+
+/// One application of one command inside the apply transaction.
+struct Apply<'a> {
+    tx: &'a Transaction<'a>,
+    index: u64,
+}
+
+/// The result type of a lookup inside apply: the outer `Err` is a storage failure, the
+/// inner one a reason to reject the command.
+type Applied<T> = Result<Result<T, Rejection>, rusqlite::Error>;
+
+/// Unwraps a check inside apply; a failed check becomes the command's outcome.
+macro_rules! check {
+    ($e:expr) => {
+        match $e {
+            Ok(value) => value,
+            Err(rejection) => return Ok(Outcome::Rejected(rejection.into())),
+        }
+    };
+}
+
+impl Apply<'_> {
+    fn command(&self, command: &Command) -> Result<Outcome, rusqlite::Error> {
+        match &command.kind {
+            Some(command::Kind::CreateAccount(c)) => self.create_account(c),
+            Some(command::Kind::OpenSession(c)) => self.open_session(c),
+            Some(command::Kind::CloseSession(c)) => self.close_session(c),
+            Some(command::Kind::SendMessage(c)) => self.send_message(c),
+            Some(command::Kind::ReadMessages(c)) => self.read_messages(c),
+            Some(command::Kind::DeleteMessages(c)) => self.delete_messages(c),
+            Some(command::Kind::DeleteAccount(c)) => self.delete_account(c),
+            None => Ok(Outcome::Rejected(Rejection::UnknownCommand)),
+        }
+    }
+
+    fn create_account(&self, c: &chorus_proto::v1::CreateAccountCommand) -> Result<Outcome, rusqlite::Error> {
+        let username = check!(canonical_exactly(&c.username));
+        if c.password_hash.is_empty() {
+            // Forming nodes always hash; an empty hash would make an account anyone can
+            // take over, so it is refused rather than stored.
+            return Ok(Outcome::Rejected(Rejection::MalformedCommand("account without a password hash")));
+        }
+        let existing: Option<Option<i64>> = self
+            .tx
+            .query_row("SELECT deleted_at_ms FROM users WHERE username = ?1", [&username], |row| row.get(0))
+            .optional()?;
+        match existing {
+            Some(None) => return Ok(Outcome::Rejected(Rejection::UsernameTaken { username })),
+            Some(Some(_)) => return Ok(Outcome::Rejected(Rejection::UsernameRetired { username })),
+            None => {}
+        }
+        let user_id: i64 = self.tx.query_row("SELECT next_user_id FROM chat_state", [], |row| row.get(0))?;
+        self.tx.execute(
+            "INSERT INTO users (user_id, username, password_hash, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![user_id, username, c.password_hash, to_i64(c.created_at_ms)],
+        )?;
+        self.tx.execute("UPDATE chat_state SET next_user_id = next_user_id + 1", [])?;
+        Ok(Outcome::AccountCreated { user_id: to_u64(user_id), username })
+    }
+
+    fn open_session(&self, c: &chorus_proto::v1::OpenSessionCommand) -> Result<Outcome, rusqlite::Error> {
+        if c.token_hash.len() != TOKEN_HASH_BYTES {
+            return Ok(Outcome::Rejected(Rejection::SessionInvalid));
+        }
+        let user: Option<(String, i64)> = self
+            .tx
+            .query_row(
+                "SELECT username, unread_count FROM users WHERE user_id = ?1 AND deleted_at_ms IS NULL",
+                [to_i64(c.user_id)],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+        let Some((username, unread_count)) = user else {
+            return Ok(Outcome::Rejected(Rejection::AccountGone));
+        };
+        let inserted = self.tx.execute(
+            "INSERT OR IGNORE INTO sessions (token_hash, user_id, opened_index, opened_at_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![c.token_hash, to_i64(c.user_id), to_i64(self.index), to_i64(c.opened_at_ms)],
+        )?;
+        if inserted == 0 {
+            return Ok(Outcome::Rejected(Rejection::TokenCollision));
+        }
+        // Keep the newest SESSIONS_PER_USER_MAX sessions; the oldest logins are closed.
+        self.tx.execute(
+            "DELETE FROM sessions WHERE user_id = ?1 AND opened_index NOT IN (
+                 SELECT opened_index FROM sessions WHERE user_id = ?1 ORDER BY opened_index DESC LIMIT ?2)",
+            params![to_i64(c.user_id), to_i64(SESSIONS_PER_USER_MAX)],
+        )?;
+        Ok(Outcome::SessionOpened { username, unread_count: to_u64(unread_count) })
+    }
+
+    fn close_session(&self, c: &chorus_proto::v1::CloseSessionCommand) -> Result<Outcome, rusqlite::Error> {
+        let deleted = self.tx.execute("DELETE FROM sessions WHERE token_hash = ?1", [&c.token_hash])?;
+        Ok(if deleted == 0 { Outcome::Rejected(Rejection::SessionInvalid) } else { Outcome::SessionClosed })
+    }
+
+    fn send_message(&self, c: &chorus_proto::v1::SendMessageCommand) -> Result<Outcome, rusqlite::Error> {
+        let sender = check!(self.session(&c.token_hash)?);
+        let to = check!(canonical_exactly(&c.to));
+        check!(validate::message_body(&c.body));
+        check!(validate::client_msg_id(&c.client_msg_id));
+        let digest = request_digest(&to, &c.body);
+        let first: Option<(i64, Vec<u8>)> = self
+            .tx
+            .query_row(
+                "SELECT message_id, request_digest FROM sent_dedup WHERE sender_id = ?1 AND client_msg_id = ?2",
+                params![to_i64(sender.user_id), c.client_msg_id],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+        if let Some((message_id, first_digest)) = first {
+            let message_id = to_u64(message_id);
+            return Ok(if first_digest == digest {
+                Outcome::MessageSent { message_id, duplicate: true }
+            } else {
+                Outcome::Rejected(Rejection::ClientMsgIdReused { client_msg_id: c.client_msg_id.clone(), message_id })
+            });
+        }
+        let recipient: Option<i64> = self
+            .tx
+            .query_row("SELECT user_id FROM users WHERE username = ?1 AND deleted_at_ms IS NULL", [&to], |row| {
+                row.get(0)
+            })
+            .optional()?;
+        let Some(recipient) = recipient else {
+            return Ok(Outcome::Rejected(Rejection::RecipientNotFound { username: to }));
+        };
+        let sender_id = to_i64(sender.user_id);
+        let message_id: i64 = self.tx.query_row("SELECT next_message_id FROM chat_state", [], |row| row.get(0))?;
+        self.tx.execute(
+            "INSERT INTO messages (message_id, sender_id, recipient_id, pair_low, pair_high, body, sent_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                message_id,
+                sender_id,
+                recipient,
+                sender_id.min(recipient),
+                sender_id.max(recipient),
+                c.body,
+                to_i64(c.sent_at_ms)
+            ],
+        )?;
+        self.tx.execute("UPDATE users SET unread_count = unread_count + 1 WHERE user_id = ?1", [recipient])?;
+        self.tx.execute(
+            "INSERT INTO sent_dedup (sender_id, client_msg_id, message_id, request_digest, sent_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![sender_id, c.client_msg_id, message_id, digest, to_i64(c.sent_at_ms)],
+        )?;
+        self.tx.execute("UPDATE chat_state SET next_message_id = next_message_id + 1", [])?;
+        Ok(Outcome::MessageSent { message_id: to_u64(message_id), duplicate: false })
+    }
+
+    fn read_messages(&self, c: &chorus_proto::v1::ReadMessagesCommand) -> Result<Outcome, rusqlite::Error> {
+        let reader = check!(self.session(&c.token_hash)?);
+        let limit = validate::page_size(c.limit);
+        let user_id = to_i64(reader.user_id);
+        let sql = format!(
+            "{MESSAGE_VIEW_SELECT}
+             WHERE m.recipient_id = ?1 AND m.read_at_ms IS NULL
+             ORDER BY m.message_id LIMIT ?2"
+        );
+        let mut messages: Vec<MessageView> = {
+            let mut statement = self.tx.prepare_cached(&sql)?;
+            statement.query_map(params![user_id, limit], message_view)?.collect::<Result<_, _>>()?
+        };
+        if let Some(last) = messages.last() {
+            let marked = self.tx.execute(
+                "UPDATE messages SET read_at_ms = ?1
+                 WHERE recipient_id = ?2 AND read_at_ms IS NULL AND message_id <= ?3",
+                params![to_i64(c.read_at_ms), user_id, to_i64(last.message_id)],
+            )?;
+            assert_eq!(marked, messages.len(), "read marked a different set of messages than it selected");
+            self.tx.execute(
+                "UPDATE users SET unread_count = unread_count - ?1 WHERE user_id = ?2",
+                params![to_i64(marked as u64), user_id],
+            )?;
+        }
+        for message in &mut messages {
+            message.read = true;
+        }
+        let unread_remaining: i64 =
+            self.tx.query_row("SELECT unread_count FROM users WHERE user_id = ?1", [user_id], |row| row.get(0))?;
+        Ok(Outcome::MessagesRead { messages, unread_remaining: to_u64(unread_remaining) })
+    }
+
+    fn delete_messages(&self, c: &chorus_proto::v1::DeleteMessagesCommand) -> Result<Outcome, rusqlite::Error> {
+        let caller = check!(self.session(&c.token_hash)?);
+        let ids = check!(validate::message_ids(&c.ids));
+        let caller_id = to_i64(caller.user_id);
+        // Check every id before deleting any, so the request is all or nothing.
+        let mut doomed = Vec::with_capacity(ids.len());
+        for &message_id in &ids {
+            let row: Option<(i64, i64, bool)> = self
+                .tx
+                .query_row(
+                    "SELECT sender_id, recipient_id, read_at_ms IS NULL FROM messages WHERE message_id = ?1",
+                    [to_i64(message_id)],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                )
+                .optional()?;
+            match row {
+                Some((_, recipient, unread)) if recipient == caller_id => doomed.push((message_id, recipient, unread)),
+                Some((sender, recipient, true)) if sender == caller_id => doomed.push((message_id, recipient, true)),
+                Some((sender, _, false)) if sender == caller_id => {
+                    return Ok(Outcome::Rejected(Rejection::MessageAlreadyRead { message_id }));
+                }
+                // Someone else's message is indistinguishable from a missing one.
+                _ => return Ok(Outcome::Rejected(Rejection::MessageNotFound { message_id })),
+            }
+        }
+        for &(message_id, recipient, unread) in &doomed {
+            self.tx.execute("DELETE FROM messages WHERE message_id = ?1", [to_i64(message_id)])?;
+            if unread {
+                self.tx.execute("UPDATE users SET unread_count = unread_count - 1 WHERE user_id = ?1", [recipient])?;
+            }
+        }
+        Ok(Outcome::MessagesDeleted { count: doomed.len() as u64 })
+    }
+
+    fn delete_account(&self, c: &chorus_proto::v1::DeleteAccountCommand) -> Result<Outcome, rusqlite::Error> {
+        let user = check!(self.session(&c.token_hash)?);
+        let user_id = to_i64(user.user_id);
+        let stored: Option<String> =
+            self.tx.query_row("SELECT password_hash FROM users WHERE user_id = ?1", [user_id], |row| row.get(0))?;
+        if stored.as_deref() != Some(c.password_hash.as_str()) {
+            return Ok(Outcome::Rejected(Rejection::PasswordChanged));
+        }
+        // Withdraw what the account sent that is still unread: it leaves with its sender.
+        self.tx.execute(
+            "UPDATE users SET unread_count = unread_count - (
+                 SELECT count(*) FROM messages
+                 WHERE sender_id = ?1 AND recipient_id = users.user_id AND read_at_ms IS NULL)
+             WHERE user_id IN (SELECT recipient_id FROM messages WHERE sender_id = ?1 AND read_at_ms IS NULL)",
+            [user_id],
+        )?;
+        self.tx.execute("DELETE FROM messages WHERE sender_id = ?1 AND read_at_ms IS NULL", [user_id])?;
+        // Its own mailbox goes entirely.
+        self.tx.execute("DELETE FROM messages WHERE recipient_id = ?1", [user_id])?;
+        self.tx.execute("DELETE FROM sessions WHERE user_id = ?1", [user_id])?;
+        self.tx.execute("DELETE FROM sent_dedup WHERE sender_id = ?1", [user_id])?;
+        // The row stays as a tombstone: the name is retired and read messages it sent keep
+        // their sender's name.
+        self.tx.execute(
+            "UPDATE users SET password_hash = NULL, deleted_at_ms = ?1, unread_count = 0 WHERE user_id = ?2",
+            params![to_i64(c.deleted_at_ms), user_id],
+        )?;
+        Ok(Outcome::AccountDeleted)
+    }
+
+    fn session(&self, token_hash: &[u8]) -> Applied<SessionUser> {
+        Ok(session_user(self.tx, token_hash)?.ok_or(Rejection::SessionInvalid))
+    }
+}
+
+fn session_user(conn: &Connection, token_hash: &[u8]) -> Result<Option<SessionUser>, rusqlite::Error> {
+    if token_hash.len() != TOKEN_HASH_BYTES {
+        return Ok(None);
+    }
+    conn.query_row(
+        "SELECT u.user_id, u.username FROM sessions s JOIN users u ON u.user_id = s.user_id
+         WHERE s.token_hash = ?1 AND u.deleted_at_ms IS NULL",
+        [token_hash],
+        |row| Ok(SessionUser { user_id: to_u64(row.get(0)?), username: row.get(1)? }),
+    )
+    .optional()
+}
+
+/// A username inside a command must already be canonical: the forming node canonicalized it.
+fn canonical_exactly(username: &str) -> Result<String, Rejection> {
+    let canonical = validate::canonical_username(username)?;
+    if canonical != username {
+        return Err(Rejection::Invalid(validate::InvalidInput::UsernameBadCharacter {
+            name: username.to_owned(),
+            found: username.chars().find(|c| c.is_ascii_uppercase()).unwrap_or('?'),
+        }));
+    }
+    Ok(canonical)
+}
+
+/// Identifies what a send asked for, to tell a retry from a client_msg_id reused for a
+/// different message.
+fn request_digest(to: &str, body: &str) -> Vec<u8> {
+    let mut hasher = Sha256::new();
+    hasher.update((to.len() as u64).to_be_bytes());
+    hasher.update(to.as_bytes());
+    hasher.update(body.as_bytes());
+    hasher.finalize().to_vec()
+}
+
+fn message_view(row: &rusqlite::Row<'_>) -> rusqlite::Result<MessageView> {
+    Ok(MessageView {
+        message_id: to_u64(row.get(0)?),
+        from: row.get(1)?,
+        to: row.get(2)?,
+        body: row.get(3)?,
+        sent_at_ms: to_u64(row.get(4)?),
+        read: row.get(5)?,
+    })
+}
+
+/// SQLite integers are i64; ids, indices and timestamps are u64 below 2^63.
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}

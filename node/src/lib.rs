@@ -1,0 +1,12 @@
+//! Chorus: a replicated, persistent chat service.
+//!
+//! - [`chat`]: the chat state machine (knows nothing of replication).
+//! - [`storage`]: SQLite and data-directory adapters.
+//! - [`runtime`]: the seam through which commands are proposed and applied.
+//! - [`server`]: the gRPC services.
+//! - [`client`]: the client library used by the CLI.
+//! - [`seam`]: the one place that reads the clock and the OS's randomness.
+
+pub mod chat;
+pub mod seam;
+pub mod storage;

@@ -1,0 +1,8 @@
+//! Adapters to durable storage: opening SQLite databases with the settings Chorus relies
+//! on, versioned schemas, and the lock that keeps two processes off one data directory.
+
+mod data_dir;
+mod sqlite;
+
+pub use data_dir::{DataDir, DataDirError};
+pub use sqlite::{SqliteError, migrate, open_database};

@@ -1,0 +1,571 @@
+//! Model-based test of the chat state machine: random command sequences are applied both to
+//! the SQLite state machine and to a plain in-memory model of the documented semantics;
+//! after every step, every query must answer the same on both. Some sequences close and
+//! reopen the database in the middle, which must change nothing.
+//!
+//! Cases: `PROPTEST_CASES` (default 96).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use chorus::chat::limits::SESSIONS_PER_USER_MAX;
+use chorus::chat::validate;
+use chorus::chat::{ChatStateMachine, Credentials, MessageView, Outcome, Rejection, SessionUser};
+use chorus_proto::v1::{
+    CloseSessionCommand, Command, CreateAccountCommand, DeleteAccountCommand, DeleteMessagesCommand,
+    OpenSessionCommand, ReadMessagesCommand, SendMessageCommand, command,
+};
+use proptest::prelude::*;
+use sha2::{Digest, Sha256};
+
+const NAMES: &[&str] = &["alice", "bob", "carol", "al", "bo.b", "Alice", "x_1", "", "bad name"];
+const PASSWORD_HASHES: &[&str] = &["hash-a", "hash-b", ""];
+const BODIES: &[&str] = &["hi", "hello there", "", "ünïcödé"];
+/// client_msg_id choices: `m0`..`m39`, and two invalid ones (empty, with a space).
+const CLIENT_MSG_IDS: usize = 42;
+const TOKENS: usize = 6;
+const USER_IDS: u64 = 7;
+const PATTERNS: &[&str] = &["*", "a*", "?o*", "*l*", "b?.b", "al", "zz*", "*e"];
+
+/// One step of a generated schedule.
+#[derive(Debug, Clone)]
+enum Step {
+    CreateAccount { name: usize, hash: usize },
+    OpenSession { user_id: u64, token: usize },
+    CloseSession { token: usize },
+    Send { token: usize, to: usize, body: usize, client_msg_id: usize },
+    Read { token: usize, limit: u32 },
+    /// Deletes the messages sent `back` sends ago (1 = the latest one).
+    Delete { token: usize, back: Vec<u64> },
+    DeleteAccount { token: usize, hash: usize },
+    /// Garbage a buggy or newer node might have put in the log.
+    Malformed { variant: u8 },
+    /// Close the database and open it again.
+    Reopen,
+}
+
+/// Mostly the three accounts and sessions the prelude makes, sometimes anything.
+fn likely(common: usize, all: usize) -> impl Strategy<Value = usize> {
+    prop_oneof![6 => 0..common, 1 => 0..all]
+}
+
+fn step_strategy() -> impl Strategy<Value = Step> {
+    let token = || likely(3, TOKENS + 1);
+    prop_oneof![
+        2 => (0..NAMES.len(), 0..PASSWORD_HASHES.len()).prop_map(|(name, hash)| Step::CreateAccount { name, hash }),
+        3 => (likely(3, USER_IDS as usize), 0..TOKENS)
+            .prop_map(|(user, token)| Step::OpenSession { user_id: user as u64 + 1, token }),
+        1 => token().prop_map(|token| Step::CloseSession { token }),
+        12 => (token(), likely(3, NAMES.len()), likely(2, BODIES.len()), likely(40, CLIENT_MSG_IDS))
+            .prop_map(|(token, to, body, client_msg_id)| Step::Send { token, to, body, client_msg_id }),
+        3 => (token(), 0..4u32).prop_map(|(token, limit)| Step::Read { token, limit }),
+        4 => (token(), prop::collection::vec(1..8u64, 1..3)).prop_map(|(token, back)| Step::Delete { token, back }),
+        1 => (token(), 0..PASSWORD_HASHES.len()).prop_map(|(token, hash)| Step::DeleteAccount { token, hash }),
+        1 => (0..4u8).prop_map(|variant| Step::Malformed { variant }),
+        1 => Just(Step::Reopen),
+    ]
+}
+
+/// Every schedule starts with three accounts (alice, bob, carol: ids 1-3) logged in with
+/// tokens 0-2, so that the random steps mostly do something rather than get rejected.
+fn prelude() -> Vec<Step> {
+    vec![
+        Step::CreateAccount { name: 0, hash: 0 },
+        Step::CreateAccount { name: 1, hash: 1 },
+        Step::CreateAccount { name: 2, hash: 0 },
+        Step::OpenSession { user_id: 1, token: 0 },
+        Step::OpenSession { user_id: 2, token: 1 },
+        Step::OpenSession { user_id: 3, token: 2 },
+    ]
+}
+
+/// The token with index `TOKENS` is malformed (wrong length), the others are well-formed hashes.
+fn token_hash(token: usize) -> Vec<u8> {
+    if token == TOKENS { vec![1, 2, 3] } else { Sha256::digest([token as u8]).to_vec() }
+}
+
+fn command_of(step: &Step, time_ms: u64, next_message_id: u64) -> Option<Command> {
+    let kind = match step {
+        Step::CreateAccount { name, hash } => command::Kind::CreateAccount(CreateAccountCommand {
+            username: canonical_or_raw(NAMES[*name]),
+            password_hash: PASSWORD_HASHES[*hash].to_owned(),
+            created_at_ms: time_ms,
+        }),
+        Step::OpenSession { user_id, token } => command::Kind::OpenSession(OpenSessionCommand {
+            user_id: *user_id,
+            token_hash: token_hash(*token),
+            opened_at_ms: time_ms,
+        }),
+        Step::CloseSession { token } => command::Kind::CloseSession(CloseSessionCommand { token_hash: token_hash(*token) }),
+        Step::Send { token, to, body, client_msg_id } => command::Kind::SendMessage(SendMessageCommand {
+            token_hash: token_hash(*token),
+            to: canonical_or_raw(NAMES[*to]),
+            body: BODIES[*body].to_owned(),
+            client_msg_id: client_msg_id_of(*client_msg_id),
+            sent_at_ms: time_ms,
+        }),
+        Step::Read { token, limit } => command::Kind::ReadMessages(ReadMessagesCommand {
+            token_hash: token_hash(*token),
+            limit: *limit,
+            read_at_ms: time_ms,
+        }),
+        Step::Delete { token, back } => command::Kind::DeleteMessages(DeleteMessagesCommand {
+            token_hash: token_hash(*token),
+            ids: back.iter().map(|back| next_message_id.saturating_sub(*back)).collect(),
+        }),
+        Step::DeleteAccount { token, hash } => command::Kind::DeleteAccount(DeleteAccountCommand {
+            token_hash: token_hash(*token),
+            password_hash: PASSWORD_HASHES[*hash].to_owned(),
+            deleted_at_ms: time_ms,
+        }),
+        Step::Malformed { variant: 0 } => return Some(Command { kind: None }),
+        Step::Malformed { variant: 1 } => command::Kind::CreateAccount(CreateAccountCommand {
+            username: "Upper".to_owned(),
+            password_hash: "h".to_owned(),
+            created_at_ms: u64::MAX,
+        }),
+        Step::Malformed { variant: 2 } => command::Kind::SendMessage(SendMessageCommand {
+            token_hash: token_hash(0),
+            to: "alice".to_owned(),
+            body: "x".repeat(64 * 1024 + 1),
+            client_msg_id: "big".to_owned(),
+            sent_at_ms: time_ms,
+        }),
+        Step::Malformed { .. } => command::Kind::DeleteMessages(DeleteMessagesCommand {
+            token_hash: token_hash(0),
+            ids: vec![0, u64::MAX],
+        }),
+        Step::Reopen => return None,
+    };
+    Some(Command { kind: Some(kind) })
+}
+
+fn client_msg_id_of(choice: usize) -> String {
+    match choice {
+        40 => String::new(),
+        41 => "has space".to_owned(),
+        n => format!("m{n}"),
+    }
+}
+
+/// Commands carry canonical names; an invalid name is passed through to test rejection.
+fn canonical_or_raw(name: &str) -> String {
+    validate::canonical_username(name).unwrap_or_else(|_| name.to_owned())
+}
+
+// ---------------------------------------------------------------------------------------
+// The model: the documented semantics in plain collections.
+
+#[derive(Debug, Clone)]
+struct ModelUser {
+    user_id: u64,
+    username: String,
+    password_hash: Option<String>,
+    deleted: bool,
+}
+
+#[derive(Debug, Clone)]
+struct ModelMessage {
+    sender: u64,
+    recipient: u64,
+    body: String,
+    sent_at_ms: u64,
+    read: bool,
+}
+
+#[derive(Debug, Default)]
+struct Model {
+    users: BTreeMap<u64, ModelUser>,
+    /// token hash → (user id, log index of the login)
+    sessions: BTreeMap<Vec<u8>, (u64, u64)>,
+    messages: BTreeMap<u64, ModelMessage>,
+    /// (sender, client_msg_id) → (message id, recipient, body)
+    dedup: BTreeMap<(u64, String), (u64, String, String)>,
+    next_message_id: u64,
+    last_applied: u64,
+}
+
+impl Model {
+    fn new() -> Self {
+        Self { next_message_id: 1, ..Self::default() }
+    }
+
+    fn by_name(&self, name: &str) -> Option<&ModelUser> {
+        self.users.values().find(|u| u.username == name)
+    }
+
+    fn session(&self, token_hash: &[u8]) -> Option<u64> {
+        let (user_id, _) = self.sessions.get(token_hash)?;
+        (!self.users[user_id].deleted).then_some(*user_id)
+    }
+
+    fn name(&self, user_id: u64) -> String {
+        self.users[&user_id].username.clone()
+    }
+
+    fn unread(&self, user_id: u64) -> u64 {
+        self.messages.values().filter(|m| m.recipient == user_id && !m.read).count() as u64
+    }
+
+    fn view(&self, id: u64, m: &ModelMessage) -> MessageView {
+        MessageView {
+            message_id: id,
+            from: self.name(m.sender),
+            to: self.name(m.recipient),
+            body: m.body.clone(),
+            sent_at_ms: m.sent_at_ms,
+            read: m.read,
+        }
+    }
+
+    fn apply(&mut self, index: u64, command: &Command) -> Outcome {
+        assert!(index > self.last_applied);
+        self.last_applied = index;
+        match self.apply_kind(index, command) {
+            Ok(outcome) => outcome,
+            Err(rejection) => Outcome::Rejected(rejection),
+        }
+    }
+
+    fn apply_kind(&mut self, index: u64, command: &Command) -> Result<Outcome, Rejection> {
+        match command.kind.as_ref().ok_or(Rejection::UnknownCommand)? {
+            command::Kind::CreateAccount(c) => {
+                let username = canonical_exactly(&c.username)?;
+                if c.password_hash.is_empty() {
+                    return Err(Rejection::MalformedCommand("account without a password hash"));
+                }
+                if let Some(existing) = self.by_name(&username) {
+                    return Err(if existing.deleted {
+                        Rejection::UsernameRetired { username }
+                    } else {
+                        Rejection::UsernameTaken { username }
+                    });
+                }
+                let user_id = self.users.len() as u64 + 1;
+                self.users.insert(
+                    user_id,
+                    ModelUser {
+                        user_id,
+                        username: username.clone(),
+                        password_hash: Some(c.password_hash.clone()),
+                        deleted: false,
+                    },
+                );
+                Ok(Outcome::AccountCreated { user_id, username })
+            }
+            command::Kind::OpenSession(c) => {
+                if c.token_hash.len() != 32 {
+                    return Err(Rejection::SessionInvalid);
+                }
+                let user = self.users.get(&c.user_id).filter(|u| !u.deleted).ok_or(Rejection::AccountGone)?.clone();
+                if self.sessions.contains_key(&c.token_hash) {
+                    return Err(Rejection::TokenCollision);
+                }
+                self.sessions.insert(c.token_hash.clone(), (user.user_id, index));
+                let mut mine: Vec<(u64, Vec<u8>)> = self
+                    .sessions
+                    .iter()
+                    .filter(|(_, (u, _))| *u == user.user_id)
+                    .map(|(hash, (_, opened))| (*opened, hash.clone()))
+                    .collect();
+                mine.sort();
+                while mine.len() as u64 > SESSIONS_PER_USER_MAX {
+                    let (_, oldest) = mine.remove(0);
+                    self.sessions.remove(&oldest);
+                }
+                Ok(Outcome::SessionOpened { username: user.username, unread_count: self.unread(user.user_id) })
+            }
+            command::Kind::CloseSession(c) => {
+                self.sessions.remove(&c.token_hash).ok_or(Rejection::SessionInvalid)?;
+                Ok(Outcome::SessionClosed)
+            }
+            command::Kind::SendMessage(c) => {
+                let sender = self.session(&c.token_hash).ok_or(Rejection::SessionInvalid)?;
+                let to = canonical_exactly(&c.to)?;
+                validate::message_body(&c.body)?;
+                validate::client_msg_id(&c.client_msg_id)?;
+                if let Some((message_id, first_to, first_body)) = self.dedup.get(&(sender, c.client_msg_id.clone())) {
+                    return if *first_to == to && *first_body == c.body {
+                        Ok(Outcome::MessageSent { message_id: *message_id, duplicate: true })
+                    } else {
+                        Err(Rejection::ClientMsgIdReused {
+                            client_msg_id: c.client_msg_id.clone(),
+                            message_id: *message_id,
+                        })
+                    };
+                }
+                let recipient = self
+                    .by_name(&to)
+                    .filter(|u| !u.deleted)
+                    .ok_or(Rejection::RecipientNotFound { username: to.clone() })?
+                    .user_id;
+                let message_id = self.next_message_id;
+                self.next_message_id += 1;
+                self.messages.insert(
+                    message_id,
+                    ModelMessage { sender, recipient, body: c.body.clone(), sent_at_ms: c.sent_at_ms, read: false },
+                );
+                self.dedup.insert((sender, c.client_msg_id.clone()), (message_id, to, c.body.clone()));
+                Ok(Outcome::MessageSent { message_id, duplicate: false })
+            }
+            command::Kind::ReadMessages(c) => {
+                let reader = self.session(&c.token_hash).ok_or(Rejection::SessionInvalid)?;
+                let limit = validate::page_size(c.limit) as usize;
+                let ids: Vec<u64> = self
+                    .messages
+                    .iter()
+                    .filter(|(_, m)| m.recipient == reader && !m.read)
+                    .map(|(id, _)| *id)
+                    .take(limit)
+                    .collect();
+                let mut messages = Vec::new();
+                for id in ids {
+                    let message = self.messages.get_mut(&id).unwrap();
+                    message.read = true;
+                    let message = message.clone();
+                    messages.push(self.view(id, &message));
+                }
+                Ok(Outcome::MessagesRead { messages, unread_remaining: self.unread(reader) })
+            }
+            command::Kind::DeleteMessages(c) => {
+                let caller = self.session(&c.token_hash).ok_or(Rejection::SessionInvalid)?;
+                let ids = validate::message_ids(&c.ids)?;
+                for &message_id in &ids {
+                    match self.messages.get(&message_id) {
+                        Some(m) if m.recipient == caller => {}
+                        Some(m) if m.sender == caller && !m.read => {}
+                        Some(m) if m.sender == caller => return Err(Rejection::MessageAlreadyRead { message_id }),
+                        _ => return Err(Rejection::MessageNotFound { message_id }),
+                    }
+                }
+                for id in &ids {
+                    self.messages.remove(id);
+                }
+                Ok(Outcome::MessagesDeleted { count: ids.len() as u64 })
+            }
+            command::Kind::DeleteAccount(c) => {
+                let user_id = self.session(&c.token_hash).ok_or(Rejection::SessionInvalid)?;
+                if self.users[&user_id].password_hash.as_deref() != Some(c.password_hash.as_str()) {
+                    return Err(Rejection::PasswordChanged);
+                }
+                self.messages.retain(|_, m| m.recipient != user_id && !(m.sender == user_id && !m.read));
+                self.sessions.retain(|_, (u, _)| *u != user_id);
+                self.dedup.retain(|(sender, _), _| *sender != user_id);
+                let user = self.users.get_mut(&user_id).unwrap();
+                user.deleted = true;
+                user.password_hash = None;
+                Ok(Outcome::AccountDeleted)
+            }
+        }
+    }
+
+    fn list_accounts(&self, pattern: &str, after: Option<&str>, limit: u32) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .users
+            .values()
+            .filter(|u| !u.deleted && glob_matches(pattern, &u.username))
+            .filter(|u| after.is_none_or(|after| u.username.as_str() > after))
+            .map(|u| u.username.clone())
+            .collect();
+        names.sort();
+        names.truncate(limit as usize);
+        names
+    }
+
+    fn history(&self, user_id: u64, peer: Option<u64>, before_id: u64, limit: u32) -> Vec<MessageView> {
+        self.messages
+            .iter()
+            .rev()
+            .filter(|(id, _)| **id < before_id)
+            .filter(|(_, m)| match peer {
+                None => m.sender == user_id || m.recipient == user_id,
+                Some(peer) => {
+                    (m.sender == user_id && m.recipient == peer) || (m.sender == peer && m.recipient == user_id)
+                }
+            })
+            .take(limit as usize)
+            .map(|(id, m)| self.view(*id, m))
+            .collect()
+    }
+
+    fn received_after(&self, user_id: u64, after_id: u64, limit: u32) -> Vec<MessageView> {
+        self.messages
+            .range(after_id + 1..)
+            .filter(|(_, m)| m.recipient == user_id)
+            .take(limit as usize)
+            .map(|(id, m)| self.view(*id, m))
+            .collect()
+    }
+}
+
+fn canonical_exactly(name: &str) -> Result<String, Rejection> {
+    let canonical = validate::canonical_username(name)?;
+    if canonical != name {
+        return Err(Rejection::Invalid(validate::InvalidInput::UsernameBadCharacter {
+            name: name.to_owned(),
+            found: name.chars().find(|c| c.is_ascii_uppercase()).unwrap_or('?'),
+        }));
+    }
+    Ok(canonical)
+}
+
+/// `*` matches any run of characters, `?` exactly one.
+fn glob_matches(pattern: &str, name: &str) -> bool {
+    fn go(p: &[char], n: &[char]) -> bool {
+        match (p.first(), n.first()) {
+            (None, None) => true,
+            (Some('*'), _) => go(&p[1..], n) || (!n.is_empty() && go(p, &n[1..])),
+            (Some('?'), Some(_)) => go(&p[1..], &n[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &n[1..]),
+            _ => false,
+        }
+    }
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    go(&p, &n)
+}
+
+// ---------------------------------------------------------------------------------------
+// The comparison.
+
+fn assert_same_answers(sm: &ChatStateMachine, model: &Model) -> Result<(), TestCaseError> {
+    prop_assert_eq!(sm.last_applied().unwrap(), model.last_applied);
+    for token in 0..=TOKENS {
+        let hash = token_hash(token);
+        let expected =
+            model.session(&hash).map(|user_id| SessionUser { user_id, username: model.name(user_id) });
+        prop_assert_eq!(sm.session_user(&hash).unwrap(), expected, "session of token {}", token);
+    }
+    for name in NAMES {
+        let canonical = canonical_or_raw(name);
+        let user = model.by_name(&canonical);
+        let expected = user
+            .filter(|u| !u.deleted)
+            .map(|u| Credentials { user_id: u.user_id, password_hash: u.password_hash.clone().unwrap() });
+        prop_assert_eq!(sm.credentials(&canonical).unwrap(), expected, "credentials of {}", canonical);
+        prop_assert_eq!(sm.user_id(&canonical).unwrap(), user.map(|u| u.user_id));
+    }
+    for pattern in PATTERNS {
+        let glob = validate::account_pattern(pattern).unwrap();
+        prop_assert_eq!(sm.list_accounts(&glob, None, 1000).unwrap(), model.list_accounts(&glob, None, 1000));
+        // Walk the pages two names at a time, as a client following page tokens would.
+        let mut after: Option<String> = None;
+        loop {
+            let page = sm.list_accounts(&glob, after.as_deref(), 2).unwrap();
+            prop_assert_eq!(&page, &model.list_accounts(&glob, after.as_deref(), 2), "pattern {} after {:?}", glob, after);
+            match page.last() {
+                Some(last) if page.len() == 2 => after = Some(last.clone()),
+                _ => break,
+            }
+        }
+    }
+    for user_id in 1..=USER_IDS {
+        prop_assert_eq!(sm.unread_count(user_id).unwrap(), if model.users.contains_key(&user_id) && !model.users[&user_id].deleted { model.unread(user_id) } else { 0 });
+        for peer in std::iter::once(None).chain((1..=USER_IDS).map(Some)) {
+            for (before_id, limit) in [(0, 1000), (u64::MAX, 2), (5, 3)] {
+                let before = if before_id == 0 { u64::MAX } else { before_id };
+                prop_assert_eq!(
+                    sm.history(user_id, peer, before, limit).unwrap(),
+                    model.history(user_id, peer, before, limit),
+                    "history of {} with {:?} before {} limit {}",
+                    user_id,
+                    peer,
+                    before,
+                    limit
+                );
+            }
+        }
+        for (after_id, limit) in [(0, 1000), (3, 2)] {
+            prop_assert_eq!(
+                sm.received_after(user_id, after_id, limit).unwrap(),
+                model.received_after(user_id, after_id, limit)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn run_schedule(dir: &Path, steps: &[Step]) -> Result<(), TestCaseError> {
+    let path: PathBuf = dir.join("chat.sqlite3");
+    let mut sm = ChatStateMachine::open(&path).unwrap();
+    let mut model = Model::new();
+    let mut index = 0;
+    for (n, step) in steps.iter().enumerate() {
+        let time_ms = 1_000 * (n as u64 + 1);
+        match command_of(step, time_ms, model.next_message_id) {
+            None => {
+                drop(sm);
+                sm = ChatStateMachine::open(&path).unwrap();
+            }
+            Some(command) => {
+                // Gaps in the index happen when the log holds entries that are not chat
+                // commands (Raft's no-ops); apply must accept them.
+                index += 1 + (n as u64 % 3 == 0) as u64;
+                let got = sm.apply(index, &command).unwrap();
+                let expected = model.apply(index, &command);
+                prop_assert_eq!(got, expected, "step {}: {:?}", n, step);
+            }
+        }
+        assert_same_answers(&sm, &model)?;
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(96),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn state_machine_matches_model(steps in prop::collection::vec(step_strategy(), 1..80)) {
+        let dir = tempfile::tempdir().unwrap();
+        let schedule: Vec<Step> = prelude().into_iter().chain(steps).collect();
+        run_schedule(dir.path(), &schedule)?;
+    }
+}
+
+/// The session cap closes the oldest login first, and only that user's.
+#[test]
+fn oldest_sessions_are_closed_beyond_the_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut steps = vec![Step::CreateAccount { name: 0, hash: 0 }, Step::CreateAccount { name: 1, hash: 0 }];
+    steps.push(Step::OpenSession { user_id: 2, token: 5 });
+    // Tokens beyond the small pool: open SESSIONS_PER_USER_MAX + 2 sessions for alice.
+    let path = dir.path().join("chat.sqlite3");
+    let mut sm = ChatStateMachine::open(&path).unwrap();
+    let mut model = Model::new();
+    let mut index = 0;
+    for step in &steps {
+        index += 1;
+        let command = command_of(step, index, 1).unwrap();
+        assert_eq!(sm.apply(index, &command).unwrap(), model.apply(index, &command));
+    }
+    let extra_token = |i: u64| Sha256::digest(i.to_be_bytes()).to_vec();
+    for i in 0..SESSIONS_PER_USER_MAX + 2 {
+        index += 1;
+        let command = Command {
+            kind: Some(command::Kind::OpenSession(OpenSessionCommand {
+                user_id: 1,
+                token_hash: extra_token(i),
+                opened_at_ms: 5,
+            })),
+        };
+        assert_eq!(sm.apply(index, &command).unwrap(), model.apply(index, &command));
+    }
+    assert_eq!(sm.session_user(&extra_token(0)).unwrap(), None);
+    assert_eq!(sm.session_user(&extra_token(1)).unwrap(), None);
+    assert!(sm.session_user(&extra_token(2)).unwrap().is_some());
+    assert!(sm.session_user(&token_hash(5)).unwrap().is_some(), "bob's session is untouched");
+}
+
+/// Applying an index at or below last_applied is a bug in the log, and must be loud.
+#[test]
+#[should_panic(expected = "apply out of order")]
+fn applying_an_old_index_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = ChatStateMachine::open(&dir.path().join("chat.sqlite3")).unwrap();
+    let command = command_of(&Step::CreateAccount { name: 0, hash: 0 }, 1, 1).unwrap();
+    sm.apply(5, &command).unwrap();
+    sm.apply(5, &command).unwrap();
+}
