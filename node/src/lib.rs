@@ -8,5 +8,8 @@
 //! - [`seam`]: the one place that reads the clock and the OS's randomness.
 
 pub mod chat;
+pub mod client;
+pub mod runtime;
 pub mod seam;
+pub mod server;
 pub mod storage;

@@ -30,16 +30,40 @@ const PATTERNS: &[&str] = &["*", "a*", "?o*", "*l*", "b?.b", "al", "zz*", "*e"];
 /// One step of a generated schedule.
 #[derive(Debug, Clone)]
 enum Step {
-    CreateAccount { name: usize, hash: usize },
-    OpenSession { user_id: u64, token: usize },
-    CloseSession { token: usize },
-    Send { token: usize, to: usize, body: usize, client_msg_id: usize },
-    Read { token: usize, limit: u32 },
+    CreateAccount {
+        name: usize,
+        hash: usize,
+    },
+    OpenSession {
+        user_id: u64,
+        token: usize,
+    },
+    CloseSession {
+        token: usize,
+    },
+    Send {
+        token: usize,
+        to: usize,
+        body: usize,
+        client_msg_id: usize,
+    },
+    Read {
+        token: usize,
+        limit: u32,
+    },
     /// Deletes the messages sent `back` sends ago (1 = the latest one).
-    Delete { token: usize, back: Vec<u64> },
-    DeleteAccount { token: usize, hash: usize },
+    Delete {
+        token: usize,
+        back: Vec<u64>,
+    },
+    DeleteAccount {
+        token: usize,
+        hash: usize,
+    },
     /// Garbage a buggy or newer node might have put in the log.
-    Malformed { variant: u8 },
+    Malformed {
+        variant: u8,
+    },
     /// Close the database and open it again.
     Reopen,
 }
@@ -96,7 +120,9 @@ fn command_of(step: &Step, time_ms: u64, next_message_id: u64) -> Option<Command
             token_hash: token_hash(*token),
             opened_at_ms: time_ms,
         }),
-        Step::CloseSession { token } => command::Kind::CloseSession(CloseSessionCommand { token_hash: token_hash(*token) }),
+        Step::CloseSession { token } => {
+            command::Kind::CloseSession(CloseSessionCommand { token_hash: token_hash(*token) })
+        }
         Step::Send { token, to, body, client_msg_id } => command::Kind::SendMessage(SendMessageCommand {
             token_hash: token_hash(*token),
             to: canonical_or_raw(NAMES[*to]),
@@ -131,10 +157,9 @@ fn command_of(step: &Step, time_ms: u64, next_message_id: u64) -> Option<Command
             client_msg_id: "big".to_owned(),
             sent_at_ms: time_ms,
         }),
-        Step::Malformed { .. } => command::Kind::DeleteMessages(DeleteMessagesCommand {
-            token_hash: token_hash(0),
-            ids: vec![0, u64::MAX],
-        }),
+        Step::Malformed { .. } => {
+            command::Kind::DeleteMessages(DeleteMessagesCommand { token_hash: token_hash(0), ids: vec![0, u64::MAX] })
+        }
         Step::Reopen => return None,
     };
     Some(Command { kind: Some(kind) })
@@ -348,7 +373,9 @@ impl Model {
                 if self.users[&user_id].password_hash.as_deref() != Some(c.password_hash.as_str()) {
                     return Err(Rejection::PasswordChanged);
                 }
-                self.messages.retain(|_, m| m.recipient != user_id && !(m.sender == user_id && !m.read));
+                // Her mailbox goes, and so does what she sent that is still unread.
+                let withdrawn = |m: &ModelMessage| m.sender == user_id && !m.read;
+                self.messages.retain(|_, m| m.recipient != user_id && !withdrawn(m));
                 self.sessions.retain(|_, (u, _)| *u != user_id);
                 self.dedup.retain(|(sender, _), _| *sender != user_id);
                 let user = self.users.get_mut(&user_id).unwrap();
@@ -432,8 +459,7 @@ fn assert_same_answers(sm: &ChatStateMachine, model: &Model) -> Result<(), TestC
     prop_assert_eq!(sm.last_applied().unwrap(), model.last_applied);
     for token in 0..=TOKENS {
         let hash = token_hash(token);
-        let expected =
-            model.session(&hash).map(|user_id| SessionUser { user_id, username: model.name(user_id) });
+        let expected = model.session(&hash).map(|user_id| SessionUser { user_id, username: model.name(user_id) });
         prop_assert_eq!(sm.session_user(&hash).unwrap(), expected, "session of token {}", token);
     }
     for name in NAMES {
@@ -452,7 +478,13 @@ fn assert_same_answers(sm: &ChatStateMachine, model: &Model) -> Result<(), TestC
         let mut after: Option<String> = None;
         loop {
             let page = sm.list_accounts(&glob, after.as_deref(), 2).unwrap();
-            prop_assert_eq!(&page, &model.list_accounts(&glob, after.as_deref(), 2), "pattern {} after {:?}", glob, after);
+            prop_assert_eq!(
+                &page,
+                &model.list_accounts(&glob, after.as_deref(), 2),
+                "pattern {} after {:?}",
+                glob,
+                after
+            );
             match page.last() {
                 Some(last) if page.len() == 2 => after = Some(last.clone()),
                 _ => break,
@@ -460,7 +492,14 @@ fn assert_same_answers(sm: &ChatStateMachine, model: &Model) -> Result<(), TestC
         }
     }
     for user_id in 1..=USER_IDS {
-        prop_assert_eq!(sm.unread_count(user_id).unwrap(), if model.users.contains_key(&user_id) && !model.users[&user_id].deleted { model.unread(user_id) } else { 0 });
+        prop_assert_eq!(
+            sm.unread_count(user_id).unwrap(),
+            if model.users.contains_key(&user_id) && !model.users[&user_id].deleted {
+                model.unread(user_id)
+            } else {
+                0
+            }
+        );
         for peer in std::iter::once(None).chain((1..=USER_IDS).map(Some)) {
             for (before_id, limit) in [(0, 1000), (u64::MAX, 2), (5, 3)] {
                 let before = if before_id == 0 { u64::MAX } else { before_id };
@@ -500,7 +539,7 @@ fn run_schedule(dir: &Path, steps: &[Step]) -> Result<(), TestCaseError> {
             Some(command) => {
                 // Gaps in the index happen when the log holds entries that are not chat
                 // commands (Raft's no-ops); apply must accept them.
-                index += 1 + (n as u64 % 3 == 0) as u64;
+                index += 1 + u64::from((n as u64).is_multiple_of(3));
                 let got = sm.apply(index, &command).unwrap();
                 let expected = model.apply(index, &command);
                 prop_assert_eq!(got, expected, "step {}: {:?}", n, step);

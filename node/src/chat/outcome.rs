@@ -16,12 +16,26 @@ pub struct MessageView {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    AccountCreated { user_id: u64, username: String },
-    SessionOpened { username: String, unread_count: u64 },
+    AccountCreated {
+        user_id: u64,
+        username: String,
+    },
+    SessionOpened {
+        username: String,
+        unread_count: u64,
+    },
     SessionClosed,
-    MessageSent { message_id: u64, duplicate: bool },
-    MessagesRead { messages: Vec<MessageView>, unread_remaining: u64 },
-    MessagesDeleted { count: u64 },
+    MessageSent {
+        message_id: u64,
+        duplicate: bool,
+    },
+    MessagesRead {
+        messages: Vec<MessageView>,
+        unread_remaining: u64,
+    },
+    MessagesDeleted {
+        count: u64,
+    },
     AccountDeleted,
     /// The command was applied as a no-op because the state did not allow it. Rejections are
     /// part of the replicated history: every replica rejects the same command the same way.

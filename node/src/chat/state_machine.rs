@@ -89,15 +89,17 @@ impl ChatStateMachine {
         let path = self.path.clone();
         let sql_error = |source| StateMachineError::Sqlite { path: path.clone(), source };
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql_error)?;
-        let last_applied: i64 =
-            tx.query_row("SELECT last_applied FROM chat_state WHERE singleton = 1", [], |row| row.get(0)).map_err(sql_error)?;
+        let last_applied: i64 = tx
+            .query_row("SELECT last_applied FROM chat_state WHERE singleton = 1", [], |row| row.get(0))
+            .map_err(sql_error)?;
         assert!(
             index > to_u64(last_applied),
             "apply out of order: index {index} after last_applied {last_applied} in {}",
             path.display()
         );
         let outcome = Apply { tx: &tx, index }.command(command).map_err(sql_error)?;
-        tx.execute("UPDATE chat_state SET last_applied = ?1 WHERE singleton = 1", [to_i64(index)]).map_err(sql_error)?;
+        tx.execute("UPDATE chat_state SET last_applied = ?1 WHERE singleton = 1", [to_i64(index)])
+            .map_err(sql_error)?;
         // COMMIT under synchronous=FULL returns after the WAL is fsynced: from here on the
         // outcome survives a crash, and only now may anyone be told about it.
         tx.commit().map_err(sql_error)?;
@@ -132,7 +134,12 @@ impl ChatStateMachine {
 
     /// Live account names matching the SQLite GLOB `pattern` (made by
     /// [`validate::account_pattern`]), sorted, strictly after `after`, at most `limit`.
-    pub fn list_accounts(&self, pattern: &str, after: Option<&str>, limit: u32) -> Result<Vec<String>, StateMachineError> {
+    pub fn list_accounts(
+        &self,
+        pattern: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<String>, StateMachineError> {
         // The literal prefix of the pattern bounds an index range scan, so a prefix search
         // touches only the matching names; GLOB then filters inside that range.
         let prefix: String = pattern.chars().take_while(|&c| c != '*' && c != '?').collect();
@@ -201,7 +208,12 @@ impl ChatStateMachine {
 
     /// Messages received by `user_id` with id > `after_id`, oldest first, at most `limit`:
     /// what a subscription delivers.
-    pub fn received_after(&self, user_id: u64, after_id: u64, limit: u32) -> Result<Vec<MessageView>, StateMachineError> {
+    pub fn received_after(
+        &self,
+        user_id: u64,
+        after_id: u64,
+        limit: u32,
+    ) -> Result<Vec<MessageView>, StateMachineError> {
         let sql = format!(
             "{MESSAGE_VIEW_SELECT}
              WHERE m.recipient_id = ?1 AND m.message_id > ?2
@@ -217,7 +229,9 @@ impl ChatStateMachine {
     /// How many messages wait unread in the mailbox of `user_id`.
     pub fn unread_count(&self, user_id: u64) -> Result<u64, StateMachineError> {
         self.conn
-            .query_row("SELECT unread_count FROM users WHERE user_id = ?1", [to_i64(user_id)], |row| row.get::<_, i64>(0))
+            .query_row("SELECT unread_count FROM users WHERE user_id = ?1", [to_i64(user_id)], |row| {
+                row.get::<_, i64>(0)
+            })
             .optional()
             .map(|count| count.map_or(0, to_u64))
             .map_err(self.sql_error())

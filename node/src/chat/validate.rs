@@ -3,8 +3,8 @@
 //! the log is rejected the same way on every replica instead of crashing them all).
 
 use super::limits::{
-    BODY_BYTES_MAX, CLIENT_MSG_ID_LEN_MAX, DELETE_IDS_MAX, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX,
-    PASSWORD_BYTES_MAX, PASSWORD_BYTES_MIN, PATTERN_LEN_MAX, USERNAME_LEN_MAX,
+    BODY_BYTES_MAX, CLIENT_MSG_ID_LEN_MAX, DELETE_IDS_MAX, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, PASSWORD_BYTES_MAX,
+    PASSWORD_BYTES_MIN, PATTERN_LEN_MAX, USERNAME_LEN_MAX,
 };
 
 /// Why a piece of client input is unacceptable. Messages say what to do instead.
@@ -185,13 +185,10 @@ pub fn decode_page_token(token: &str) -> Result<Option<String>, InvalidInput> {
 }
 
 fn decode_hex(hex: &str) -> Option<Vec<u8>> {
-    if hex.len() % 2 != 0 || hex.len() > 2 * USERNAME_LEN_MAX {
+    if !hex.len().is_multiple_of(2) || hex.len() > 2 * USERNAME_LEN_MAX {
         return None;
     }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect()
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect()
 }
 
 #[cfg(test)]

@@ -14,7 +14,9 @@ pub enum SqliteError {
     Open { path: PathBuf, source: rusqlite::Error },
     #[error("database {path} is not a Chorus database or is corrupt: {source}")]
     NotADatabase { path: PathBuf, source: rusqlite::Error },
-    #[error("database {path} has schema version {found}, newer than this build understands ({supported}); run a newer chorus")]
+    #[error(
+        "database {path} has schema version {found}, newer than this build understands ({supported}); run a newer chorus"
+    )]
     SchemaTooNew { path: PathBuf, found: i64, supported: i64 },
     #[error("database {path} failed its integrity check: {detail}")]
     Corrupt { path: PathBuf, detail: String },
@@ -30,7 +32,10 @@ pub fn open_database(path: &Path) -> Result<Connection, SqliteError> {
     // journal_mode is the first statement that reads the file: garbage fails here.
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0)).map_err(not_a_database)?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(SqliteError::Corrupt { path: path.to_owned(), detail: format!("cannot enter WAL mode (got {mode})") });
+        return Err(SqliteError::Corrupt {
+            path: path.to_owned(),
+            detail: format!("cannot enter WAL mode (got {mode})"),
+        });
     }
     // FULL: fsync the WAL at every commit. This is what makes "committed" mean "durable".
     conn.pragma_update(None, "synchronous", "FULL").map_err(not_a_database)?;

@@ -1,0 +1,142 @@
+//! The `chorus` command line: `chorus node` runs a server, `chorus demo` a local cluster,
+//! and the other verbs are the client.
+
+mod client_commands;
+mod demo;
+mod format;
+mod node_command;
+mod password;
+mod session_file;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "chorus", version, about = "Chorus: a replicated, persistent chat service", max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub client: ClientOptions,
+    #[command(subcommand)]
+    pub command: Verb,
+}
+
+/// Options of every client verb.
+#[derive(Debug, Args)]
+pub struct ClientOptions {
+    /// Servers to talk to, comma-separated HOST:PORT; the first that answers is used.
+    #[arg(long, global = true, env = "CHORUS_SERVERS", value_delimiter = ',', default_value = "127.0.0.1:7001")]
+    pub servers: Vec<String>,
+    /// Where the login session is kept [default: ~/.config/chorus/session.json].
+    #[arg(long, global = true, env = "CHORUS_SESSION_FILE")]
+    pub session_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Verb {
+    /// Run a Chorus node (a server).
+    Node(node_command::NodeArgs),
+    /// Start a local cluster and open a shell to try Chorus in.
+    Demo(demo::DemoArgs),
+    /// Create or delete an account.
+    #[command(subcommand)]
+    Account(AccountVerb),
+    /// Log in and keep the session for the following commands.
+    Login {
+        username: String,
+        /// Read the password from the first line of stdin (else CHORUS_PASSWORD, else a prompt).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// End the session.
+    Logout,
+    /// Send a message. The body is the remaining arguments, or stdin if there are none.
+    Send {
+        to: String,
+        body: Vec<String>,
+        /// Retry-safe id of this message (default: a fresh random id). Sending again with the
+        /// same id never stores a second copy.
+        #[arg(long)]
+        client_msg_id: Option<String>,
+    },
+    /// Show your oldest unread messages and mark them read.
+    Read {
+        /// How many (default 50, at most 1000).
+        #[arg(long, default_value_t = 0, hide_default_value = true)]
+        limit: u32,
+    },
+    /// Show messages you sent and received, newest first.
+    History {
+        /// Only the conversation with this user.
+        #[arg(long)]
+        peer: Option<String>,
+        /// Only messages older than this id (for the next page).
+        #[arg(long, default_value_t = 0, hide_default_value = true)]
+        before: u64,
+        /// How many (default 50, at most 1000).
+        #[arg(long, default_value_t = 0, hide_default_value = true)]
+        limit: u32,
+    },
+    /// List accounts whose name matches PATTERN ('*' any run, '?' one character).
+    Users {
+        #[arg(default_value = "*")]
+        pattern: String,
+        /// Names per page (default 50, at most 1000).
+        #[arg(long, default_value_t = 0, hide_default_value = true)]
+        page_size: u32,
+        /// Continue a previous listing.
+        #[arg(long, default_value = "", hide_default_value = true)]
+        page_token: String,
+    },
+    /// Delete messages by id (received ones, or sent ones not yet read).
+    Delete {
+        #[arg(required = true)]
+        ids: Vec<u64>,
+    },
+    /// Stream your incoming messages as they arrive (Ctrl-C to stop).
+    Watch {
+        /// Start after this message id (0: from your first message).
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountVerb {
+    /// Create an account.
+    Create {
+        username: String,
+        /// Read the password from the first line of stdin (else CHORUS_PASSWORD, else a prompt).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Delete the logged-in account, its mailbox and its unread sent messages, for good.
+    Delete {
+        /// Read the password from the first line of stdin (else CHORUS_PASSWORD, else a prompt).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+/// A failed call as a person should read it: the server's own message for what was asked
+/// wrong, and which server for what went wrong on the way.
+pub fn rpc_error(server: &str, status: tonic::Status) -> anyhow::Error {
+    use tonic::Code;
+    match status.code() {
+        Code::Unavailable => anyhow::anyhow!("server {server} is unavailable: {}", status.message()),
+        Code::DeadlineExceeded | Code::Cancelled => {
+            anyhow::anyhow!("server {server} did not answer in time; the request may or may not have taken effect")
+        }
+        Code::Internal | Code::Unknown => anyhow::anyhow!("server {server} failed: {}", status.message()),
+        _ => anyhow::anyhow!("{}", status.message()),
+    }
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Verb::Node(args) => node_command::run(args),
+        Verb::Demo(args) => demo::run(args),
+        verb => client_commands::run(&cli.client, verb),
+    }
+}

@@ -1,0 +1,340 @@
+//! The `chorus.v1.Chat` gRPC service.
+//!
+//! Each mutation is validated, turned into a `Command` (with its timestamp, token hash or
+//! password hash decided here, before proposing) and proposed through the runtime's
+//! [`Proposer`]; its outcome becomes the reply. Reads pass the proposer's read fence and
+//! then query the applied state.
+
+use std::sync::{Arc, Mutex};
+
+use chorus_proto::v1::chat_server::Chat;
+use chorus_proto::v1::{
+    CloseSessionCommand, Command, CreateAccountCommand, CreateAccountRequest, CreateAccountResponse,
+    DeleteAccountCommand, DeleteAccountRequest, DeleteAccountResponse, DeleteMessagesCommand, DeleteMessagesRequest,
+    DeleteMessagesResponse, HistoryRequest, HistoryResponse, ListAccountsRequest, ListAccountsResponse, LoginRequest,
+    LoginResponse, LogoutRequest, LogoutResponse, OpenSessionCommand, ReadMessagesCommand, ReadMessagesRequest,
+    ReadMessagesResponse, SendMessageCommand, SendMessageRequest, SendMessageResponse, SubscribeRequest, command,
+};
+use rand::rngs::StdRng;
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+use super::status;
+use super::subscription::{self, ReceiverStream};
+use crate::chat::credentials::{self, PasswordHasher};
+use crate::chat::limits::TOKEN_LEN_MAX;
+use crate::chat::{Outcome, SessionUser, validate};
+use crate::runtime::{ChatState, Proposer};
+use crate::seam::{run_blocking, unix_time_ms};
+
+pub struct ChatService<P> {
+    state: Arc<ChatState>,
+    proposer: Arc<P>,
+    hasher: Arc<PasswordHasher>,
+    /// Draws session tokens and password salts; seeded once through the seam.
+    rng: Arc<Mutex<StdRng>>,
+    /// Becomes true when the node starts shutting down; ends live subscriptions.
+    shutdown: watch::Receiver<bool>,
+}
+
+impl<P: Proposer> ChatService<P> {
+    pub fn new(
+        state: Arc<ChatState>,
+        proposer: Arc<P>,
+        hasher: PasswordHasher,
+        rng: StdRng,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Self { state, proposer, hasher: Arc::new(hasher), rng: Arc::new(Mutex::new(rng)), shutdown }
+    }
+
+    async fn propose(&self, kind: command::Kind) -> Result<Outcome, Status> {
+        self.proposer.propose(Command { kind: Some(kind) }).await.map_err(status::propose_error)
+    }
+
+    fn with_rng<R>(&self, draw: impl FnOnce(&mut StdRng) -> R) -> R {
+        draw(&mut self.rng.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
+    /// The live account behind a token, after the read fence.
+    async fn session(&self, token: &str) -> Result<(SessionUser, Vec<u8>), Status> {
+        let token_hash = token_hash(token)?;
+        self.proposer.read_fence().await.map_err(status::propose_error)?;
+        let lookup = token_hash.clone();
+        let user = self.state.read(move |machine| machine.session_user(&lookup)).await.map_err(status::storage)?;
+        Ok((user.ok_or_else(status::session_invalid)?, token_hash))
+    }
+}
+
+/// Hashes a presented token; an implausible one cannot name a session.
+fn token_hash(token: &str) -> Result<Vec<u8>, Status> {
+    if token.is_empty() {
+        return Err(Status::unauthenticated("no session token given: log in first"));
+    }
+    if token.len() > TOKEN_LEN_MAX {
+        return Err(status::session_invalid());
+    }
+    Ok(credentials::token_hash(token))
+}
+
+fn unexpected(outcome: Outcome) -> Status {
+    // The state machine answered a command with the outcome of another kind: a bug.
+    tracing::error!(?outcome, "unexpected outcome for command");
+    Status::internal("internal error: unexpected outcome")
+}
+
+#[tonic::async_trait]
+impl<P: Proposer> Chat for ChatService<P> {
+    async fn create_account(
+        &self,
+        request: Request<CreateAccountRequest>,
+    ) -> Result<Response<CreateAccountResponse>, Status> {
+        let request = request.into_inner();
+        let username = validate::canonical_username(&request.username).map_err(status::invalid)?;
+        validate::new_password(&request.password).map_err(status::invalid)?;
+        let hasher = Arc::clone(&self.hasher);
+        let mut salt_rng: StdRng = self.with_rng(rand::SeedableRng::from_rng);
+        let password_hash = run_blocking(move || hasher.hash(&request.password, &mut salt_rng))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let outcome = self
+            .propose(command::Kind::CreateAccount(CreateAccountCommand {
+                username,
+                password_hash,
+                created_at_ms: unix_time_ms(),
+            }))
+            .await?;
+        match outcome {
+            Outcome::AccountCreated { username, .. } => {
+                tracing::info!(%username, "account created");
+                Ok(Response::new(CreateAccountResponse { username }))
+            }
+            Outcome::Rejected(rejection) => Err(status::rejection(rejection)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn login(&self, request: Request<LoginRequest>) -> Result<Response<LoginResponse>, Status> {
+        let request = request.into_inner();
+        let username = validate::canonical_username(&request.username).map_err(status::invalid)?;
+        validate::offered_password(&request.password).map_err(status::invalid)?;
+        self.proposer.read_fence().await.map_err(status::propose_error)?;
+        let lookup = username.clone();
+        let credentials =
+            self.state.read(move |machine| machine.credentials(&lookup)).await.map_err(status::storage)?;
+        let hasher = Arc::clone(&self.hasher);
+        let verified = run_blocking(move || match credentials {
+            Some(credentials) => hasher.verify(&request.password, &credentials.password_hash).then_some(credentials),
+            None => {
+                hasher.verify_decoy(&request.password);
+                None
+            }
+        })
+        .await;
+        let Some(credentials) = verified else {
+            return Err(Status::unauthenticated(status::LOGIN_FAILED));
+        };
+        let token = self.with_rng(credentials::new_session_token);
+        let outcome = self
+            .propose(command::Kind::OpenSession(OpenSessionCommand {
+                user_id: credentials.user_id,
+                token_hash: credentials::token_hash(&token),
+                opened_at_ms: unix_time_ms(),
+            }))
+            .await?;
+        match outcome {
+            Outcome::SessionOpened { username, unread_count } => {
+                Ok(Response::new(LoginResponse { token, unread_count, username }))
+            }
+            Outcome::Rejected(rejection) => Err(status::rejection(rejection)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn logout(&self, request: Request<LogoutRequest>) -> Result<Response<LogoutResponse>, Status> {
+        let token_hash = token_hash(&request.into_inner().token)?;
+        match self.propose(command::Kind::CloseSession(CloseSessionCommand { token_hash })).await? {
+            Outcome::SessionClosed => Ok(Response::new(LogoutResponse {})),
+            Outcome::Rejected(rejection) => Err(status::rejection(rejection)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn list_accounts(
+        &self,
+        request: Request<ListAccountsRequest>,
+    ) -> Result<Response<ListAccountsResponse>, Status> {
+        let request = request.into_inner();
+        let pattern = validate::account_pattern(&request.pattern).map_err(status::invalid)?;
+        let after = validate::decode_page_token(&request.page_token).map_err(status::invalid)?;
+        let page_size = validate::page_size(request.page_size);
+        self.proposer.read_fence().await.map_err(status::propose_error)?;
+        // One name more than the page shows whether another page follows.
+        let mut usernames = self
+            .state
+            .read(move |machine| machine.list_accounts(&pattern, after.as_deref(), page_size + 1))
+            .await
+            .map_err(status::storage)?;
+        let next_page_token = if usernames.len() > page_size as usize {
+            usernames.truncate(page_size as usize);
+            usernames.last().map(|last| validate::encode_page_token(last)).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListAccountsResponse { usernames, next_page_token }))
+    }
+
+    async fn send_message(
+        &self,
+        request: Request<SendMessageRequest>,
+    ) -> Result<Response<SendMessageResponse>, Status> {
+        let request = request.into_inner();
+        let token_hash = token_hash(&request.token)?;
+        let to = validate::canonical_username(&request.to).map_err(status::invalid)?;
+        validate::message_body(&request.body).map_err(status::invalid)?;
+        validate::client_msg_id(&request.client_msg_id).map_err(status::invalid)?;
+        let outcome = self
+            .propose(command::Kind::SendMessage(SendMessageCommand {
+                token_hash,
+                to,
+                body: request.body,
+                client_msg_id: request.client_msg_id,
+                sent_at_ms: unix_time_ms(),
+            }))
+            .await?;
+        match outcome {
+            Outcome::MessageSent { message_id, duplicate } => {
+                Ok(Response::new(SendMessageResponse { message_id, duplicate }))
+            }
+            Outcome::Rejected(rejection) => Err(status::rejection(rejection)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn read_messages(
+        &self,
+        request: Request<ReadMessagesRequest>,
+    ) -> Result<Response<ReadMessagesResponse>, Status> {
+        let request = request.into_inner();
+        let token_hash = token_hash(&request.token)?;
+        let outcome = self
+            .propose(command::Kind::ReadMessages(ReadMessagesCommand {
+                token_hash,
+                limit: validate::page_size(request.limit),
+                read_at_ms: unix_time_ms(),
+            }))
+            .await?;
+        match outcome {
+            Outcome::MessagesRead { messages, unread_remaining } => Ok(Response::new(ReadMessagesResponse {
+                messages: messages.into_iter().map(subscription::to_proto).collect(),
+                unread_remaining,
+            })),
+            Outcome::Rejected(rejection) => Err(status::rejection(rejection)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn history(&self, request: Request<HistoryRequest>) -> Result<Response<HistoryResponse>, Status> {
+        let request = request.into_inner();
+        let peer = request.peer.as_deref().map(validate::canonical_username).transpose().map_err(status::invalid)?;
+        let limit = validate::page_size(request.limit);
+        let before_id = if request.before_id == 0 { u64::MAX } else { request.before_id };
+        let (user, _) = self.session(&request.token).await?;
+        let messages = self
+            .state
+            .read(move |machine| {
+                let peer_id = match &peer {
+                    Some(peer) => match machine.user_id(peer)? {
+                        Some(peer_id) => Some(peer_id),
+                        None => return Ok(Err(peer.clone())),
+                    },
+                    None => None,
+                };
+                machine.history(user.user_id, peer_id, before_id, limit).map(Ok)
+            })
+            .await
+            .map_err(status::storage)?
+            .map_err(|peer| Status::not_found(format!("user '{peer}' does not exist")))?;
+        let next_before_id =
+            if messages.len() == limit as usize { messages.last().map_or(0, |m| m.message_id) } else { 0 };
+        Ok(Response::new(HistoryResponse {
+            messages: messages.into_iter().map(subscription::to_proto).collect(),
+            next_before_id,
+        }))
+    }
+
+    async fn delete_messages(
+        &self,
+        request: Request<DeleteMessagesRequest>,
+    ) -> Result<Response<DeleteMessagesResponse>, Status> {
+        let request = request.into_inner();
+        let token_hash = token_hash(&request.token)?;
+        let ids = validate::message_ids(&request.ids).map_err(status::invalid)?;
+        match self.propose(command::Kind::DeleteMessages(DeleteMessagesCommand { token_hash, ids })).await? {
+            Outcome::MessagesDeleted { count } => Ok(Response::new(DeleteMessagesResponse { deleted: count })),
+            Outcome::Rejected(rejection) => Err(status::rejection(rejection)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn delete_account(
+        &self,
+        request: Request<DeleteAccountRequest>,
+    ) -> Result<Response<DeleteAccountResponse>, Status> {
+        let request = request.into_inner();
+        validate::offered_password(&request.password).map_err(status::invalid)?;
+        let (user, token_hash) = self.session(&request.token).await?;
+        let lookup = user.username.clone();
+        let credentials = self
+            .state
+            .read(move |machine| machine.credentials(&lookup))
+            .await
+            .map_err(status::storage)?
+            .ok_or_else(status::session_invalid)?;
+        let hasher = Arc::clone(&self.hasher);
+        let stored_hash = credentials.password_hash.clone();
+        let verified = run_blocking(move || hasher.verify(&request.password, &stored_hash)).await;
+        if !verified {
+            return Err(Status::unauthenticated("wrong password: the account was not deleted"));
+        }
+        let outcome = self
+            .propose(command::Kind::DeleteAccount(DeleteAccountCommand {
+                token_hash,
+                password_hash: credentials.password_hash,
+                deleted_at_ms: unix_time_ms(),
+            }))
+            .await?;
+        match outcome {
+            Outcome::AccountDeleted => {
+                tracing::info!(username = %user.username, "account deleted");
+                Ok(Response::new(DeleteAccountResponse {}))
+            }
+            Outcome::Rejected(rejection) => Err(status::rejection(rejection)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    type SubscribeStream = ReceiverStream;
+
+    async fn subscribe(&self, request: Request<SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+        let request = request.into_inner();
+        let token_hash = token_hash(&request.token)?;
+        // No read fence: a subscription is served from whatever this node has applied and
+        // catches up as it applies more; resuming by after_id makes that safe anywhere.
+        let lookup = token_hash.clone();
+        let user = self
+            .state
+            .read(move |machine| machine.session_user(&lookup))
+            .await
+            .map_err(status::storage)?
+            .ok_or_else(status::session_invalid)?;
+        let stream = subscription::start(
+            Arc::clone(&self.state),
+            token_hash,
+            user.user_id,
+            request.after_id,
+            self.shutdown.clone(),
+        );
+        Ok(Response::new(stream))
+    }
+}

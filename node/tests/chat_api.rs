@@ -1,0 +1,429 @@
+//! Every RPC of `chorus.v1.Chat` against a real `chorus node` process on a loopback port:
+//! the happy paths and the errors a client can cause.
+
+mod common;
+
+use chorus::client::v1::{
+    CreateAccountRequest, DeleteAccountRequest, DeleteMessagesRequest, HistoryRequest, ListAccountsRequest,
+    LoginRequest, LogoutRequest, Message, ReadMessagesRequest, SendMessageRequest, SubscribeRequest,
+    chat_client::ChatClient,
+};
+use common::{TestNode, account, login};
+use tonic::Code;
+use tonic::transport::Channel;
+
+fn send(token: &str, to: &str, body: &str, client_msg_id: &str) -> SendMessageRequest {
+    SendMessageRequest {
+        token: token.to_owned(),
+        to: to.to_owned(),
+        body: body.to_owned(),
+        client_msg_id: client_msg_id.to_owned(),
+    }
+}
+
+async fn history(client: &mut ChatClient<Channel>, token: &str, peer: Option<&str>) -> Vec<Message> {
+    let request = HistoryRequest { token: token.to_owned(), peer: peer.map(str::to_owned), before_id: 0, limit: 1000 };
+    client.history(request).await.unwrap().into_inner().messages
+}
+
+fn bodies(messages: &[Message]) -> Vec<&str> {
+    messages.iter().map(|m| m.body.as_str()).collect()
+}
+
+#[tokio::test]
+async fn create_account_validates_names_and_passwords() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path());
+    let mut client = node.client().await;
+    let create = |username: &str, password: &str| CreateAccountRequest {
+        username: username.to_owned(),
+        password: password.to_owned(),
+    };
+
+    let created = client.create_account(create("Alice.B-1_x", "password1")).await.unwrap().into_inner();
+    assert_eq!(created.username, "alice.b-1_x", "names are folded to lower case");
+    client.create_account(create(&"a".repeat(32), "password1")).await.unwrap();
+
+    let cases = [
+        (create("", "password1"), Code::InvalidArgument, "username is empty"),
+        (create(&"a".repeat(33), "password1"), Code::InvalidArgument, "at most 32"),
+        (create("bob smith", "password1"), Code::InvalidArgument, "only a-z"),
+        (create("bøb", "password1"), Code::InvalidArgument, "only a-z"),
+        (create("bob", "short"), Code::InvalidArgument, "at least 8"),
+        (create("bob", &"p".repeat(1025)), Code::InvalidArgument, "at most 1024"),
+        (create("ALICE.B-1_X", "password2"), Code::AlreadyExists, "is taken"),
+    ];
+    for (request, code, message) in cases {
+        let status = client.create_account(request.clone()).await.unwrap_err();
+        assert_eq!(status.code(), code, "{request:?}: {status:?}");
+        assert!(status.message().contains(message), "{request:?}: {}", status.message());
+    }
+}
+
+#[tokio::test]
+async fn login_gives_the_same_error_for_unknown_user_and_wrong_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path());
+    let mut client = node.client().await;
+    let token = account(&mut client, "alice").await;
+    assert_eq!(token.len(), 64);
+
+    let wrong_password =
+        client.login(LoginRequest { username: "alice".into(), password: "not-her-password".into() }).await.unwrap_err();
+    let unknown_user =
+        client.login(LoginRequest { username: "mallory".into(), password: "alice-password".into() }).await.unwrap_err();
+    assert_eq!(wrong_password.code(), Code::Unauthenticated);
+    assert_eq!(unknown_user.code(), Code::Unauthenticated);
+    assert_eq!(wrong_password.message(), unknown_user.message());
+
+    // Login is case-insensitive in the name, and each login is its own session.
+    let second = client
+        .login(LoginRequest { username: "ALICE".into(), password: "alice-password".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(second.username, "alice");
+    assert_ne!(second.token, token);
+}
+
+#[tokio::test]
+async fn logout_ends_only_that_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path());
+    let mut client = node.client().await;
+    let first = account(&mut client, "alice").await;
+    let second = login(&mut client, "alice").await;
+
+    client.logout(LogoutRequest { token: first.clone() }).await.unwrap();
+    let status = client.send_message(send(&first, "alice", "hi", "m1")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert!(status.message().contains("log in again"), "{}", status.message());
+    client.send_message(send(&second, "alice", "hi", "m1")).await.unwrap();
+
+    let again = client.logout(LogoutRequest { token: first }).await.unwrap_err();
+    assert_eq!(again.code(), Code::Unauthenticated);
+    let empty = client.logout(LogoutRequest { token: String::new() }).await.unwrap_err();
+    assert_eq!(empty.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn list_accounts_matches_wildcards_and_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path());
+    let mut client = node.client().await;
+    for name in ["bob", "alice", "bobby", "carol", "rob", "b0b", "dave"] {
+        client
+            .create_account(CreateAccountRequest { username: name.into(), password: "password1".into() })
+            .await
+            .unwrap();
+    }
+    let list = |pattern: &str, page_size: u32, page_token: &str| ListAccountsRequest {
+        pattern: pattern.into(),
+        page_size,
+        page_token: page_token.into(),
+    };
+    let all = client.list_accounts(list("", 0, "")).await.unwrap().into_inner();
+    assert_eq!(all.usernames, ["alice", "b0b", "bob", "bobby", "carol", "dave", "rob"]);
+    assert!(all.next_page_token.is_empty());
+
+    let b = client.list_accounts(list("B*", 0, "")).await.unwrap().into_inner();
+    assert_eq!(b.usernames, ["b0b", "bob", "bobby"], "case-insensitive prefix");
+    let q = client.list_accounts(list("?o?", 0, "")).await.unwrap().into_inner();
+    assert_eq!(q.usernames, ["bob", "rob"]);
+    let inner = client.list_accounts(list("*o*", 0, "")).await.unwrap().into_inner();
+    assert_eq!(inner.usernames, ["bob", "bobby", "carol", "rob"]);
+
+    // Pages of two, following tokens, cover everything exactly once.
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client.list_accounts(list("*", 2, &token)).await.unwrap().into_inner();
+        assert!(page.usernames.len() <= 2);
+        seen.extend(page.usernames);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen, all.usernames);
+
+    let bad_token = client.list_accounts(list("*", 2, "garbage")).await.unwrap_err();
+    assert_eq!(bad_token.code(), Code::InvalidArgument);
+    let bad_pattern = client.list_accounts(list("a[bc]", 0, "")).await.unwrap_err();
+    assert_eq!(bad_pattern.code(), Code::InvalidArgument);
+    let huge_page = client.list_accounts(list("*", u32::MAX, "")).await.unwrap().into_inner();
+    assert_eq!(huge_page.usernames.len(), 7, "page sizes above the maximum are served the maximum");
+}
+
+#[tokio::test]
+async fn send_message_rejects_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path());
+    let mut client = node.client().await;
+    let alice = account(&mut client, "alice").await;
+    account(&mut client, "bob").await;
+
+    let cases = [
+        (send(&alice, "nobody", "hi", "m1"), Code::NotFound, "user 'nobody' does not exist"),
+        (send(&alice, "bob", "", "m1"), Code::InvalidArgument, "body is empty"),
+        (send(&alice, "bob", &"x".repeat(64 * 1024 + 1), "m1"), Code::InvalidArgument, "64 KiB"),
+        (send(&alice, "bob", "hi", ""), Code::InvalidArgument, "client_msg_id is empty"),
+        (send(&alice, "bob", "hi", &"m".repeat(65)), Code::InvalidArgument, "at most 64"),
+        (send(&alice, "bad name", "hi", "m1"), Code::InvalidArgument, "only a-z"),
+        (send("not-a-token", "bob", "hi", "m1"), Code::Unauthenticated, "log in again"),
+        (send(&"t".repeat(100_000), "bob", "hi", "m1"), Code::Unauthenticated, "log in again"),
+        (send("", "bob", "hi", "m1"), Code::Unauthenticated, "log in first"),
+    ];
+    for (request, code, message) in cases {
+        let status = client.send_message(request.clone()).await.unwrap_err();
+        assert_eq!(status.code(), code, "to {:?}: {status:?}", request.to);
+        assert!(status.message().contains(message), "{}", status.message());
+    }
+    // Exactly 64 KiB is fine.
+    client.send_message(send(&alice, "bob", &"x".repeat(64 * 1024), "big")).await.unwrap();
+}
+
+#[tokio::test]
+async fn resending_with_the_same_client_msg_id_stores_one_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path());
+    let mut client = node.client().await;
+    let alice = account(&mut client, "alice").await;
+    let bob = account(&mut client, "bob").await;
+
+    let first = client.send_message(send(&alice, "bob", "once", "retry-me")).await.unwrap().into_inner();
+    let retry = client.send_message(send(&alice, "Bob", "once", "retry-me")).await.unwrap().into_inner();
+    assert!(!first.duplicate);
+    assert!(retry.duplicate);
+    assert_eq!(first.message_id, retry.message_id);
+
+    let reused = client.send_message(send(&alice, "bob", "something else", "retry-me")).await.unwrap_err();
+    assert_eq!(reused.code(), Code::AlreadyExists);
+    assert!(reused.message().contains("already used for a different message"), "{}", reused.message());
+
+    // The same id from another sender is another message.
+    client.send_message(send(&bob, "alice", "once", "retry-me")).await.unwrap();
+
+    let read = client.read_messages(ReadMessagesRequest { token: bob.clone(), limit: 0 }).await.unwrap().into_inner();
+    assert_eq!(bodies(&read.messages), ["once"], "one copy only");
+}
+
+#[tokio::test]
+async fn read_messages_returns_oldest_unread_and_marks_them_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path());
+    let mut client = node.client().await;
+    let alice = account(&mut client, "alice").await;
+    let bob = account(&mut client, "bob").await;
+    for n in 1..=5 {
+        client.send_message(send(&alice, "bob", &format!("m{n}"), &format!("id{n}"))).await.unwrap();
+    }
+    let read = |limit| ReadMessagesRequest { token: bob.clone(), limit };
+    let first = client.read_messages(read(2)).await.unwrap().into_inner();
+    assert_eq!(bodies(&first.messages), ["m1", "m2"]);
+    assert!(first.messages.iter().all(|m| m.read && m.from == "alice" && m.to == "bob" && m.sent_at_ms > 0));
+    assert_eq!(first.unread_remaining, 3);
+    let relogin = client
+        .login(LoginRequest { username: "bob".into(), password: "bob-password".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(relogin.unread_count, 3);
+    let rest = client.read_messages(read(0)).await.unwrap().into_inner();
+    assert_eq!(bodies(&rest.messages), ["m3", "m4", "m5"]);
+    assert_eq!(rest.unread_remaining, 0);
+    let none = client.read_messages(read(0)).await.unwrap().into_inner();
+    assert!(none.messages.is_empty());
+}
+
+#[tokio::test]
+async fn history_is_newest_first_filtered_and_paged() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path());
+    let mut client = node.client().await;
+    let alice = account(&mut client, "alice").await;
+    let bob = account(&mut client, "bob").await;
+    account(&mut client, "carol").await;
+    client.send_message(send(&alice, "bob", "a->b 1", "1")).await.unwrap();
+    client.send_message(send(&bob, "alice", "b->a", "1")).await.unwrap();
+    client.send_message(send(&alice, "carol", "a->c", "2")).await.unwrap();
+    client.send_message(send(&alice, "bob", "a->b 2", "3")).await.unwrap();
+
+    assert_eq!(bodies(&history(&mut client, &alice, None).await), ["a->b 2", "a->c", "b->a", "a->b 1"]);
+    assert_eq!(bodies(&history(&mut client, &alice, Some("BOB")).await), ["a->b 2", "b->a", "a->b 1"]);
+    assert_eq!(bodies(&history(&mut client, &bob, None).await), ["a->b 2", "b->a", "a->b 1"]);
+
+    let mut pages = Vec::new();
+    let mut before_id = 0;
+    loop {
+        let request = HistoryRequest { token: alice.clone(), peer: None, before_id, limit: 3 };
+        let page = client.history(request).await.unwrap().into_inner();
+        pages.push(bodies(&page.messages).join("|"));
+        if page.next_before_id == 0 {
+            break;
+        }
+        before_id = page.next_before_id;
+    }
+    assert_eq!(pages, ["a->b 2|a->c|b->a", "a->b 1"]);
+
+    let unknown = client
+        .history(HistoryRequest { token: alice.clone(), peer: Some("zed".into()), before_id: 0, limit: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    let unauthenticated =
+        client.history(HistoryRequest { token: "nope".into(), peer: None, before_id: 0, limit: 0 }).await.unwrap_err();
+    assert_eq!(unauthenticated.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn delete_messages_follows_the_ownership_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path());
+    let mut client = node.client().await;
+    let alice = account(&mut client, "alice").await;
+    let bob = account(&mut client, "bob").await;
+    let carol = account(&mut client, "carol").await;
+    let id = |response: tonic::Response<chorus::client::v1::SendMessageResponse>| response.into_inner().message_id;
+    let read_later = id(client.send_message(send(&alice, "bob", "read later", "1")).await.unwrap());
+    let unsent = id(client.send_message(send(&alice, "bob", "oops", "2")).await.unwrap());
+    let deleted_by_bob = id(client.send_message(send(&alice, "bob", "delete me", "3")).await.unwrap());
+    let delete = |token: &str, ids: Vec<u64>| DeleteMessagesRequest { token: token.to_owned(), ids };
+
+    // Another user's message, or one that does not exist, is NOT_FOUND, and nothing is deleted.
+    for (token, ids) in [(&carol, vec![unsent]), (&bob, vec![deleted_by_bob, 999]), (&alice, vec![0])] {
+        let status = client.delete_messages(delete(token, ids.clone())).await.unwrap_err();
+        let expected = if ids == [0] { Code::InvalidArgument } else { Code::NotFound };
+        assert_eq!(status.code(), expected, "{ids:?}: {status:?}");
+    }
+    assert_eq!(history(&mut client, &bob, None).await.len(), 3);
+
+    // The sender unsends an unread message: gone for both.
+    assert_eq!(client.delete_messages(delete(&alice, vec![unsent])).await.unwrap().into_inner().deleted, 1);
+    // The recipient deletes from its mailbox.
+    assert_eq!(client.delete_messages(delete(&bob, vec![deleted_by_bob])).await.unwrap().into_inner().deleted, 1);
+    assert_eq!(bodies(&history(&mut client, &alice, None).await), ["read later"]);
+    assert_eq!(bodies(&history(&mut client, &bob, None).await), ["read later"]);
+
+    // Once read, only the recipient may delete it.
+    client.read_messages(ReadMessagesRequest { token: bob.clone(), limit: 0 }).await.unwrap();
+    let status = client.delete_messages(delete(&alice, vec![read_later])).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().contains("already read"), "{}", status.message());
+    client.delete_messages(delete(&bob, vec![read_later, read_later])).await.unwrap();
+    assert!(history(&mut client, &alice, None).await.is_empty());
+}
+
+#[tokio::test]
+async fn delete_account_retires_the_name_and_withdraws_unread_mail() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path());
+    let mut client = node.client().await;
+    let alice = account(&mut client, "alice").await;
+    let bob = account(&mut client, "bob").await;
+    client.send_message(send(&alice, "bob", "read before", "1")).await.unwrap();
+    client.read_messages(ReadMessagesRequest { token: bob.clone(), limit: 0 }).await.unwrap();
+    client.send_message(send(&alice, "bob", "unread when alice left", "2")).await.unwrap();
+    client.send_message(send(&bob, "alice", "to alice", "3")).await.unwrap();
+
+    let wrong = client
+        .delete_account(DeleteAccountRequest { token: alice.clone(), password: "wrong-password".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), Code::Unauthenticated);
+    client
+        .delete_account(DeleteAccountRequest { token: alice.clone(), password: "alice-password".into() })
+        .await
+        .unwrap();
+
+    // Her sessions are gone, she cannot log in, and her name is not free.
+    let status = client.send_message(send(&alice, "bob", "ghost", "4")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let status =
+        client.login(LoginRequest { username: "alice".into(), password: "alice-password".into() }).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let status = client
+        .create_account(CreateAccountRequest { username: "alice".into(), password: "password1".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists);
+    let status = client.send_message(send(&bob, "alice", "still there?", "5")).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let users = client
+        .list_accounts(ListAccountsRequest { pattern: "*".into(), page_size: 0, page_token: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(users.usernames, ["bob"]);
+
+    // Bob keeps what he had read; the unread one was withdrawn; his message to her went with her mailbox.
+    assert_eq!(bodies(&history(&mut client, &bob, None).await), ["read before"]);
+    let relogin = client
+        .login(LoginRequest { username: "bob".into(), password: "bob-password".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(relogin.unread_count, 0);
+}
+
+#[tokio::test]
+async fn subscribe_streams_backlog_then_live_without_gaps_or_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path());
+    let mut client = node.client().await;
+    let alice = account(&mut client, "alice").await;
+    let bob = account(&mut client, "bob").await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(client.send_message(send(&alice, "bob", &format!("old {n}"), &format!("o{n}"))).await.unwrap());
+    }
+    let mut stream = client.subscribe(SubscribeRequest { token: bob.clone(), after_id: 0 }).await.unwrap().into_inner();
+    // Live messages sent while the backlog may still be streaming.
+    let mut sender = node.client().await;
+    let live = tokio::spawn({
+        let alice = alice.clone();
+        async move {
+            for n in 0..20 {
+                sender.send_message(send(&alice, "bob", &format!("new {n}"), &format!("n{n}"))).await.unwrap();
+            }
+        }
+    });
+    let mut received = Vec::new();
+    while received.len() < 23 {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+            .await
+            .expect("message in time")
+            .unwrap()
+            .unwrap();
+        received.push(message);
+    }
+    live.await.unwrap();
+    let expected: Vec<String> = (0..3).map(|n| format!("old {n}")).chain((0..20).map(|n| format!("new {n}"))).collect();
+    assert_eq!(bodies(&received), expected);
+    assert!(received.windows(2).all(|w| w[0].id < w[1].id));
+    // Streaming does not mark anything read.
+    let relogin = login(&mut client, "bob").await;
+    let read = client.read_messages(ReadMessagesRequest { token: relogin, limit: 1000 }).await.unwrap().into_inner();
+    assert_eq!(read.messages.len(), 23);
+
+    // Resuming after an id continues from there.
+    let resume_after = received[10].id;
+    let mut resumed =
+        client.subscribe(SubscribeRequest { token: bob.clone(), after_id: resume_after }).await.unwrap().into_inner();
+    let next = resumed.message().await.unwrap().unwrap();
+    assert_eq!(next.id, received[11].id);
+
+    // Logging out ends the stream with UNAUTHENTICATED.
+    client.logout(LogoutRequest { token: bob.clone() }).await.unwrap();
+    client.send_message(send(&alice, "bob", "wake the stream", "w")).await.unwrap();
+    let ended = loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), resumed.message()).await.expect("stream ends") {
+            Ok(Some(_)) => continue,
+            other => break other,
+        }
+    };
+    assert_eq!(ended.unwrap_err().code(), Code::Unauthenticated);
+
+    let status = client.subscribe(SubscribeRequest { token: "bogus".into(), after_id: 0 }).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+}

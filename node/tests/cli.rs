@@ -1,0 +1,109 @@
+//! The `chorus` client verbs as a script or a person uses them: passwords from stdin, the
+//! session kept in a file, readable errors and non-zero exits.
+
+mod common;
+
+use std::process::Output;
+
+use common::{TestNode, run_cli};
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[track_caller]
+fn assert_ok(output: &Output) -> String {
+    assert!(output.status.success(), "exit {}: {}{}", output.status, stdout(output), stderr(output));
+    stdout(output)
+}
+
+#[track_caller]
+fn assert_fails_with(output: &Output, message: &str) {
+    assert!(!output.status.success(), "expected failure, got: {}", stdout(output));
+    assert!(stderr(output).contains(message), "expected {message:?} in: {}", stderr(output));
+}
+
+#[test]
+fn a_conversation_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(&dir.path().join("node"));
+    let alice = dir.path().join("alice.json");
+    let bob = dir.path().join("bob.json");
+    let cli = |session: &std::path::Path, args: &[&str], stdin: &str| run_cli(node.address, session, args, stdin);
+
+    assert!(
+        assert_ok(&cli(&alice, &["account", "create", "Alice", "--password-stdin"], "alice-pass\n"))
+            .contains("created account 'alice'")
+    );
+    assert_ok(&cli(&bob, &["account", "create", "bob", "--password-stdin"], "bob-password\n"));
+    assert_fails_with(
+        &cli(&bob, &["account", "create", "bob", "--password-stdin"], "bob-password\n"),
+        "username 'bob' is taken",
+    );
+
+    assert!(
+        assert_ok(&cli(&alice, &["login", "alice", "--password-stdin"], "alice-pass\n"))
+            .contains("logged in as 'alice'")
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&alice).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the session file holds a secret: owner only");
+    }
+    assert!(assert_ok(&cli(&alice, &["send", "bob", "hello", "bob"], "")).contains("sent message 1 to bob"));
+    assert_ok(&cli(&alice, &["send", "bob"], "from stdin\n"));
+    assert_fails_with(&cli(&alice, &["send", "carol", "hi"], ""), "user 'carol' does not exist");
+    // A retry with the same client_msg_id is recognized.
+    assert_ok(&cli(&alice, &["send", "bob", "once", "--client-msg-id", "k1"], ""));
+    assert!(
+        assert_ok(&cli(&alice, &["send", "bob", "once", "--client-msg-id", "k1"], "")).contains("not stored again")
+    );
+
+    assert_fails_with(&cli(&bob, &["read"], ""), "not logged in");
+    assert_fails_with(
+        &cli(&bob, &["login", "bob", "--password-stdin"], "wrong-password\n"),
+        "unknown username or wrong password",
+    );
+    assert!(assert_ok(&cli(&bob, &["login", "bob", "--password-stdin"], "bob-password\n")).contains("3 unread"));
+    let read = assert_ok(&cli(&bob, &["read", "--limit", "2"], ""));
+    assert!(read.contains("alice -> bob: hello bob") && read.contains("from stdin"), "{read}");
+    assert!(read.contains("1 more unread"), "{read}");
+    assert!(assert_ok(&cli(&bob, &["read"], "")).contains("alice -> bob: once"));
+
+    let history = assert_ok(&cli(&alice, &["history", "--peer", "bob", "--limit", "2"], ""));
+    assert!(history.contains("older: chorus history --peer bob --before 2"), "{history}");
+    assert_eq!(assert_ok(&cli(&alice, &["users"], "")).lines().collect::<Vec<_>>(), ["alice", "bob"]);
+    assert!(assert_ok(&cli(&alice, &["users", "z*"], "")).contains("no accounts match"));
+    assert_fails_with(&cli(&alice, &["users", "a[b]"], ""), "pattern contains '['");
+
+    assert_fails_with(&cli(&alice, &["delete", "1"], ""), "already read");
+    assert!(assert_ok(&cli(&bob, &["delete", "1", "2"], "")).contains("deleted 2"));
+    assert_fails_with(&cli(&bob, &["delete", "1"], ""), "message 1 not found");
+    assert_fails_with(&cli(&bob, &["delete", "x"], ""), "invalid value 'x'");
+
+    assert_fails_with(&cli(&alice, &["account", "delete", "--password-stdin"], "nope-nope\n"), "wrong password");
+    assert!(
+        assert_ok(&cli(&alice, &["account", "delete", "--password-stdin"], "alice-pass\n")).contains("deleted account")
+    );
+    assert!(!alice.exists(), "the session file goes with the account");
+    assert!(assert_ok(&cli(&bob, &["logout"], "")).contains("logged out 'bob'"));
+}
+
+#[test]
+fn passwords_never_come_from_arguments_and_errors_exit_nonzero() {
+    let dir = tempfile::tempdir().unwrap();
+    let session = dir.path().join("s.json");
+    let unused = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+    // stdin is a pipe, not a terminal: with no --password-stdin and no CHORUS_PASSWORD it must refuse.
+    assert_fails_with(&run_cli(unused, &session, &["login", "alice"], ""), "no password given");
+    assert_fails_with(&run_cli(unused, &session, &["login", "alice", "--password-stdin"], ""), "no password on stdin");
+    // Nothing listens on port 9.
+    assert_fails_with(&run_cli(unused, &session, &["users"], ""), "cannot reach any server");
+    let bad = run_cli(unused, &session, &["--servers", "no-port-here", "users"], "");
+    assert_fails_with(&bad, "no port");
+}
