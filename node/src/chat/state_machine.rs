@@ -48,11 +48,56 @@ pub struct ChatStateMachine {
 const TOKEN_HASH_BYTES: usize = 32;
 
 /// The columns and joins that turn a `messages` row into a [`MessageView`].
-const MESSAGE_VIEW_SELECT: &str = "
-    SELECT m.message_id, s.username, r.username, m.body, m.sent_at_ms, m.read_at_ms IS NOT NULL
-    FROM messages m
-    JOIN users s ON s.user_id = m.sender_id
-    JOIN users r ON r.user_id = m.recipient_id";
+macro_rules! message_view_select {
+    () => {
+        "SELECT m.message_id, s.username, r.username, m.body, m.sent_at_ms, m.read_at_ms IS NOT NULL
+         FROM messages m
+         JOIN users s ON s.user_id = m.sender_id
+         JOIN users r ON r.user_id = m.recipient_id "
+    };
+}
+
+// The queries whose cost must stay O(log n + page) as tables grow; `query_plans_use_indices`
+// checks each against SQLite's query planner.
+
+/// Live names in [?1, ?2) matching GLOB ?3, first page.
+const LIST_ACCOUNTS_FROM: &str = "SELECT username FROM users
+     WHERE username >= ?1 AND username < ?2 AND username GLOB ?3 AND deleted_at_ms IS NULL
+     ORDER BY username LIMIT ?4";
+/// Live names in (?1, ?2) matching GLOB ?3, a following page.
+const LIST_ACCOUNTS_AFTER: &str = "SELECT username FROM users
+     WHERE username > ?1 AND username < ?2 AND username GLOB ?3 AND deleted_at_ms IS NULL
+     ORDER BY username LIMIT ?4";
+/// One conversation, newest first.
+const HISTORY_WITH_PEER: &str = concat!(
+    message_view_select!(),
+    "WHERE m.pair_low = ?1 AND m.pair_high = ?2 AND m.message_id < ?3
+     ORDER BY m.message_id DESC LIMIT ?4"
+);
+/// Everything sent or received, newest first: two index range scans, each cut at the
+/// page size, merged.
+const HISTORY_ALL: &str = concat!(
+    message_view_select!(),
+    "WHERE m.message_id IN (
+         SELECT message_id FROM (SELECT message_id FROM messages
+             WHERE recipient_id = ?1 AND message_id < ?2 ORDER BY message_id DESC LIMIT ?3)
+         UNION
+         SELECT message_id FROM (SELECT message_id FROM messages
+             WHERE sender_id = ?1 AND message_id < ?2 ORDER BY message_id DESC LIMIT ?3))
+     ORDER BY m.message_id DESC LIMIT ?3"
+);
+/// What a subscription delivers next.
+const RECEIVED_AFTER: &str = concat!(
+    message_view_select!(),
+    "WHERE m.recipient_id = ?1 AND m.message_id > ?2
+     ORDER BY m.message_id LIMIT ?3"
+);
+/// The oldest unread messages of a mailbox.
+const UNREAD_OLDEST: &str = concat!(
+    message_view_select!(),
+    "WHERE m.recipient_id = ?1 AND m.read_at_ms IS NULL
+     ORDER BY m.message_id LIMIT ?2"
+);
 
 impl ChatStateMachine {
     /// Opens (creating if needed) the chat database at `path` and brings its schema up to date.
@@ -145,16 +190,11 @@ impl ChatStateMachine {
         let prefix: String = pattern.chars().take_while(|&c| c != '*' && c != '?').collect();
         let upper = prefix_upper_bound(&prefix);
         // Resume strictly after the last name served, or start at the prefix itself.
-        let (lower_bound_sql, lower) = match after {
-            Some(after) if after >= prefix.as_str() => ("username > ?1", after),
-            _ => ("username >= ?1", prefix.as_str()),
+        let (sql, lower) = match after {
+            Some(after) if after >= prefix.as_str() => (LIST_ACCOUNTS_AFTER, after),
+            _ => (LIST_ACCOUNTS_FROM, prefix.as_str()),
         };
-        let sql = format!(
-            "SELECT username FROM users
-             WHERE {lower_bound_sql} AND username < ?2 AND username GLOB ?3 AND deleted_at_ms IS NULL
-             ORDER BY username LIMIT ?4"
-        );
-        let mut statement = self.conn.prepare_cached(&sql).map_err(self.sql_error())?;
+        let mut statement = self.conn.prepare_cached(sql).map_err(self.sql_error())?;
         let rows =
             statement.query_map(params![lower, upper, pattern, limit], |row| row.get(0)).map_err(self.sql_error())?;
         rows.collect::<Result<_, _>>().map_err(self.sql_error())
@@ -175,31 +215,14 @@ impl ChatStateMachine {
         match peer_id {
             Some(peer_id) => {
                 let peer = to_i64(peer_id);
-                let sql = format!(
-                    "{MESSAGE_VIEW_SELECT}
-                     WHERE m.pair_low = ?1 AND m.pair_high = ?2 AND m.message_id < ?3
-                     ORDER BY m.message_id DESC LIMIT ?4"
-                );
-                let mut statement = self.conn.prepare_cached(&sql).map_err(&sql_error)?;
+                let mut statement = self.conn.prepare_cached(HISTORY_WITH_PEER).map_err(&sql_error)?;
                 let rows = statement
                     .query_map(params![user.min(peer), user.max(peer), before, limit], message_view)
                     .map_err(&sql_error)?;
                 rows.collect::<Result<_, _>>().map_err(sql_error)
             }
             None => {
-                // Two index range scans, newest first, each cut at `limit`, merged: a user's
-                // history page costs O(log n + limit) however many messages exist.
-                let sql = format!(
-                    "{MESSAGE_VIEW_SELECT}
-                     WHERE m.message_id IN (
-                         SELECT message_id FROM (SELECT message_id FROM messages
-                             WHERE recipient_id = ?1 AND message_id < ?2 ORDER BY message_id DESC LIMIT ?3)
-                         UNION
-                         SELECT message_id FROM (SELECT message_id FROM messages
-                             WHERE sender_id = ?1 AND message_id < ?2 ORDER BY message_id DESC LIMIT ?3))
-                     ORDER BY m.message_id DESC LIMIT ?3"
-                );
-                let mut statement = self.conn.prepare_cached(&sql).map_err(&sql_error)?;
+                let mut statement = self.conn.prepare_cached(HISTORY_ALL).map_err(&sql_error)?;
                 let rows = statement.query_map(params![user, before, limit], message_view).map_err(&sql_error)?;
                 rows.collect::<Result<_, _>>().map_err(sql_error)
             }
@@ -214,12 +237,7 @@ impl ChatStateMachine {
         after_id: u64,
         limit: u32,
     ) -> Result<Vec<MessageView>, StateMachineError> {
-        let sql = format!(
-            "{MESSAGE_VIEW_SELECT}
-             WHERE m.recipient_id = ?1 AND m.message_id > ?2
-             ORDER BY m.message_id LIMIT ?3"
-        );
-        let mut statement = self.conn.prepare_cached(&sql).map_err(self.sql_error())?;
+        let mut statement = self.conn.prepare_cached(RECEIVED_AFTER).map_err(self.sql_error())?;
         let after = to_i64(after_id.min(i64::MAX as u64));
         let rows =
             statement.query_map(params![to_i64(user_id), after, limit], message_view).map_err(self.sql_error())?;
@@ -400,13 +418,8 @@ impl Apply<'_> {
         let reader = check!(self.session(&c.token_hash)?);
         let limit = validate::page_size(c.limit);
         let user_id = to_i64(reader.user_id);
-        let sql = format!(
-            "{MESSAGE_VIEW_SELECT}
-             WHERE m.recipient_id = ?1 AND m.read_at_ms IS NULL
-             ORDER BY m.message_id LIMIT ?2"
-        );
         let mut messages: Vec<MessageView> = {
-            let mut statement = self.tx.prepare_cached(&sql)?;
+            let mut statement = self.tx.prepare_cached(UNREAD_OLDEST)?;
             statement.query_map(params![user_id, limit], message_view)?.collect::<Result<_, _>>()?
         };
         if let Some(last) = messages.last() {
@@ -551,4 +564,43 @@ fn to_i64(value: u64) -> i64 {
 
 fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The queries that grow with the data are index range scans: no full scan of a table,
+    /// and (but for the merge of two bounded scans) no sort of the whole result.
+    #[test]
+    fn query_plans_use_indices() {
+        let dir = tempfile::tempdir().unwrap();
+        let machine = ChatStateMachine::open(&dir.path().join("chat.sqlite3")).unwrap();
+        let range_scans = [
+            ("list from", LIST_ACCOUNTS_FROM, true),
+            ("list after", LIST_ACCOUNTS_AFTER, true),
+            ("history with peer", HISTORY_WITH_PEER, true),
+            ("history", HISTORY_ALL, false),
+            ("received after", RECEIVED_AFTER, true),
+            ("unread", UNREAD_OLDEST, true),
+        ];
+        for (name, sql, ordered_by_index) in range_scans {
+            let mut statement = machine.conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let nulls = vec![rusqlite::types::Null; statement.parameter_count()];
+            let plan: Vec<String> = statement
+                .query_map(rusqlite::params_from_iter(nulls), |row| row.get::<_, String>(3))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            let text = plan.join("\n");
+            for line in &plan {
+                let full_scan =
+                    line.starts_with("SCAN ") && !line.contains("SUBQUERY") && !line.starts_with("SCAN (subquery");
+                assert!(!full_scan, "{name} scans a whole table:\n{text}");
+            }
+            if ordered_by_index {
+                assert!(!text.contains("TEMP B-TREE FOR ORDER BY"), "{name} sorts its result:\n{text}");
+            }
+        }
+    }
 }
