@@ -1,6 +1,7 @@
 //! Chorus: a replicated, persistent chat service.
 //!
 //! - [`chat`]: the chat state machine (knows nothing of replication).
+//! - [`replication`]: the Raft core (knows nothing of chat, gRPC or SQLite).
 //! - [`storage`]: SQLite and data-directory adapters.
 //! - [`runtime`]: the seam through which commands are proposed and applied.
 //! - [`server`]: the gRPC services.
@@ -9,6 +10,7 @@
 
 pub mod chat;
 pub mod client;
+pub mod replication;
 pub mod runtime;
 pub mod seam;
 pub mod server;

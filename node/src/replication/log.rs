@@ -1,0 +1,227 @@
+//! The replica's view of its log: the durable part (read through [`Storage`]) followed by
+//! the unstable part (entries accepted but not yet reported durable by the caller).
+
+use super::storage::{Storage, StorageError};
+use super::types::{Entry, LogIndex, LogPosition, Term};
+
+pub(crate) struct RaftLog<S> {
+    storage: S,
+    /// Entries not yet durable, starting at `unstable_start`. Durable entries at or after
+    /// `unstable_start` are superseded (a conflicting suffix awaiting overwrite).
+    unstable: Vec<Entry>,
+    unstable_start: LogIndex,
+    /// The highest index known committed. Never decreases.
+    committed: LogIndex,
+    /// The last committed index handed to the caller for applying.
+    handed_out: LogIndex,
+}
+
+impl<S: Storage> RaftLog<S> {
+    /// Opens the log over `storage`, whose state machine has applied through `applied`.
+    pub fn new(storage: S, applied: LogIndex) -> Result<Self, StorageError> {
+        let last = storage.last_index()?;
+        assert!(
+            applied <= last,
+            "the state machine applied through {applied} but the log ends at {last}: the log lost committed entries"
+        );
+        // Applied entries are committed by definition; the rest of the commit index is
+        // learned again from the leader.
+        Ok(Self { storage, unstable: Vec::new(), unstable_start: last + 1, committed: applied, handed_out: applied })
+    }
+
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    pub fn storage_mut(&mut self) -> &mut S {
+        &mut self.storage
+    }
+
+    pub fn into_storage(self) -> S {
+        self.storage
+    }
+
+    pub fn committed(&self) -> LogIndex {
+        self.committed
+    }
+
+    /// The last index that is durable and not superseded.
+    pub fn persisted_index(&self) -> LogIndex {
+        self.unstable_start - 1
+    }
+
+    pub fn last_index(&self) -> LogIndex {
+        self.unstable_start - 1 + self.unstable.len() as LogIndex
+    }
+
+    pub fn last_position(&self) -> Result<LogPosition, StorageError> {
+        let index = self.last_index();
+        Ok(LogPosition { term: self.term(index)?.expect("the last index has a term"), index })
+    }
+
+    /// The term of the entry at `index`: `Some(0)` at 0, `None` beyond the end.
+    pub fn term(&self, index: LogIndex) -> Result<Option<Term>, StorageError> {
+        if index >= self.unstable_start {
+            return Ok(self.unstable.get((index - self.unstable_start) as usize).map(|entry| entry.term));
+        }
+        self.storage.term(index)
+    }
+
+    /// True when this log holds an entry at `position`.
+    pub fn matches(&self, position: LogPosition) -> Result<bool, StorageError> {
+        Ok(self.term(position.index)? == Some(position.term))
+    }
+
+    /// Entries in `low..high`, at most `bytes_max` bytes (but at least one).
+    pub fn entries(&self, low: LogIndex, high: LogIndex, bytes_max: usize) -> Result<Vec<Entry>, StorageError> {
+        let high = high.min(self.last_index() + 1);
+        if low >= high {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        if low < self.unstable_start {
+            let stable_high = high.min(self.unstable_start);
+            out = self.storage.entries(low, stable_high, bytes_max)?;
+            for (offset, entry) in out.iter().enumerate() {
+                assert_eq!(entry.index, low + offset as LogIndex, "storage returned non-contiguous entries");
+            }
+            assert!(!out.is_empty(), "storage lacks entry {low}, below its last index");
+            if out.len() < (stable_high - low) as usize {
+                // Storage stopped at the byte bound.
+                return Ok(out);
+            }
+        }
+        let mut bytes: usize = out.iter().map(Entry::size_bytes).sum();
+        for index in low.max(self.unstable_start)..high {
+            let entry = &self.unstable[(index - self.unstable_start) as usize];
+            bytes += entry.size_bytes();
+            if !out.is_empty() && bytes > bytes_max {
+                break;
+            }
+            out.push(entry.clone());
+        }
+        Ok(out)
+    }
+
+    /// Appends an entry the leader created.
+    pub fn append_new(&mut self, entry: Entry) {
+        assert_eq!(entry.index, self.last_index() + 1, "leader appended out of order");
+        self.unstable.push(entry);
+    }
+
+    /// Follower side of AppendEntries (§3.5) once `previous` is known to match: keeps
+    /// entries that agree, truncates at the first conflict, appends the rest. Returns the
+    /// index through which this log now matches the leader's.
+    pub fn accept(&mut self, previous: LogPosition, entries: Vec<Entry>) -> Result<LogIndex, StorageError> {
+        let match_index = previous.index + entries.len() as LogIndex;
+        let mut new_from = None;
+        for (offset, entry) in entries.iter().enumerate() {
+            assert_eq!(entry.index, previous.index + 1 + offset as LogIndex, "append request is not contiguous");
+            if self.term(entry.index)? != Some(entry.term) {
+                new_from = Some(offset);
+                break;
+            }
+        }
+        if let Some(offset) = new_from {
+            let first = entries[offset].index;
+            if first <= self.last_index() {
+                self.truncate_from(first);
+            }
+            self.unstable.extend(entries.into_iter().skip(offset));
+        }
+        Ok(match_index)
+    }
+
+    /// Drops every entry at or after `index` (a suffix that conflicts with the leader's).
+    fn truncate_from(&mut self, index: LogIndex) {
+        // raft-rs `raft_log.rs`: overwriting a committed entry is the bug that must never
+        // pass silently (State Machine Safety).
+        assert!(
+            index > self.committed,
+            "truncating at {index} would remove committed entries (commit {})",
+            self.committed
+        );
+        if index >= self.unstable_start {
+            self.unstable.truncate((index - self.unstable_start) as usize);
+        } else {
+            self.unstable.clear();
+            self.unstable_start = index;
+        }
+    }
+
+    /// The hint a follower returns when it has no entry at `previous`: the term it holds
+    /// there and the first index of that term, scanning back no further than the commit
+    /// index (everything committed matches the leader anyway).
+    pub fn conflict_hint(&self, previous: LogPosition) -> Result<(Option<Term>, LogIndex), StorageError> {
+        let Some(term) = self.term(previous.index)? else {
+            return Ok((None, self.last_index() + 1));
+        };
+        let mut first = previous.index;
+        while first > self.committed + 1 && self.term(first - 1)? == Some(term) {
+            first -= 1;
+        }
+        Ok((Some(term), first))
+    }
+
+    /// The last index at or below `index` whose term is at most `term`, with that term:
+    /// where the leader's log last agrees with a follower's conflicting term.
+    pub fn last_at_or_below_with_term_at_most(
+        &self,
+        index: LogIndex,
+        term: Term,
+    ) -> Result<(LogIndex, Term), StorageError> {
+        let mut index = index.min(self.last_index());
+        loop {
+            let found = self.term(index)?.expect("index within the log has a term");
+            if found <= term || index == 0 {
+                return Ok((index, found));
+            }
+            index -= 1;
+        }
+    }
+
+    pub fn commit_to(&mut self, index: LogIndex) {
+        assert!(index <= self.last_index(), "commit {index} beyond the last index {}", self.last_index());
+        if index > self.committed {
+            self.committed = index;
+        }
+    }
+
+    /// The unstable entries, for the caller to persist.
+    pub fn unstable_entries(&self) -> &[Entry] {
+        &self.unstable
+    }
+
+    /// Marks entries through `position` durable, unless they were superseded meanwhile.
+    pub fn stable_to(&mut self, position: LogPosition) -> Result<(), StorageError> {
+        if position.index < self.unstable_start || !self.matches(position)? {
+            return Ok(());
+        }
+        let durable = (position.index - self.unstable_start + 1) as usize;
+        self.unstable.drain(..durable);
+        self.unstable_start = position.index + 1;
+        debug_assert!(
+            self.storage.last_index()? >= position.index,
+            "caller reported entries durable that storage lacks"
+        );
+        Ok(())
+    }
+
+    /// Committed entries not yet handed out, at most `bytes_max` (but at least one); marks
+    /// them handed out. They may include entries of the current batch to persist: the
+    /// caller persists before it applies.
+    pub fn take_committed(&mut self, bytes_max: usize) -> Result<Vec<Entry>, StorageError> {
+        if self.handed_out >= self.committed {
+            return Ok(Vec::new());
+        }
+        let entries = self.entries(self.handed_out + 1, self.committed + 1, bytes_max)?;
+        if let Some(last) = entries.last() {
+            self.handed_out = last.index;
+        }
+        Ok(entries)
+    }
+
+    pub fn has_committed_to_hand_out(&self) -> bool {
+        self.handed_out < self.committed
+    }
+}

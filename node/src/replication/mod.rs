@@ -1,0 +1,31 @@
+//! The replication core: Raft as a deterministic state machine.
+//!
+//! It does no I/O, spawns nothing and reads no clock: time arrives through
+//! [`Replica::tick`], messages through [`Replica::step`], randomness from a seed. What must
+//! be persisted, sent and applied comes out of [`Replica::ready`] as a [`Ready`]. The same
+//! code therefore runs in a real node, in a madsim simulation and in the in-memory cluster
+//! harness of the tests, and a seed replays a run exactly.
+//!
+//! Implemented: leader election with randomized timeouts, PreVote and CheckQuorum; log
+//! replication with the consistency check, conflict-term hints, batching, pipelining and
+//! flow control; commitment of current-term entries only, with a no-op per new leader;
+//! ReadIndex reads (and optional lease reads); leadership transfer. Membership changes and
+//! snapshots are not implemented yet: the member set is fixed at construction, and the
+//! log is never compacted.
+
+mod config;
+mod log;
+mod message;
+mod progress;
+mod ready;
+mod replica;
+mod rng;
+mod storage;
+mod types;
+
+pub use config::{ConfigError, ReplicaConfig};
+pub use message::{AppendResult, Message, MessageBody};
+pub use ready::{ReadAborted, ReadOutcome, Ready, SoftState};
+pub use replica::{FollowerStatus, ProposeError, Replica, ReplicaError, ReplicaStatus, TransferError};
+pub use storage::{MemoryStorage, Storage, StorageError};
+pub use types::{Entry, HardState, LogIndex, LogPosition, NodeId, Payload, Role, Term};

@@ -1,0 +1,57 @@
+//! What the replica asks its caller to do, batched (raft-rs's `Ready`).
+//!
+//! The caller handles a `Ready` in this order:
+//! 1. send `messages` (they depend on nothing unpersisted);
+//! 2. make `hard_state` and `entries` durable (fsync), truncating any stored entries at or
+//!    after the first new entry's index;
+//! 3. send `messages_after_persist`: each depends on that state (a granted vote, an
+//!    acknowledged append) and must never leave before it is durable;
+//! 4. apply `committed_entries` in order; serve `reads` once applied through their index;
+//! 5. call `Replica::advance`.
+
+use super::message::Message;
+use super::types::{Entry, HardState, LogIndex, NodeId, Role, Term};
+
+#[derive(Debug, Default)]
+pub struct Ready {
+    pub hard_state: Option<HardState>,
+    pub entries: Vec<Entry>,
+    pub messages: Vec<Message>,
+    pub messages_after_persist: Vec<Message>,
+    pub committed_entries: Vec<Entry>,
+    pub reads: Vec<ReadOutcome>,
+    /// Set when role, term or leader changed since the last `Ready`.
+    pub soft_state: Option<SoftState>,
+}
+
+impl Ready {
+    pub fn is_empty(&self) -> bool {
+        self.hard_state.is_none()
+            && self.entries.is_empty()
+            && self.messages.is_empty()
+            && self.messages_after_persist.is_empty()
+            && self.committed_entries.is_empty()
+            && self.reads.is_empty()
+            && self.soft_state.is_none()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SoftState {
+    pub role: Role,
+    pub term: Term,
+    pub leader: Option<NodeId>,
+}
+
+/// The fate of a `read_index` request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadOutcome {
+    pub context: u64,
+    /// `Ok(index)`: reading the state machine once it has applied through `index` is
+    /// linearizable. `Err`: this replica lost leadership before confirming the read.
+    pub result: Result<LogIndex, ReadAborted>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("leadership was lost before the read was confirmed")]
+pub struct ReadAborted;

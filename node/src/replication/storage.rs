@@ -1,0 +1,107 @@
+//! Durable storage as the core sees it: it reads the log, term and vote through
+//! [`Storage`]; the caller writes what a `Ready` asks to persist and then calls
+//! `Replica::advance`.
+
+use std::collections::VecDeque;
+
+use super::types::{Entry, HardState, LogIndex, Term};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StorageError {
+    /// The storage cannot be read or written; the replica must stop.
+    #[error("replication log storage failed: {0}")]
+    Io(String),
+    /// A record failed its checksum or does not decode.
+    #[error("replication log is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Read access to the durable log.
+pub trait Storage {
+    /// The term and vote as last persisted.
+    fn hard_state(&self) -> Result<HardState, StorageError>;
+    /// The index of the last durable entry (0 when empty).
+    fn last_index(&self) -> Result<LogIndex, StorageError>;
+    /// The term of the durable entry at `index`; `Some(0)` for index 0, `None` beyond the end.
+    fn term(&self, index: LogIndex) -> Result<Option<Term>, StorageError>;
+    /// Durable entries in `low..high` (high exclusive), stopping early once `bytes_max`
+    /// would be exceeded (but always at least one entry if any is in range).
+    fn entries(&self, low: LogIndex, high: LogIndex, bytes_max: usize) -> Result<Vec<Entry>, StorageError>;
+}
+
+/// Storage in memory: the reference implementation, used by tests and the cluster harness.
+/// "Durable" means whatever has been written to it.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryStorage {
+    hard_state: HardState,
+    /// entries[i] has index i + 1.
+    entries: VecDeque<Entry>,
+}
+
+impl MemoryStorage {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A storage already holding `entries` (indices 1..) and `hard_state`: for tests that
+    /// start from the dissertation's log figures.
+    pub fn with_log(hard_state: HardState, entries: Vec<Entry>) -> Self {
+        for (offset, entry) in entries.iter().enumerate() {
+            assert_eq!(entry.index, offset as LogIndex + 1, "entries must be contiguous from 1");
+        }
+        Self { hard_state, entries: entries.into() }
+    }
+
+    pub fn set_hard_state(&mut self, hard_state: HardState) {
+        self.hard_state = hard_state;
+    }
+
+    /// Appends `entries`, first discarding every stored entry at or after the first one's
+    /// index (a conflicting suffix the leader overwrote).
+    pub fn append(&mut self, entries: &[Entry]) {
+        let Some(first) = entries.first() else { return };
+        assert!(
+            first.index >= 1 && first.index <= self.entries.len() as LogIndex + 1,
+            "append at {} would leave a gap after {}",
+            first.index,
+            self.entries.len()
+        );
+        self.entries.truncate(first.index as usize - 1);
+        self.entries.extend(entries.iter().cloned());
+    }
+
+    pub fn all_entries(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.iter()
+    }
+}
+
+impl Storage for MemoryStorage {
+    fn hard_state(&self) -> Result<HardState, StorageError> {
+        Ok(self.hard_state)
+    }
+
+    fn last_index(&self) -> Result<LogIndex, StorageError> {
+        Ok(self.entries.len() as LogIndex)
+    }
+
+    fn term(&self, index: LogIndex) -> Result<Option<Term>, StorageError> {
+        if index == 0 {
+            return Ok(Some(0));
+        }
+        Ok(self.entries.get(index as usize - 1).map(|entry| entry.term))
+    }
+
+    fn entries(&self, low: LogIndex, high: LogIndex, bytes_max: usize) -> Result<Vec<Entry>, StorageError> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for index in low.max(1)..high.min(self.entries.len() as LogIndex + 1) {
+            let entry = &self.entries[index as usize - 1];
+            bytes += entry.size_bytes();
+            if !out.is_empty() && bytes > bytes_max {
+                break;
+            }
+            out.push(entry.clone());
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,78 @@
+//! The vocabulary of the replication core.
+
+use bytes::Bytes;
+
+/// A member of the cluster. Ids are chosen by the operator and never reused.
+pub type NodeId = u64;
+/// A Raft term: a period with at most one leader. Terms only grow.
+pub type Term = u64;
+/// A position in the replicated log, starting at 1; 0 means "before the first entry".
+pub type LogIndex = u64;
+
+/// Where an entry sits: its index and the term of the leader that created it. Two logs
+/// holding entries at the same position hold identical prefixes (Log Matching).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct LogPosition {
+    pub term: Term,
+    pub index: LogIndex,
+}
+
+impl LogPosition {
+    pub const ZERO: Self = Self { term: 0, index: 0 };
+
+    /// True when a log ending here is at least as up to date as one ending at `other`
+    /// (Raft dissertation §3.6.1: compare last terms, then lengths).
+    pub fn at_least_as_up_to_date_as(&self, other: &LogPosition) -> bool {
+        (self.term, self.index) >= (other.term, other.index)
+    }
+}
+
+/// What an entry carries.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Payload {
+    /// Appended by every new leader (§3.6.2): committing it commits everything before it and
+    /// tells the leader its commit index is current, which ReadIndex needs.
+    Noop,
+    /// An application command, opaque to the core.
+    Command(Bytes),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Entry {
+    pub term: Term,
+    pub index: LogIndex,
+    pub payload: Payload,
+}
+
+impl Entry {
+    pub fn position(&self) -> LogPosition {
+        LogPosition { term: self.term, index: self.index }
+    }
+
+    /// Approximate size on the wire, for flow control.
+    pub fn size_bytes(&self) -> usize {
+        const HEADER_BYTES: usize = 24;
+        HEADER_BYTES
+            + match &self.payload {
+                Payload::Noop => 0,
+                Payload::Command(bytes) => bytes.len(),
+            }
+    }
+}
+
+/// What must survive a crash besides the log: the current term and the vote cast in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HardState {
+    pub term: Term,
+    pub vote: Option<NodeId>,
+}
+
+/// The role a replica plays in its current term.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Follower,
+    /// Asking whether it could win an election, without changing its term (PreVote, §9.6).
+    PreCandidate,
+    Candidate,
+    Leader,
+}

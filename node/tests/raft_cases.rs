@@ -1,0 +1,519 @@
+//! The replication core against the hard cases of Raft, each a scripted run of the
+//! in-memory cluster with the safety observer checking every step. Section and figure
+//! numbers refer to Ongaro's dissertation.
+
+mod raft_harness;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use chorus::replication::{
+    AppendResult, HardState, MemoryStorage, Message, MessageBody, Payload, ProposeError, Replica, ReplicaConfig, Role,
+    Storage,
+};
+use raft_harness::{Cluster, Failure, log_with_terms, tight_config};
+
+type TestResult = Result<(), Failure>;
+
+fn set(ids: &[u64]) -> BTreeSet<u64> {
+    ids.iter().copied().collect()
+}
+
+/// A single node is a majority of itself: it elects itself, commits, and confirms reads
+/// at once.
+#[test]
+fn single_node_cluster_elects_itself_commits_and_reads() -> TestResult {
+    let mut cluster = Cluster::new(1, ReplicaConfig::default(), 1);
+    let leader = cluster.elect()?;
+    assert_eq!(leader, 1);
+    assert!(cluster.propose(1, "only"));
+    cluster.settle()?;
+    assert_eq!(cluster.applied_commands(1), ["only"]);
+    let context = cluster.read(1).unwrap();
+    cluster.settle()?;
+    assert!(cluster.reads_confirmed.iter().any(|(_, c, index)| *c == context && *index == 2));
+    Ok(())
+}
+
+/// Figure 3.7: a leader must not commit an entry of an earlier term by counting replicas.
+/// Here S1 (leader of term 4) gets entry 2 (of term 2) onto S1, S2 and S3, a majority, but
+/// must not call it committed: S5, whose log ends with a term-3 entry at index 2, can still
+/// win an election and overwrite it.
+#[test]
+fn figure_3_7_old_term_entries_are_not_committed_by_counting_replicas() -> TestResult {
+    let config = ReplicaConfig { append_entries_max: 1, ..tight_config() };
+    let term3 = HardState { term: 3, vote: None };
+    let mut storages = BTreeMap::new();
+    storages.insert(1, MemoryStorage::with_log(term3, log_with_terms(&[1, 2])));
+    storages.insert(2, MemoryStorage::with_log(term3, log_with_terms(&[1])));
+    storages.insert(3, MemoryStorage::with_log(term3, log_with_terms(&[1])));
+    storages.insert(4, MemoryStorage::with_log(term3, log_with_terms(&[1])));
+    storages.insert(5, MemoryStorage::with_log(HardState { term: 3, vote: Some(5) }, log_with_terms(&[1, 3])));
+    let mut cluster = Cluster::with_storages(storages, config, 37);
+    cluster.crash(4);
+    cluster.crash(5);
+
+    // Only S1 has a log good enough for S1-S3 to elect; wait for it, delivering nothing of
+    // its reign yet.
+    while cluster.replica(1).role() != Role::Leader {
+        cluster.deliver_all()?;
+        cluster.persist_all()?;
+        cluster.check()?;
+        if cluster.replica(1).role() != Role::Leader {
+            cluster.advance(50)?;
+        }
+    }
+    let term = cluster.replica(1).term();
+    assert!(term >= 4);
+    cluster.persist(1)?;
+    // S2 and S3 lack entry 2: they reject the no-op and are sent entry 2 alone. Appends that
+    // would bring them the no-op once they have entry 2 are lost.
+    for _ in 0..6 {
+        let has_entry_2: BTreeMap<u64, bool> = [2, 3].map(|id| (id, cluster.log_of(id).len() >= 2)).into();
+        cluster.drop_matching(|m| {
+            matches!(&m.body, MessageBody::AppendRequest { entries, .. }
+            if entries.iter().any(|e| e.term == term) && has_entry_2.get(&m.to) == Some(&true))
+        });
+        cluster.deliver_all()?;
+        cluster.persist_all()?;
+        cluster.check()?;
+    }
+    let status = cluster.replica(1).status();
+    assert!(status.followers[&2].match_index >= 2 && status.followers[&3].match_index >= 2, "{status:?}");
+    assert_eq!(cluster.replica(1).commit_index(), 0, "entry 2 is on a majority but of an old term: not committed");
+
+    // S1 dies, and S5 returns and campaigns first (as if S1 had just handed it leadership).
+    // Its log ends with 2@3, more up to date than S2-S4's, so it wins their votes.
+    cluster.crash(1);
+    cluster.restart(4);
+    cluster.restart(5);
+    cluster.network.push(Message { from: 1, to: 5, term, body: MessageBody::TimeoutNow });
+    cluster.settle()?;
+    let new_leader = Some(cluster.elect()?);
+    assert_eq!(new_leader, Some(5), "S5's log (ends 2@3) beats S2-S4's");
+    cluster.run_for(1000)?;
+    assert_eq!(cluster.committed[&2].term, 3, "index 2 was overwritten by term 3, safely: it was never committed");
+    Ok(())
+}
+
+/// Figure 3.6: followers whose logs lack entries, have extra uncommitted entries, or both,
+/// all end up with the leader's log, and the conflict-term hint needs only a few probes.
+#[test]
+fn figure_3_6_divergent_followers_converge_to_the_leader_log() -> TestResult {
+    let term8 = HardState { term: 7, vote: None };
+    let logs: [(u64, &[u64]); 7] = [
+        (1, &[1, 1, 1, 4, 4, 5, 5, 6, 6, 6]),       // the leader-to-be
+        (2, &[1, 1, 1, 4, 4, 5, 5, 6, 6]),          // (a) missing one entry
+        (3, &[1, 1, 1, 4]),                         // (b) missing many
+        (4, &[1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 6]),    // (c) an extra uncommitted entry
+        (5, &[1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 7, 7]), // (d) extra entries of a later term
+        (6, &[1, 1, 1, 4, 4, 4, 4]),                // (e) missing, plus extra of term 4
+        (7, &[1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 3]),    // (f) many extra of terms 2 and 3
+    ];
+    let storages =
+        logs.iter().map(|(id, terms)| (*id, MemoryStorage::with_log(term8, log_with_terms(terms)))).collect();
+    let mut cluster = Cluster::with_storages(storages, tight_config(), 8);
+    // S4 (c) and S5 (d) have logs S1 cannot beat, and S2 (a) could win too (with b, e, f);
+    // keep them out so that the leader is S1, as in the figure.
+    cluster.crash(2);
+    cluster.crash(4);
+    cluster.crash(5);
+    let leader = cluster.elect()?;
+    assert_eq!(leader, 1, "only node 1 can collect four votes");
+    cluster.restart(2);
+    cluster.restart(4);
+    cluster.restart(5);
+    assert!(cluster.propose(1, "after"));
+    cluster.run_for(3000)?;
+    let leader_log = cluster.log_of(1);
+    for id in 2..=7 {
+        assert_eq!(cluster.log_of(id), leader_log, "node {id} converged");
+    }
+    assert_eq!(leader_log.len(), 12, "10 entries, the new leader's no-op, and 'after'");
+    // (f) conflicts from index 4 on with terms 2 and 3: the hints skip a whole term per
+    // probe, so it takes a handful of rejections, not one per entry.
+    let rejections_f = cluster.append_rejections_by_follower.get(&7).copied().unwrap_or(0);
+    assert!(rejections_f <= 3, "follower (f) needed {rejections_f} rejections");
+    Ok(())
+}
+
+/// Split vote (§3.4): candidates that split the vote elect no one in that term, and the
+/// randomized timeouts elect someone in a later one.
+#[test]
+fn split_vote_elects_no_one_then_a_later_term_elects_one() -> TestResult {
+    let mut cluster = Cluster::new(5, tight_config(), 5);
+    // Let everyone become a pre-candidate together (nobody hears a leader), then hold
+    // votes so that three candidates split them.
+    cluster.advance(2500)?;
+    for _ in 0..8 {
+        cluster.deliver_matching(|m| {
+            matches!(m.body, MessageBody::PreVoteRequest { .. } | MessageBody::PreVoteResponse { .. })
+        })?;
+        cluster.persist_all()?;
+    }
+    let candidates: Vec<u64> =
+        cluster.ids().into_iter().filter(|&id| cluster.replica(id).role() == Role::Candidate).collect();
+    assert!(candidates.len() >= 3, "every node timed out at once: {candidates:?}\n{}", cluster.trace_tail(80));
+    let term = cluster.replica(candidates[0]).term();
+    // Each candidate voted for itself; deliver only vote requests from one candidate to
+    // one non-candidate each, so no one reaches three votes.
+    cluster.drop_matching(|m| matches!(m.body, MessageBody::VoteRequest { .. }));
+    cluster.deliver_all()?;
+    cluster.persist_all()?;
+    cluster.deliver_all()?;
+    cluster.check()?;
+    assert!(cluster.ids().iter().all(|&id| cluster.replica(id).role() != Role::Leader), "no leader in term {term}");
+    let leader = cluster.elect()?;
+    assert!(cluster.replica(leader).term() > term, "a later term elected node {leader}");
+    Ok(())
+}
+
+/// A leader cut off from the majority steps down by itself within an election timeout
+/// (CheckQuorum, §6.2), and on healing the old leader learns the new term and its
+/// uncommitted entries are replaced.
+#[test]
+fn stale_leader_steps_down_and_its_uncommitted_entries_are_discarded() -> TestResult {
+    let mut cluster = Cluster::new(5, tight_config(), 11);
+    let old = cluster.elect()?;
+    assert!(cluster.propose(old, "committed"));
+    cluster.run_for(500)?;
+    cluster.partition(&set(&[old]));
+    assert!(cluster.propose(old, "lost"));
+    cluster.settle()?;
+    // CheckQuorum: no answers for an election timeout, so it stops claiming leadership.
+    let mut waited = 0;
+    while cluster.replica(old).role() == Role::Leader {
+        cluster.advance(100)?;
+        cluster.settle()?;
+        waited += 100;
+        assert!(waited <= 2 * cluster.config.election_timeout_min_ms, "stale leader kept leading");
+    }
+    let new = cluster.elect()?;
+    assert_ne!(new, old);
+    assert!(cluster.propose(new, "new"));
+    cluster.run_for(500)?;
+    cluster.heal();
+    cluster.run_for(2000)?;
+    for id in cluster.ids() {
+        assert_eq!(cluster.applied_commands(id), ["committed", "new"], "node {id}");
+    }
+    Ok(())
+}
+
+/// A leader that receives any message of a higher term steps down at once (§3.3).
+#[test]
+fn stale_leader_steps_down_on_higher_term() -> TestResult {
+    let mut cluster = Cluster::new(3, tight_config(), 3);
+    let leader = cluster.elect()?;
+    let term = cluster.replica(leader).term();
+    let other = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    cluster
+        .replica_mut(leader)
+        .step(Message {
+            from: other,
+            to: leader,
+            term: term + 5,
+            body: MessageBody::AppendResponse { result: AppendResult::Accepted { match_index: 0 }, heartbeat_round: 0 },
+        })
+        .unwrap();
+    assert_eq!(cluster.replica(leader).role(), Role::Follower);
+    assert_eq!(cluster.replica(leader).term(), term + 5);
+    Ok(())
+}
+
+/// PreVote (§9.6): a node cut off for many election timeouts does not raise its term, so
+/// when it comes back it neither deposes the healthy leader nor forces a new election.
+#[test]
+fn rejoining_partitioned_node_does_not_depose_the_leader() -> TestResult {
+    let mut cluster = Cluster::new(5, tight_config(), 21);
+    let leader = cluster.elect()?;
+    let term = cluster.replica(leader).term();
+    let loner = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    cluster.partition(&set(&[loner]));
+    cluster.run_for(20_000)?;
+    assert_eq!(cluster.replica(loner).term(), term, "pre-votes failed, so the term stayed");
+    cluster.heal();
+    cluster.run_for(5000)?;
+    assert_eq!(cluster.leader(), Some(leader));
+    assert_eq!(cluster.replica(leader).term(), term);
+    Ok(())
+}
+
+/// Leader stickiness (§4.2.3): a node that timed out while the others still hear the
+/// leader gets no votes (not even a term change on the others).
+#[test]
+fn disruptive_candidate_is_ignored_while_the_leader_is_heard() -> TestResult {
+    let mut cluster = Cluster::new(3, tight_config(), 4);
+    let leader = cluster.elect()?;
+    let term = cluster.replica(leader).term();
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    let third = cluster.ids().into_iter().find(|&id| id != leader && id != follower).unwrap();
+    // The follower campaigns for a far future term (as if it bypassed its own pre-vote).
+    let last_log = chorus::replication::LogPosition { term, index: cluster.replica(follower).last_index() };
+    cluster
+        .replica_mut(third)
+        .step(Message {
+            from: follower,
+            to: third,
+            term: term + 10,
+            body: MessageBody::VoteRequest { last_log, leadership_transfer: false },
+        })
+        .unwrap();
+    assert_eq!(cluster.replica(third).term(), term);
+    cluster.run_for(3000)?;
+    assert_eq!(cluster.leader(), Some(leader));
+    Ok(())
+}
+
+/// ReadIndex (§6.4): a read is confirmed only after a majority answers a heartbeat round
+/// that began after the read; a leader cut off from the majority never confirms it and
+/// reports it aborted when it steps down.
+#[test]
+fn read_index_needs_a_heartbeat_quorum() -> TestResult {
+    let mut cluster = Cluster::new(5, tight_config(), 31);
+    let leader = cluster.elect()?;
+    assert!(cluster.propose(leader, "x"));
+    cluster.run_for(500)?;
+    let context = cluster.read(leader).unwrap();
+    cluster.settle()?;
+    let commit = cluster.replica(leader).commit_index();
+    assert!(cluster.reads_confirmed.iter().any(|(_, c, index)| *c == context && *index == commit));
+
+    cluster.partition(&set(&[leader]));
+    let isolated = cluster.read(leader).unwrap();
+    cluster.run_for(3000)?;
+    assert!(!cluster.reads_confirmed.iter().any(|(_, c, _)| *c == isolated), "isolated leader confirmed a read");
+    assert_ne!(cluster.replica(leader).role(), Role::Leader);
+    // A follower refuses reads outright; the caller forwards them to the leader.
+    let follower = cluster.ids().into_iter().find(|&id| cluster.replica(id).role() == Role::Follower).unwrap();
+    assert!(matches!(cluster.replica_mut(follower).read_index(99), Err(ProposeError::NotLeader { .. })));
+    Ok(())
+}
+
+/// Lease reads (an explicit option): while a majority answered recently, the leader
+/// confirms reads without a heartbeat round.
+#[test]
+fn lease_reads_skip_the_round_while_the_lease_holds() -> TestResult {
+    let config = ReplicaConfig { lease_reads: true, ..tight_config() };
+    let mut cluster = Cluster::new(3, config, 41);
+    let leader = cluster.elect()?;
+    cluster.run_for(500)?;
+    let before = cluster.delivered.get("AppendRequest").copied().unwrap_or(0);
+    let context = cluster.read(leader).unwrap();
+    cluster.persist(leader)?;
+    assert!(cluster.reads_confirmed.iter().any(|(_, c, _)| *c == context), "confirmed from the lease");
+    assert_eq!(cluster.delivered.get("AppendRequest").copied().unwrap_or(0), before);
+    Ok(())
+}
+
+/// Leadership transfer (§3.10): the target is brought up to date, told to campaign, and
+/// wins well before any election timeout; proposals wait meanwhile.
+#[test]
+fn leadership_transfer_hands_over_quickly() -> TestResult {
+    let mut cluster = Cluster::new(5, tight_config(), 51);
+    let old = cluster.elect()?;
+    let target = cluster.ids().into_iter().find(|&id| id != old).unwrap();
+    // Let the target fall behind, then ask for the transfer.
+    cluster.partition(&set(&[target]));
+    for n in 0..5 {
+        assert!(cluster.propose(old, &format!("before {n}")));
+    }
+    cluster.run_for(300)?;
+    cluster.heal();
+    cluster.transfer(old, target);
+    assert_eq!(cluster.replica_mut(old).propose(Bytes::from_static(b"during")), Err(ProposeError::TransferInProgress));
+    let started = cluster.now_ms;
+    while cluster.leader() != Some(target) {
+        cluster.advance(10)?;
+        cluster.settle()?;
+        assert!(cluster.now_ms - started < cluster.config.election_timeout_min_ms, "transfer took too long");
+    }
+    assert_eq!(cluster.replica(old).role(), Role::Follower);
+    assert!(cluster.propose(target, "after"));
+    cluster.run_for(500)?;
+    let applied = cluster.applied_commands(target);
+    assert_eq!(applied.len(), 6);
+    assert_eq!(applied.last().map(String::as_str), Some("after"));
+    Ok(())
+}
+
+/// A vote and an append acknowledgement leave only after the state they promise is
+/// durable; a leader's appends may leave at once.
+#[test]
+fn replies_that_depend_on_unpersisted_state_wait_for_it() {
+    let members: BTreeSet<u64> = set(&[1, 2, 3]);
+    let mut follower = Replica::new(2, members, tight_config(), MemoryStorage::new(), 0, 7, 0).unwrap();
+    let last_log = chorus::replication::LogPosition { term: 0, index: 0 };
+    follower
+        .step(Message {
+            from: 1,
+            to: 2,
+            term: 1,
+            body: MessageBody::VoteRequest { last_log, leadership_transfer: false },
+        })
+        .unwrap();
+    let ready = follower.ready().unwrap();
+    assert_eq!(ready.hard_state, Some(HardState { term: 1, vote: Some(1) }));
+    assert!(ready.messages.is_empty(), "nothing may leave before the vote is durable");
+    assert!(matches!(
+        ready.messages_after_persist[..],
+        [Message { body: MessageBody::VoteResponse { granted: true }, .. }]
+    ));
+    follower.storage_mut().set_hard_state(ready.hard_state.unwrap());
+    follower.advance().unwrap();
+
+    let entry = chorus::replication::Entry { term: 1, index: 1, payload: Payload::Noop };
+    follower
+        .step(Message {
+            from: 1,
+            to: 2,
+            term: 1,
+            body: MessageBody::AppendRequest {
+                previous: last_log,
+                entries: vec![entry.clone()],
+                leader_commit: 0,
+                heartbeat_round: 0,
+            },
+        })
+        .unwrap();
+    let ready = follower.ready().unwrap();
+    assert_eq!(ready.entries, [entry]);
+    assert!(ready.messages.is_empty());
+    assert!(matches!(
+        ready.messages_after_persist[..],
+        [Message { body: MessageBody::AppendResponse { result: AppendResult::Accepted { match_index: 1 }, .. }, .. }]
+    ));
+}
+
+/// A leader pipelines appends (several in flight before any answer) and batches many
+/// proposals into one append, within the configured bounds.
+#[test]
+fn leader_batches_and_pipelines_within_bounds() -> TestResult {
+    let config = ReplicaConfig { append_entries_max: 4, inflight_appends_max: 3, ..tight_config() };
+    let mut cluster = Cluster::new(3, config, 61);
+    let leader = cluster.elect()?;
+    cluster.run_for(500)?;
+    // Proposals arriving between two collections of `Ready` go out together.
+    cluster.persist(leader)?;
+    for n in 0..20 {
+        cluster.replica_mut(leader).propose(Bytes::from(format!("p{n}"))).unwrap();
+    }
+    cluster.collect(leader);
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    let appends: Vec<usize> = cluster
+        .network
+        .iter()
+        .filter(|m| m.to == follower)
+        .filter_map(|m| match &m.body {
+            MessageBody::AppendRequest { entries, .. } if !entries.is_empty() => Some(entries.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(appends, [4, 4, 4], "three appends in flight, four proposals each");
+    cluster.run_for(1000)?;
+    assert_eq!(cluster.applied_commands(follower).len(), 20);
+    Ok(())
+}
+
+/// A restarted replica recovers its term, vote and log from storage, and hands out only
+/// entries its state machine has not applied yet.
+#[test]
+fn restart_recovers_durable_state_and_does_not_reapply() -> TestResult {
+    let mut cluster = Cluster::new(3, tight_config(), 71);
+    let leader = cluster.elect()?;
+    for n in 0..5 {
+        assert!(cluster.propose(leader, &format!("v{n}")));
+    }
+    cluster.run_for(1000)?;
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    let before = cluster.nodes[&follower].storage().hard_state().unwrap();
+    cluster.crash(follower);
+    cluster.restart(follower);
+    let replica = cluster.replica(follower);
+    assert_eq!(replica.term(), before.term);
+    assert_eq!(replica.last_index(), 6);
+    cluster.run_for(1000)?;
+    // The harness fails on any entry applied twice or out of order.
+    assert_eq!(cluster.applied_commands(follower).len(), 5);
+    Ok(())
+}
+
+/// Bad input to the core: messages from strangers or for another node are ignored, and a
+/// configuration that would not work is refused with a reason.
+#[test]
+fn misaddressed_messages_and_bad_configs_are_refused() {
+    let mut replica = Replica::new(1, set(&[1, 2, 3]), tight_config(), MemoryStorage::new(), 0, 1, 0).unwrap();
+    let last_log = chorus::replication::LogPosition::ZERO;
+    for (from, to) in [(9, 1), (2, 3), (1, 1)] {
+        replica
+            .step(Message {
+                from,
+                to,
+                term: 50,
+                body: MessageBody::VoteRequest { last_log, leadership_transfer: false },
+            })
+            .unwrap();
+        assert_eq!(replica.term(), 0);
+    }
+    let bad = ReplicaConfig { election_timeout_min_ms: 100, heartbeat_interval_ms: 100, ..tight_config() };
+    assert!(Replica::new(1, set(&[1, 2, 3]), bad, MemoryStorage::new(), 0, 1, 0).is_err());
+    assert!(Replica::new(4, set(&[1, 2, 3]), tight_config(), MemoryStorage::new(), 0, 1, 0).is_err());
+}
+
+/// Messages no correct replica sends are dropped: they neither crash the replica nor
+/// change its log or term.
+#[test]
+fn malformed_messages_are_dropped() -> TestResult {
+    let mut cluster = Cluster::new(3, tight_config(), 81);
+    let leader = cluster.elect()?;
+    cluster.run_for(300)?;
+    let term = cluster.replica(leader).term();
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    let entry = |term, index| chorus::replication::Entry { term, index, payload: Payload::Noop };
+    let previous = chorus::replication::LogPosition { term, index: 1 };
+    let garbage = [
+        // Entries with a gap.
+        MessageBody::AppendRequest {
+            previous,
+            entries: vec![entry(term, 2), entry(term, 4)],
+            leader_commit: 4,
+            heartbeat_round: 0,
+        },
+        // An entry from a term after the sender's.
+        MessageBody::AppendRequest {
+            previous,
+            entries: vec![entry(term + 3, 2)],
+            leader_commit: 2,
+            heartbeat_round: 0,
+        },
+        // A previous entry of a later term than the message.
+        MessageBody::AppendRequest {
+            previous: chorus::replication::LogPosition { term: term + 1, index: 1 },
+            entries: vec![],
+            leader_commit: 0,
+            heartbeat_round: 0,
+        },
+    ];
+    let log_before = cluster.log_of(follower);
+    for body in garbage {
+        cluster.replica_mut(follower).step(Message { from: leader, to: follower, term, body }).unwrap();
+    }
+    assert_eq!(cluster.log_of(follower), log_before);
+    // To the leader: an acknowledgement of entries it never had, and of a round never sent.
+    let commit_before = cluster.replica(leader).commit_index();
+    for (match_index, heartbeat_round) in [(1_000, 0), (1, 1_000_000)] {
+        cluster
+            .replica_mut(leader)
+            .step(Message {
+                from: follower,
+                to: leader,
+                term,
+                body: MessageBody::AppendResponse { result: AppendResult::Accepted { match_index }, heartbeat_round },
+            })
+            .unwrap();
+    }
+    assert_eq!(cluster.replica(leader).commit_index(), commit_before);
+    cluster.run_for(500)?;
+    assert_eq!(cluster.leader(), Some(leader));
+    Ok(())
+}
