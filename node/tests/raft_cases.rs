@@ -517,3 +517,26 @@ fn malformed_messages_are_dropped() -> TestResult {
     assert_eq!(cluster.leader(), Some(leader));
     Ok(())
 }
+
+/// Seven nodes tolerate three failures: with three down a majority of four still elects
+/// and commits; with four down nothing commits.
+#[test]
+fn seven_node_cluster_tolerates_three_failures() -> TestResult {
+    let mut cluster = Cluster::new(7, tight_config(), 91);
+    let leader = cluster.elect()?;
+    let others: Vec<u64> = cluster.ids().into_iter().filter(|&id| id != leader).collect();
+    for &id in &others[..2] {
+        cluster.crash(id);
+    }
+    cluster.crash(leader);
+    let leader = cluster.elect()?;
+    assert!(cluster.propose(leader, "with three down"));
+    cluster.run_for(1000)?;
+    assert_eq!(cluster.applied_commands(leader), ["with three down"]);
+    let up: Vec<u64> = cluster.ids().into_iter().filter(|&id| cluster.nodes[&id].is_up() && id != leader).collect();
+    cluster.crash(up[0]);
+    assert!(cluster.propose(leader, "with four down"));
+    cluster.run_for(3000)?;
+    assert!(cluster.committed.values().all(|e| e.payload != Payload::Command(Bytes::from_static(b"with four down"))));
+    Ok(())
+}

@@ -4,7 +4,8 @@
 //! Raft's safety properties checked after every step and liveness checked after healing.
 //!
 //! A failing case shrinks to a short schedule, printed step by step with the cluster's
-//! trace. `RAFT_PROPTEST_CASES` sets the number of cases per cluster size (default 1000);
+//! trace, and its seed is saved in `raft_properties.proptest-regressions` next to this file
+//! so that every later run replays it first. `RAFT_PROPTEST_CASES` sets the number of cases per cluster size (default 1000);
 //! `RAFT_PROPTEST_STEPS` the longest schedule (default 200).
 
 mod raft_harness;
@@ -13,7 +14,7 @@ use std::collections::BTreeSet;
 
 use chorus::replication::{ReplicaConfig, Role};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestError, TestRunner};
 use raft_harness::{Cluster, Failure};
 
 #[derive(Debug, Clone)]
@@ -237,9 +238,13 @@ fn run_property(size: u64) {
     let steps_max = env_number("RAFT_PROPTEST_STEPS", 200) as usize;
     let config = Config {
         cases,
-        failure_persistence: None,
-        // Shrinking re-runs whole schedules; bound it so a failing CI run ends.
-        max_shrink_time: 120_000,
+        // A failing case's seed goes to tests/raft_properties.proptest-regressions and is
+        // replayed first on every later run: commit it to keep the regression forever.
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions"))),
+        source_file: Some(file!()),
+        // Shrinking re-runs whole schedules; bound it so a failing CI run ends (delta
+        // debugging below finishes the job).
+        max_shrink_time: 60_000,
         ..Config::default()
     };
     let mut runner = TestRunner::new(config);
@@ -248,10 +253,63 @@ fn run_property(size: u64) {
             (Just(seed), Just(config), prop::collection::vec(step_strategy(size, weights), 1..steps_max))
         },
     );
-    let result = runner.run(&strategy, |(seed, config, steps)| run_schedule(size, seed, config, &steps));
-    if let Err(error) = result {
-        panic!("{size}-node cluster: {error}");
+    let started = std::time::Instant::now();
+    let steps_run = std::cell::Cell::new(0usize);
+    let result = runner.run(&strategy, |(seed, config, steps)| {
+        steps_run.set(steps_run.get() + steps.len());
+        run_schedule(size, seed, config, &steps)
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "{size}-node harness: {cases} cases, {} scheduled steps in {seconds:.1} s ({:.0} steps/s, excluding elections and liveness phases)",
+        steps_run.get(),
+        steps_run.get() as f64 / seconds
+    );
+    match result {
+        Ok(()) => {}
+        Err(TestError::Fail(_, (seed, config, steps))) => {
+            // proptest's shrinking keeps the schedule's length mostly; cut it down further
+            // by delta debugging (steps whose removal keeps the failure are dropped).
+            let fails = |candidate: &[Step]| run_schedule(size, seed, config.clone(), candidate).is_err();
+            let minimal = minimize(steps, fails);
+            let why = match run_schedule(size, seed, config.clone(), &minimal) {
+                Err(error) => error.to_string(),
+                Ok(()) => "(the minimized schedule passed; see the proptest output above)".to_owned(),
+            };
+            let numbered: Vec<String> = minimal.iter().enumerate().map(|(n, step)| format!("  {n}: {step:?}")).collect();
+            panic!(
+                "{size}-node cluster failed.\n{why}\nminimal schedule (seed {seed}, {config:?}):\n{}",
+                numbered.join("\n")
+            );
+        }
+        Err(error) => panic!("{size}-node cluster: {error}"),
     }
+}
+
+/// Delta debugging (Zeller's ddmin): the smallest sub-schedule found that still fails.
+fn minimize(mut steps: Vec<Step>, fails: impl Fn(&[Step]) -> bool) -> Vec<Step> {
+    let mut chunks = 2;
+    while steps.len() >= 2 {
+        let chunk_len = steps.len().div_ceil(chunks);
+        let mut reduced = false;
+        for start in (0..steps.len()).step_by(chunk_len) {
+            let mut candidate = steps.clone();
+            candidate.drain(start..(start + chunk_len).min(steps.len()));
+            if fails(&candidate) {
+                steps = candidate;
+                chunks = (chunks - 1).max(2);
+                reduced = true;
+                break;
+            }
+        }
+        if !reduced {
+            if chunks >= steps.len() {
+                break;
+            }
+            chunks = (chunks * 2).min(steps.len());
+        }
+    }
+    steps
 }
 
 #[test]
