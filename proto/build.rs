@@ -7,7 +7,12 @@ use std::path::PathBuf;
 use prost::Message;
 
 const PROTO_ROOT: &str = "proto";
-const PROTOS: &[&str] = &["proto/chorus/v1/chat.proto", "proto/chorus/v1/command.proto"];
+const PROTOS: &[&str] = &[
+    "proto/chorus/v1/chat.proto",
+    "proto/chorus/v1/command.proto",
+    "proto/chorus/v1/raft.proto",
+    "proto/chorus/v1/cluster.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {

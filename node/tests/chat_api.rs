@@ -17,8 +17,13 @@ fn send(token: &str, to: &str, body: &str, client_msg_id: &str) -> SendMessageRe
         token: token.to_owned(),
         to: to.to_owned(),
         body: body.to_owned(),
-        client_msg_id: client_msg_id.to_owned(),
+        client_msg_id: common::msg_id(client_msg_id),
     }
+}
+
+/// A send whose client_msg_id is taken as given.
+fn send_raw(token: &str, to: &str, body: &str, client_msg_id: &str) -> SendMessageRequest {
+    SendMessageRequest { client_msg_id: client_msg_id.to_owned(), ..send(token, to, body, "") }
 }
 
 async fn history(client: &mut ChatClient<Channel>, token: &str, peer: Option<&str>) -> Vec<Message> {
@@ -167,8 +172,11 @@ async fn send_message_rejects_bad_input() {
         (send(&alice, "nobody", "hi", "m1"), Code::NotFound, "user 'nobody' does not exist"),
         (send(&alice, "bob", "", "m1"), Code::InvalidArgument, "body is empty"),
         (send(&alice, "bob", &"x".repeat(64 * 1024 + 1), "m1"), Code::InvalidArgument, "64 KiB"),
-        (send(&alice, "bob", "hi", ""), Code::InvalidArgument, "client_msg_id is empty"),
-        (send(&alice, "bob", "hi", &"m".repeat(65)), Code::InvalidArgument, "at most 64"),
+        (send_raw(&alice, "bob", "hi", ""), Code::InvalidArgument, "client_msg_id is empty"),
+        (send_raw(&alice, "bob", "hi", &format!("1-{}", "m".repeat(63))), Code::InvalidArgument, "at most 64"),
+        (send_raw(&alice, "bob", "hi", "no-time-in-it"), Code::InvalidArgument, "<unix-ms>-<unique>"),
+        (send_raw(&alice, "bob", "hi", "1-ancient"), Code::FailedPrecondition, "older than what the server remembers"),
+        (send_raw(&alice, "bob", "hi", "99999999999999-future"), Code::InvalidArgument, "ahead of the server's clock"),
         (send(&alice, "bad name", "hi", "m1"), Code::InvalidArgument, "only a-z"),
         (send("not-a-token", "bob", "hi", "m1"), Code::Unauthenticated, "log in again"),
         (send(&"t".repeat(100_000), "bob", "hi", "m1"), Code::Unauthenticated, "log in again"),

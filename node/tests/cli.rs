@@ -59,10 +59,11 @@ fn a_conversation_through_the_cli() {
     assert_ok(&cli(&alice, &["send", "bob"], "from stdin\n"));
     assert_fails_with(&cli(&alice, &["send", "carol", "hi"], ""), "user 'carol' does not exist");
     // A retry with the same client_msg_id is recognized.
-    assert_ok(&cli(&alice, &["send", "bob", "once", "--client-msg-id", "k1"], ""));
-    assert!(
-        assert_ok(&cli(&alice, &["send", "bob", "once", "--client-msg-id", "k1"], "")).contains("not stored again")
-    );
+    let id = common::msg_id("k1");
+    assert_ok(&cli(&alice, &["send", "bob", "once", "--client-msg-id", &id], ""));
+    let retry = assert_ok(&cli(&alice, &["send", "bob", "once", "--client-msg-id", &id], ""));
+    assert!(retry.contains("not stored again"), "{retry}");
+    assert_fails_with(&cli(&alice, &["send", "bob", "x", "--client-msg-id", "k2"], ""), "<unix-ms>-<unique>");
 
     assert_fails_with(&cli(&bob, &["read"], ""), "not logged in");
     assert_fails_with(

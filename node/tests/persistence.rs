@@ -21,7 +21,7 @@ async fn acknowledged_messages_survive_sigkill() {
             token: alice.clone(),
             to: "bob".into(),
             body: format!("message {n}"),
-            client_msg_id: format!("m{n}"),
+            client_msg_id: common::msg_id(&format!("m{n}")),
         };
         acknowledged.push(client.send_message(request).await.unwrap().into_inner().message_id);
     }
@@ -47,7 +47,7 @@ async fn acknowledged_messages_survive_sigkill() {
         token: alice.clone(),
         to: "bob".into(),
         body: "message 49".into(),
-        client_msg_id: "m49".into(),
+        client_msg_id: common::msg_id("m49"),
     };
     let response = client.send_message(retry).await.unwrap().into_inner();
     assert!(response.duplicate);

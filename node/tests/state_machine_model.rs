@@ -8,7 +8,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use chorus::chat::limits::SESSIONS_PER_USER_MAX;
+use chorus::chat::limits::{
+    CLIENT_CLOCK_AHEAD_MAX_MS, DEDUP_RECORDS_PER_SENDER_MAX, DEDUP_WINDOW_MS, SESSIONS_PER_USER_MAX,
+};
 use chorus::chat::validate;
 use chorus::chat::{ChatStateMachine, Credentials, MessageView, Outcome, Rejection, SessionUser};
 use chorus_proto::v1::{
@@ -21,8 +23,13 @@ use sha2::{Digest, Sha256};
 const NAMES: &[&str] = &["alice", "bob", "carol", "al", "bo.b", "Alice", "x_1", "", "bad name"];
 const PASSWORD_HASHES: &[&str] = &["hash-a", "hash-b", ""];
 const BODIES: &[&str] = &["hi", "hello there", "", "ünïcödé"];
-/// client_msg_id choices: `m0`..`m39`, and two invalid ones (empty, with a space).
-const CLIENT_MSG_IDS: usize = 42;
+/// client_msg_id choices: 40 valid ids whose first-attempt times are spread over the run
+/// (so that, as log time passes an hour per step, early ones fall out of the dedup window
+/// and late ones are still in the future), and three invalid ones.
+const CLIENT_MSG_IDS: usize = 43;
+/// Log time at the first step, and how much passes per step.
+const START_MS: u64 = 1_000 * 24 * 3600 * 1000;
+const STEP_MS: u64 = 3600 * 1000;
 const TOKENS: usize = 6;
 const USER_IDS: u64 = 7;
 const PATTERNS: &[&str] = &["*", "a*", "?o*", "*l*", "b?.b", "al", "zz*", "*e"];
@@ -154,7 +161,7 @@ fn command_of(step: &Step, time_ms: u64, next_message_id: u64) -> Option<Command
             token_hash: token_hash(0),
             to: "alice".to_owned(),
             body: "x".repeat(64 * 1024 + 1),
-            client_msg_id: "big".to_owned(),
+            client_msg_id: format!("{time_ms}-big"),
             sent_at_ms: time_ms,
         }),
         Step::Malformed { .. } => {
@@ -168,8 +175,9 @@ fn command_of(step: &Step, time_ms: u64, next_message_id: u64) -> Option<Command
 fn client_msg_id_of(choice: usize) -> String {
     match choice {
         40 => String::new(),
-        41 => "has space".to_owned(),
-        n => format!("m{n}"),
+        41 => "1-has space".to_owned(),
+        42 => "no-time".to_owned(),
+        n => format!("{}-m{n}", START_MS + n as u64 * STEP_MS / 2),
     }
 }
 
@@ -204,8 +212,10 @@ struct Model {
     /// token hash → (user id, log index of the login)
     sessions: BTreeMap<Vec<u8>, (u64, u64)>,
     messages: BTreeMap<u64, ModelMessage>,
-    /// (sender, client_msg_id) → (message id, recipient, body)
-    dedup: BTreeMap<(u64, String), (u64, String, String)>,
+    /// (sender, client_msg_id) → (message id, recipient, body, first-attempt time)
+    dedup: BTreeMap<(u64, String), (u64, String, String, u64)>,
+    /// Per sender: the newest first-attempt time forgotten.
+    dedup_floor: BTreeMap<u64, u64>,
     next_message_id: u64,
     last_applied: u64,
 }
@@ -308,8 +318,14 @@ impl Model {
                 let sender = self.session(&c.token_hash).ok_or(Rejection::SessionInvalid)?;
                 let to = canonical_exactly(&c.to)?;
                 validate::message_body(&c.body)?;
-                validate::client_msg_id(&c.client_msg_id)?;
-                if let Some((message_id, first_to, first_body)) = self.dedup.get(&(sender, c.client_msg_id.clone())) {
+                let attempt = validate::client_msg_id(&c.client_msg_id)?;
+                if attempt > c.sent_at_ms + CLIENT_CLOCK_AHEAD_MAX_MS {
+                    return Err(Rejection::ClientClockAhead {
+                        client_msg_id: c.client_msg_id.clone(),
+                        ahead_ms: attempt - c.sent_at_ms,
+                    });
+                }
+                if let Some((message_id, first_to, first_body, _)) = self.dedup.get(&(sender, c.client_msg_id.clone())) {
                     return if *first_to == to && *first_body == c.body {
                         Ok(Outcome::MessageSent { message_id: *message_id, duplicate: true })
                     } else {
@@ -318,6 +334,10 @@ impl Model {
                             message_id: *message_id,
                         })
                     };
+                }
+                let floor = self.dedup_floor.get(&sender).copied().unwrap_or(0).max(c.sent_at_ms.saturating_sub(DEDUP_WINDOW_MS));
+                if attempt <= floor {
+                    return Err(Rejection::RetryTooOld { client_msg_id: c.client_msg_id.clone() });
                 }
                 let recipient = self
                     .by_name(&to)
@@ -330,7 +350,22 @@ impl Model {
                     message_id,
                     ModelMessage { sender, recipient, body: c.body.clone(), sent_at_ms: c.sent_at_ms, read: false },
                 );
-                self.dedup.insert((sender, c.client_msg_id.clone()), (message_id, to, c.body.clone()));
+                self.dedup.insert((sender, c.client_msg_id.clone()), (message_id, to, c.body.clone(), attempt));
+                // Forget what is outside the window or beyond the count, oldest first.
+                let mut new_floor = floor.max(c.sent_at_ms.saturating_sub(DEDUP_WINDOW_MS));
+                let mut mine: Vec<(u64, String)> = self
+                    .dedup
+                    .iter()
+                    .filter(|((s, _), _)| *s == sender)
+                    .map(|((_, id), record)| (record.3, id.clone()))
+                    .collect();
+                mine.sort();
+                let excess = (mine.len() as u64).saturating_sub(DEDUP_RECORDS_PER_SENDER_MAX);
+                if excess > 0 {
+                    new_floor = new_floor.max(mine[excess as usize - 1].0);
+                }
+                self.dedup.retain(|(s, _), record| *s != sender || record.3 > new_floor);
+                self.dedup_floor.insert(sender, new_floor);
                 Ok(Outcome::MessageSent { message_id, duplicate: false })
             }
             command::Kind::ReadMessages(c) => {
@@ -530,7 +565,7 @@ fn run_schedule(dir: &Path, steps: &[Step]) -> Result<(), TestCaseError> {
     let mut model = Model::new();
     let mut index = 0;
     for (n, step) in steps.iter().enumerate() {
-        let time_ms = 1_000 * (n as u64 + 1);
+        let time_ms = START_MS + STEP_MS * n as u64;
         match command_of(step, time_ms, model.next_message_id) {
             None => {
                 drop(sm);
@@ -607,4 +642,49 @@ fn applying_an_old_index_panics() {
     let command = command_of(&Step::CreateAccount { name: 0, hash: 0 }, 1, 1).unwrap();
     sm.apply(5, &command).unwrap();
     sm.apply(5, &command).unwrap();
+}
+
+/// Beyond the count bound a sender's oldest ids are forgotten, and a retry of a forgotten id
+/// is refused, never stored again; ids still remembered are recognized as retries.
+#[test]
+fn dedup_forgets_the_oldest_ids_beyond_the_bound_and_refuses_their_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = ChatStateMachine::open(&dir.path().join("chat.sqlite3")).unwrap();
+    let setup = [
+        Step::CreateAccount { name: 0, hash: 0 },
+        Step::CreateAccount { name: 1, hash: 0 },
+        Step::OpenSession { user_id: 1, token: 0 },
+    ];
+    let mut index = 0;
+    for step in &setup {
+        index += 1;
+        sm.apply(index, &command_of(step, START_MS, 1).unwrap()).unwrap();
+    }
+    let send = |n: u64| Command {
+        kind: Some(command::Kind::SendMessage(SendMessageCommand {
+            token_hash: token_hash(0),
+            to: "bob".to_owned(),
+            body: format!("message {n}"),
+            client_msg_id: format!("{}-n{n}", START_MS + n),
+            sent_at_ms: START_MS + 20_000,
+        })),
+    };
+    let total = DEDUP_RECORDS_PER_SENDER_MAX + 5;
+    let commands: Vec<Command> = (0..total).map(send).collect();
+    let batch: Vec<(u64, Option<&Command>)> =
+        commands.iter().enumerate().map(|(n, c)| (index + 1 + n as u64, Some(c))).collect();
+    index += total;
+    let outcomes = sm.apply_batch(&batch).unwrap();
+    assert!(outcomes.iter().all(|o| matches!(o, Some(Outcome::MessageSent { duplicate: false, .. }))));
+    for n in [0, 4] {
+        index += 1;
+        let outcome = sm.apply(index, &send(n)).unwrap();
+        assert!(matches!(outcome, Outcome::Rejected(Rejection::RetryTooOld { .. })), "id {n}: {outcome:?}");
+    }
+    for n in [5, total - 1] {
+        index += 1;
+        let outcome = sm.apply(index, &send(n)).unwrap();
+        assert!(matches!(outcome, Outcome::MessageSent { duplicate: true, .. }), "id {n}: {outcome:?}");
+    }
+    assert_eq!(sm.received_after(2, 0, u32::MAX).unwrap().len() as u64, total, "no second copies");
 }

@@ -10,6 +10,12 @@ pub const PASSWORD_BYTES_MAX: usize = 1024;
 pub const BODY_BYTES_MAX: usize = 64 * 1024;
 /// Longest client-chosen message id, in characters.
 pub const CLIENT_MSG_ID_LEN_MAX: usize = 64;
+/// How long (in log time) a sender's client_msg_ids are remembered for deduplication.
+pub const DEDUP_WINDOW_MS: u64 = 24 * 60 * 60 * 1000;
+/// Most client_msg_ids remembered per sender; beyond it the oldest are forgotten.
+pub const DEDUP_RECORDS_PER_SENDER_MAX: u64 = 10_000;
+/// How far ahead of the server's clock a client_msg_id's time may be (client clock skew).
+pub const CLIENT_CLOCK_AHEAD_MAX_MS: u64 = 5 * 60 * 1000;
 /// Longest account-listing pattern, in characters.
 pub const PATTERN_LEN_MAX: usize = 64;
 /// Page size or read limit used when the request leaves it at 0.

@@ -60,6 +60,14 @@ pub enum Rejection {
         "client_msg_id '{client_msg_id}' was already used for a different message (id {message_id}): use a new id for a new message"
     )]
     ClientMsgIdReused { client_msg_id: String, message_id: u64 },
+    #[error(
+        "client_msg_id '{client_msg_id}' is older than what the server remembers (the sender's last 10,000 ids within 24 hours), so it cannot tell whether that message was already stored and refuses it; if this is a new message, check the client's clock and send it with a fresh id"
+    )]
+    RetryTooOld { client_msg_id: String },
+    #[error(
+        "client_msg_id '{client_msg_id}' carries a time {ahead_ms} ms ahead of the server's clock: fix the client's clock (ids must carry the time of the first attempt)"
+    )]
+    ClientClockAhead { client_msg_id: String, ahead_ms: u64 },
     #[error("message {message_id} not found")]
     MessageNotFound { message_id: u64 },
     #[error("message {message_id} was already read by its recipient: only the recipient can delete it now")]

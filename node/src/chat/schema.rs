@@ -4,7 +4,7 @@
 //! and account listings cost O(log n + page) however large the tables grow.
 
 /// `MIGRATIONS[v]` upgrades schema version `v` to `v + 1`.
-pub const MIGRATIONS: &[&str] = &[V1];
+pub const MIGRATIONS: &[&str] = &[V1, V2];
 
 const V1: &str = "
 -- One row: how far the log has been applied, and the id counters. Ids come from counters
@@ -67,4 +67,27 @@ CREATE TABLE sent_dedup (
     sent_at_ms     INTEGER NOT NULL,
     PRIMARY KEY (sender_id, client_msg_id)
 ) WITHOUT ROWID;
+";
+
+/// Bounded deduplication: each record keeps the first-attempt time carried by its
+/// client_msg_id; per sender, `dedup_floor_ms` is the newest time ever forgotten, and a
+/// send whose id is not remembered but is not newer than the floor is refused.
+const V2: &str = "
+CREATE TABLE sent_dedup_v2 (
+    sender_id        INTEGER NOT NULL,
+    client_msg_id    TEXT    NOT NULL,
+    message_id       INTEGER NOT NULL,
+    request_digest   BLOB    NOT NULL,
+    first_attempt_ms INTEGER NOT NULL,
+    PRIMARY KEY (sender_id, client_msg_id)
+) WITHOUT ROWID;
+-- Version 1 ids carried no time; their send time stands in for it.
+INSERT INTO sent_dedup_v2 SELECT sender_id, client_msg_id, message_id, request_digest, sent_at_ms FROM sent_dedup;
+DROP TABLE sent_dedup;
+ALTER TABLE sent_dedup_v2 RENAME TO sent_dedup;
+CREATE INDEX sent_dedup_by_age ON sent_dedup (sender_id, first_attempt_ms);  -- forgetting the oldest
+
+ALTER TABLE users ADD COLUMN dedup_floor_ms INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE users ADD COLUMN dedup_records INTEGER NOT NULL DEFAULT 0 CHECK (dedup_records >= 0);
+UPDATE users SET dedup_records = (SELECT count(*) FROM sent_dedup WHERE sender_id = users.user_id);
 ";

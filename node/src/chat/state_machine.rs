@@ -11,7 +11,9 @@ use chorus_proto::v1::{Command, command};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
 
-use super::limits::SESSIONS_PER_USER_MAX;
+use super::limits::{
+    CLIENT_CLOCK_AHEAD_MAX_MS, DEDUP_RECORDS_PER_SENDER_MAX, DEDUP_WINDOW_MS, SESSIONS_PER_USER_MAX,
+};
 use super::outcome::{MessageView, Outcome, Rejection};
 use super::schema::MIGRATIONS;
 use super::validate;
@@ -131,24 +133,38 @@ impl ChatStateMachine {
     /// An `Err` is a storage failure (disk full, I/O error): nothing was applied and the
     /// node cannot go on applying. Whatever the command holds, apply never panics on it.
     pub fn apply(&mut self, index: u64, command: &Command) -> Result<Outcome, StateMachineError> {
+        let mut outcomes = self.apply_batch(&[(index, Some(command))])?;
+        Ok(outcomes.pop().flatten().expect("one command, one outcome"))
+    }
+
+    /// Applies committed log entries in order, in one transaction that ends by recording
+    /// the last index as applied: all of them take effect or none. `None` stands for a log
+    /// entry that is not a chat command (the replication log's own no-ops); it only
+    /// advances the applied index. Returns one outcome per command.
+    pub fn apply_batch(&mut self, batch: &[(u64, Option<&Command>)]) -> Result<Vec<Option<Outcome>>, StateMachineError> {
+        let Some(&(last_index, _)) = batch.last() else { return Ok(Vec::new()) };
         let path = self.path.clone();
         let sql_error = |source| StateMachineError::Sqlite { path: path.clone(), source };
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql_error)?;
-        let last_applied: i64 = tx
-            .query_row("SELECT last_applied FROM chat_state WHERE singleton = 1", [], |row| row.get(0))
-            .map_err(sql_error)?;
-        assert!(
-            index > to_u64(last_applied),
-            "apply out of order: index {index} after last_applied {last_applied} in {}",
-            path.display()
-        );
-        let outcome = Apply { tx: &tx, index }.command(command).map_err(sql_error)?;
-        tx.execute("UPDATE chat_state SET last_applied = ?1 WHERE singleton = 1", [to_i64(index)])
+        let last_applied: i64 =
+            tx.query_row("SELECT last_applied FROM chat_state WHERE singleton = 1", [], |row| row.get(0)).map_err(sql_error)?;
+        let mut previous = to_u64(last_applied);
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for &(index, command) in batch {
+            assert!(index > previous, "apply out of order: index {index} after {previous} in {}", path.display());
+            previous = index;
+            let outcome = match command {
+                Some(command) => Some(Apply { tx: &tx, index }.command(command).map_err(sql_error)?),
+                None => None,
+            };
+            outcomes.push(outcome);
+        }
+        tx.execute("UPDATE chat_state SET last_applied = ?1 WHERE singleton = 1", [to_i64(last_index)])
             .map_err(sql_error)?;
         // COMMIT under synchronous=FULL returns after the WAL is fsynced: from here on the
-        // outcome survives a crash, and only now may anyone be told about it.
+        // outcomes survive a crash, and only now may anyone be told about them.
         tx.commit().map_err(sql_error)?;
-        Ok(outcome)
+        Ok(outcomes)
     }
 
     /// The account and password hash of a live user, for checking a password.
@@ -362,13 +378,18 @@ impl Apply<'_> {
         let sender = check!(self.session(&c.token_hash)?);
         let to = check!(canonical_exactly(&c.to));
         check!(validate::message_body(&c.body));
-        check!(validate::client_msg_id(&c.client_msg_id));
+        let first_attempt_ms = check!(validate::client_msg_id(&c.client_msg_id));
+        let sender_id = to_i64(sender.user_id);
+        if first_attempt_ms > c.sent_at_ms.saturating_add(CLIENT_CLOCK_AHEAD_MAX_MS) {
+            let ahead_ms = first_attempt_ms - c.sent_at_ms;
+            return Ok(Outcome::Rejected(Rejection::ClientClockAhead { client_msg_id: c.client_msg_id.clone(), ahead_ms }));
+        }
         let digest = request_digest(&to, &c.body);
         let first: Option<(i64, Vec<u8>)> = self
             .tx
             .query_row(
                 "SELECT message_id, request_digest FROM sent_dedup WHERE sender_id = ?1 AND client_msg_id = ?2",
-                params![to_i64(sender.user_id), c.client_msg_id],
+                params![sender_id, c.client_msg_id],
                 |row| Ok((row.get(0)?, row.get(1)?)),
             )
             .optional()?;
@@ -380,6 +401,15 @@ impl Apply<'_> {
                 Outcome::Rejected(Rejection::ClientMsgIdReused { client_msg_id: c.client_msg_id.clone(), message_id })
             });
         }
+        // Not remembered. Every id of this sender at or before the floor was forgotten (or
+        // is older than the window), so one from back then may be a retry of a stored
+        // message: refuse rather than risk a second copy.
+        let stored_floor: i64 =
+            self.tx.query_row("SELECT dedup_floor_ms FROM users WHERE user_id = ?1", [sender_id], |row| row.get(0))?;
+        let floor = stored_floor.max(to_i64(c.sent_at_ms.saturating_sub(DEDUP_WINDOW_MS)));
+        if to_i64(first_attempt_ms) <= floor {
+            return Ok(Outcome::Rejected(Rejection::RetryTooOld { client_msg_id: c.client_msg_id.clone() }));
+        }
         let recipient: Option<i64> = self
             .tx
             .query_row("SELECT user_id FROM users WHERE username = ?1 AND deleted_at_ms IS NULL", [&to], |row| {
@@ -389,7 +419,6 @@ impl Apply<'_> {
         let Some(recipient) = recipient else {
             return Ok(Outcome::Rejected(Rejection::RecipientNotFound { username: to }));
         };
-        let sender_id = to_i64(sender.user_id);
         let message_id: i64 = self.tx.query_row("SELECT next_message_id FROM chat_state", [], |row| row.get(0))?;
         self.tx.execute(
             "INSERT INTO messages (message_id, sender_id, recipient_id, pair_low, pair_high, body, sent_at_ms)
@@ -406,12 +435,49 @@ impl Apply<'_> {
         )?;
         self.tx.execute("UPDATE users SET unread_count = unread_count + 1 WHERE user_id = ?1", [recipient])?;
         self.tx.execute(
-            "INSERT INTO sent_dedup (sender_id, client_msg_id, message_id, request_digest, sent_at_ms)
+            "INSERT INTO sent_dedup (sender_id, client_msg_id, message_id, request_digest, first_attempt_ms)
              VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![sender_id, c.client_msg_id, message_id, digest, to_i64(c.sent_at_ms)],
+            params![sender_id, c.client_msg_id, message_id, digest, to_i64(first_attempt_ms)],
         )?;
+        self.tx.execute("UPDATE users SET dedup_records = dedup_records + 1 WHERE user_id = ?1", [sender_id])?;
         self.tx.execute("UPDATE chat_state SET next_message_id = next_message_id + 1", [])?;
+        self.forget_old_dedup_records(sender_id, c.sent_at_ms)?;
         Ok(Outcome::MessageSent { message_id: to_u64(message_id), duplicate: false })
+    }
+
+    /// Keeps a sender's dedup records within the window (by the log's clock: the time
+    /// carried by the command being applied) and the count bound, raising the floor to the
+    /// newest first-attempt time forgotten. Records kept are exactly those above the floor.
+    fn forget_old_dedup_records(&self, sender_id: i64, now_ms: u64) -> Result<(), rusqlite::Error> {
+        let (floor, records): (i64, i64) = self.tx.query_row(
+            "SELECT dedup_floor_ms, dedup_records FROM users WHERE user_id = ?1",
+            [sender_id],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+        let mut new_floor = floor.max(to_i64(now_ms.saturating_sub(DEDUP_WINDOW_MS)));
+        let excess = to_u64(records).saturating_sub(DEDUP_RECORDS_PER_SENDER_MAX);
+        if excess > 0 {
+            // The time of the excess-th oldest record: forgetting everything up to it
+            // (ties included) brings the count within the bound.
+            let cut: i64 = self.tx.query_row(
+                "SELECT first_attempt_ms FROM sent_dedup WHERE sender_id = ?1
+                 ORDER BY first_attempt_ms, client_msg_id LIMIT 1 OFFSET ?2",
+                params![sender_id, to_i64(excess - 1)],
+                |row| row.get(0),
+            )?;
+            new_floor = new_floor.max(cut);
+        }
+        if new_floor > floor {
+            let forgotten = self.tx.execute(
+                "DELETE FROM sent_dedup WHERE sender_id = ?1 AND first_attempt_ms <= ?2",
+                params![sender_id, new_floor],
+            )?;
+            self.tx.execute(
+                "UPDATE users SET dedup_floor_ms = ?1, dedup_records = dedup_records - ?2 WHERE user_id = ?3",
+                params![new_floor, to_i64(forgotten as u64), sender_id],
+            )?;
+        }
+        Ok(())
     }
 
     fn read_messages(&self, c: &chorus_proto::v1::ReadMessagesCommand) -> Result<Outcome, rusqlite::Error> {
@@ -497,6 +563,7 @@ impl Apply<'_> {
         self.tx.execute("DELETE FROM messages WHERE recipient_id = ?1", [user_id])?;
         self.tx.execute("DELETE FROM sessions WHERE user_id = ?1", [user_id])?;
         self.tx.execute("DELETE FROM sent_dedup WHERE sender_id = ?1", [user_id])?;
+        self.tx.execute("UPDATE users SET dedup_records = 0 WHERE user_id = ?1", [user_id])?;
         // The row stays as a tombstone: the name is retired and read messages it sent keep
         // their sender's name.
         self.tx.execute(
@@ -569,6 +636,32 @@ fn to_u64(value: i64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A version-1 database keeps its dedup records when it is upgraded to version 2.
+    #[test]
+    fn schema_v1_upgrades_to_v2_keeping_dedup_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.sqlite3");
+        {
+            let mut conn = storage::open_database(&path).unwrap();
+            storage::migrate(&mut conn, &path, &MIGRATIONS[..1]).unwrap();
+            conn.execute_batch(
+                "INSERT INTO users (user_id, username, password_hash, created_at_ms) VALUES (1, 'al', 'h', 5);
+                 INSERT INTO sent_dedup VALUES (1, 'old-id', 7, x'00', 1234);",
+            )
+            .unwrap();
+        }
+        let machine = ChatStateMachine::open(&path).unwrap();
+        let (attempt, records): (i64, i64) = machine
+            .conn
+            .query_row(
+                "SELECT d.first_attempt_ms, u.dedup_records FROM sent_dedup d JOIN users u ON u.user_id = d.sender_id",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((attempt, records), (1234, 1));
+    }
 
     /// The queries that grow with the data are index range scans: no full scan of a table,
     /// and (but for the merge of two bounded scans) no sort of the whole result.

@@ -25,13 +25,17 @@ pub enum InvalidInput {
     #[error("message body is {len} bytes: at most {BODY_BYTES_MAX} (64 KiB) are allowed")]
     BodyTooLong { len: usize },
     #[error(
-        "client_msg_id is empty: give each message a unique id (a UUID or a counter) so a retry is not stored twice"
+        "client_msg_id is empty: give each message a unique id of the form <unix-ms>-<unique>, e.g. 1795489205000-7f3a9c, so a retry is not stored twice"
     )]
     ClientMsgIdEmpty,
     #[error("client_msg_id is {len} characters: at most {CLIENT_MSG_ID_LEN_MAX} are allowed")]
     ClientMsgIdTooLong { len: usize },
     #[error("client_msg_id contains {found:?}: only printable ASCII without spaces is allowed")]
     ClientMsgIdBadCharacter { found: char },
+    #[error(
+        "client_msg_id {id:?} must look like <unix-ms>-<unique> (e.g. 1795489205000-7f3a9c): the time of the first attempt, which bounds how long the server must remember the id"
+    )]
+    ClientMsgIdNoTime { id: String },
     #[error("pattern is {len} characters: at most {PATTERN_LEN_MAX} are allowed")]
     PatternTooLong { len: usize },
     #[error(
@@ -101,7 +105,10 @@ pub fn message_body(body: &str) -> Result<(), InvalidInput> {
     Ok(())
 }
 
-pub fn client_msg_id(id: &str) -> Result<(), InvalidInput> {
+/// Checks a client_msg_id and returns the time of the first attempt it carries: ids look
+/// like `<unix-ms>-<unique>`, and the time lets the server forget old ids safely (a retry
+/// older than what it remembers is refused rather than stored twice).
+pub fn client_msg_id(id: &str) -> Result<u64, InvalidInput> {
     if id.is_empty() {
         return Err(InvalidInput::ClientMsgIdEmpty);
     }
@@ -112,7 +119,12 @@ pub fn client_msg_id(id: &str) -> Result<(), InvalidInput> {
     if let Some(found) = id.chars().find(|c| !c.is_ascii_graphic()) {
         return Err(InvalidInput::ClientMsgIdBadCharacter { found });
     }
-    Ok(())
+    let no_time = || InvalidInput::ClientMsgIdNoTime { id: id.to_owned() };
+    let (time, unique) = id.split_once('-').ok_or_else(no_time)?;
+    if unique.is_empty() || time.is_empty() || time.len() > 19 || !time.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(no_time());
+    }
+    time.parse().map_err(|_| no_time())
 }
 
 /// Checks an account-listing pattern and returns it as an SQLite GLOB pattern over
@@ -220,6 +232,18 @@ mod tests {
         assert_eq!(message_body(""), Err(InvalidInput::BodyEmpty));
         assert!(message_body(&"x".repeat(64 * 1024)).is_ok());
         assert_eq!(message_body(&"x".repeat(64 * 1024 + 1)), Err(InvalidInput::BodyTooLong { len: 65537 }));
+    }
+
+    #[test]
+    fn client_msg_ids_carry_their_first_attempt_time() {
+        assert_eq!(client_msg_id("1795489205000-a1"), Ok(1_795_489_205_000));
+        assert_eq!(client_msg_id("0-x"), Ok(0));
+        assert_eq!(client_msg_id(""), Err(InvalidInput::ClientMsgIdEmpty));
+        for bad in ["abc", "123", "123-", "-x", "12a-x", "99999999999999999999-x"] {
+            assert!(matches!(client_msg_id(bad), Err(InvalidInput::ClientMsgIdNoTime { .. })), "{bad}");
+        }
+        assert!(matches!(client_msg_id("1-has space"), Err(InvalidInput::ClientMsgIdBadCharacter { found: ' ' })));
+        assert!(matches!(client_msg_id(&format!("1-{}", "x".repeat(63))), Err(InvalidInput::ClientMsgIdTooLong { .. })));
     }
 
     #[test]

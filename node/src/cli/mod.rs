@@ -55,8 +55,9 @@ pub enum Verb {
     Send {
         to: String,
         body: Vec<String>,
-        /// Retry-safe id of this message (default: a fresh random id). Sending again with the
-        /// same id never stores a second copy.
+        /// Retry-safe id of this message, `<unix-ms>-<unique>` with the time of the first
+        /// attempt (default: now and a random suffix). Sending again with the same id never
+        /// stores a second copy.
         #[arg(long)]
         client_msg_id: Option<String>,
     },

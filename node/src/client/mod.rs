@@ -61,12 +61,15 @@ impl ChatClient {
     }
 }
 
-/// A fresh client_msg_id: 128 random bits in hex, so two messages never share one by chance.
+/// A fresh client_msg_id: the time of this first attempt (which lets the server bound how
+/// long it remembers ids) and 128 random bits, so two messages never share one by chance.
+/// Retries of the same message must reuse it unchanged.
 pub fn new_client_msg_id() -> String {
     use rand::RngCore;
     let mut bytes = [0u8; 16];
     crate::seam::os_seeded_rng().fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let random: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{random}", crate::seam::unix_time_ms())
 }
 
 fn endpoint(server: &str) -> Result<Endpoint, ClientError> {

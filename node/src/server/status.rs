@@ -19,6 +19,8 @@ pub fn rejection(rejection: Rejection) -> Status {
         Rejection::Invalid(_) => Status::invalid_argument(message),
         Rejection::UsernameTaken { .. } | Rejection::UsernameRetired { .. } => Status::already_exists(message),
         Rejection::ClientMsgIdReused { .. } => Status::already_exists(message),
+        Rejection::RetryTooOld { .. } => Status::failed_precondition(message),
+        Rejection::ClientClockAhead { .. } => Status::invalid_argument(message),
         Rejection::AccountGone => Status::unauthenticated(LOGIN_FAILED),
         Rejection::SessionInvalid => Status::unauthenticated(message),
         Rejection::RecipientNotFound { .. } | Rejection::MessageNotFound { .. } => Status::not_found(message),
