@@ -25,6 +25,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_build::configure()
         .file_descriptor_set_path(&descriptor_path)
         .skip_protoc_run()
+        // Log entry payloads are shared between the replica's log and every follower's
+        // append: reference-counted bytes instead of a copy each.
+        .bytes([".chorus.v1.LogEntry.command"])
         .compile_protos(PROTOS, &[PROTO_ROOT])?;
     Ok(())
 }

@@ -15,3 +15,4 @@ pub mod runtime;
 pub mod seam;
 pub mod server;
 pub mod storage;
+pub mod transport;

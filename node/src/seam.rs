@@ -48,3 +48,21 @@ where
         work()
     }
 }
+
+/// The monotonic clock the replication core is ticked with: milliseconds since this clock
+/// was started. It reads tokio's clock, which madsim replaces with simulated time, so a
+/// simulated node needs no other implementation.
+#[derive(Debug, Clone, Copy)]
+pub struct MonotonicClock {
+    start: tokio::time::Instant,
+}
+
+impl MonotonicClock {
+    pub fn start() -> Self {
+        Self { start: tokio::time::Instant::now() }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}

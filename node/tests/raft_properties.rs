@@ -276,7 +276,8 @@ fn run_property(size: u64) {
                 Err(error) => error.to_string(),
                 Ok(()) => "(the minimized schedule passed; see the proptest output above)".to_owned(),
             };
-            let numbered: Vec<String> = minimal.iter().enumerate().map(|(n, step)| format!("  {n}: {step:?}")).collect();
+            let numbered: Vec<String> =
+                minimal.iter().enumerate().map(|(n, step)| format!("  {n}: {step:?}")).collect();
             panic!(
                 "{size}-node cluster failed.\n{why}\nminimal schedule (seed {seed}, {config:?}):\n{}",
                 numbered.join("\n")

@@ -325,7 +325,8 @@ impl Model {
                         ahead_ms: attempt - c.sent_at_ms,
                     });
                 }
-                if let Some((message_id, first_to, first_body, _)) = self.dedup.get(&(sender, c.client_msg_id.clone())) {
+                if let Some((message_id, first_to, first_body, _)) = self.dedup.get(&(sender, c.client_msg_id.clone()))
+                {
                     return if *first_to == to && *first_body == c.body {
                         Ok(Outcome::MessageSent { message_id: *message_id, duplicate: true })
                     } else {
@@ -335,7 +336,12 @@ impl Model {
                         })
                     };
                 }
-                let floor = self.dedup_floor.get(&sender).copied().unwrap_or(0).max(c.sent_at_ms.saturating_sub(DEDUP_WINDOW_MS));
+                let floor = self
+                    .dedup_floor
+                    .get(&sender)
+                    .copied()
+                    .unwrap_or(0)
+                    .max(c.sent_at_ms.saturating_sub(DEDUP_WINDOW_MS));
                 if attempt <= floor {
                     return Err(Rejection::RetryTooOld { client_msg_id: c.client_msg_id.clone() });
                 }

@@ -11,9 +11,7 @@ use chorus_proto::v1::{Command, command};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
 
-use super::limits::{
-    CLIENT_CLOCK_AHEAD_MAX_MS, DEDUP_RECORDS_PER_SENDER_MAX, DEDUP_WINDOW_MS, SESSIONS_PER_USER_MAX,
-};
+use super::limits::{CLIENT_CLOCK_AHEAD_MAX_MS, DEDUP_RECORDS_PER_SENDER_MAX, DEDUP_WINDOW_MS, SESSIONS_PER_USER_MAX};
 use super::outcome::{MessageView, Outcome, Rejection};
 use super::schema::MIGRATIONS;
 use super::validate;
@@ -141,13 +139,17 @@ impl ChatStateMachine {
     /// the last index as applied: all of them take effect or none. `None` stands for a log
     /// entry that is not a chat command (the replication log's own no-ops); it only
     /// advances the applied index. Returns one outcome per command.
-    pub fn apply_batch(&mut self, batch: &[(u64, Option<&Command>)]) -> Result<Vec<Option<Outcome>>, StateMachineError> {
+    pub fn apply_batch(
+        &mut self,
+        batch: &[(u64, Option<&Command>)],
+    ) -> Result<Vec<Option<Outcome>>, StateMachineError> {
         let Some(&(last_index, _)) = batch.last() else { return Ok(Vec::new()) };
         let path = self.path.clone();
         let sql_error = |source| StateMachineError::Sqlite { path: path.clone(), source };
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql_error)?;
-        let last_applied: i64 =
-            tx.query_row("SELECT last_applied FROM chat_state WHERE singleton = 1", [], |row| row.get(0)).map_err(sql_error)?;
+        let last_applied: i64 = tx
+            .query_row("SELECT last_applied FROM chat_state WHERE singleton = 1", [], |row| row.get(0))
+            .map_err(sql_error)?;
         let mut previous = to_u64(last_applied);
         let mut outcomes = Vec::with_capacity(batch.len());
         for &(index, command) in batch {
@@ -258,6 +260,48 @@ impl ChatStateMachine {
         let rows =
             statement.query_map(params![to_i64(user_id), after, limit], message_view).map_err(self.sql_error())?;
         rows.collect::<Result<_, _>>().map_err(self.sql_error())
+    }
+
+    /// A SHA-256 over the whole chat state, table by table in key order: equal on replicas
+    /// that applied the same prefix of the log. A full scan, for checks rather than polling.
+    pub fn state_digest(&self) -> Result<[u8; 32], StateMachineError> {
+        const TABLES: [(&str, &str); 5] = [
+            ("chat_state", "singleton"),
+            ("users", "user_id"),
+            ("sessions", "token_hash"),
+            ("messages", "message_id"),
+            ("sent_dedup", "sender_id, client_msg_id"),
+        ];
+        let mut hasher = Sha256::new();
+        for (table, key) in TABLES {
+            hasher.update(table.as_bytes());
+            let mut statement =
+                self.conn.prepare(&format!("SELECT * FROM {table} ORDER BY {key}")).map_err(self.sql_error())?;
+            let columns = statement.column_count();
+            let mut rows = statement.query([]).map_err(self.sql_error())?;
+            while let Some(row) = rows.next().map_err(self.sql_error())? {
+                for column in 0..columns {
+                    use rusqlite::types::ValueRef;
+                    match row.get_ref(column).map_err(self.sql_error())? {
+                        ValueRef::Null => hasher.update([0]),
+                        ValueRef::Integer(value) => {
+                            hasher.update([1]);
+                            hasher.update(value.to_be_bytes());
+                        }
+                        ValueRef::Real(value) => {
+                            hasher.update([2]);
+                            hasher.update(value.to_be_bytes());
+                        }
+                        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => {
+                            hasher.update([3]);
+                            hasher.update((bytes.len() as u64).to_be_bytes());
+                            hasher.update(bytes);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(hasher.finalize().into())
     }
 
     /// How many messages wait unread in the mailbox of `user_id`.
@@ -382,7 +426,10 @@ impl Apply<'_> {
         let sender_id = to_i64(sender.user_id);
         if first_attempt_ms > c.sent_at_ms.saturating_add(CLIENT_CLOCK_AHEAD_MAX_MS) {
             let ahead_ms = first_attempt_ms - c.sent_at_ms;
-            return Ok(Outcome::Rejected(Rejection::ClientClockAhead { client_msg_id: c.client_msg_id.clone(), ahead_ms }));
+            return Ok(Outcome::Rejected(Rejection::ClientClockAhead {
+                client_msg_id: c.client_msg_id.clone(),
+                ahead_ms,
+            }));
         }
         let digest = request_digest(&to, &c.body);
         let first: Option<(i64, Vec<u8>)> = self

@@ -243,7 +243,10 @@ mod tests {
             assert!(matches!(client_msg_id(bad), Err(InvalidInput::ClientMsgIdNoTime { .. })), "{bad}");
         }
         assert!(matches!(client_msg_id("1-has space"), Err(InvalidInput::ClientMsgIdBadCharacter { found: ' ' })));
-        assert!(matches!(client_msg_id(&format!("1-{}", "x".repeat(63))), Err(InvalidInput::ClientMsgIdTooLong { .. })));
+        assert!(matches!(
+            client_msg_id(&format!("1-{}", "x".repeat(63))),
+            Err(InvalidInput::ClientMsgIdTooLong { .. })
+        ));
     }
 
     #[test]

@@ -1,25 +1,42 @@
 //! `chorus node`: runs a server until SIGINT or SIGTERM.
 
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use chorus::chat::credentials::PasswordHashCost;
-use chorus::runtime::{NodeConfig, run_node};
+use chorus::runtime::{ClusterConfig, NodeConfig, run_node};
 use clap::{Args, ValueEnum};
 
 #[derive(Debug, Args)]
 pub struct NodeArgs {
-    /// This node's id.
+    /// This node's id (a member id in the cluster configuration).
     #[arg(long)]
     pub id: u64,
-    /// Address to serve the chat API on (port 0 picks a free port).
+    /// Cluster configuration file (TOML: cluster_id, members with peer and client addresses,
+    /// optional timing). Without it the node is a cluster of one.
     #[arg(long)]
-    pub listen: SocketAddr,
-    /// Directory for the node's databases (created if missing).
+    pub config: Option<PathBuf>,
+    /// Directory for the node's databases (created if missing) [default: the member's
+    /// data_dir in the configuration].
     #[arg(long)]
-    pub data_dir: PathBuf,
+    pub data_dir: Option<PathBuf>,
+    /// Address to serve clients on [default: the member's client_address; required without
+    /// --config]. Port 0 picks a free port.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Address to serve peers on [default: the member's peer_address].
+    #[arg(long)]
+    pub peer_listen: Option<SocketAddr>,
+    /// Leader heartbeat interval, overriding the configuration.
+    #[arg(long)]
+    pub heartbeat_ms: Option<u64>,
+    /// Election timeout range, overriding the configuration.
+    #[arg(long)]
+    pub election_timeout_min_ms: Option<u64>,
+    #[arg(long)]
+    pub election_timeout_max_ms: Option<u64>,
     /// Log line format (filter with RUST_LOG, default "info").
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -36,26 +53,66 @@ pub enum LogFormat {
 
 pub fn run(args: NodeArgs) -> Result<()> {
     init_logging(args.log_format);
-    let config = NodeConfig {
-        node_id: args.id,
-        listen: args.listen,
-        data_dir: args.data_dir,
-        password_hash_cost: if args.insecure_fast_password_hashing {
-            PasswordHashCost::MINIMUM
-        } else {
-            PasswordHashCost::DEFAULT
-        },
-    };
+    let config = node_config(&args)?;
     let node_id = config.node_id;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime
         .block_on(run_node(config, shutdown_signal(), move |bound| {
-            // The one line on stdout: scripts and tests wait for it to know the node is up
-            // and which port it got.
-            println!("node {node_id} listening on {bound}");
+            // Lines on stdout that scripts and tests wait for: the node is up, and where.
+            println!("node {node_id} listening on {}", bound.client);
+            if let Some(peer) = bound.peer {
+                println!("node {node_id} peers on {peer}");
+            }
             let _ = std::io::stdout().flush();
         }))
         .with_context(|| format!("node {node_id} failed"))
+}
+
+/// The node's configuration: the file (if any), then the flags over it.
+fn node_config(args: &NodeArgs) -> Result<NodeConfig> {
+    let (mut cluster, file) = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read cluster configuration {}", path.display()))?;
+            let cluster = ClusterConfig::from_toml(&text).with_context(|| format!("in {}", path.display()))?;
+            (cluster, Some(path))
+        }
+        None => {
+            let listen = args.listen.context("--listen is required without --config")?;
+            (ClusterConfig::single(args.id, listen.to_string()), None)
+        }
+    };
+    let timing = &mut cluster.timing;
+    timing.heartbeat_interval_ms = args.heartbeat_ms.unwrap_or(timing.heartbeat_interval_ms);
+    timing.election_timeout_min_ms = args.election_timeout_min_ms.unwrap_or(timing.election_timeout_min_ms);
+    timing.election_timeout_max_ms = args.election_timeout_max_ms.unwrap_or(timing.election_timeout_max_ms);
+    cluster.validate().context("in the timing flags")?;
+    let member = cluster.member(args.id)?.clone();
+    let in_file = file.map(|p| format!(" in {}", p.display())).unwrap_or_default();
+    let data_dir = args.data_dir.clone().or(member.data_dir.clone()).with_context(|| {
+        format!("no data directory for node {}: pass --data-dir or set data_dir for that member{in_file}", args.id)
+    })?;
+    let client_listen = match args.listen {
+        Some(listen) => listen,
+        None => resolve(&member.client_address).context("client_address")?,
+    };
+    let peer_listen = match args.peer_listen {
+        Some(listen) => listen,
+        None if cluster.members.len() == 1 => SocketAddr::from(([127, 0, 0, 1], 0)),
+        None => resolve(&member.peer_address).context("peer_address")?,
+    };
+    let password_hash_cost =
+        if args.insecure_fast_password_hashing { PasswordHashCost::MINIMUM } else { PasswordHashCost::DEFAULT };
+    Ok(NodeConfig { node_id: args.id, cluster, data_dir, client_listen, peer_listen, password_hash_cost })
+}
+
+/// The address to bind for a configured `HOST:PORT`.
+fn resolve(address: &str) -> Result<SocketAddr> {
+    address
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve {address}"))?
+        .next()
+        .with_context(|| format!("{address} resolves to no address"))
 }
 
 fn init_logging(format: LogFormat) {

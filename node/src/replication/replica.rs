@@ -187,6 +187,10 @@ impl<S: Storage> Replica<S> {
             outstanding: None,
         };
         replica.reset_election_deadline();
+        if replica.quorum() == 1 {
+            // Alone, there is nobody to wait for: campaign at the first tick.
+            replica.election_deadline_ms = now_ms;
+        }
         Ok(replica)
     }
 

@@ -37,12 +37,15 @@ impl ChatState {
         run_blocking(move || query(&state.lock())).await
     }
 
-    /// Applies a committed command at `index` and wakes everyone watching the applied index.
-    /// Blocking: call it from a blocking context.
-    pub fn apply_blocking(&self, index: u64, command: &Command) -> Result<Outcome, StateMachineError> {
-        let outcome = self.lock().apply(index, command)?;
-        self.applied.send_replace(index);
-        Ok(outcome)
+    /// Applies committed log entries (`None`: an entry that is not a chat command) in one
+    /// transaction and wakes everyone watching the applied index. Blocking: call it from a
+    /// blocking context.
+    pub fn apply_blocking(&self, batch: &[(u64, Option<Command>)]) -> Result<Vec<Option<Outcome>>, StateMachineError> {
+        let Some(&(last_index, _)) = batch.last() else { return Ok(Vec::new()) };
+        let borrowed: Vec<(u64, Option<&Command>)> = batch.iter().map(|(index, c)| (*index, c.as_ref())).collect();
+        let outcomes = self.lock().apply_batch(&borrowed)?;
+        self.applied.send_replace(last_index);
+        Ok(outcomes)
     }
 
     /// The index of the last applied command.

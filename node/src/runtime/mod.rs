@@ -3,12 +3,13 @@
 //!
 //! Every change to chat state goes through one seam, [`Proposer`]: a node proposes a
 //! command, the log orders and (in a cluster) replicates it, and once it is committed the
-//! runtime applies it to the [`ChatState`] and hands the outcome back. Here the log is a
-//! single node's; the Raft log replaces it without the services noticing.
+//! runtime applies it to the [`ChatState`] and hands the outcome back. The log is the Raft
+//! log ([`RaftHandle`], [`RaftRuntime`]); a single node is a cluster of one.
 
 mod chat_state;
+mod cluster_config;
 mod node;
-mod single_node;
+mod raft_node;
 
 use std::future::Future;
 
@@ -17,12 +18,16 @@ use chorus_proto::v1::Command;
 use crate::chat::Outcome;
 
 pub use chat_state::ChatState;
-pub use node::{NodeConfig, NodeError, run_node};
-pub use single_node::SingleNodeLog;
+pub use cluster_config::{ClusterConfig, ClusterConfigError, MemberConfig, Timing};
+pub use node::{BoundAddresses, NodeConfig, NodeError, run_node};
+pub use raft_node::{NodeStatus, PEER_INBOX_MAX, RaftHandle, RaftRuntime, ReplicaSetup, RuntimeError, start_runtime};
 
 /// Why a proposal or a read fence did not go through.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProposeError {
+    /// This node is not the leader; `leader` is the one it knows of, if any.
+    #[error("this node is not the leader{}", leader.map(|id| format!(" (node {id} is)")).unwrap_or_default())]
+    NotLeader { leader: Option<crate::replication::NodeId> },
     /// The command was not (and will not be) applied; the client should retry elsewhere or later.
     #[error("{0}")]
     Unavailable(String),

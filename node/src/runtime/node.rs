@@ -1,6 +1,8 @@
-//! A running node: opens the data directory and state machine, builds the services, and
-//! serves until told to stop.
+//! A running node: opens its data directory (chat state and replication log), starts the
+//! replication runtime and the transport to its peers, and serves the chat and cluster APIs
+//! to clients and the Raft service to peers, until told to stop.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,25 +10,44 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chorus_proto::v1::chat_server::ChatServer;
-use tokio::sync::watch;
+use chorus_proto::v1::cluster_server::ClusterServer;
+use chorus_proto::v1::raft_server::RaftServer;
+use rand::RngCore;
+use tokio::sync::{mpsc, watch};
 
-use super::{ChatState, SingleNodeLog};
+use super::ChatState;
+use super::cluster_config::ClusterConfig;
+use super::raft_node::{PEER_INBOX_MAX, ReplicaSetup, RuntimeError, start_runtime};
 use crate::chat::credentials::{CredentialError, PasswordHashCost, PasswordHasher};
 use crate::chat::{ChatStateMachine, StateMachineError};
+use crate::replication::{NodeId, ReplicaError};
 use crate::seam::os_seeded_rng;
-use crate::server::ChatService;
-use crate::storage::{DataDir, DataDirError};
+use crate::server::{ChatService, ClusterService, LeaderHints};
+use crate::storage::{ClusterIdentity, DataDir, DataDirError, LogStoreError, SharedLog, SqliteLog};
+use crate::transport::{GrpcTransport, RaftService};
 
 /// How long a stopping node waits for clients to finish before it stops regardless.
 const SHUTDOWN_GRACE_PERIOD: Duration = Duration::from_secs(5);
+/// Largest Raft batch a node accepts (appends are bounded well below it).
+const RAFT_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    pub node_id: u64,
-    /// Where clients connect. Port 0 picks a free port (reported to `on_ready`).
-    pub listen: SocketAddr,
+    pub node_id: NodeId,
+    pub cluster: ClusterConfig,
     pub data_dir: PathBuf,
+    /// Where clients connect (port 0: any free port, reported to `on_ready`).
+    pub client_listen: SocketAddr,
+    /// Where peers connect; unused in a cluster of one.
+    pub peer_listen: SocketAddr,
     pub password_hash_cost: PasswordHashCost,
+}
+
+/// The addresses a started node actually listens on.
+#[derive(Debug, Clone, Copy)]
+pub struct BoundAddresses {
+    pub client: SocketAddr,
+    pub peer: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,73 +57,155 @@ pub enum NodeError {
     #[error(transparent)]
     StateMachine(#[from] StateMachineError),
     #[error(transparent)]
+    Log(#[from] LogStoreError),
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
+    #[error(transparent)]
     Credentials(#[from] CredentialError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("replication stopped: {0}")]
+    Runtime(#[from] RuntimeError),
 }
 
-/// Runs a node until `shutdown` resolves, then stops serving: live subscriptions end and
-/// in-flight requests finish. `on_ready` is called with the bound address once the node
-/// accepts connections.
+/// Runs a node until `shutdown` resolves: a leader first hands leadership to its most
+/// up-to-date follower, then live subscriptions end and in-flight requests finish.
 pub async fn run_node(
     config: NodeConfig,
     shutdown: impl Future<Output = ()> + Send,
-    on_ready: impl FnOnce(SocketAddr) + Send,
+    on_ready: impl FnOnce(BoundAddresses) + Send,
 ) -> Result<(), NodeError> {
+    let node_id = config.node_id;
+    let cluster = &config.cluster;
     let data_dir = DataDir::open(&config.data_dir)?;
-    let machine = ChatStateMachine::open(&data_dir.chat_database())?;
-    let state = ChatState::new(machine)?;
+    let chat = ChatState::new(ChatStateMachine::open(&data_dir.chat_database())?)?;
+    let identity = ClusterIdentity { cluster_id: cluster.cluster_id.clone(), node_id, members: cluster.member_ids() };
+    let log = SharedLog::new(SqliteLog::open(&data_dir.raft_database(), &identity)?);
     tracing::info!(
-        node_id = config.node_id,
+        node_id,
+        cluster = %cluster.cluster_id,
         data_dir = %data_dir.path().display(),
-        last_applied = state.last_applied(),
-        "opened chat state"
+        last_applied = chat.last_applied(),
+        "opened chat state and replication log"
     );
-    let log = Arc::new(SingleNodeLog::new(Arc::clone(&state)));
-    let mut rng = os_seeded_rng();
-    let hasher = PasswordHasher::new(config.password_hash_cost, &mut rng)?;
-    let (stopping_tx, stopping_rx) = watch::channel(false);
-    let chat = ChatService::new(state, log, hasher, rng, stopping_rx);
-    let router = tonic::transport::Server::builder().add_service(ChatServer::new(chat));
-    let mut stopping = stopping_tx.subscribe();
-    let shutdown = async move {
-        shutdown.await;
-        tracing::info!(node_id = config.node_id, "shutting down");
-        // Live subscriptions never end on their own; tell them to, so that the server's
-        // graceful shutdown does not wait on them forever.
-        stopping_tx.send_replace(true);
-    };
-    // A client that stops reading can hold a graceful shutdown open indefinitely; past
-    // this grace period the node stops anyway (everything acknowledged is already durable).
-    let grace_expired = async move {
-        let _ = stopping.wait_for(|stopping| *stopping).await;
-        tokio::time::sleep(SHUTDOWN_GRACE_PERIOD).await;
-        tracing::warn!(node_id = config.node_id, "clients did not disconnect in time; stopping anyway");
-    };
 
+    let (stopping_tx, stopping) = watch::channel(false);
+    let peers: BTreeMap<NodeId, String> =
+        cluster.members.iter().filter(|m| m.id != node_id).map(|m| (m.id, m.peer_address.clone())).collect();
+    let clustered = !peers.is_empty();
+    let transport = GrpcTransport::start(cluster.cluster_id.clone(), node_id, peers, stopping.clone());
+    let (inbox_tx, inbox) = mpsc::channel(PEER_INBOX_MAX);
+    let mut rng = os_seeded_rng();
+    let setup = ReplicaSetup {
+        node_id,
+        members: cluster.member_ids(),
+        config: cluster.replica_config(),
+        rng_seed: rng.next_u64(),
+    };
+    let (runtime, raft) = start_runtime(setup, log, Arc::clone(&chat), transport, inbox)?;
+    let mut runtime_task = tokio::task::spawn(runtime.run(stopping.clone()));
+
+    let hasher = PasswordHasher::new(config.password_hash_cost, &mut rng)?;
+    let hints = LeaderHints::new(cluster.members.iter().map(|m| (m.id, m.client_address.clone())).collect());
+    let chat_service =
+        ChatService::new(Arc::clone(&chat), Arc::new(raft.clone()), hasher, rng, stopping.clone(), hints);
+    let cluster_service = ClusterService::new(node_id, cluster.clone(), raft.clone(), Arc::clone(&chat));
+    let client_router = tonic::transport::Server::builder()
+        .add_service(ChatServer::new(chat_service))
+        .add_service(ClusterServer::new(cluster_service));
+    let raft_service = RaftService::new(cluster.cluster_id.clone(), node_id, cluster.member_ids(), inbox_tx);
+    let peer_router = tonic::transport::Server::builder()
+        .add_service(RaftServer::new(raft_service).max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX));
+
+    // Serving stops when `stopping` turns true; the peer server keeps running until then so
+    // that a leader can hand over.
+    let wait_for_stop = |mut stopping: watch::Receiver<bool>| async move {
+        let _ = stopping.wait_for(|stopping| *stopping).await;
+    };
     #[cfg(not(madsim))]
-    {
-        let incoming = tonic::transport::server::TcpIncoming::bind(config.listen)
-            .map_err(|source| NodeError::Bind { addr: config.listen, source })?;
-        let bound = incoming.local_addr().map_err(|source| NodeError::Bind { addr: config.listen, source })?;
-        tracing::info!(node_id = config.node_id, %bound, "serving the chat API");
-        on_ready(bound);
-        tokio::select! {
-            served = router.serve_with_incoming_shutdown(incoming, shutdown) => served?,
-            () = grace_expired => {}
-        }
-    }
+    let (client_server, peer_server, bound) = {
+        use tonic::transport::server::TcpIncoming;
+        let bind = |addr: SocketAddr| {
+            let incoming = TcpIncoming::bind(addr).map_err(|source| NodeError::Bind { addr, source })?;
+            let bound = incoming.local_addr().map_err(|source| NodeError::Bind { addr, source })?;
+            Ok::<_, NodeError>((incoming, bound))
+        };
+        let (client_incoming, client_bound) = bind(config.client_listen)?;
+        let (peer_incoming, peer_bound) =
+            if clustered { bind(config.peer_listen).map(|(i, b)| (Some(i), Some(b)))? } else { (None, None) };
+        let client_server =
+            client_router.serve_with_incoming_shutdown(client_incoming, wait_for_stop(stopping.clone()));
+        let peer_server = async {
+            match peer_incoming {
+                Some(incoming) => {
+                    peer_router.serve_with_incoming_shutdown(incoming, wait_for_stop(stopping.clone())).await
+                }
+                None => Ok(()),
+            }
+        };
+        (client_server, peer_server, BoundAddresses { client: client_bound, peer: peer_bound })
+    };
     #[cfg(madsim)]
-    {
-        on_ready(config.listen);
-        tokio::select! {
-            served = router.serve_with_shutdown(config.listen, shutdown) => served?,
-            () = grace_expired => {}
+    let (client_server, peer_server, bound) = {
+        let client_server = client_router.serve_with_shutdown(config.client_listen, wait_for_stop(stopping.clone()));
+        let peer_listen = config.peer_listen;
+        let peer_stopping = stopping.clone();
+        let peer_server = async move {
+            if clustered {
+                peer_router.serve_with_shutdown(peer_listen, wait_for_stop(peer_stopping)).await
+            } else {
+                Ok(())
+            }
+        };
+        let peer = clustered.then_some(config.peer_listen);
+        (client_server, peer_server, BoundAddresses { client: config.client_listen, peer })
+    };
+    tracing::info!(node_id, client = %bound.client, peer = ?bound.peer, "serving");
+    on_ready(bound);
+
+    let servers = async { tokio::try_join!(client_server, peer_server) };
+    tokio::pin!(servers);
+    let stopped_by_runtime = tokio::select! {
+        () = shutdown => None,
+        result = &mut runtime_task => Some(result),
+        served = &mut servers => {
+            served?;
+            None
         }
+    };
+    if let Some(result) = stopped_by_runtime {
+        stopping_tx.send_replace(true);
+        return match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => {
+                tracing::error!(node_id, %error, "replication failed; stopping");
+                Err(error.into())
+            }
+            Err(join_error) => panic!("the replication task failed: {join_error}"),
+        };
     }
-    tracing::info!(node_id = config.node_id, "stopped");
+
+    tracing::info!(node_id, "shutting down");
+    if let Some(target) = raft.hand_over_leadership(Duration::from_millis(cluster.timing.election_timeout_min_ms)).await
+    {
+        tracing::info!(node_id, target, "handed leadership over");
+    }
+    // Live subscriptions never end on their own; this tells them, the servers and the
+    // runtime to stop.
+    stopping_tx.send_replace(true);
+    // A client that stops reading can hold a graceful shutdown open indefinitely; past the
+    // grace period the node stops anyway (everything acknowledged is already durable).
+    if tokio::time::timeout(SHUTDOWN_GRACE_PERIOD, &mut servers).await.is_err() {
+        tracing::warn!(node_id, "clients did not disconnect in time; stopping anyway");
+    }
+    match tokio::time::timeout(SHUTDOWN_GRACE_PERIOD, runtime_task).await {
+        Ok(Ok(result)) => result?,
+        Ok(Err(join_error)) => panic!("the replication task failed: {join_error}"),
+        Err(_) => tracing::warn!(node_id, "replication did not stop in time"),
+    }
+    tracing::info!(node_id, "stopped");
     drop(data_dir);
     Ok(())
 }

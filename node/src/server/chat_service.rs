@@ -19,7 +19,7 @@ use rand::rngs::StdRng;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use super::status;
+use super::status::{self, LeaderHints};
 use super::subscription::{self, ReceiverStream};
 use crate::chat::credentials::{self, PasswordHasher};
 use crate::chat::limits::TOKEN_LEN_MAX;
@@ -35,6 +35,7 @@ pub struct ChatService<P> {
     rng: Arc<Mutex<StdRng>>,
     /// Becomes true when the node starts shutting down; ends live subscriptions.
     shutdown: watch::Receiver<bool>,
+    hints: LeaderHints,
 }
 
 impl<P: Proposer> ChatService<P> {
@@ -44,12 +45,17 @@ impl<P: Proposer> ChatService<P> {
         hasher: PasswordHasher,
         rng: StdRng,
         shutdown: watch::Receiver<bool>,
+        hints: LeaderHints,
     ) -> Self {
-        Self { state, proposer, hasher: Arc::new(hasher), rng: Arc::new(Mutex::new(rng)), shutdown }
+        Self { state, proposer, hasher: Arc::new(hasher), rng: Arc::new(Mutex::new(rng)), shutdown, hints }
     }
 
     async fn propose(&self, kind: command::Kind) -> Result<Outcome, Status> {
-        self.proposer.propose(Command { kind: Some(kind) }).await.map_err(status::propose_error)
+        self.proposer.propose(Command { kind: Some(kind) }).await.map_err(|e| self.hints.propose_error(e))
+    }
+
+    async fn read_fence(&self) -> Result<(), Status> {
+        self.proposer.read_fence().await.map_err(|e| self.hints.propose_error(e))
     }
 
     fn with_rng<R>(&self, draw: impl FnOnce(&mut StdRng) -> R) -> R {
@@ -59,7 +65,7 @@ impl<P: Proposer> ChatService<P> {
     /// The live account behind a token, after the read fence.
     async fn session(&self, token: &str) -> Result<(SessionUser, Vec<u8>), Status> {
         let token_hash = token_hash(token)?;
-        self.proposer.read_fence().await.map_err(status::propose_error)?;
+        self.read_fence().await?;
         let lookup = token_hash.clone();
         let user = self.state.read(move |machine| machine.session_user(&lookup)).await.map_err(status::storage)?;
         Ok((user.ok_or_else(status::session_invalid)?, token_hash))
@@ -118,7 +124,7 @@ impl<P: Proposer> Chat for ChatService<P> {
         let request = request.into_inner();
         let username = validate::canonical_username(&request.username).map_err(status::invalid)?;
         validate::offered_password(&request.password).map_err(status::invalid)?;
-        self.proposer.read_fence().await.map_err(status::propose_error)?;
+        self.read_fence().await?;
         let lookup = username.clone();
         let credentials =
             self.state.read(move |machine| machine.credentials(&lookup)).await.map_err(status::storage)?;
@@ -168,7 +174,7 @@ impl<P: Proposer> Chat for ChatService<P> {
         let pattern = validate::account_pattern(&request.pattern).map_err(status::invalid)?;
         let after = validate::decode_page_token(&request.page_token).map_err(status::invalid)?;
         let page_size = validate::page_size(request.page_size);
-        self.proposer.read_fence().await.map_err(status::propose_error)?;
+        self.read_fence().await?;
         // One name more than the page shows whether another page follows.
         let mut usernames = self
             .state

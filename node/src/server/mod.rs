@@ -1,7 +1,10 @@
 //! The gRPC services a node offers.
 
 mod chat_service;
+mod cluster_service;
 pub mod status;
 mod subscription;
 
 pub use chat_service::ChatService;
+pub use cluster_service::ClusterService;
+pub use status::LeaderHints;

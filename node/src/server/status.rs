@@ -1,9 +1,12 @@
 //! How failures become gRPC statuses: the right code, and a message a person can act on.
 
+use std::collections::BTreeMap;
+
 use tonic::Status;
 
 use crate::chat::validate::InvalidInput;
 use crate::chat::{Rejection, StateMachineError};
+use crate::replication::NodeId;
 use crate::runtime::ProposeError;
 
 /// The one answer to a failed login, whichever part was wrong (no user enumeration).
@@ -30,9 +33,40 @@ pub fn rejection(rejection: Rejection) -> Status {
     }
 }
 
-pub fn propose_error(error: ProposeError) -> Status {
-    // Every ProposeError means "not applied here": the client may retry, here or elsewhere.
-    Status::unavailable(error.to_string())
+/// Metadata keys of an UNAVAILABLE answer from a node that is not the leader.
+pub const LEADER_ID_KEY: &str = "chorus-leader-id";
+pub const LEADER_ADDRESS_KEY: &str = "chorus-leader-address";
+
+/// Where to find each member's chat API, for leader hints.
+#[derive(Debug, Clone, Default)]
+pub struct LeaderHints {
+    client_addresses: BTreeMap<NodeId, String>,
+}
+
+impl LeaderHints {
+    pub fn new(client_addresses: BTreeMap<NodeId, String>) -> Self {
+        Self { client_addresses }
+    }
+
+    /// Every ProposeError means "not applied here": the client may retry, here or
+    /// elsewhere. A node that knows the leader says which, and where, in the metadata.
+    pub fn propose_error(&self, error: ProposeError) -> Status {
+        let leader = match &error {
+            ProposeError::NotLeader { leader } => *leader,
+            _ => None,
+        };
+        let Some(leader) = leader else { return Status::unavailable(error.to_string()) };
+        let address = self.client_addresses.get(&leader).cloned().unwrap_or_default();
+        let mut status = Status::unavailable(format!("this node is not the leader; node {leader} is, at {address}"));
+        let metadata = status.metadata_mut();
+        if let Ok(value) = leader.to_string().parse() {
+            metadata.insert(LEADER_ID_KEY, value);
+        }
+        if let Ok(value) = address.parse() {
+            metadata.insert(LEADER_ADDRESS_KEY, value);
+        }
+        status
+    }
 }
 
 pub fn storage(error: StateMachineError) -> Status {

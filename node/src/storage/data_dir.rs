@@ -50,6 +50,11 @@ impl DataDir {
     pub fn chat_database(&self) -> PathBuf {
         self.path.join("chat.sqlite3")
     }
+
+    /// Where the replication log, term and vote live.
+    pub fn raft_database(&self) -> PathBuf {
+        self.path.join("raft.sqlite3")
+    }
 }
 
 #[cfg(test)]

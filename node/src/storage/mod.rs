@@ -2,7 +2,9 @@
 //! on, versioned schemas, and the lock that keeps two processes off one data directory.
 
 mod data_dir;
+mod raft_log;
 mod sqlite;
 
 pub use data_dir::{DataDir, DataDirError};
+pub use raft_log::{ClusterIdentity, LogStoreError, SharedLog, SqliteLog};
 pub use sqlite::{SqliteError, migrate, open_database};

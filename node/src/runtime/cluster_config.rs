@@ -1,0 +1,245 @@
+//! The cluster configuration file (`cluster.toml`): who the members are, where they listen,
+//! and the replication timing. Every mistake is reported by name.
+//!
+//! ```toml
+//! cluster_id = "chorus-demo"
+//!
+//! [timing]                      # optional; these are the defaults
+//! heartbeat_interval_ms = 100
+//! election_timeout_min_ms = 1000
+//! election_timeout_max_ms = 2000
+//!
+//! [[members]]
+//! id = 1
+//! peer_address = "10.0.0.1:7101"    # node-to-node traffic
+//! client_address = "10.0.0.1:7001"  # the chat API
+//! data_dir = "/var/lib/chorus"      # optional: where this member keeps its data
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::replication::{ConfigError, NodeId, ReplicaConfig};
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub cluster_id: String,
+    #[serde(default)]
+    pub timing: Timing,
+    pub members: Vec<MemberConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timing {
+    #[serde(default = "defaults::heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
+    #[serde(default = "defaults::election_timeout_min_ms")]
+    pub election_timeout_min_ms: u64,
+    #[serde(default = "defaults::election_timeout_max_ms")]
+    pub election_timeout_max_ms: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: defaults::heartbeat_interval_ms(),
+            election_timeout_min_ms: defaults::election_timeout_min_ms(),
+            election_timeout_max_ms: defaults::election_timeout_max_ms(),
+        }
+    }
+}
+
+mod defaults {
+    pub fn heartbeat_interval_ms() -> u64 {
+        100
+    }
+    pub fn election_timeout_min_ms() -> u64 {
+        1000
+    }
+    pub fn election_timeout_max_ms() -> u64 {
+        2000
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    pub id: NodeId,
+    pub peer_address: String,
+    pub client_address: String,
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterConfigError {
+    #[error("{0}")]
+    Syntax(String),
+    #[error("cluster_id {0:?} must be 1-64 characters of letters, digits, '.', '_' and '-'")]
+    BadClusterId(String),
+    #[error("members: a cluster needs 1 to 7 members (5 tolerates 2 failures), found {0}")]
+    MemberCount(usize),
+    #[error("members: id 0 is reserved; number members from 1")]
+    MemberIdZero,
+    #[error("members: id {0} appears more than once")]
+    DuplicateId(NodeId),
+    #[error("members[id={id}].{field}: {address:?} is not HOST:PORT")]
+    BadAddress { id: NodeId, field: &'static str, address: String },
+    #[error("members[id={id}].{field}: port 0 cannot be reached by the other members; give a fixed port")]
+    PortZero { id: NodeId, field: &'static str },
+    #[error("members: address {address} is used by members {first} and {second}")]
+    DuplicateAddress { address: String, first: NodeId, second: NodeId },
+    #[error("node id {id} is not among the members ({members})")]
+    NotAMember { id: NodeId, members: String },
+    #[error("timing: {0}")]
+    Timing(#[from] ConfigError),
+}
+
+impl ClusterConfig {
+    /// Parses and checks a configuration file's text.
+    pub fn from_toml(text: &str) -> Result<Self, ClusterConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| ClusterConfigError::Syntax(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// A cluster of one node, for running without a configuration file.
+    pub fn single(node_id: NodeId, client_address: String) -> Self {
+        Self {
+            cluster_id: format!("standalone-{node_id}"),
+            timing: Timing::default(),
+            members: vec![MemberConfig {
+                id: node_id,
+                peer_address: "127.0.0.1:0".to_owned(),
+                client_address,
+                data_dir: None,
+            }],
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ClusterConfigError> {
+        let id_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        if self.cluster_id.is_empty() || self.cluster_id.len() > 64 || !self.cluster_id.chars().all(id_ok) {
+            return Err(ClusterConfigError::BadClusterId(self.cluster_id.clone()));
+        }
+        if self.members.is_empty() || self.members.len() > 7 {
+            return Err(ClusterConfigError::MemberCount(self.members.len()));
+        }
+        let mut ids = BTreeSet::new();
+        let mut addresses: BTreeMap<&str, NodeId> = BTreeMap::new();
+        for member in &self.members {
+            if member.id == 0 {
+                return Err(ClusterConfigError::MemberIdZero);
+            }
+            if !ids.insert(member.id) {
+                return Err(ClusterConfigError::DuplicateId(member.id));
+            }
+            for (field, address) in [("peer_address", &member.peer_address), ("client_address", &member.client_address)]
+            {
+                if !is_host_port(address) {
+                    return Err(ClusterConfigError::BadAddress { id: member.id, field, address: address.clone() });
+                }
+                // Port 0 ("any free port") is only meaningful for a cluster of one, where no
+                // peer needs to find this node.
+                if address.ends_with(":0") {
+                    if self.members.len() > 1 {
+                        return Err(ClusterConfigError::PortZero { id: member.id, field });
+                    }
+                    continue;
+                }
+                if let Some(&first) = addresses.get(address.as_str()) {
+                    return Err(ClusterConfigError::DuplicateAddress {
+                        address: address.clone(),
+                        first,
+                        second: member.id,
+                    });
+                }
+                addresses.insert(address, member.id);
+            }
+        }
+        self.replica_config().validate()?;
+        Ok(())
+    }
+
+    pub fn member(&self, id: NodeId) -> Result<&MemberConfig, ClusterConfigError> {
+        self.members.iter().find(|m| m.id == id).ok_or_else(|| ClusterConfigError::NotAMember {
+            id,
+            members: self.members.iter().map(|m| m.id.to_string()).collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    pub fn member_ids(&self) -> BTreeSet<NodeId> {
+        self.members.iter().map(|m| m.id).collect()
+    }
+
+    pub fn replica_config(&self) -> ReplicaConfig {
+        ReplicaConfig {
+            heartbeat_interval_ms: self.timing.heartbeat_interval_ms,
+            election_timeout_min_ms: self.timing.election_timeout_min_ms,
+            election_timeout_max_ms: self.timing.election_timeout_max_ms,
+            ..ReplicaConfig::default()
+        }
+    }
+}
+
+/// `HOST:PORT` with a numeric port; HOST may be a name, an IPv4 address or `[IPv6]`.
+fn is_host_port(address: &str) -> bool {
+    let Some((host, port)) = address.rsplit_once(':') else { return false };
+    let host_ok = if let Some(inner) = host.strip_prefix('[') {
+        inner.strip_suffix(']').is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok())
+    } else {
+        !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
+    };
+    host_ok && port.parse::<u16>().is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+cluster_id = "demo"
+[timing]
+heartbeat_interval_ms = 50
+[[members]]
+id = 1
+peer_address = "127.0.0.1:7101"
+client_address = "127.0.0.1:7001"
+[[members]]
+id = 2
+peer_address = "node2.example:7101"
+client_address = "[::1]:7002"
+data_dir = "/tmp/x"
+"#;
+
+    #[test]
+    fn a_good_file_parses_with_defaults_filled_in() {
+        let config = ClusterConfig::from_toml(GOOD).unwrap();
+        assert_eq!(config.timing.heartbeat_interval_ms, 50);
+        assert_eq!(config.timing.election_timeout_min_ms, 1000);
+        assert_eq!(config.member(2).unwrap().data_dir, Some(PathBuf::from("/tmp/x")));
+        assert!(matches!(config.member(3), Err(ClusterConfigError::NotAMember { id: 3, .. })));
+    }
+
+    #[test]
+    fn each_mistake_is_reported_by_name() {
+        let cases: [(&str, &str); 8] = [
+            (&GOOD.replace("id = 2", "id = 1"), "id 1 appears more than once"),
+            (&GOOD.replace("node2.example:7101", "node2.example"), "members[id=2].peer_address"),
+            (&GOOD.replace("[::1]:7002", "127.0.0.1:7001"), "address 127.0.0.1:7001 is used by members 1 and 2"),
+            (&GOOD.replace("heartbeat_interval_ms", "heartbeat_ms"), "heartbeat_ms"),
+            (&GOOD.replace("\"demo\"", "\"de mo\""), "cluster_id"),
+            (&GOOD.replace("id = 2", "id = 0"), "id 0 is reserved"),
+            (&GOOD.replace("heartbeat_interval_ms = 50", "heartbeat_interval_ms = 900"), "timing:"),
+            ("cluster_id = \"x\"\nmembers = []", "1 to 7 members"),
+        ];
+        for (text, expected) in cases {
+            let error = ClusterConfig::from_toml(text).unwrap_err().to_string();
+            assert!(error.contains(expected), "expected {expected:?} in {error:?}");
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! The replication runtime: one task that owns a [`Replica`] and carries out what it
+//! decides. It feeds the replica time, peer messages and client proposals; it persists each
+//! `Ready` to the SQLite log (fsync) before releasing what depends on it; it applies
+//! committed commands to the chat state and answers the proposals and reads waiting on
+//! them.
+//!
+//! While one `Ready` is being fsynced, new proposals and messages queue up; the next `Ready`
+//! carries them all, so a busy node writes many entries per fsync (group commit).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chorus_proto::v1::Command;
+use prost::Message as _;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{ChatState, ProposeError, Proposer};
+use crate::chat::{Outcome, StateMachineError};
+use crate::replication::{
+    self, Entry, LogIndex, Message, NodeId, Payload, Ready, Replica, ReplicaStatus, Role, StorageError, Term,
+};
+use crate::seam::{MonotonicClock, run_blocking};
+use crate::storage::SharedLog;
+use crate::transport::Transport;
+
+/// How long a proposal may wait to be committed and applied before the caller is told the
+/// outcome is unknown (it may still commit; a retry with the same client_msg_id is safe).
+const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a linearizable read may wait for its confirmation.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Client requests waiting for the runtime; beyond this, callers wait to enqueue.
+const INPUT_QUEUE_MAX: usize = 4096;
+/// Peer messages waiting for the runtime; beyond this, the transport drops them.
+pub const PEER_INBOX_MAX: usize = 4096;
+/// Inputs taken in one turn of the loop before the next `Ready` (bounds latency under load).
+const INPUTS_PER_TURN_MAX: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    StateMachine(#[from] StateMachineError),
+}
+
+/// What the rest of the node may know about the replica at any moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub role: Role,
+    pub term: Term,
+    pub leader: Option<NodeId>,
+    pub commit_index: LogIndex,
+    pub applied_index: LogIndex,
+    pub last_log_index: LogIndex,
+}
+
+enum Input {
+    Propose {
+        command: Command,
+        reply: oneshot::Sender<Result<Outcome, ProposeError>>,
+    },
+    ReadFence {
+        reply: oneshot::Sender<Result<(), ProposeError>>,
+    },
+    /// Hand leadership to the most up-to-date follower; answers with it, if any.
+    HandOver {
+        reply: oneshot::Sender<Option<NodeId>>,
+    },
+    Status {
+        reply: oneshot::Sender<ReplicaStatus>,
+    },
+}
+
+/// The client side of the runtime: proposes commands, fences reads, reports status.
+#[derive(Clone)]
+pub struct RaftHandle {
+    inputs: mpsc::Sender<Input>,
+    status: watch::Receiver<NodeStatus>,
+    clock: MonotonicClock,
+}
+
+impl RaftHandle {
+    /// The replica's clock, in which `last_contact_ms` of its status is expressed.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        *self.status.borrow()
+    }
+
+    pub fn watch_status(&self) -> watch::Receiver<NodeStatus> {
+        self.status.clone()
+    }
+
+    /// The replica's detailed status (per-follower progress on a leader).
+    pub async fn replica_status(&self) -> Option<ReplicaStatus> {
+        let (reply, answer) = oneshot::channel();
+        self.inputs.send(Input::Status { reply }).await.ok()?;
+        answer.await.ok()
+    }
+
+    /// If leader, hands leadership to the most up-to-date follower and waits (at most
+    /// `wait`) until it is gone. For a graceful shutdown.
+    pub async fn hand_over_leadership(&self, wait: Duration) -> Option<NodeId> {
+        let (reply, answer) = oneshot::channel();
+        self.inputs.send(Input::HandOver { reply }).await.ok()?;
+        let target = answer.await.ok().flatten()?;
+        let mut status = self.status.clone();
+        let _ = tokio::time::timeout(wait, status.wait_for(|s| s.role != Role::Leader)).await;
+        Some(target)
+    }
+}
+
+impl Proposer for RaftHandle {
+    async fn propose(&self, command: Command) -> Result<Outcome, ProposeError> {
+        let (reply, answer) = oneshot::channel();
+        self.inputs.send(Input::Propose { command, reply }).await.map_err(|_| ProposeError::ShuttingDown)?;
+        match tokio::time::timeout(PROPOSAL_TIMEOUT, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ProposeError::ShuttingDown),
+            Err(_) => Err(ProposeError::Unavailable(format!(
+                "not committed within {} s (no quorum?); the outcome is unknown, and retrying with the same client_msg_id is safe",
+                PROPOSAL_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    async fn read_fence(&self) -> Result<(), ProposeError> {
+        let (reply, answer) = oneshot::channel();
+        self.inputs.send(Input::ReadFence { reply }).await.map_err(|_| ProposeError::ShuttingDown)?;
+        match tokio::time::timeout(READ_TIMEOUT, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ProposeError::ShuttingDown),
+            Err(_) => Err(ProposeError::Unavailable(format!(
+                "could not confirm leadership within {} s (no quorum?)",
+                READ_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+}
+
+/// Everything the runtime task owns.
+pub struct RaftRuntime<T> {
+    replica: Replica<SharedLog>,
+    log: SharedLog,
+    chat: Arc<ChatState>,
+    transport: T,
+    clock: MonotonicClock,
+    tick_interval: Duration,
+    inbox: mpsc::Receiver<Message>,
+    inputs: mpsc::Receiver<Input>,
+    status: watch::Sender<NodeStatus>,
+    /// Proposals waiting for their entry to be applied: index -> (term, reply).
+    proposals: BTreeMap<LogIndex, (Term, oneshot::Sender<Result<Outcome, ProposeError>>)>,
+    /// Reads waiting for the leader to confirm them, by context.
+    reads_unconfirmed: BTreeMap<u64, oneshot::Sender<Result<(), ProposeError>>>,
+    /// Confirmed reads waiting for the state machine to apply through their index.
+    reads_confirmed: Vec<(LogIndex, oneshot::Sender<Result<(), ProposeError>>)>,
+    next_read_context: u64,
+}
+
+/// Who the replica is: its id, the members, the protocol settings and its random seed.
+pub struct ReplicaSetup {
+    pub node_id: NodeId,
+    pub members: BTreeSet<NodeId>,
+    pub config: replication::ReplicaConfig,
+    pub rng_seed: u64,
+}
+
+/// Builds the runtime around an opened log and chat state; returns the task's body and its
+/// handle. The replica starts from what the chat state has applied.
+pub fn start_runtime<T: Transport>(
+    setup: ReplicaSetup,
+    log: SharedLog,
+    chat: Arc<ChatState>,
+    transport: T,
+    inbox: mpsc::Receiver<Message>,
+) -> Result<(RaftRuntime<T>, RaftHandle), replication::ReplicaError> {
+    let ReplicaSetup { node_id, members, config, rng_seed } = setup;
+    let clock = MonotonicClock::start();
+    let tick_interval = Duration::from_millis((config.heartbeat_interval_ms / 5).clamp(1, 20));
+    let applied = chat.last_applied();
+    let mut replica = Replica::new(node_id, members, config, log.clone(), applied, rng_seed, clock.now_ms())?;
+    // A first tick right away: a cluster of one elects itself before serving anyone.
+    replica.tick(clock.now_ms()).map_err(replication::ReplicaError::Storage)?;
+    let (inputs_tx, inputs) = mpsc::channel(INPUT_QUEUE_MAX);
+    let initial = NodeStatus {
+        role: replica.role(),
+        term: replica.term(),
+        leader: replica.leader(),
+        commit_index: replica.commit_index(),
+        applied_index: applied,
+        last_log_index: replica.last_index(),
+    };
+    let (status_tx, status_rx) = watch::channel(initial);
+    let runtime = RaftRuntime {
+        replica,
+        log,
+        chat,
+        transport,
+        clock,
+        tick_interval,
+        inbox,
+        inputs,
+        status: status_tx,
+        proposals: BTreeMap::new(),
+        reads_unconfirmed: BTreeMap::new(),
+        reads_confirmed: Vec::new(),
+        next_read_context: 1,
+    };
+    Ok((runtime, RaftHandle { inputs: inputs_tx, status: status_rx, clock }))
+}
+
+impl<T: Transport> RaftRuntime<T> {
+    /// Runs until `shutdown` turns true or storage fails (the node must stop then: it
+    /// cannot go on without its disk).
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), RuntimeError> {
+        let mut next_tick = tokio::time::Instant::now() + self.tick_interval;
+        loop {
+            tokio::select! {
+                _ = shutdown.wait_for(|stopping| *stopping) => return Ok(()),
+                message = self.inbox.recv() => {
+                    if let Some(message) = message {
+                        self.replica.step(message)?;
+                    }
+                }
+                input = self.inputs.recv() => {
+                    if let Some(input) = input {
+                        self.handle_input(input);
+                    }
+                }
+                () = tokio::time::sleep_until(next_tick) => {
+                    self.replica.tick(self.clock.now_ms())?;
+                    next_tick = tokio::time::Instant::now() + self.tick_interval;
+                }
+            }
+            self.take_queued_inputs()?;
+            while self.replica.has_ready() {
+                let ready = self.replica.ready()?;
+                self.handle_ready(ready).await?;
+                self.replica.advance()?;
+                self.publish_status();
+            }
+        }
+    }
+
+    /// Everything already waiting goes into the same `Ready`.
+    fn take_queued_inputs(&mut self) -> Result<(), StorageError> {
+        for _ in 0..INPUTS_PER_TURN_MAX {
+            let mut progressed = false;
+            if let Ok(message) = self.inbox.try_recv() {
+                self.replica.step(message)?;
+                progressed = true;
+            }
+            if let Ok(input) = self.inputs.try_recv() {
+                self.handle_input(input);
+                progressed = true;
+            }
+            if !progressed {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_input(&mut self, input: Input) {
+        match input {
+            Input::Propose { command, reply } => {
+                let bytes = Bytes::from(command.encode_to_vec());
+                match self.replica.propose(bytes) {
+                    Ok(position) => {
+                        self.proposals.insert(position.index, (position.term, reply));
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(propose_error(error)));
+                    }
+                }
+            }
+            Input::ReadFence { reply } => {
+                let context = self.next_read_context;
+                self.next_read_context += 1;
+                match self.replica.read_index(context) {
+                    Ok(()) => {
+                        self.reads_unconfirmed.insert(context, reply);
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(propose_error(error)));
+                    }
+                }
+            }
+            Input::HandOver { reply } => {
+                let status = self.replica.status();
+                let target = status.followers.iter().max_by_key(|(id, f)| (f.match_index, **id)).map(|(id, _)| *id);
+                let target = target.filter(|&id| self.replica.transfer_leadership(id).is_ok());
+                let _ = reply.send(target);
+            }
+            Input::Status { reply } => {
+                let _ = reply.send(self.replica.status());
+            }
+        }
+    }
+
+    async fn handle_ready(&mut self, mut ready: Ready) -> Result<(), RuntimeError> {
+        self.transport.send(std::mem::take(&mut ready.messages));
+        if ready.hard_state.is_some() || !ready.entries.is_empty() {
+            let log = self.log.clone();
+            let hard_state = ready.hard_state;
+            let entries = std::mem::take(&mut ready.entries);
+            // Durability: persist() returns after SQLite's COMMIT has fsynced the WAL; only
+            // then do votes and acknowledgements leave, and only then is anything applied.
+            run_blocking(move || log.lock().persist(hard_state, &entries)).await?;
+        }
+        self.transport.send(std::mem::take(&mut ready.messages_after_persist));
+        if !ready.committed_entries.is_empty() {
+            self.apply(std::mem::take(&mut ready.committed_entries)).await?;
+        }
+        for read in ready.reads {
+            let Some(reply) = self.reads_unconfirmed.remove(&read.context) else { continue };
+            match read.result {
+                Ok(index) => self.reads_confirmed.push((index, reply)),
+                Err(_) => {
+                    let _ = reply.send(Err(ProposeError::Unavailable(
+                        "leadership changed before the read was confirmed; retry".to_owned(),
+                    )));
+                }
+            }
+        }
+        self.release_applied_reads();
+        if let Some(soft) = ready.soft_state {
+            tracing::info!(role = ?soft.role, term = soft.term, leader = ?soft.leader, "replica state changed");
+        }
+        Ok(())
+    }
+
+    /// Applies committed entries to the chat state in one transaction and answers the
+    /// proposals waiting on them.
+    async fn apply(&mut self, entries: Vec<Entry>) -> Result<(), RuntimeError> {
+        let batch: Vec<(LogIndex, Option<Command>)> = entries
+            .iter()
+            .map(|entry| {
+                let command = match &entry.payload {
+                    Payload::Noop => None,
+                    // An entry that does not decode is applied as an empty command, which
+                    // the state machine rejects the same way on every replica.
+                    Payload::Command(bytes) => Some(Command::decode(bytes.as_ref()).unwrap_or_default()),
+                };
+                (entry.index, command)
+            })
+            .collect();
+        let chat = Arc::clone(&self.chat);
+        let outcomes = run_blocking(move || chat.apply_blocking(&batch)).await?;
+        for (entry, outcome) in entries.iter().zip(outcomes) {
+            let Some((term, reply)) = self.proposals.remove(&entry.index) else { continue };
+            let result = match outcome {
+                Some(outcome) if term == entry.term => Ok(outcome),
+                _ => Err(ProposeError::Unavailable(
+                    "leadership changed before the command committed, and it did not; retry".to_owned(),
+                )),
+            };
+            let _ = reply.send(result);
+        }
+        Ok(())
+    }
+
+    fn release_applied_reads(&mut self) {
+        let applied = self.chat.last_applied();
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.reads_confirmed).into_iter().partition(|(index, _)| *index <= applied);
+        self.reads_confirmed = waiting;
+        for (_, reply) in ready {
+            let _ = reply.send(Ok(()));
+        }
+    }
+
+    fn publish_status(&self) {
+        let status = NodeStatus {
+            role: self.replica.role(),
+            term: self.replica.term(),
+            leader: self.replica.leader(),
+            commit_index: self.replica.commit_index(),
+            applied_index: self.chat.last_applied(),
+            last_log_index: self.replica.last_index(),
+        };
+        self.status.send_if_modified(|current| {
+            let changed = *current != status;
+            *current = status;
+            changed
+        });
+    }
+}
+
+fn propose_error(error: replication::ProposeError) -> ProposeError {
+    match error {
+        replication::ProposeError::NotLeader { leader_hint } => ProposeError::NotLeader { leader: leader_hint },
+        replication::ProposeError::TransferInProgress => {
+            ProposeError::Unavailable("leadership is moving to another node; retry".to_owned())
+        }
+        replication::ProposeError::Overloaded => {
+            ProposeError::Unavailable("too many commands waiting to commit; retry shortly".to_owned())
+        }
+    }
+}

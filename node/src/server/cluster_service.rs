@@ -1,0 +1,80 @@
+//! The `chorus.v1.Cluster` service: what this node knows of itself and its peers.
+
+use std::sync::Arc;
+
+use chorus_proto::v1::cluster_server::Cluster;
+use chorus_proto::v1::{self as pb, StatusRequest, StatusResponse};
+use tonic::{Request, Response, Status};
+
+use super::status;
+use crate::replication::Role;
+use crate::runtime::{ChatState, ClusterConfig, RaftHandle};
+
+pub struct ClusterService {
+    node_id: u64,
+    cluster: ClusterConfig,
+    raft: RaftHandle,
+    chat: Arc<ChatState>,
+}
+
+impl ClusterService {
+    pub fn new(node_id: u64, cluster: ClusterConfig, raft: RaftHandle, chat: Arc<ChatState>) -> Self {
+        Self { node_id, cluster, raft, chat }
+    }
+}
+
+fn role(role: Role) -> pb::Role {
+    match role {
+        Role::Follower => pb::Role::Follower,
+        Role::PreCandidate => pb::Role::PreCandidate,
+        Role::Candidate => pb::Role::Candidate,
+        Role::Leader => pb::Role::Leader,
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn status(&self, request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let replica = self.raft.replica_status().await.ok_or_else(|| Status::unavailable("this node is stopping"))?;
+        let now = self.raft.now_ms();
+        let members = self
+            .cluster
+            .members
+            .iter()
+            .map(|member| {
+                let follower = replica.followers.get(&member.id);
+                pb::MemberStatus {
+                    id: member.id,
+                    client_address: member.client_address.clone(),
+                    peer_address: member.peer_address.clone(),
+                    match_index: follower.map(|f| f.match_index),
+                    ms_since_contact: follower.and_then(|f| f.last_contact_ms).map(|t| now.saturating_sub(t)),
+                }
+            })
+            .collect();
+        let (applied_index, state_digest) = if request.into_inner().include_state_digest {
+            let (applied, digest) = self
+                .chat
+                .read(|machine| {
+                    Ok::<_, crate::chat::StateMachineError>((machine.last_applied()?, machine.state_digest()?))
+                })
+                .await
+                .map_err(status::storage)?;
+            (applied, digest.to_vec())
+        } else {
+            (self.chat.last_applied(), Vec::new())
+        };
+        Ok(Response::new(StatusResponse {
+            cluster_id: self.cluster.cluster_id.clone(),
+            node_id: self.node_id,
+            role: role(replica.role).into(),
+            term: replica.term,
+            leader_id: replica.leader.unwrap_or(0),
+            commit_index: replica.commit_index,
+            applied_index,
+            last_log_index: replica.last_index,
+            members,
+            state_digest,
+        }))
+    }
+}

@@ -1,0 +1,487 @@
+//! The replication log, term and vote in SQLite (`raft.sqlite3` in the data directory),
+//! with the identity of the cluster the directory belongs to.
+//!
+//! Every record carries a CRC-32C; a record that fails it is reported as corruption, never
+//! served. `persist` commits with `synchronous=FULL`: when it returns, the term, vote and
+//! entries are fsynced, and only then may the runtime send the messages that depend on
+//! them.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::sqlite::{SqliteError, migrate, open_database};
+use crate::replication::{Entry, HardState, LogIndex, NodeId, Payload, Storage, StorageError, Term};
+
+/// What a data directory belongs to: checked at every start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterIdentity {
+    pub cluster_id: String,
+    pub node_id: NodeId,
+    pub members: BTreeSet<NodeId>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogStoreError {
+    #[error(transparent)]
+    Open(#[from] SqliteError),
+    #[error("replication log {path}: {source}")]
+    Sqlite { path: PathBuf, source: rusqlite::Error },
+    #[error(
+        "data directory belongs to cluster '{stored}' but the configuration says '{configured}': point --data-dir at this cluster's directory (or an empty one)"
+    )]
+    WrongCluster { stored: String, configured: String },
+    #[error(
+        "data directory belongs to node {stored} but this is node {configured}: each node needs its own data directory"
+    )]
+    WrongNode { stored: NodeId, configured: NodeId },
+    #[error(
+        "the configuration lists members {configured:?} but this node's data records members {stored:?}; changing membership by editing the configuration is not supported"
+    )]
+    MembershipChanged { stored: Vec<NodeId>, configured: Vec<NodeId> },
+    #[error("replication log {path} is corrupt: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+}
+
+const MIGRATIONS: &[&str] = &["
+CREATE TABLE raft_identity (
+    singleton  INTEGER PRIMARY KEY CHECK (singleton = 1),
+    cluster_id TEXT    NOT NULL,
+    node_id    INTEGER NOT NULL,
+    members    TEXT    NOT NULL   -- sorted ids, comma-separated
+);
+CREATE TABLE raft_hard_state (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+    term      INTEGER NOT NULL,
+    vote      INTEGER,
+    checksum  INTEGER NOT NULL
+);
+CREATE TABLE raft_log (
+    log_index    INTEGER PRIMARY KEY,
+    term         INTEGER NOT NULL,
+    payload_kind INTEGER NOT NULL,   -- 0 no-op, 1 command
+    payload      BLOB    NOT NULL,
+    checksum     INTEGER NOT NULL    -- CRC-32C of index, term, kind and payload
+);
+"];
+
+/// Recent entries kept in memory: followers mostly ask for the tail of the log.
+const RECENT_ENTRIES_MAX: usize = 4096;
+
+pub struct SqliteLog {
+    conn: Connection,
+    path: PathBuf,
+    hard_state: HardState,
+    /// The term of every entry: `terms[i]` is the term of index `i + 1`. 8 bytes an entry
+    /// buys term lookups (the consistency check, conflict hints) without I/O.
+    terms: Vec<Term>,
+    /// The last entries, starting at `recent_start`.
+    recent: VecDeque<Entry>,
+    recent_start: LogIndex,
+}
+
+impl SqliteLog {
+    /// Opens the log in `path`, creating it for `identity` if new, and refusing it if it
+    /// belongs to another cluster, node or membership.
+    pub fn open(path: &Path, identity: &ClusterIdentity) -> Result<Self, LogStoreError> {
+        let mut conn = open_database(path)?;
+        migrate(&mut conn, path, MIGRATIONS)?;
+        let sql_error = |source| LogStoreError::Sqlite { path: path.to_owned(), source };
+        check_identity(&conn, identity).map_err(|e| match e {
+            IdentityCheck::Sqlite(source) => sql_error(source),
+            IdentityCheck::Mismatch(error) => error,
+        })?;
+        let corrupt = |detail: String| LogStoreError::Corrupt { path: path.to_owned(), detail };
+        let hard_state = match conn
+            .query_row("SELECT term, vote, checksum FROM raft_hard_state WHERE singleton = 1", [], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, Option<i64>>(1)?, row.get::<_, i64>(2)?))
+            })
+            .optional()
+            .map_err(sql_error)?
+        {
+            None => HardState::default(),
+            Some((term, vote, checksum)) => {
+                let hard_state = HardState { term: term as u64, vote: vote.map(|v| v as u64) };
+                if hard_state_checksum(&hard_state) != checksum as u32 {
+                    return Err(corrupt("the term and vote record fails its checksum".to_owned()));
+                }
+                hard_state
+            }
+        };
+        let mut terms = Vec::new();
+        {
+            let mut statement =
+                conn.prepare("SELECT log_index, term FROM raft_log ORDER BY log_index").map_err(sql_error)?;
+            let mut rows = statement.query([]).map_err(sql_error)?;
+            while let Some(row) = rows.next().map_err(sql_error)? {
+                let index: i64 = row.get(0).map_err(sql_error)?;
+                let term: i64 = row.get(1).map_err(sql_error)?;
+                if index as u64 != terms.len() as u64 + 1 {
+                    return Err(corrupt(format!("entry {index} follows entry {} (a gap)", terms.len())));
+                }
+                if term as u64 > hard_state.term {
+                    return Err(corrupt(format!(
+                        "entry {index} has term {term}, after the stored term {}",
+                        hard_state.term
+                    )));
+                }
+                if terms.last().is_some_and(|&last| (term as u64) < last) {
+                    return Err(corrupt(format!("entry {index} has term {term}, below the entry before it")));
+                }
+                terms.push(term as u64);
+            }
+        }
+        let mut log = Self { conn, path: path.to_owned(), hard_state, terms, recent: VecDeque::new(), recent_start: 1 };
+        let last = log.terms.len() as LogIndex;
+        let start = last.saturating_sub(RECENT_ENTRIES_MAX as LogIndex) + 1;
+        let recent = log.read_entries(start, last + 1, usize::MAX).map_err(|e| match e {
+            StorageError::Corrupt(detail) => corrupt(detail),
+            StorageError::Io(detail) => corrupt(detail),
+        })?;
+        log.recent = recent.into();
+        log.recent_start = start;
+        Ok(log)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Makes `hard_state` and `entries` durable in one transaction: stored entries at or
+    /// after the first new one are replaced. Returns once fsynced.
+    pub fn persist(&mut self, hard_state: Option<HardState>, entries: &[Entry]) -> Result<(), StorageError> {
+        if hard_state.is_none() && entries.is_empty() {
+            return Ok(());
+        }
+        if let Some(first) = entries.first() {
+            assert!(
+                first.index >= 1 && first.index <= self.terms.len() as LogIndex + 1,
+                "persisting entry {} would leave a gap after {}",
+                first.index,
+                self.terms.len()
+            );
+            for (offset, entry) in entries.iter().enumerate() {
+                assert_eq!(entry.index, first.index + offset as LogIndex, "persisting non-contiguous entries");
+            }
+        }
+        let io = |e: rusqlite::Error| StorageError::Io(format!("{}: {e}", self.path.display()));
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(io)?;
+        if let Some(hard_state) = hard_state {
+            tx.execute(
+                "INSERT INTO raft_hard_state (singleton, term, vote, checksum) VALUES (1, ?1, ?2, ?3)
+                 ON CONFLICT (singleton) DO UPDATE SET term = ?1, vote = ?2, checksum = ?3",
+                params![
+                    hard_state.term as i64,
+                    hard_state.vote.map(|v| v as i64),
+                    hard_state_checksum(&hard_state) as i64
+                ],
+            )
+            .map_err(io)?;
+        }
+        if let Some(first) = entries.first() {
+            tx.execute("DELETE FROM raft_log WHERE log_index >= ?1", [first.index as i64]).map_err(io)?;
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO raft_log (log_index, term, payload_kind, payload, checksum) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(io)?;
+            for entry in entries {
+                let (kind, payload) = encode_payload(&entry.payload);
+                insert
+                    .execute(params![
+                        entry.index as i64,
+                        entry.term as i64,
+                        kind,
+                        payload,
+                        entry_checksum(entry.index, entry.term, kind, payload) as i64
+                    ])
+                    .map_err(io)?;
+            }
+        }
+        // The commit is the fsync (synchronous=FULL) that every reply depending on this
+        // state waits for.
+        tx.commit().map_err(io)?;
+
+        if let Some(hard_state) = hard_state {
+            self.hard_state = hard_state;
+        }
+        if let Some(first) = entries.first() {
+            self.terms.truncate(first.index as usize - 1);
+            self.terms.extend(entries.iter().map(|e| e.term));
+            if first.index < self.recent_start {
+                self.recent.clear();
+                self.recent_start = first.index;
+            } else {
+                self.recent.truncate((first.index - self.recent_start) as usize);
+            }
+            self.recent.extend(entries.iter().cloned());
+            while self.recent.len() > RECENT_ENTRIES_MAX {
+                self.recent.pop_front();
+                self.recent_start += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn read_entries(&self, low: LogIndex, high: LogIndex, bytes_max: usize) -> Result<Vec<Entry>, StorageError> {
+        let io = |e: rusqlite::Error| StorageError::Io(format!("{}: {e}", self.path.display()));
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT log_index, term, payload_kind, payload, checksum FROM raft_log
+                 WHERE log_index >= ?1 AND log_index < ?2 ORDER BY log_index",
+            )
+            .map_err(io)?;
+        let mut rows = statement.query(params![low as i64, high as i64]).map_err(io)?;
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        while let Some(row) = rows.next().map_err(io)? {
+            let index = row.get::<_, i64>(0).map_err(io)? as u64;
+            let term = row.get::<_, i64>(1).map_err(io)? as u64;
+            let kind: i64 = row.get(2).map_err(io)?;
+            let payload: Vec<u8> = row.get(3).map_err(io)?;
+            let checksum = row.get::<_, i64>(4).map_err(io)? as u32;
+            if entry_checksum(index, term, kind, &payload) != checksum {
+                return Err(StorageError::Corrupt(format!(
+                    "{}: entry {index} fails its checksum",
+                    self.path.display()
+                )));
+            }
+            let payload = match kind {
+                0 => Payload::Noop,
+                1 => Payload::Command(Bytes::from(payload)),
+                other => {
+                    return Err(StorageError::Corrupt(format!(
+                        "{}: entry {index} has unknown payload kind {other}",
+                        self.path.display()
+                    )));
+                }
+            };
+            let entry = Entry { term, index, payload };
+            bytes += entry.size_bytes();
+            if !out.is_empty() && bytes > bytes_max {
+                break;
+            }
+            out.push(entry);
+        }
+        Ok(out)
+    }
+}
+
+enum IdentityCheck {
+    Sqlite(rusqlite::Error),
+    Mismatch(LogStoreError),
+}
+
+fn check_identity(conn: &Connection, identity: &ClusterIdentity) -> Result<(), IdentityCheck> {
+    let members: Vec<String> = identity.members.iter().map(|id| id.to_string()).collect();
+    let members = members.join(",");
+    let stored: Option<(String, i64, String)> = conn
+        .query_row("SELECT cluster_id, node_id, members FROM raft_identity WHERE singleton = 1", [], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
+        .optional()
+        .map_err(IdentityCheck::Sqlite)?;
+    let Some((cluster_id, node_id, stored_members)) = stored else {
+        conn.execute(
+            "INSERT INTO raft_identity (singleton, cluster_id, node_id, members) VALUES (1, ?1, ?2, ?3)",
+            params![identity.cluster_id, identity.node_id as i64, members],
+        )
+        .map_err(IdentityCheck::Sqlite)?;
+        return Ok(());
+    };
+    if cluster_id != identity.cluster_id {
+        return Err(IdentityCheck::Mismatch(LogStoreError::WrongCluster {
+            stored: cluster_id,
+            configured: identity.cluster_id.clone(),
+        }));
+    }
+    if node_id as u64 != identity.node_id {
+        return Err(IdentityCheck::Mismatch(LogStoreError::WrongNode {
+            stored: node_id as u64,
+            configured: identity.node_id,
+        }));
+    }
+    if stored_members != members {
+        let stored = stored_members.split(',').filter_map(|id| id.parse().ok()).collect();
+        return Err(IdentityCheck::Mismatch(LogStoreError::MembershipChanged {
+            stored,
+            configured: identity.members.iter().copied().collect(),
+        }));
+    }
+    Ok(())
+}
+
+fn encode_payload(payload: &Payload) -> (i64, &[u8]) {
+    match payload {
+        Payload::Noop => (0, &[]),
+        Payload::Command(bytes) => (1, bytes),
+    }
+}
+
+fn entry_checksum(index: LogIndex, term: Term, kind: i64, payload: &[u8]) -> u32 {
+    let mut header = [0u8; 17];
+    header[..8].copy_from_slice(&index.to_be_bytes());
+    header[8..16].copy_from_slice(&term.to_be_bytes());
+    header[16] = kind as u8;
+    crc32c::crc32c_append(crc32c::crc32c(&header), payload)
+}
+
+fn hard_state_checksum(hard_state: &HardState) -> u32 {
+    let mut bytes = [0u8; 17];
+    bytes[..8].copy_from_slice(&hard_state.term.to_be_bytes());
+    if let Some(vote) = hard_state.vote {
+        bytes[8] = 1;
+        bytes[9..].copy_from_slice(&vote.to_be_bytes());
+    }
+    crc32c::crc32c(&bytes)
+}
+
+impl Storage for SqliteLog {
+    fn hard_state(&self) -> Result<HardState, StorageError> {
+        Ok(self.hard_state)
+    }
+
+    fn last_index(&self) -> Result<LogIndex, StorageError> {
+        Ok(self.terms.len() as LogIndex)
+    }
+
+    fn term(&self, index: LogIndex) -> Result<Option<Term>, StorageError> {
+        if index == 0 {
+            return Ok(Some(0));
+        }
+        Ok(self.terms.get(index as usize - 1).copied())
+    }
+
+    fn entries(&self, low: LogIndex, high: LogIndex, bytes_max: usize) -> Result<Vec<Entry>, StorageError> {
+        let high = high.min(self.terms.len() as LogIndex + 1);
+        if low >= high {
+            return Ok(Vec::new());
+        }
+        if low >= self.recent_start {
+            let mut out = Vec::new();
+            let mut bytes = 0;
+            for entry in self.recent.range((low - self.recent_start) as usize..(high - self.recent_start) as usize) {
+                bytes += entry.size_bytes();
+                if !out.is_empty() && bytes > bytes_max {
+                    break;
+                }
+                out.push(entry.clone());
+            }
+            return Ok(out);
+        }
+        self.read_entries(low, high, bytes_max)
+    }
+}
+
+/// The log shared between the replica, which reads it, and the runtime, which writes it
+/// from a blocking thread. The two never run at once: the runtime awaits each write before
+/// touching the replica again, so the lock is never contended.
+#[derive(Clone)]
+pub struct SharedLog(Arc<Mutex<SqliteLog>>);
+
+impl SharedLog {
+    pub fn new(log: SqliteLog) -> Self {
+        Self(Arc::new(Mutex::new(log)))
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, SqliteLog> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Storage for SharedLog {
+    fn hard_state(&self) -> Result<HardState, StorageError> {
+        self.lock().hard_state()
+    }
+
+    fn last_index(&self) -> Result<LogIndex, StorageError> {
+        self.lock().last_index()
+    }
+
+    fn term(&self, index: LogIndex) -> Result<Option<Term>, StorageError> {
+        self.lock().term(index)
+    }
+
+    fn entries(&self, low: LogIndex, high: LogIndex, bytes_max: usize) -> Result<Vec<Entry>, StorageError> {
+        self.lock().entries(low, high, bytes_max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(cluster: &str, node: NodeId, members: &[NodeId]) -> ClusterIdentity {
+        ClusterIdentity { cluster_id: cluster.to_owned(), node_id: node, members: members.iter().copied().collect() }
+    }
+
+    fn entry(index: LogIndex, term: Term, text: &str) -> Entry {
+        Entry { index, term, payload: Payload::Command(Bytes::from(text.to_owned())) }
+    }
+
+    #[test]
+    fn persists_and_reopens_term_vote_and_entries_with_overwrites() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.sqlite3");
+        let id = identity("c", 1, &[1, 2, 3]);
+        {
+            let mut log = SqliteLog::open(&path, &id).unwrap();
+            log.persist(
+                Some(HardState { term: 2, vote: Some(3) }),
+                &[entry(1, 1, "a"), entry(2, 2, "b"), entry(3, 2, "c")],
+            )
+            .unwrap();
+            // A new leader overwrites the suffix from index 2.
+            log.persist(
+                Some(HardState { term: 3, vote: None }),
+                &[Entry { index: 2, term: 3, payload: Payload::Noop }],
+            )
+            .unwrap();
+            assert_eq!(log.last_index().unwrap(), 2);
+        }
+        let log = SqliteLog::open(&path, &id).unwrap();
+        assert_eq!(log.hard_state().unwrap(), HardState { term: 3, vote: None });
+        assert_eq!(log.term(2).unwrap(), Some(3));
+        assert_eq!(log.term(3).unwrap(), None);
+        let entries = log.entries(1, 10, usize::MAX).unwrap();
+        assert_eq!(entries, vec![entry(1, 1, "a"), Entry { index: 2, term: 3, payload: Payload::Noop }]);
+        // The on-disk path (not the cache) returns the same.
+        assert_eq!(log.read_entries(1, 10, usize::MAX).unwrap(), entries);
+    }
+
+    #[test]
+    fn another_cluster_node_or_membership_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.sqlite3");
+        drop(SqliteLog::open(&path, &identity("alpha", 1, &[1, 2, 3])).unwrap());
+        assert!(matches!(
+            SqliteLog::open(&path, &identity("beta", 1, &[1, 2, 3])),
+            Err(LogStoreError::WrongCluster { .. })
+        ));
+        assert!(matches!(
+            SqliteLog::open(&path, &identity("alpha", 2, &[1, 2, 3])),
+            Err(LogStoreError::WrongNode { .. })
+        ));
+        let err = SqliteLog::open(&path, &identity("alpha", 1, &[1, 2, 3, 4, 5])).err().unwrap();
+        assert!(matches!(err, LogStoreError::MembershipChanged { .. }), "{err}");
+        SqliteLog::open(&path, &identity("alpha", 1, &[1, 2, 3])).unwrap();
+    }
+
+    #[test]
+    fn a_flipped_byte_is_reported_as_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.sqlite3");
+        let id = identity("c", 1, &[1]);
+        let mut log = SqliteLog::open(&path, &id).unwrap();
+        log.persist(Some(HardState { term: 1, vote: Some(1) }), &[entry(1, 1, "hello")]).unwrap();
+        log.conn.execute("UPDATE raft_log SET payload = x'68656c6c70' WHERE log_index = 1", []).unwrap();
+        assert!(matches!(log.read_entries(1, 2, usize::MAX), Err(StorageError::Corrupt(_))));
+        drop(log);
+        let err = SqliteLog::open(&path, &id).err().unwrap();
+        assert!(err.to_string().contains("fails its checksum"), "{err}");
+    }
+}

@@ -1,0 +1,157 @@
+//! Conversion between the replication core's messages and their protobuf form. Decoding
+//! checks that every required field is present; what it cannot check (the protocol's own
+//! consistency) the core checks before acting.
+
+use chorus_proto::v1 as pb;
+
+use crate::replication::{AppendResult, Entry, LogPosition, Message, MessageBody, NodeId, Payload};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed Raft message: {0}")]
+pub struct DecodeError(pub &'static str);
+
+pub fn encode_message(message: &Message) -> pb::RaftMessage {
+    use pb::raft_message::Body;
+    let body = match &message.body {
+        MessageBody::PreVoteRequest { last_log } => {
+            Body::PreVoteRequest(pb::PreVoteRequest { last_log: Some(encode_position(*last_log)) })
+        }
+        MessageBody::PreVoteResponse { granted } => Body::PreVoteResponse(pb::VoteResponse { granted: *granted }),
+        MessageBody::VoteRequest { last_log, leadership_transfer } => Body::VoteRequest(pb::VoteRequest {
+            last_log: Some(encode_position(*last_log)),
+            leadership_transfer: *leadership_transfer,
+        }),
+        MessageBody::VoteResponse { granted } => Body::VoteResponse(pb::VoteResponse { granted: *granted }),
+        MessageBody::AppendRequest { previous, entries, leader_commit, heartbeat_round } => {
+            Body::AppendRequest(pb::AppendRequest {
+                previous: Some(encode_position(*previous)),
+                entries: entries.iter().map(encode_entry).collect(),
+                leader_commit: *leader_commit,
+                heartbeat_round: *heartbeat_round,
+            })
+        }
+        MessageBody::AppendResponse { result, heartbeat_round } => {
+            let result = match *result {
+                AppendResult::Accepted { match_index } => {
+                    pb::append_response::Result::Accepted(pb::AppendAccepted { match_index })
+                }
+                AppendResult::Rejected { rejected_previous, conflict_term, first_index_of_term } => {
+                    pb::append_response::Result::Rejected(pb::AppendRejected {
+                        rejected_previous,
+                        conflict_term,
+                        first_index_of_term,
+                    })
+                }
+            };
+            Body::AppendResponse(pb::AppendResponse { heartbeat_round: *heartbeat_round, result: Some(result) })
+        }
+        MessageBody::TimeoutNow => Body::TimeoutNow(pb::TimeoutNow {}),
+    };
+    pb::RaftMessage { term: message.term, body: Some(body) }
+}
+
+pub fn decode_message(from: NodeId, to: NodeId, message: pb::RaftMessage) -> Result<Message, DecodeError> {
+    use pb::raft_message::Body;
+    let body = match message.body.ok_or(DecodeError("no body"))? {
+        Body::PreVoteRequest(request) => MessageBody::PreVoteRequest { last_log: decode_position(request.last_log)? },
+        Body::PreVoteResponse(response) => MessageBody::PreVoteResponse { granted: response.granted },
+        Body::VoteRequest(request) => MessageBody::VoteRequest {
+            last_log: decode_position(request.last_log)?,
+            leadership_transfer: request.leadership_transfer,
+        },
+        Body::VoteResponse(response) => MessageBody::VoteResponse { granted: response.granted },
+        Body::AppendRequest(request) => MessageBody::AppendRequest {
+            previous: decode_position(request.previous)?,
+            entries: request.entries.into_iter().map(decode_entry).collect::<Result<_, _>>()?,
+            leader_commit: request.leader_commit,
+            heartbeat_round: request.heartbeat_round,
+        },
+        Body::AppendResponse(response) => {
+            let result = match response.result.ok_or(DecodeError("append response without a result"))? {
+                pb::append_response::Result::Accepted(accepted) => {
+                    AppendResult::Accepted { match_index: accepted.match_index }
+                }
+                pb::append_response::Result::Rejected(rejected) => AppendResult::Rejected {
+                    rejected_previous: rejected.rejected_previous,
+                    conflict_term: rejected.conflict_term,
+                    first_index_of_term: rejected.first_index_of_term,
+                },
+            };
+            MessageBody::AppendResponse { result, heartbeat_round: response.heartbeat_round }
+        }
+        Body::TimeoutNow(_) => MessageBody::TimeoutNow,
+    };
+    Ok(Message { from, to, term: message.term, body })
+}
+
+fn encode_position(position: LogPosition) -> pb::LogPosition {
+    pb::LogPosition { term: position.term, index: position.index }
+}
+
+fn decode_position(position: Option<pb::LogPosition>) -> Result<LogPosition, DecodeError> {
+    let position = position.ok_or(DecodeError("missing log position"))?;
+    Ok(LogPosition { term: position.term, index: position.index })
+}
+
+fn encode_entry(entry: &Entry) -> pb::LogEntry {
+    let payload = match &entry.payload {
+        Payload::Noop => pb::log_entry::Payload::Noop(pb::NoopPayload {}),
+        Payload::Command(bytes) => pb::log_entry::Payload::Command(bytes.clone()),
+    };
+    pb::LogEntry { term: entry.term, index: entry.index, payload: Some(payload) }
+}
+
+fn decode_entry(entry: pb::LogEntry) -> Result<Entry, DecodeError> {
+    let payload = match entry.payload.ok_or(DecodeError("log entry without a payload"))? {
+        pb::log_entry::Payload::Noop(_) => Payload::Noop,
+        pb::log_entry::Payload::Command(bytes) => Payload::Command(bytes),
+    };
+    Ok(Entry { term: entry.term, index: entry.index, payload })
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    #[test]
+    fn every_message_kind_round_trips() {
+        let position = LogPosition { term: 3, index: 9 };
+        let bodies = [
+            MessageBody::PreVoteRequest { last_log: position },
+            MessageBody::PreVoteResponse { granted: true },
+            MessageBody::VoteRequest { last_log: position, leadership_transfer: true },
+            MessageBody::VoteResponse { granted: false },
+            MessageBody::AppendRequest {
+                previous: position,
+                entries: vec![
+                    Entry { term: 3, index: 10, payload: Payload::Noop },
+                    Entry { term: 4, index: 11, payload: Payload::Command(Bytes::from_static(b"cmd")) },
+                ],
+                leader_commit: 8,
+                heartbeat_round: 5,
+            },
+            MessageBody::AppendResponse { result: AppendResult::Accepted { match_index: 11 }, heartbeat_round: 5 },
+            MessageBody::AppendResponse {
+                result: AppendResult::Rejected { rejected_previous: 9, conflict_term: Some(2), first_index_of_term: 6 },
+                heartbeat_round: 0,
+            },
+            MessageBody::TimeoutNow,
+        ];
+        for body in bodies {
+            let message = Message { from: 1, to: 2, term: 4, body };
+            assert_eq!(decode_message(1, 2, encode_message(&message)).unwrap(), message);
+        }
+    }
+
+    #[test]
+    fn missing_fields_are_errors() {
+        assert!(decode_message(1, 2, pb::RaftMessage { term: 1, body: None }).is_err());
+        let no_position = pb::RaftMessage {
+            term: 1,
+            body: Some(pb::raft_message::Body::PreVoteRequest(pb::PreVoteRequest { last_log: None })),
+        };
+        assert!(decode_message(1, 2, no_position).is_err());
+    }
+}

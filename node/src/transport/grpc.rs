@@ -1,0 +1,149 @@
+//! The sending side of the gRPC transport: one task and one bounded queue per peer.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chorus_proto::v1::RaftBatch;
+use chorus_proto::v1::raft_client::RaftClient;
+use tokio::sync::{mpsc, watch};
+use tonic::transport::{Channel, Endpoint};
+
+use super::Transport;
+use super::codec::encode_message;
+use crate::replication::{Message, NodeId};
+
+/// Messages waiting for one peer; beyond this, new ones are dropped.
+const PEER_QUEUE_MAX: usize = 1024;
+/// Most messages in one batch RPC.
+const BATCH_MESSAGES_MAX: usize = 64;
+/// How long a connection attempt to a peer may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long one batch RPC may take.
+const DELIVER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Reconnection backoff: doubles from the minimum to the maximum while a peer is down.
+const BACKOFF_MIN: Duration = Duration::from_millis(20);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+pub struct GrpcTransport {
+    queues: BTreeMap<NodeId, mpsc::Sender<Message>>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl GrpcTransport {
+    /// Starts a sender task per peer (`peers`: id → peer address `HOST:PORT`). The tasks end
+    /// when `shutdown` turns true.
+    pub fn start(
+        cluster_id: String,
+        node_id: NodeId,
+        peers: BTreeMap<NodeId, String>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let dropped = Arc::new(AtomicU64::new(0));
+        let mut queues = BTreeMap::new();
+        for (peer, address) in peers {
+            let (sender, receiver) = mpsc::channel(PEER_QUEUE_MAX);
+            queues.insert(peer, sender);
+            let link = PeerLink {
+                cluster_id: cluster_id.clone(),
+                from: node_id,
+                to: peer,
+                address,
+                dropped: Arc::clone(&dropped),
+            };
+            tokio::task::spawn(link.run(receiver, shutdown.clone()));
+        }
+        Self { queues, dropped }
+    }
+
+    /// Messages dropped so far (full queues, failed deliveries).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl Transport for GrpcTransport {
+    fn send(&self, messages: Vec<Message>) {
+        for message in messages {
+            let Some(queue) = self.queues.get(&message.to) else {
+                tracing::warn!(to = message.to, "no route to node; message dropped");
+                continue;
+            };
+            if queue.try_send(message).is_err() {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+struct PeerLink {
+    cluster_id: String,
+    from: NodeId,
+    to: NodeId,
+    address: String,
+    dropped: Arc<AtomicU64>,
+}
+
+impl PeerLink {
+    async fn run(self, mut queue: mpsc::Receiver<Message>, mut shutdown: watch::Receiver<bool>) {
+        let endpoint = match Endpoint::from_shared(format!("http://{}", self.address)) {
+            Ok(endpoint) => endpoint.connect_timeout(CONNECT_TIMEOUT).timeout(DELIVER_TIMEOUT),
+            Err(error) => {
+                tracing::error!(peer = self.to, address = %self.address, %error, "bad peer address; not sending to it");
+                return;
+            }
+        };
+        let mut client: Option<RaftClient<Channel>> = None;
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let first = tokio::select! {
+                message = queue.recv() => match message {
+                    Some(message) => message,
+                    None => return,
+                },
+                _ = shutdown.wait_for(|stopping| *stopping) => return,
+            };
+            let mut batch = vec![first];
+            while batch.len() < BATCH_MESSAGES_MAX {
+                match queue.try_recv() {
+                    Ok(message) => batch.push(message),
+                    Err(_) => break,
+                }
+            }
+            let count = batch.len() as u64;
+            if client.is_none() {
+                match endpoint.connect().await {
+                    Ok(channel) => client = Some(RaftClient::new(channel)),
+                    Err(error) => {
+                        tracing::debug!(peer = self.to, address = %self.address, %error, "peer unreachable");
+                        self.dropped.fetch_add(count, Ordering::Relaxed);
+                        self.pause(&mut backoff).await;
+                        continue;
+                    }
+                }
+            }
+            let request = RaftBatch {
+                cluster_id: self.cluster_id.clone(),
+                from: self.from,
+                to: self.to,
+                messages: batch.iter().map(encode_message).collect(),
+            };
+            let rpc = client.as_mut().expect("connected above").deliver(request);
+            match rpc.await {
+                Ok(_) => backoff = BACKOFF_MIN,
+                Err(status) => {
+                    tracing::debug!(peer = self.to, %status, "delivery failed");
+                    self.dropped.fetch_add(count, Ordering::Relaxed);
+                    client = None;
+                    self.pause(&mut backoff).await;
+                }
+            }
+        }
+    }
+
+    async fn pause(&self, backoff: &mut Duration) {
+        tokio::time::sleep(*backoff).await;
+        *backoff = (*backoff * 2).min(BACKOFF_MAX);
+    }
+}
