@@ -1,13 +1,15 @@
-//! The client verbs: each connects, makes its call, and prints what a person needs to see.
+//! The client verbs: each makes its call through the failover client and prints what a
+//! person needs to see.
 
 use std::io::Read as _;
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use chorus::client::v1::{
     CreateAccountRequest, DeleteAccountRequest, DeleteMessagesRequest, HistoryRequest, ListAccountsRequest,
-    LoginRequest, LogoutRequest, ReadMessagesRequest, SendMessageRequest, SubscribeRequest,
+    LoginRequest, LogoutRequest, ReadMessagesRequest, SendMessageRequest,
 };
-use chorus::client::{ChatClient, new_client_msg_id};
+use chorus::client::{ClusterClient, RetryPolicy, new_client_msg_id};
 use tonic::Code;
 
 use super::format::message_line;
@@ -19,71 +21,65 @@ pub fn run(options: &ClientOptions, verb: Verb) -> Result<()> {
     runtime.block_on(run_verb(options, verb))
 }
 
+/// Calls one RPC through the failover client with `$request` (cloned for each attempt).
+macro_rules! call {
+    ($client:expr, $method:ident, $request:expr) => {{
+        let request = $request;
+        $client
+            .call(|mut chat| {
+                let request = request.clone();
+                async move { chat.$method(request).await }
+            })
+            .await
+            .map_err(|status| rpc_error($client.current_server(), status))
+    }};
+}
+
 async fn run_verb(options: &ClientOptions, verb: Verb) -> Result<()> {
     let session_path = session_file::resolve(options.session_file.as_deref())?;
+    let policy = RetryPolicy { call_deadline: Duration::from_secs(options.timeout.max(1)), ..RetryPolicy::default() };
+    let mut client = ClusterClient::new(&options.servers, policy)?;
     match verb {
         Verb::Account(AccountVerb::Create { username, password_stdin }) => {
             let password = password::obtain(password_stdin, "new password: ")?;
-            let mut client = connect(options).await?;
-            let response = client
-                .grpc()
-                .create_account(CreateAccountRequest { username, password })
-                .await
-                .map_err(|s| rpc_error(client.server(), s))?
-                .into_inner();
+            let response = call!(client, create_account, CreateAccountRequest { username, password })?;
             println!("created account '{}'", response.username);
         }
         Verb::Account(AccountVerb::Delete { password_stdin }) => {
             let session = session_file::load(&session_path)?;
             let password = password::obtain(password_stdin, &format!("password of '{}': ", session.username))?;
-            let mut client = connect(options).await?;
-            client
-                .grpc()
-                .delete_account(DeleteAccountRequest { token: session.token, password })
-                .await
-                .map_err(|s| rpc_error(client.server(), s))?;
+            call!(client, delete_account, DeleteAccountRequest { token: session.token, password })?;
             session_file::remove(&session_path)?;
             println!("deleted account '{}'", session.username);
         }
         Verb::Login { username, password_stdin } => {
             let password = password::obtain(password_stdin, &format!("password of '{username}': "))?;
-            let mut client = connect(options).await?;
-            let response = client
-                .grpc()
-                .login(LoginRequest { username, password })
-                .await
-                .map_err(|s| rpc_error(client.server(), s))?
-                .into_inner();
-            let saved =
-                SavedSession { username: response.username, token: response.token, server: client.server().to_owned() };
+            let response = call!(client, login, LoginRequest { username, password })?;
+            let saved = SavedSession {
+                username: response.username,
+                token: response.token,
+                server: client.current_server().to_owned(),
+            };
             session_file::save(&session_path, &saved)?;
             println!("logged in as '{}': {} unread message(s)", saved.username, response.unread_count);
         }
         Verb::Logout => {
             let session = session_file::load(&session_path)?;
-            let mut client = connect(options).await?;
-            let result = client.grpc().logout(LogoutRequest { token: session.token }).await;
+            let result = call!(client, logout, LogoutRequest { token: session.token });
             // The local copy goes whatever the server said: an expired session is over too.
             session_file::remove(&session_path)?;
             match result {
                 Ok(_) => println!("logged out '{}'", session.username),
-                Err(status) if status.code() == Code::Unauthenticated => {
-                    println!("logged out '{}' (the session had already ended)", session.username)
-                }
-                Err(status) => return Err(rpc_error(client.server(), status)),
+                Err(_) => println!("logged out '{}' (the server did not confirm the session's end)", session.username),
             }
         }
         Verb::Send { to, body, client_msg_id } => {
             let session = session_file::load(&session_path)?;
             let body = if body.is_empty() { read_stdin_body()? } else { body.join(" ") };
+            // One id for every retry of this message: the cluster stores it once.
             let client_msg_id = client_msg_id.unwrap_or_else(new_client_msg_id);
-            let mut client = connect(options).await?;
-            let response = client
-                .grpc()
-                .send_message(SendMessageRequest { token: session.token, to: to.clone(), body, client_msg_id })
-                .await
-                .map_err(|s| rpc_error(client.server(), s))?
-                .into_inner();
+            let request = SendMessageRequest { token: session.token, to: to.clone(), body, client_msg_id };
+            let response = call!(client, send_message, request)?;
             if response.duplicate {
                 println!("already sent as message {} (not stored again)", response.message_id);
             } else {
@@ -92,13 +88,7 @@ async fn run_verb(options: &ClientOptions, verb: Verb) -> Result<()> {
         }
         Verb::Read { limit } => {
             let session = session_file::load(&session_path)?;
-            let mut client = connect(options).await?;
-            let response = client
-                .grpc()
-                .read_messages(ReadMessagesRequest { token: session.token, limit })
-                .await
-                .map_err(|s| rpc_error(client.server(), s))?
-                .into_inner();
+            let response = call!(client, read_messages, ReadMessagesRequest { token: session.token, limit })?;
             if response.messages.is_empty() {
                 println!("no unread messages");
             }
@@ -111,13 +101,8 @@ async fn run_verb(options: &ClientOptions, verb: Verb) -> Result<()> {
         }
         Verb::History { peer, before, limit } => {
             let session = session_file::load(&session_path)?;
-            let mut client = connect(options).await?;
-            let response = client
-                .grpc()
-                .history(HistoryRequest { token: session.token, peer: peer.clone(), before_id: before, limit })
-                .await
-                .map_err(|s| rpc_error(client.server(), s))?
-                .into_inner();
+            let request = HistoryRequest { token: session.token, peer: peer.clone(), before_id: before, limit };
+            let response = call!(client, history, request)?;
             if response.messages.is_empty() {
                 println!("no messages");
             }
@@ -130,13 +115,8 @@ async fn run_verb(options: &ClientOptions, verb: Verb) -> Result<()> {
             }
         }
         Verb::Users { pattern, page_size, page_token } => {
-            let mut client = connect(options).await?;
-            let response = client
-                .grpc()
-                .list_accounts(ListAccountsRequest { pattern: pattern.clone(), page_size, page_token })
-                .await
-                .map_err(|s| rpc_error(client.server(), s))?
-                .into_inner();
+            let request = ListAccountsRequest { pattern: pattern.clone(), page_size, page_token };
+            let response = call!(client, list_accounts, request)?;
             if response.usernames.is_empty() {
                 println!("no accounts match '{pattern}'");
             }
@@ -149,40 +129,27 @@ async fn run_verb(options: &ClientOptions, verb: Verb) -> Result<()> {
         }
         Verb::Delete { ids } => {
             let session = session_file::load(&session_path)?;
-            let mut client = connect(options).await?;
-            let response = client
-                .grpc()
-                .delete_messages(DeleteMessagesRequest { token: session.token, ids })
-                .await
-                .map_err(|s| rpc_error(client.server(), s))?
-                .into_inner();
+            let response = call!(client, delete_messages, DeleteMessagesRequest { token: session.token, ids })?;
             println!("deleted {} message(s)", response.deleted);
         }
         Verb::Watch { after } => {
             let session = session_file::load(&session_path)?;
-            let mut client = connect(options).await?;
-            let mut stream = client
-                .grpc()
-                .subscribe(SubscribeRequest { token: session.token, after_id: after })
-                .await
-                .map_err(|s| rpc_error(client.server(), s))?
-                .into_inner();
             eprintln!("watching messages for '{}' (Ctrl-C to stop)", session.username);
+            let mut subscription = client.subscribe(session.token, after);
             loop {
-                match stream.message().await {
-                    Ok(Some(message)) => println!("{}", message_line(&message)),
-                    Ok(None) => bail!("the server ended the stream"),
-                    Err(status) => return Err(rpc_error(client.server(), status)),
+                match subscription.next().await {
+                    Ok(message) => println!("{}", message_line(&message)),
+                    Err(status) if status.code() == Code::Unauthenticated => {
+                        return Err(anyhow::anyhow!("{}", status.message()));
+                    }
+                    Err(status) => return Err(rpc_error("the cluster", status)),
                 }
             }
         }
+        Verb::Cluster(super::ClusterVerb::Status) => super::cluster_status::print(&mut client).await?,
         Verb::Node(_) | Verb::Demo(_) => unreachable!("not a client verb"),
     }
     Ok(())
-}
-
-async fn connect(options: &ClientOptions) -> Result<ChatClient> {
-    Ok(ChatClient::connect(&options.servers).await?)
 }
 
 fn read_stdin_body() -> Result<String> {

@@ -1,22 +1,24 @@
-//! `chorus demo`: starts local nodes as child processes and opens a shell in which a
-//! newcomer can create accounts, chat, and kill and restart nodes to see what survives.
+//! `chorus demo`: starts a local cluster of node processes and opens a shell in which a
+//! newcomer can create accounts, chat, watch messages arrive, and kill and restart nodes
+//! to see failover and persistence at work.
 //!
 //! When stdin is not a terminal, the shell reads the same commands from it and echoes each
 //! one, so a script (or a test) drives the demo exactly as a person would.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use chorus::client::v1::{
     CreateAccountRequest, DeleteMessagesRequest, HistoryRequest, ListAccountsRequest, LoginRequest,
-    ReadMessagesRequest, SendMessageRequest, SubscribeRequest,
+    ReadMessagesRequest, Role, SendMessageRequest, StatusRequest,
 };
-use chorus::client::{ChatClient, new_client_msg_id};
+use chorus::client::{ClusterClient, RetryPolicy, new_client_msg_id};
+use chorus::runtime::{ClusterConfig, MemberConfig, Timing};
 use clap::Args;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
@@ -27,18 +29,24 @@ use super::rpc_error;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Directory for the nodes' data. Give the directory of an earlier demo to see that
-    /// everything survived a full stop. [default: a fresh directory under the system's temp dir]
+    /// Directory for the cluster's configuration and data. Give the directory of an earlier
+    /// demo to see that everything survived a full stop. [default: a fresh directory under
+    /// the system's temp dir]
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// How many nodes (3, 5 or 7; a new cluster only).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=7))]
+    pub nodes: u64,
 }
 
 /// How long a node may take to start before the demo gives up on it.
 const NODE_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a node may take to stop on SIGTERM before it is killed.
 const NODE_STOP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Pause between attempts of a watch to reconnect after its node went away.
-const WATCH_RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// How long the demo waits for the first leader.
+const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Interactive calls give up sooner than scripts' (a person is waiting).
+const CALL_DEADLINE: Duration = Duration::from_secs(10);
 
 const HELP: &str = "\
 commands:
@@ -50,9 +58,9 @@ commands:
   users [PATTERN]        list accounts ('*' and '?' wildcards)
   delete ID...           delete messages
   watch                  print this user's incoming messages as they arrive
-  status                 show the nodes
-  kill N                 SIGKILL node N
-  restart N              start node N again
+  status                 show every node: role, term, leader, commit and applied index
+  kill N                 SIGKILL node N (the cluster goes on while a majority is up)
+  restart N              start node N again (it catches up from the others)
   help                   this text
   quit                   stop every node and leave (or Ctrl-D)";
 
@@ -63,7 +71,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
             Some(dir) => dir,
             None => std::env::temp_dir().join(format!("chorus-demo-{}", chorus::seam::unix_time_ms())),
         };
-        let mut demo = Demo::start(dir).await?;
+        let mut demo = Demo::start(dir, args.nodes).await?;
         let result = demo.shell().await;
         demo.stop_all().await;
         result
@@ -74,14 +82,14 @@ pub fn run(args: DemoArgs) -> Result<()> {
 struct DemoNode {
     id: u64,
     data_dir: PathBuf,
-    /// Fixed after the first start, so a restarted node is found where it was.
-    address: Option<SocketAddr>,
     process: Option<(Child, ChildStdout)>,
 }
 
 struct Demo {
     dir: PathBuf,
+    config_path: PathBuf,
     nodes: BTreeMap<u64, DemoNode>,
+    client: ClusterClient,
     /// Session tokens of the users logged in during this demo.
     sessions: BTreeMap<String, String>,
     current_user: Option<String>,
@@ -90,29 +98,63 @@ struct Demo {
 }
 
 impl Demo {
-    async fn start(dir: PathBuf) -> Result<Self> {
+    async fn start(dir: PathBuf, nodes: u64) -> Result<Self> {
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create demo directory {}", dir.display()))?;
-        println!("Chorus demo: data in {}", dir.display());
-        let mut nodes = BTreeMap::new();
-        let id = 1;
-        nodes.insert(id, DemoNode { id, data_dir: dir.join(format!("node-{id}")), address: None, process: None });
+        let config_path = dir.join("cluster.toml");
+        let config = if config_path.exists() {
+            println!("Chorus demo: reusing the cluster in {}", dir.display());
+            let text = std::fs::read_to_string(&config_path)?;
+            ClusterConfig::from_toml(&text).with_context(|| format!("in {}", config_path.display()))?
+        } else {
+            println!("Chorus demo: a new {nodes}-node cluster in {}", dir.display());
+            let config = new_cluster(&dir, nodes)?;
+            std::fs::write(&config_path, render(&config))?;
+            config
+        };
+        let servers: Vec<String> = config.members.iter().map(|m| m.client_address.clone()).collect();
+        let policy = RetryPolicy { call_deadline: CALL_DEADLINE, ..RetryPolicy::default() };
         let mut demo = Self {
+            nodes: config
+                .members
+                .iter()
+                .map(|m| {
+                    let data_dir = m.data_dir.clone().unwrap_or_else(|| dir.join(format!("node-{}", m.id)));
+                    (m.id, DemoNode { id: m.id, data_dir, process: None })
+                })
+                .collect(),
             dir,
-            nodes,
+            config_path,
+            client: ClusterClient::new(&servers, policy)?,
             sessions: BTreeMap::new(),
             current_user: None,
             watches: Vec::new(),
             echo_commands: !std::io::stdin().is_terminal(),
         };
         for node in demo.nodes.values_mut() {
-            start_node(node).await?;
+            start_node(node, &demo.config_path).await?;
         }
-        println!("{} node(s) up. Type 'help' for commands.", demo.nodes.len());
+        let leader = demo.wait_for_leader().await?;
+        println!("{} nodes up; node {leader} is the leader. Type 'help' for commands.", demo.nodes.len());
         Ok(demo)
     }
 
-    fn servers(&self) -> Vec<String> {
-        self.nodes.values().filter_map(|n| n.address).map(|a| a.to_string()).collect()
+    async fn wait_for_leader(&mut self) -> Result<u64> {
+        let deadline = tokio::time::Instant::now() + LEADER_TIMEOUT;
+        while tokio::time::Instant::now() < deadline {
+            for server in 0..self.client.servers().len() {
+                let request = StatusRequest { include_state_digest: false };
+                let answer =
+                    tokio::time::timeout(Duration::from_millis(500), self.client.cluster_of(server).status(request))
+                        .await;
+                if let Ok(Ok(status)) = answer
+                    && status.get_ref().role() == Role::Leader
+                {
+                    return Ok(status.get_ref().node_id);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("no leader was elected within {LEADER_TIMEOUT:?}; see the node.log files under {}", self.dir.display())
     }
 
     async fn shell(&mut self) -> Result<()> {
@@ -145,9 +187,21 @@ impl Demo {
     }
 
     async fn command(&mut self, words: &[&str]) -> Result<()> {
+        macro_rules! call {
+            ($method:ident, $request:expr) => {{
+                let request = $request;
+                self.client
+                    .call(|mut chat| {
+                        let request = request.clone();
+                        async move { chat.$method(request).await }
+                    })
+                    .await
+                    .map_err(|status| rpc_error(self.client.current_server(), status))?
+            }};
+        }
         match words {
             ["help"] => println!("{HELP}"),
-            ["status"] => self.status(),
+            ["status"] => super::cluster_status::print(&mut self.client).await?,
             ["kill", id] => {
                 let node = self.node(id)?;
                 let Some((mut child, _)) = node.process.take() else { bail!("node {} is not running", node.id) };
@@ -155,28 +209,23 @@ impl Demo {
                 println!("node {} killed (SIGKILL)", node.id);
             }
             ["restart", id] => {
+                let config_path = self.config_path.clone();
                 let node = self.node(id)?;
                 if node.process.is_some() {
                     bail!("node {} is running; kill it first", node.id);
                 }
-                start_node(node).await?;
+                start_node(node, &config_path).await?;
             }
             ["create", name, password] => {
-                let request = CreateAccountRequest { username: name.to_string(), password: password.to_string() };
-                let mut client = self.client().await?;
-                let response = client
-                    .grpc()
-                    .create_account(request)
-                    .await
-                    .map_err(|s| rpc_error(client.server(), s))?
-                    .into_inner();
+                let response = call!(
+                    create_account,
+                    CreateAccountRequest { username: name.to_string(), password: password.to_string() }
+                );
                 println!("created account '{}'", response.username);
             }
             ["login", name, password] => {
-                let request = LoginRequest { username: name.to_string(), password: password.to_string() };
-                let mut client = self.client().await?;
                 let response =
-                    client.grpc().login(request).await.map_err(|s| rpc_error(client.server(), s))?.into_inner();
+                    call!(login, LoginRequest { username: name.to_string(), password: password.to_string() });
                 println!("logged in as '{}': {} unread message(s)", response.username, response.unread_count);
                 self.sessions.insert(response.username.clone(), response.token);
                 self.current_user = Some(response.username);
@@ -188,16 +237,11 @@ impl Demo {
                     body: text.join(" "),
                     client_msg_id: new_client_msg_id(),
                 };
-                let mut client = self.client().await?;
-                let response =
-                    client.grpc().send_message(request).await.map_err(|s| rpc_error(client.server(), s))?.into_inner();
+                let response = call!(send_message, request);
                 println!("sent message {} to {}", response.message_id, to.to_ascii_lowercase());
             }
             ["read"] => {
-                let request = ReadMessagesRequest { token: self.token()?, limit: 0 };
-                let mut client = self.client().await?;
-                let response =
-                    client.grpc().read_messages(request).await.map_err(|s| rpc_error(client.server(), s))?.into_inner();
+                let response = call!(read_messages, ReadMessagesRequest { token: self.token()?, limit: 0 });
                 if response.messages.is_empty() {
                     println!("no unread messages");
                 }
@@ -212,9 +256,7 @@ impl Demo {
                     before_id: 0,
                     limit: 20,
                 };
-                let mut client = self.client().await?;
-                let response =
-                    client.grpc().history(request).await.map_err(|s| rpc_error(client.server(), s))?.into_inner();
+                let response = call!(history, request);
                 if response.messages.is_empty() {
                     println!("no messages");
                 }
@@ -228,13 +270,9 @@ impl Demo {
                     page_size: 100,
                     page_token: String::new(),
                 };
-                let mut client = self.client().await?;
-                let response =
-                    client.grpc().list_accounts(request).await.map_err(|s| rpc_error(client.server(), s))?.into_inner();
-                println!(
-                    "{}",
-                    if response.usernames.is_empty() { "no accounts".to_owned() } else { response.usernames.join(" ") }
-                );
+                let response = call!(list_accounts, request);
+                let names = response.usernames;
+                println!("{}", if names.is_empty() { "no accounts".to_owned() } else { names.join(" ") });
             }
             ["delete", ids @ ..] if !ids.is_empty() => {
                 let ids = ids
@@ -243,20 +281,27 @@ impl Demo {
                         id.trim_start_matches('#').parse::<u64>().with_context(|| format!("'{id}' is not a message id"))
                     })
                     .collect::<Result<Vec<_>>>()?;
-                let request = DeleteMessagesRequest { token: self.token()?, ids };
-                let mut client = self.client().await?;
-                let response = client
-                    .grpc()
-                    .delete_messages(request)
-                    .await
-                    .map_err(|s| rpc_error(client.server(), s))?
-                    .into_inner();
+                let response = call!(delete_messages, DeleteMessagesRequest { token: self.token()?, ids });
                 println!("deleted {} message(s)", response.deleted);
             }
             ["watch"] => {
                 let user = self.current_user.clone().context("log in first")?;
                 let token = self.token()?;
-                self.watches.push(tokio::spawn(watch(self.servers(), user.clone(), token)));
+                let mut client = ClusterClient::new(self.client.servers(), self.client.policy())?;
+                let watcher = user.clone();
+                self.watches.push(tokio::task::spawn(async move {
+                    let user = watcher;
+                    let mut subscription = client.subscribe(token, 0);
+                    loop {
+                        match subscription.next().await {
+                            Ok(message) => println!("[watch {user}] {}", message_line(&message)),
+                            Err(status) => {
+                                println!("[watch {user}] stopped: {}", status.message());
+                                return;
+                            }
+                        }
+                    }
+                }));
                 println!("watching messages for '{user}'");
             }
             _ => bail!("unknown command or wrong arguments: {} (type 'help')", words.join(" ")),
@@ -270,22 +315,9 @@ impl Demo {
         self.nodes.get_mut(&id).with_context(|| format!("there is no node {id}: nodes are 1-{count}"))
     }
 
-    fn status(&self) {
-        println!("{:<6}{:<10}{:<24}data", "node", "state", "address");
-        for node in self.nodes.values() {
-            let state = if node.process.is_some() { "up" } else { "down" };
-            let address = node.address.map(|a| a.to_string()).unwrap_or_default();
-            println!("{:<6}{:<10}{:<24}{}", node.id, state, address, node.data_dir.display());
-        }
-    }
-
     fn token(&self) -> Result<String> {
         let user = self.current_user.as_ref().context("log in first: login NAME PASSWORD")?;
         Ok(self.sessions[user].clone())
-    }
-
-    async fn client(&self) -> Result<ChatClient> {
-        Ok(ChatClient::connect(&self.servers()).await?)
     }
 
     async fn stop_all(&mut self) {
@@ -308,18 +340,56 @@ fn print_prompt() {
     let _ = std::io::stdout().flush();
 }
 
-/// Starts a node process and waits for it to report its address.
-async fn start_node(node: &mut DemoNode) -> Result<()> {
+/// A configuration for `nodes` nodes on loopback, on ports free right now.
+fn new_cluster(dir: &Path, nodes: u64) -> Result<ClusterConfig> {
+    // Holding every listener until all ports are chosen keeps them distinct.
+    let listeners = (0..2 * nodes)
+        .map(|_| TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("cannot find free ports on 127.0.0.1")?;
+    let ports: Vec<u16> = listeners.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<Result<_, _>>()?;
+    drop(listeners);
+    let members = (1..=nodes)
+        .map(|id| MemberConfig {
+            id,
+            client_address: format!("127.0.0.1:{}", ports[2 * (id as usize - 1)]),
+            peer_address: format!("127.0.0.1:{}", ports[2 * (id as usize - 1) + 1]),
+            data_dir: Some(dir.join(format!("node-{id}"))),
+        })
+        .collect();
+    let config = ClusterConfig { cluster_id: "chorus-demo".to_owned(), timing: Timing::default(), members };
+    config.validate()?;
+    Ok(config)
+}
+
+/// The configuration as a `cluster.toml` a person can read and reuse.
+fn render(config: &ClusterConfig) -> String {
+    let mut text = format!(
+        "# Written by `chorus demo`; `chorus node --id N --config <this file>` runs member N.\ncluster_id = \"{}\"\n",
+        config.cluster_id
+    );
+    for member in &config.members {
+        text.push_str(&format!(
+            "\n[[members]]\nid = {}\nclient_address = \"{}\"\npeer_address = \"{}\"\n",
+            member.id, member.client_address, member.peer_address
+        ));
+        if let Some(dir) = &member.data_dir {
+            text.push_str(&format!("data_dir = {:?}\n", dir.display().to_string()));
+        }
+    }
+    text
+}
+
+/// Starts a node process and waits for it to report that it listens.
+async fn start_node(node: &mut DemoNode, config: &Path) -> Result<()> {
     std::fs::create_dir_all(&node.data_dir)?;
     let log_path = node.data_dir.join("node.log");
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
-    let listen = node.address.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
     let mut child = Command::new(std::env::current_exe()?)
         .arg("node")
         .args(["--id", &node.id.to_string()])
-        .args(["--listen", &listen.to_string()])
-        .arg("--data-dir")
-        .arg(&node.data_dir)
+        .arg("--config")
+        .arg(config)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)
@@ -331,7 +401,7 @@ async fn start_node(node: &mut DemoNode) -> Result<()> {
     let ready = tokio::time::timeout(NODE_START_TIMEOUT, async {
         while let Some(line) = lines.next_line().await? {
             if let Some(address) = line.split(" listening on ").nth(1) {
-                return Ok(Some(address.trim().parse::<SocketAddr>()?));
+                return Ok(Some(address.trim().to_owned()));
             }
         }
         Ok::<_, anyhow::Error>(None)
@@ -344,7 +414,6 @@ async fn start_node(node: &mut DemoNode) -> Result<()> {
         Err(_) => bail!("node {} did not start within {NODE_START_TIMEOUT:?}; see {}", node.id, log_path.display()),
     };
     println!("node {} up on {address} (pid {})", node.id, child.id().unwrap_or(0));
-    node.address = Some(address);
     // Keep the pipe open: a node writing to a closed stdout would fail.
     node.process = Some((child, lines.into_inner().into_inner()));
     Ok(())
@@ -359,24 +428,5 @@ async fn stop_gracefully(child: &mut Child) {
     }
     if tokio::time::timeout(NODE_STOP_TIMEOUT, child.wait()).await.is_err() {
         let _ = child.kill().await;
-    }
-}
-
-/// Prints `user`'s messages as they arrive, resuming after the last one shown whenever the
-/// stream breaks (a node was killed): nothing is shown twice and nothing is skipped.
-async fn watch(servers: Vec<String>, user: String, token: String) {
-    let mut last_shown = 0;
-    loop {
-        if let Ok(mut client) = ChatClient::connect(&servers).await {
-            let request = SubscribeRequest { token: token.clone(), after_id: last_shown };
-            if let Ok(response) = client.grpc().subscribe(request).await {
-                let mut stream = response.into_inner();
-                while let Ok(Some(message)) = stream.message().await {
-                    last_shown = message.id;
-                    println!("[watch {user}] {}", message_line(&message));
-                }
-            }
-        }
-        tokio::time::sleep(WATCH_RETRY_PAUSE).await;
     }
 }

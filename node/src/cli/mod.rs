@@ -2,6 +2,7 @@
 //! and the other verbs are the client.
 
 mod client_commands;
+mod cluster_status;
 mod demo;
 mod format;
 mod node_command;
@@ -25,9 +26,14 @@ pub struct Cli {
 /// Options of every client verb.
 #[derive(Debug, Args)]
 pub struct ClientOptions {
-    /// Servers to talk to, comma-separated HOST:PORT; the first that answers is used.
+    /// Cluster members to talk to, comma-separated HOST:PORT (client addresses); the client
+    /// finds the leader among them and fails over on its own.
     #[arg(long, global = true, env = "CHORUS_SERVERS", value_delimiter = ',', default_value = "127.0.0.1:7001")]
     pub servers: Vec<String>,
+    /// How long a command keeps trying (following the leader, failing over between nodes)
+    /// before it gives up, in seconds.
+    #[arg(long, global = true, env = "CHORUS_TIMEOUT", default_value_t = 30)]
+    pub timeout: u64,
     /// Where the login session is kept [default: ~/.config/chorus/session.json].
     #[arg(long, global = true, env = "CHORUS_SESSION_FILE")]
     pub session_file: Option<PathBuf>,
@@ -95,12 +101,22 @@ pub enum Verb {
         #[arg(required = true)]
         ids: Vec<u64>,
     },
+    /// Inspect the cluster.
+    #[command(subcommand)]
+    Cluster(ClusterVerb),
     /// Stream your incoming messages as they arrive (Ctrl-C to stop).
     Watch {
         /// Start after this message id (0: from your first message).
         #[arg(long, default_value_t = 0)]
         after: u64,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterVerb {
+    /// Each member's role, term, leader, commit and applied index, and the leader's view of
+    /// its followers; unreachable members are marked.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -125,6 +141,7 @@ pub enum AccountVerb {
 pub fn rpc_error(server: &str, status: tonic::Status) -> anyhow::Error {
     use tonic::Code;
     match status.code() {
+        Code::Unavailable if status.message().starts_with("no node could") => anyhow::anyhow!("{}", status.message()),
         Code::Unavailable => anyhow::anyhow!("server {server} is unavailable: {}", status.message()),
         Code::DeadlineExceeded | Code::Cancelled => {
             anyhow::anyhow!("server {server} did not answer in time; the request may or may not have taken effect")

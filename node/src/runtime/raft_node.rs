@@ -331,6 +331,17 @@ impl<T: Transport> RaftRuntime<T> {
         self.release_applied_reads();
         if let Some(soft) = ready.soft_state {
             tracing::info!(role = ?soft.role, term = soft.term, leader = ?soft.leader, "replica state changed");
+            if soft.role != Role::Leader && !self.proposals.is_empty() {
+                // Waiting would only end at the proposal timeout. Say now that the outcome is
+                // unknown, so the client retries on the new leader at once (a retried send
+                // is deduplicated by its client_msg_id).
+                for (_, (_, reply)) in std::mem::take(&mut self.proposals) {
+                    let _ = reply.send(Err(ProposeError::Unavailable(
+                        "leadership was lost before the command was known to commit; it may or may not take effect"
+                            .to_owned(),
+                    )));
+                }
+            }
         }
         Ok(())
     }

@@ -325,15 +325,18 @@ impl<P: Proposer> Chat for ChatService<P> {
     async fn subscribe(&self, request: Request<SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
         let request = request.into_inner();
         let token_hash = token_hash(&request.token)?;
-        // No read fence: a subscription is served from whatever this node has applied and
-        // catches up as it applies more; resuming by after_id makes that safe anywhere.
+        // No read fence as a rule: a subscription is served from whatever this node has
+        // applied and catches up as it applies more; resuming by after_id makes that safe
+        // on any node. But a session this node does not know yet may be one it has not
+        // applied: only the leader, after a fence, may say it does not exist.
         let lookup = token_hash.clone();
-        let user = self
-            .state
-            .read(move |machine| machine.session_user(&lookup))
-            .await
-            .map_err(status::storage)?
-            .ok_or_else(status::session_invalid)?;
+        let mut user = self.state.read(move |machine| machine.session_user(&lookup)).await.map_err(status::storage)?;
+        if user.is_none() {
+            self.read_fence().await?;
+            let lookup = token_hash.clone();
+            user = self.state.read(move |machine| machine.session_user(&lookup)).await.map_err(status::storage)?;
+        }
+        let user = user.ok_or_else(status::session_invalid)?;
         let stream = subscription::start(
             Arc::clone(&self.state),
             token_hash,

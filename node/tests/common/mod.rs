@@ -10,7 +10,6 @@ use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use chorus::client::ChatClient;
 use chorus::client::v1::chat_client::ChatClient as GrpcChatClient;
 use chorus::client::v1::{CreateAccountRequest, LoginRequest};
 use tonic::transport::Channel;
@@ -70,9 +69,9 @@ impl TestNode {
         *self = Self::start_on(&self.data_dir.clone(), self.address);
     }
 
+    /// A client of this node alone (no failover).
     pub async fn client(&self) -> GrpcChatClient<Channel> {
-        let mut client = ChatClient::connect(&[self.address.to_string()]).await.expect("connect to node");
-        client.grpc().clone()
+        GrpcChatClient::connect(format!("http://{}", self.address)).await.expect("connect to node")
     }
 }
 

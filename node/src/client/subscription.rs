@@ -1,0 +1,89 @@
+//! A subscription that survives its node: when the stream breaks it is opened again on
+//! another node, resuming after the last message delivered, so the caller sees every
+//! message once, in order.
+
+use chorus_proto::v1::{Message, SubscribeRequest};
+use tonic::{Status, Streaming};
+
+use super::{ClusterClient, retryable};
+
+pub struct Subscription<'a> {
+    client: &'a mut ClusterClient,
+    token: String,
+    last_delivered: u64,
+    stream: Option<Streaming<Message>>,
+}
+
+impl<'a> Subscription<'a> {
+    pub(super) fn new(client: &'a mut ClusterClient, token: String, after_id: u64) -> Self {
+        Self { client, token, last_delivered: after_id, stream: None }
+    }
+
+    /// The id of the last message delivered.
+    pub fn last_delivered(&self) -> u64 {
+        self.last_delivered
+    }
+
+    /// The next message. Waits as long as it takes for one to arrive; gives up with
+    /// UNAVAILABLE only when no node could be subscribed to for the client's call deadline,
+    /// and with the node's answer when it refuses (an ended session, say).
+    pub async fn next(&mut self) -> Result<Message, Status> {
+        let policy = self.client.policy();
+        let mut backoff = policy.backoff_min;
+        let mut give_up_at = tokio::time::Instant::now() + policy.call_deadline;
+        let mut last_failure = String::new();
+        loop {
+            if self.stream.is_none() {
+                if tokio::time::Instant::now() >= give_up_at {
+                    return Err(Status::unavailable(format!(
+                        "no node could serve the subscription within {} s (last: {last_failure})",
+                        policy.call_deadline.as_secs()
+                    )));
+                }
+                let server = self.client.preferred;
+                let request = SubscribeRequest { token: self.token.clone(), after_id: self.last_delivered };
+                let mut chat = self.client.chat_of(server);
+                match tokio::time::timeout(policy.attempt_timeout, chat.subscribe(request)).await {
+                    Ok(Ok(response)) => self.stream = Some(response.into_inner()),
+                    Ok(Err(status)) if !retryable(&status) => return Err(status),
+                    Ok(Err(status)) => {
+                        self.client.last_hint = self.client.leader_hint(&status);
+                        last_failure = format!("{}: {}", self.client.servers[server], status.message());
+                    }
+                    Err(_) => last_failure = format!("{}: no answer", self.client.servers[server]),
+                }
+                if self.stream.is_none() {
+                    match self.client.last_hint.take() {
+                        Some(leader) => self.client.preferred = leader,
+                        None => self.client.next_server(),
+                    }
+                    let pause = self.client.jittered(backoff);
+                    tokio::time::sleep(pause).await;
+                    backoff = (backoff * 2).min(policy.backoff_max);
+                    continue;
+                }
+            }
+            let stream = self.stream.as_mut().expect("opened above");
+            match stream.message().await {
+                Ok(Some(message)) => {
+                    // The server sends ids above `after_id` in order; a resumed stream
+                    // starts after the last one delivered. Check it anyway: a repeat here
+                    // would be a duplicate shown to a person.
+                    if message.id <= self.last_delivered {
+                        continue;
+                    }
+                    self.last_delivered = message.id;
+                    return Ok(message);
+                }
+                Ok(None) => {}
+                Err(status) if !retryable(&status) => return Err(status),
+                Err(status) => last_failure = status.message().to_owned(),
+            }
+            // The stream ended or broke: resume elsewhere.
+            self.stream = None;
+            self.client.next_server();
+            backoff = policy.backoff_min;
+            give_up_at = tokio::time::Instant::now() + policy.call_deadline;
+        }
+    }
+}
