@@ -1,0 +1,355 @@
+//! Five real `chorus node` processes on loopback, under load, with nodes SIGKILLed and
+//! restarted: what was acknowledged is delivered exactly once, replicas converge to the
+//! same state, a majority keeps serving, a minority never does.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chorus::client::v1::{CreateAccountRequest, LoginRequest, ReadMessagesRequest, SendMessageRequest};
+use chorus::client::{ClusterClient, new_client_msg_id};
+use common::cluster::TestCluster;
+use tonic::Code;
+
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
+
+async fn create_and_login(client: &mut ClusterClient, username: &str) -> String {
+    let password = format!("{username}-password");
+    let create = CreateAccountRequest { username: username.to_owned(), password: password.clone() };
+    let result = client
+        .call(|mut chat| {
+            let request = create.clone();
+            async move { chat.create_account(request).await }
+        })
+        .await;
+    // A retried creation may find its own first attempt.
+    assert!(result.is_ok() || result.as_ref().unwrap_err().code() == Code::AlreadyExists, "{result:?}");
+    let login = LoginRequest { username: username.to_owned(), password };
+    client
+        .call(|mut chat| {
+            let request = login.clone();
+            async move { chat.login(request).await }
+        })
+        .await
+        .unwrap()
+        .token
+}
+
+/// Sends `body` to `to` with one client_msg_id for every retry; `Ok(id)` when acknowledged.
+async fn send(client: &mut ClusterClient, token: &str, to: &str, body: &str) -> Result<u64, tonic::Status> {
+    let request = SendMessageRequest {
+        token: token.to_owned(),
+        to: to.to_owned(),
+        body: body.to_owned(),
+        client_msg_id: new_client_msg_id(),
+    };
+    client
+        .call(|mut chat| {
+            let request = request.clone();
+            async move { chat.send_message(request).await }
+        })
+        .await
+        .map(|response| response.message_id)
+}
+
+/// Every unread message of `token`'s mailbox, reading in pages.
+async fn read_all(client: &mut ClusterClient, token: &str) -> Vec<String> {
+    let mut bodies = Vec::new();
+    loop {
+        let request = ReadMessagesRequest { token: token.to_owned(), limit: 1000 };
+        let page = client
+            .call(|mut chat| {
+                let request = request.clone();
+                async move { chat.read_messages(request).await }
+            })
+            .await
+            .unwrap();
+        bodies.extend(page.messages.into_iter().map(|m| m.body));
+        if page.unread_remaining == 0 {
+            return bodies;
+        }
+    }
+}
+
+/// Eight clients send 1,000 messages while the leader is SIGKILLed twice (and restarted):
+/// each acknowledged message reaches its recipient exactly once, nothing is duplicated,
+/// and the five replicas end with identical chat state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_messages_survive_two_leader_kills_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = TestCluster::start(dir.path(), 5);
+    cluster.wait_for_leader(Duration::from_secs(30)).await;
+    const CLIENTS: usize = 8;
+    const MESSAGES_PER_CLIENT: usize = 125;
+    let mut tokens = Vec::new();
+    let mut setup = cluster.client(Duration::from_secs(30));
+    for k in 0..CLIENTS {
+        tokens.push(create_and_login(&mut setup, &format!("user{k}")).await);
+    }
+    let acknowledged: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let mut senders = Vec::new();
+    for (k, token) in tokens.iter().enumerate() {
+        let mut client = cluster.client(Duration::from_secs(60));
+        let token = token.clone();
+        let acknowledged = Arc::clone(&acknowledged);
+        senders.push(tokio::task::spawn(async move {
+            let to = format!("user{}", (k + 1) % CLIENTS);
+            for n in 0..MESSAGES_PER_CLIENT {
+                let body = format!("from user{k} #{n}");
+                if send(&mut client, &token, &to, &body).await.is_ok() {
+                    acknowledged.lock().unwrap().insert(body);
+                }
+            }
+        }));
+    }
+    for threshold in [250, 600] {
+        // Let some messages through, then kill whoever leads now, and bring it back.
+        while acknowledged.lock().unwrap().len() < threshold {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let leader = cluster.wait_for_leader(Duration::from_secs(30)).await;
+        assert!(senders.iter().any(|s| !s.is_finished()), "the kill must land in the middle of the load");
+        cluster.kill(leader);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cluster.start_node(leader);
+    }
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(acknowledged.len() >= CLIENTS * MESSAGES_PER_CLIENT * 9 / 10, "only {} acknowledged", acknowledged.len());
+
+    let mut reader = cluster.client(Duration::from_secs(30));
+    let mut delivered: BTreeMap<String, usize> = BTreeMap::new();
+    for token in &tokens {
+        for body in read_all(&mut reader, token).await {
+            *delivered.entry(body).or_default() += 1;
+        }
+    }
+    let duplicates: Vec<_> = delivered.iter().filter(|(_, count)| **count > 1).collect();
+    assert!(duplicates.is_empty(), "delivered more than once: {duplicates:?}");
+    let lost: Vec<_> = acknowledged.iter().filter(|body| !delivered.contains_key(*body)).collect();
+    assert!(lost.is_empty(), "acknowledged but never delivered: {lost:?}");
+    cluster.wait_converged(CONVERGE_TIMEOUT).await;
+}
+
+/// With any two of five down (the leader among them) writes go on; with a third down they
+/// fail with UNAVAILABLE within the client's deadline, never a false success; one node back
+/// and they resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_failures_are_tolerated_and_three_stop_writes_until_one_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = TestCluster::start(dir.path(), 5);
+    let mut client = cluster.client(Duration::from_secs(20));
+    let alice = create_and_login(&mut client, "alice").await;
+    create_and_login(&mut client, "bob").await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(30)).await;
+    let follower = (1..=5).find(|&id| id != leader).unwrap();
+    cluster.kill(leader);
+    cluster.kill(follower);
+    send(&mut client, &alice, "bob", "with two down").await.expect("a majority of three serves");
+    let third = (1..=5).find(|&id| cluster.is_up(id)).unwrap();
+    cluster.kill(third);
+    let mut impatient = cluster.client(Duration::from_secs(5));
+    let started = std::time::Instant::now();
+    let status = send(&mut impatient, &alice, "bob", "with three down").await.expect_err("no majority, no success");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(15), "the client deadline bounds the wait");
+    cluster.start_node(third);
+    send(&mut client, &alice, "bob", "back to three").await.expect("writes resume");
+}
+
+/// Every node SIGKILLed in the middle of a load, then all restarted: every acknowledged
+/// message is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_every_node_mid_load_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = TestCluster::start(dir.path(), 5);
+    let mut client = cluster.client(Duration::from_secs(30));
+    let alice = create_and_login(&mut client, "alice").await;
+    let bob = create_and_login(&mut client, "bob").await;
+    let acknowledged: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut loaders = Vec::new();
+    for k in 0..4 {
+        let mut client = cluster.client(Duration::from_secs(3));
+        let alice = alice.clone();
+        let acknowledged = Arc::clone(&acknowledged);
+        loaders.push(tokio::task::spawn(async move {
+            for n in 0.. {
+                let body = format!("loader {k} #{n}");
+                match send(&mut client, &alice, "bob", &body).await {
+                    Ok(_) => acknowledged.lock().unwrap().push(body),
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    while acknowledged.lock().unwrap().len() < 200 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for id in 1..=5 {
+        cluster.kill(id);
+    }
+    for loader in loaders {
+        loader.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    for id in 1..=5 {
+        cluster.start_node(id);
+    }
+    let mut reader = cluster.client(Duration::from_secs(30));
+    let delivered: BTreeSet<String> = read_all(&mut reader, &bob).await.into_iter().collect();
+    let lost: Vec<_> = acknowledged.iter().filter(|body| !delivered.contains(*body)).collect();
+    assert!(lost.is_empty(), "{} acknowledged messages lost after a full stop: {lost:?}", lost.len());
+    cluster.wait_converged(CONVERGE_TIMEOUT).await;
+}
+
+/// A node that was down while 10,000 messages were sent catches up after it restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_down_during_ten_thousand_messages_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = TestCluster::start(dir.path(), 5);
+    let mut client = cluster.client(Duration::from_secs(30));
+    let alice = create_and_login(&mut client, "alice").await;
+    create_and_login(&mut client, "bob").await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(30)).await;
+    let down = (1..=5).find(|&id| id != leader).unwrap();
+    cluster.kill(down);
+    const SENDERS: usize = 16;
+    const TOTAL: usize = 10_000;
+    let mut tasks = Vec::new();
+    for k in 0..SENDERS {
+        let mut client = cluster.client(Duration::from_secs(60));
+        let alice = alice.clone();
+        tasks.push(tokio::task::spawn(async move {
+            for n in (k..TOTAL).step_by(SENDERS) {
+                send(&mut client, &alice, "bob", &format!("m{n}")).await.expect("a majority is up");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    cluster.start_node(down);
+    let applied = cluster.wait_converged(CONVERGE_TIMEOUT).await;
+    assert!(applied > TOTAL as u64, "applied only {applied}");
+    let status = cluster.status(down, false).await.unwrap();
+    assert_eq!(status.applied_index, applied);
+}
+
+/// A Raft batch from another cluster, from a stranger, or that does not decode is refused
+/// and logged; the cluster is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_wrong_cluster_raft_messages_are_refused_and_logged() {
+    use chorus::client::v1::raft_client::RaftClient;
+    use chorus::client::v1::{RaftBatch, RaftMessage};
+
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = TestCluster::start(dir.path(), 3);
+    let mut client = cluster.client(Duration::from_secs(20));
+    let alice = create_and_login(&mut client, "alice").await;
+    create_and_login(&mut client, "bob").await;
+    let config = std::fs::read_to_string(&cluster.config_path).unwrap();
+    let peer_address = config
+        .lines()
+        .find_map(|line| line.strip_prefix("peer_address = \""))
+        .map(|rest| rest.trim_end_matches('"').to_owned())
+        .unwrap();
+    let mut raft = RaftClient::connect(format!("http://{peer_address}")).await.unwrap();
+    let empty_message = RaftMessage { term: 99, body: None };
+    let batch = |cluster_id: &str, from: u64, to: u64, messages: Vec<RaftMessage>| RaftBatch {
+        cluster_id: cluster_id.to_owned(),
+        from,
+        to,
+        messages,
+    };
+    let cases = [
+        (batch("another-cluster", 2, 1, vec![]), Code::FailedPrecondition),
+        (batch("e2e", 9, 1, vec![]), Code::PermissionDenied),
+        (batch("e2e", 2, 3, vec![]), Code::InvalidArgument),
+        (batch("e2e", 2, 1, vec![empty_message]), Code::InvalidArgument),
+    ];
+    for (request, code) in cases {
+        let status = raft.deliver(request).await.unwrap_err();
+        assert_eq!(status.code(), code, "{status:?}");
+    }
+    // Bytes that are not a protobuf at all.
+    let status = raw_grpc_call(&peer_address, "/chorus.v1.Raft/Deliver", vec![0xff; 64]).await;
+    assert_ne!(status.code(), Code::Ok);
+    assert!(cluster.log_of(1).contains("refused a Raft batch"), "the refusals are logged");
+    send(&mut client, &alice, "bob", "still fine").await.unwrap();
+    cluster.wait_converged(CONVERGE_TIMEOUT).await;
+}
+
+/// Sends `body` as the raw message of a unary gRPC call, bypassing protobuf encoding.
+async fn raw_grpc_call(address: &str, path: &'static str, body: Vec<u8>) -> tonic::Status {
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+    #[derive(Default)]
+    struct RawCodec;
+    struct RawEncoder;
+    struct RawDecoder;
+    impl Encoder for RawEncoder {
+        type Item = Vec<u8>;
+        type Error = tonic::Status;
+        fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+            use bytes::BufMut;
+            dst.put_slice(&item);
+            Ok(())
+        }
+    }
+    impl Decoder for RawDecoder {
+        type Item = Vec<u8>;
+        type Error = tonic::Status;
+        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+            use bytes::Buf;
+            Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+        }
+    }
+    impl Codec for RawCodec {
+        type Encode = Vec<u8>;
+        type Decode = Vec<u8>;
+        type Encoder = RawEncoder;
+        type Decoder = RawDecoder;
+        fn encoder(&mut self) -> RawEncoder {
+            RawEncoder
+        }
+        fn decoder(&mut self) -> RawDecoder {
+            RawDecoder
+        }
+    }
+
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{address}")).unwrap().connect().await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    match grpc.unary::<Vec<u8>, Vec<u8>, _>(tonic::Request::new(body), path, RawCodec).await {
+        Ok(_) => tonic::Status::ok(""),
+        Err(status) => status,
+    }
+}
+
+/// A leader stopped with SIGTERM hands leadership to a follower before it exits, so the
+/// cluster has a new leader without waiting out an election timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_on_the_leader_hands_leadership_over_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = TestCluster::start(dir.path(), 3);
+    let mut client = cluster.client(Duration::from_secs(20));
+    let alice = create_and_login(&mut client, "alice").await;
+    create_and_login(&mut client, "bob").await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(30)).await;
+    let term = cluster.status(leader, false).await.unwrap().term;
+    let exit = cluster.terminate(leader);
+    assert!(exit.success(), "the leader exited with {exit}");
+    let log = cluster.log_of(leader);
+    assert!(log.contains("handed leadership over"), "no hand-over in the log:\n{log}");
+    let new_leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    assert_ne!(new_leader, leader);
+    // One election, the one the old leader asked for: no timeout-driven rounds.
+    assert_eq!(cluster.status(new_leader, false).await.unwrap().term, term + 1);
+    send(&mut client, &alice, "bob", "after the hand-over").await.unwrap();
+}
