@@ -104,3 +104,68 @@ fn a_corrupt_database_is_refused_with_a_clear_error() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("not a Chorus database or is corrupt"), "{stderr}");
 }
+
+/// A node refuses to start on data from another cluster, with a config that does not name
+/// it, or with a broken config, and says what is wrong.
+#[test]
+fn a_node_refuses_data_or_configs_that_do_not_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let write_config = |name: &str, cluster_id: &str, ids: &[u64]| {
+        let mut text = format!("cluster_id = \"{cluster_id}\"\n");
+        for id in ids {
+            text.push_str(&format!(
+                "[[members]]\nid = {id}\npeer_address = \"127.0.0.1:{}\"\nclient_address = \"127.0.0.1:{}\"\n",
+                17100 + id,
+                17200 + id
+            ));
+        }
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let run = |config: &std::path::Path, id: u64| {
+        std::process::Command::new(common::BINARY)
+            .args(["node", "--id", &id.to_string(), "--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0"])
+            .arg("--config")
+            .arg(config)
+            .arg("--data-dir")
+            .arg(&data)
+            .env("RUST_LOG", "off")
+            .output()
+            .unwrap()
+    };
+    // Create the data directory as member 1 of cluster "alpha", then stop.
+    let alpha = write_config("alpha.toml", "alpha", &[1]);
+    let mut node = std::process::Command::new(common::BINARY)
+        .args(["node", "--id", "1", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&alpha)
+        .arg("--data-dir")
+        .arg(&data)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(node.stdout.take().unwrap()), &mut line).unwrap();
+    assert!(line.contains("listening on"), "{line}");
+    node.kill().unwrap();
+    node.wait().unwrap();
+
+    let cases = [
+        (write_config("beta.toml", "beta", &[1]), 1, "belongs to cluster 'alpha'"),
+        (write_config("grown.toml", "alpha", &[1, 2, 3]), 1, "changing membership"),
+        (write_config("other.toml", "alpha", &[1]), 7, "node id 7 is not among the members"),
+        (write_config("dup.toml", "alpha", &[1, 1]), 1, "id 1 appears more than once"),
+    ];
+    for (config, id, expected) in cases {
+        let output = run(&config, id);
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "expected {expected:?} in: {stderr}");
+    }
+    let garbled = dir.path().join("garbled.toml");
+    std::fs::write(&garbled, "cluster_id = \"alpha\"\n[[members]]\nid = 1\npeer_address = 5\n").unwrap();
+    let output = run(&garbled, 1);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("peer_address"), "{stderr}");
+}
