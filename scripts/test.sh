@@ -3,7 +3,9 @@
 # gives a newcomer. Exits non-zero on the first failure.
 #
 # Environment:
-#   PROPTEST_CASES   property-test cases per test (default: each test's own, small enough for CI)
+#   PROPTEST_CASES        property-test cases per test (default: each test's own, small enough for CI)
+#   RAFT_PROPTEST_CASES   cases per cluster size of the replication property test (default 1000)
+#   MADSIM_TEST_NUM       simulation seeds per scenario (default 8)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,7 +28,18 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test"
 cargo test --workspace --locked
 
-step "madsim build (the node library compiles for simulation)"
-RUSTFLAGS="--cfg madsim" cargo build --locked --target-dir target/sim -p chorus
+# The simulation: the real node code under madsim, in release (it runs tens of seeds), in
+# its own target directory so the two builds never evict each other.
+export RUSTFLAGS="--cfg madsim"
+step "madsim build (the node crate compiles for simulation, without planted bugs)"
+cargo build --release --locked --target-dir target/sim -p chorus
+
+step "cargo clippy -D warnings (simulation-only code)"
+cargo clippy --release --locked --target-dir target/sim -p chorus-sim --all-targets -- -D warnings
+
+step "simulation suite: scenarios, determinism, planted bugs"
+# Seeds per scenario: MADSIM_TEST_NUM (default 8), from MADSIM_TEST_SEED (default 1).
+MADSIM_TEST_NUM="${MADSIM_TEST_NUM:-8}" cargo test --release --locked --target-dir target/sim -p chorus-sim
+unset RUSTFLAGS
 
 printf '\nall checks passed\n'

@@ -8,6 +8,7 @@
 //! - [`client`]: the client library used by the CLI.
 //! - [`seam`]: the one place that reads the clock and the OS's randomness.
 
+pub mod bugs;
 pub mod chat;
 pub mod client;
 pub mod replication;
@@ -16,3 +17,4 @@ pub mod seam;
 pub mod server;
 pub mod storage;
 pub mod transport;
+pub mod watch;

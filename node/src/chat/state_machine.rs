@@ -161,7 +161,8 @@ impl ChatStateMachine {
             };
             outcomes.push(outcome);
         }
-        tx.execute("UPDATE chat_state SET last_applied = ?1 WHERE singleton = 1", [to_i64(last_index)])
+        tx.prepare_cached("UPDATE chat_state SET last_applied = ?1 WHERE singleton = 1")
+            .and_then(|mut statement| statement.execute([to_i64(last_index)]))
             .map_err(sql_error)?;
         // COMMIT under synchronous=FULL returns after the WAL is fsynced: from here on the
         // outcomes survive a crash, and only now may anyone be told about them.
@@ -373,12 +374,14 @@ impl Apply<'_> {
             Some(Some(_)) => return Ok(Outcome::Rejected(Rejection::UsernameRetired { username })),
             None => {}
         }
-        let user_id: i64 = self.tx.query_row("SELECT next_user_id FROM chat_state", [], |row| row.get(0))?;
-        self.tx.execute(
-            "INSERT INTO users (user_id, username, password_hash, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
-            params![user_id, username, c.password_hash, to_i64(c.created_at_ms)],
-        )?;
-        self.tx.execute("UPDATE chat_state SET next_user_id = next_user_id + 1", [])?;
+        let user_id: i64 =
+            self.tx.prepare_cached("SELECT next_user_id FROM chat_state")?.query_row([], |row| row.get(0))?;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO users (user_id, username, password_hash, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![user_id, username, c.password_hash, to_i64(c.created_at_ms)])?;
+        self.tx.prepare_cached("UPDATE chat_state SET next_user_id = next_user_id + 1")?.execute([])?;
         Ok(Outcome::AccountCreated { user_id: to_u64(user_id), username })
     }
 
@@ -397,24 +400,24 @@ impl Apply<'_> {
         let Some((username, unread_count)) = user else {
             return Ok(Outcome::Rejected(Rejection::AccountGone));
         };
-        let inserted = self.tx.execute(
-            "INSERT OR IGNORE INTO sessions (token_hash, user_id, opened_index, opened_at_ms) VALUES (?1, ?2, ?3, ?4)",
+        let inserted = self.tx.prepare_cached("INSERT OR IGNORE INTO sessions (token_hash, user_id, opened_index, opened_at_ms) VALUES (?1, ?2, ?3, ?4)")?.execute(
             params![c.token_hash, to_i64(c.user_id), to_i64(self.index), to_i64(c.opened_at_ms)],
         )?;
         if inserted == 0 {
             return Ok(Outcome::Rejected(Rejection::TokenCollision));
         }
         // Keep the newest SESSIONS_PER_USER_MAX sessions; the oldest logins are closed.
-        self.tx.execute(
-            "DELETE FROM sessions WHERE user_id = ?1 AND opened_index NOT IN (
+        self.tx
+            .prepare_cached(
+                "DELETE FROM sessions WHERE user_id = ?1 AND opened_index NOT IN (
                  SELECT opened_index FROM sessions WHERE user_id = ?1 ORDER BY opened_index DESC LIMIT ?2)",
-            params![to_i64(c.user_id), to_i64(SESSIONS_PER_USER_MAX)],
-        )?;
+            )?
+            .execute(params![to_i64(c.user_id), to_i64(SESSIONS_PER_USER_MAX)])?;
         Ok(Outcome::SessionOpened { username, unread_count: to_u64(unread_count) })
     }
 
     fn close_session(&self, c: &chorus_proto::v1::CloseSessionCommand) -> Result<Outcome, rusqlite::Error> {
-        let deleted = self.tx.execute("DELETE FROM sessions WHERE token_hash = ?1", [&c.token_hash])?;
+        let deleted = self.tx.prepare_cached("DELETE FROM sessions WHERE token_hash = ?1")?.execute([&c.token_hash])?;
         Ok(if deleted == 0 { Outcome::Rejected(Rejection::SessionInvalid) } else { Outcome::SessionClosed })
     }
 
@@ -440,6 +443,7 @@ impl Apply<'_> {
                 |row| Ok((row.get(0)?, row.get(1)?)),
             )
             .optional()?;
+        let first = if crate::bugs::active(crate::bugs::Bug::ForgetDedup) { None } else { first };
         if let Some((message_id, first_digest)) = first {
             let message_id = to_u64(message_id);
             return Ok(if first_digest == digest {
@@ -451,8 +455,10 @@ impl Apply<'_> {
         // Not remembered. Every id of this sender at or before the floor was forgotten (or
         // is older than the window), so one from back then may be a retry of a stored
         // message: refuse rather than risk a second copy.
-        let stored_floor: i64 =
-            self.tx.query_row("SELECT dedup_floor_ms FROM users WHERE user_id = ?1", [sender_id], |row| row.get(0))?;
+        let stored_floor: i64 = self
+            .tx
+            .prepare_cached("SELECT dedup_floor_ms FROM users WHERE user_id = ?1")?
+            .query_row([sender_id], |row| row.get(0))?;
         let floor = stored_floor.max(to_i64(c.sent_at_ms.saturating_sub(DEDUP_WINDOW_MS)));
         if to_i64(first_attempt_ms) <= floor {
             return Ok(Outcome::Rejected(Rejection::RetryTooOld { client_msg_id: c.client_msg_id.clone() }));
@@ -466,11 +472,14 @@ impl Apply<'_> {
         let Some(recipient) = recipient else {
             return Ok(Outcome::Rejected(Rejection::RecipientNotFound { username: to }));
         };
-        let message_id: i64 = self.tx.query_row("SELECT next_message_id FROM chat_state", [], |row| row.get(0))?;
-        self.tx.execute(
-            "INSERT INTO messages (message_id, sender_id, recipient_id, pair_low, pair_high, body, sent_at_ms)
+        let message_id: i64 =
+            self.tx.prepare_cached("SELECT next_message_id FROM chat_state")?.query_row([], |row| row.get(0))?;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO messages (message_id, sender_id, recipient_id, pair_low, pair_high, body, sent_at_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
+            )?
+            .execute(params![
                 message_id,
                 sender_id,
                 recipient,
@@ -478,16 +487,23 @@ impl Apply<'_> {
                 sender_id.max(recipient),
                 c.body,
                 to_i64(c.sent_at_ms)
-            ],
-        )?;
-        self.tx.execute("UPDATE users SET unread_count = unread_count + 1 WHERE user_id = ?1", [recipient])?;
-        self.tx.execute(
-            "INSERT INTO sent_dedup (sender_id, client_msg_id, message_id, request_digest, first_attempt_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![sender_id, c.client_msg_id, message_id, digest, to_i64(first_attempt_ms)],
-        )?;
-        self.tx.execute("UPDATE users SET dedup_records = dedup_records + 1 WHERE user_id = ?1", [sender_id])?;
-        self.tx.execute("UPDATE chat_state SET next_message_id = next_message_id + 1", [])?;
+            ])?;
+        self.tx
+            .prepare_cached("UPDATE users SET unread_count = unread_count + 1 WHERE user_id = ?1")?
+            .execute([recipient])?;
+        // Under the planted ForgetDedup bug the record may exist already; otherwise a
+        // conflict here would be a bug to fail loudly on.
+        let insert = if crate::bugs::active(crate::bugs::Bug::ForgetDedup) { "INSERT OR REPLACE" } else { "INSERT" };
+        self.tx
+            .prepare_cached(&format!(
+                "{insert} INTO sent_dedup (sender_id, client_msg_id, message_id, request_digest, first_attempt_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)"
+            ))?
+            .execute(params![sender_id, c.client_msg_id, message_id, digest, to_i64(first_attempt_ms)])?;
+        self.tx
+            .prepare_cached("UPDATE users SET dedup_records = dedup_records + 1 WHERE user_id = ?1")?
+            .execute([sender_id])?;
+        self.tx.prepare_cached("UPDATE chat_state SET next_message_id = next_message_id + 1")?.execute([])?;
         self.forget_old_dedup_records(sender_id, c.sent_at_ms)?;
         Ok(Outcome::MessageSent { message_id: to_u64(message_id), duplicate: false })
     }
@@ -496,33 +512,34 @@ impl Apply<'_> {
     /// carried by the command being applied) and the count bound, raising the floor to the
     /// newest first-attempt time forgotten. Records kept are exactly those above the floor.
     fn forget_old_dedup_records(&self, sender_id: i64, now_ms: u64) -> Result<(), rusqlite::Error> {
-        let (floor, records): (i64, i64) = self.tx.query_row(
-            "SELECT dedup_floor_ms, dedup_records FROM users WHERE user_id = ?1",
-            [sender_id],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )?;
+        let (floor, records): (i64, i64) = self
+            .tx
+            .prepare_cached("SELECT dedup_floor_ms, dedup_records FROM users WHERE user_id = ?1")?
+            .query_row([sender_id], |row| Ok((row.get(0)?, row.get(1)?)))?;
         let mut new_floor = floor.max(to_i64(now_ms.saturating_sub(DEDUP_WINDOW_MS)));
         let excess = to_u64(records).saturating_sub(DEDUP_RECORDS_PER_SENDER_MAX);
         if excess > 0 {
             // The time of the excess-th oldest record: forgetting everything up to it
             // (ties included) brings the count within the bound.
-            let cut: i64 = self.tx.query_row(
-                "SELECT first_attempt_ms FROM sent_dedup WHERE sender_id = ?1
+            let cut: i64 = self
+                .tx
+                .prepare_cached(
+                    "SELECT first_attempt_ms FROM sent_dedup WHERE sender_id = ?1
                  ORDER BY first_attempt_ms, client_msg_id LIMIT 1 OFFSET ?2",
-                params![sender_id, to_i64(excess - 1)],
-                |row| row.get(0),
-            )?;
+                )?
+                .query_row(params![sender_id, to_i64(excess - 1)], |row| row.get(0))?;
             new_floor = new_floor.max(cut);
         }
         if new_floor > floor {
-            let forgotten = self.tx.execute(
-                "DELETE FROM sent_dedup WHERE sender_id = ?1 AND first_attempt_ms <= ?2",
-                params![sender_id, new_floor],
-            )?;
-            self.tx.execute(
-                "UPDATE users SET dedup_floor_ms = ?1, dedup_records = dedup_records - ?2 WHERE user_id = ?3",
-                params![new_floor, to_i64(forgotten as u64), sender_id],
-            )?;
+            let forgotten = self
+                .tx
+                .prepare_cached("DELETE FROM sent_dedup WHERE sender_id = ?1 AND first_attempt_ms <= ?2")?
+                .execute(params![sender_id, new_floor])?;
+            self.tx
+                .prepare_cached(
+                    "UPDATE users SET dedup_floor_ms = ?1, dedup_records = dedup_records - ?2 WHERE user_id = ?3",
+                )?
+                .execute(params![new_floor, to_i64(forgotten as u64), sender_id])?;
         }
         Ok(())
     }
@@ -536,22 +553,25 @@ impl Apply<'_> {
             statement.query_map(params![user_id, limit], message_view)?.collect::<Result<_, _>>()?
         };
         if let Some(last) = messages.last() {
-            let marked = self.tx.execute(
-                "UPDATE messages SET read_at_ms = ?1
+            let marked = self
+                .tx
+                .prepare_cached(
+                    "UPDATE messages SET read_at_ms = ?1
                  WHERE recipient_id = ?2 AND read_at_ms IS NULL AND message_id <= ?3",
-                params![to_i64(c.read_at_ms), user_id, to_i64(last.message_id)],
-            )?;
+                )?
+                .execute(params![to_i64(c.read_at_ms), user_id, to_i64(last.message_id)])?;
             assert_eq!(marked, messages.len(), "read marked a different set of messages than it selected");
-            self.tx.execute(
-                "UPDATE users SET unread_count = unread_count - ?1 WHERE user_id = ?2",
-                params![to_i64(marked as u64), user_id],
-            )?;
+            self.tx
+                .prepare_cached("UPDATE users SET unread_count = unread_count - ?1 WHERE user_id = ?2")?
+                .execute(params![to_i64(marked as u64), user_id])?;
         }
         for message in &mut messages {
             message.read = true;
         }
-        let unread_remaining: i64 =
-            self.tx.query_row("SELECT unread_count FROM users WHERE user_id = ?1", [user_id], |row| row.get(0))?;
+        let unread_remaining: i64 = self
+            .tx
+            .prepare_cached("SELECT unread_count FROM users WHERE user_id = ?1")?
+            .query_row([user_id], |row| row.get(0))?;
         Ok(Outcome::MessagesRead { messages, unread_remaining: to_u64(unread_remaining) })
     }
 
@@ -581,9 +601,11 @@ impl Apply<'_> {
             }
         }
         for &(message_id, recipient, unread) in &doomed {
-            self.tx.execute("DELETE FROM messages WHERE message_id = ?1", [to_i64(message_id)])?;
+            self.tx.prepare_cached("DELETE FROM messages WHERE message_id = ?1")?.execute([to_i64(message_id)])?;
             if unread {
-                self.tx.execute("UPDATE users SET unread_count = unread_count - 1 WHERE user_id = ?1", [recipient])?;
+                self.tx
+                    .prepare_cached("UPDATE users SET unread_count = unread_count - 1 WHERE user_id = ?1")?
+                    .execute([recipient])?;
             }
         }
         Ok(Outcome::MessagesDeleted { count: doomed.len() as u64 })
@@ -592,31 +614,37 @@ impl Apply<'_> {
     fn delete_account(&self, c: &chorus_proto::v1::DeleteAccountCommand) -> Result<Outcome, rusqlite::Error> {
         let user = check!(self.session(&c.token_hash)?);
         let user_id = to_i64(user.user_id);
-        let stored: Option<String> =
-            self.tx.query_row("SELECT password_hash FROM users WHERE user_id = ?1", [user_id], |row| row.get(0))?;
+        let stored: Option<String> = self
+            .tx
+            .prepare_cached("SELECT password_hash FROM users WHERE user_id = ?1")?
+            .query_row([user_id], |row| row.get(0))?;
         if stored.as_deref() != Some(c.password_hash.as_str()) {
             return Ok(Outcome::Rejected(Rejection::PasswordChanged));
         }
         // Withdraw what the account sent that is still unread: it leaves with its sender.
-        self.tx.execute(
-            "UPDATE users SET unread_count = unread_count - (
+        self.tx
+            .prepare_cached(
+                "UPDATE users SET unread_count = unread_count - (
                  SELECT count(*) FROM messages
                  WHERE sender_id = ?1 AND recipient_id = users.user_id AND read_at_ms IS NULL)
              WHERE user_id IN (SELECT recipient_id FROM messages WHERE sender_id = ?1 AND read_at_ms IS NULL)",
-            [user_id],
-        )?;
-        self.tx.execute("DELETE FROM messages WHERE sender_id = ?1 AND read_at_ms IS NULL", [user_id])?;
+            )?
+            .execute([user_id])?;
+        self.tx
+            .prepare_cached("DELETE FROM messages WHERE sender_id = ?1 AND read_at_ms IS NULL")?
+            .execute([user_id])?;
         // Its own mailbox goes entirely.
-        self.tx.execute("DELETE FROM messages WHERE recipient_id = ?1", [user_id])?;
-        self.tx.execute("DELETE FROM sessions WHERE user_id = ?1", [user_id])?;
-        self.tx.execute("DELETE FROM sent_dedup WHERE sender_id = ?1", [user_id])?;
-        self.tx.execute("UPDATE users SET dedup_records = 0 WHERE user_id = ?1", [user_id])?;
+        self.tx.prepare_cached("DELETE FROM messages WHERE recipient_id = ?1")?.execute([user_id])?;
+        self.tx.prepare_cached("DELETE FROM sessions WHERE user_id = ?1")?.execute([user_id])?;
+        self.tx.prepare_cached("DELETE FROM sent_dedup WHERE sender_id = ?1")?.execute([user_id])?;
+        self.tx.prepare_cached("UPDATE users SET dedup_records = 0 WHERE user_id = ?1")?.execute([user_id])?;
         // The row stays as a tombstone: the name is retired and read messages it sent keep
         // their sender's name.
-        self.tx.execute(
-            "UPDATE users SET password_hash = NULL, deleted_at_ms = ?1, unread_count = 0 WHERE user_id = ?2",
-            params![to_i64(c.deleted_at_ms), user_id],
-        )?;
+        self.tx
+            .prepare_cached(
+                "UPDATE users SET password_hash = NULL, deleted_at_ms = ?1, unread_count = 0 WHERE user_id = ?2",
+            )?
+            .execute(params![to_i64(c.deleted_at_ms), user_id])?;
         Ok(Outcome::AccountDeleted)
     }
 
@@ -629,12 +657,11 @@ fn session_user(conn: &Connection, token_hash: &[u8]) -> Result<Option<SessionUs
     if token_hash.len() != TOKEN_HASH_BYTES {
         return Ok(None);
     }
-    conn.query_row(
+    conn.prepare_cached(
         "SELECT u.user_id, u.username FROM sessions s JOIN users u ON u.user_id = s.user_id
          WHERE s.token_hash = ?1 AND u.deleted_at_ms IS NULL",
-        [token_hash],
-        |row| Ok(SessionUser { user_id: to_u64(row.get(0)?), username: row.get(1)? }),
-    )
+    )?
+    .query_row([token_hash], |row| Ok(SessionUser { user_id: to_u64(row.get(0)?), username: row.get(1)? }))
     .optional()
 }
 

@@ -103,7 +103,16 @@ fn node_config(args: &NodeArgs) -> Result<NodeConfig> {
     };
     let password_hash_cost =
         if args.insecure_fast_password_hashing { PasswordHashCost::MINIMUM } else { PasswordHashCost::DEFAULT };
-    Ok(NodeConfig { node_id: args.id, cluster, data_dir, client_listen, peer_listen, password_hash_cost })
+    Ok(NodeConfig {
+        node_id: args.id,
+        cluster,
+        data_dir,
+        client_listen,
+        peer_listen,
+        password_hash_cost,
+        observer: None,
+        log_store: None,
+    })
 }
 
 /// The address to bind for a configured `HOST:PORT`.

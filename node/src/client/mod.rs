@@ -69,6 +69,9 @@ pub struct ClusterClient {
     rng: StdRng,
     /// The leader named by the last refusal, for the subscription to follow.
     last_hint: Option<usize>,
+    /// How many attempts the last `call` made: a refusal after a retry may be the echo of
+    /// the call's own first attempt (a retried create finding the account it created).
+    last_call_attempts: u32,
 }
 
 impl ClusterClient {
@@ -87,6 +90,7 @@ impl ClusterClient {
             policy,
             rng: crate::seam::os_seeded_rng(),
             last_hint: None,
+            last_call_attempts: 0,
         })
     }
 
@@ -101,6 +105,11 @@ impl ClusterClient {
 
     pub fn servers(&self) -> &[String] {
         &self.servers
+    }
+
+    /// How many attempts the last call made (1 when the first node answered).
+    pub fn last_call_attempts(&self) -> u32 {
+        self.last_call_attempts
     }
 
     fn channel(&mut self, server: usize) -> Channel {
@@ -129,6 +138,7 @@ impl ClusterClient {
         let mut backoff = self.policy.backoff_min;
         let mut tried_since_pause = 0;
         let mut last_failure = String::new();
+        self.last_call_attempts = 0;
         loop {
             let now = tokio::time::Instant::now();
             if now >= deadline {
@@ -140,6 +150,7 @@ impl ClusterClient {
             let server = self.preferred;
             let client = self.chat_of(server);
             let budget = self.policy.attempt_timeout.min(deadline - now);
+            self.last_call_attempts += 1;
             let result = match tokio::time::timeout(budget, attempt(client)).await {
                 Ok(result) => result,
                 Err(_) => Err(Status::deadline_exceeded("the node did not answer in time")),

@@ -20,10 +20,13 @@ impl<S: Storage> RaftLog<S> {
     /// Opens the log over `storage`, whose state machine has applied through `applied`.
     pub fn new(storage: S, applied: LogIndex) -> Result<Self, StorageError> {
         let last = storage.last_index()?;
-        assert!(
-            applied <= last,
-            "the state machine applied through {applied} but the log ends at {last}: the log lost committed entries"
-        );
+        if applied > last {
+            // Committed entries were acknowledged as durable and are gone: the disk lost
+            // fsynced writes. This node must not take part until an operator looks.
+            return Err(StorageError::Corrupt(format!(
+                "the state machine applied through entry {applied} but the log ends at {last}: the log lost committed entries"
+            )));
+        }
         // Applied entries are committed by definition; the rest of the commit index is
         // learned again from the leader.
         Ok(Self { storage, unstable: Vec::new(), unstable_start: last + 1, committed: applied, handed_out: applied })
@@ -211,10 +214,15 @@ impl<S: Storage> RaftLog<S> {
     /// them handed out. They may include entries of the current batch to persist: the
     /// caller persists before it applies.
     pub fn take_committed(&mut self, bytes_max: usize) -> Result<Vec<Entry>, StorageError> {
-        if self.handed_out >= self.committed {
+        let through = if crate::bugs::active(crate::bugs::Bug::ApplyBeforeCommit) {
+            self.last_index().max(self.committed)
+        } else {
+            self.committed
+        };
+        if self.handed_out >= through {
             return Ok(Vec::new());
         }
-        let entries = self.entries(self.handed_out + 1, self.committed + 1, bytes_max)?;
+        let entries = self.entries(self.handed_out + 1, through + 1, bytes_max)?;
         if let Some(last) = entries.last() {
             self.handed_out = last.index;
         }
@@ -222,6 +230,9 @@ impl<S: Storage> RaftLog<S> {
     }
 
     pub fn has_committed_to_hand_out(&self) -> bool {
+        if crate::bugs::active(crate::bugs::Bug::ApplyBeforeCommit) {
+            return self.handed_out < self.last_index();
+        }
         self.handed_out < self.committed
     }
 }

@@ -975,7 +975,12 @@ impl<S: Storage> Replica<S> {
         let mut matched: Vec<LogIndex> = leader.progress.values().map(|p| p.match_index).collect();
         matched.push(persisted);
         matched.sort_unstable_by(|a, b| b.cmp(a));
-        let majority_index = matched[quorum - 1];
+        let needed = if crate::bugs::active(crate::bugs::Bug::CommitWithoutQuorum) {
+            quorum.saturating_sub(1).max(1)
+        } else {
+            quorum
+        };
+        let majority_index = matched[needed - 1];
         if majority_index <= self.log.committed() || self.log.term(majority_index)? != Some(self.term) {
             return Ok(());
         }

@@ -4,21 +4,20 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chorus_proto::v1::Command;
-use tokio::sync::watch;
 
 use crate::chat::{ChatStateMachine, Outcome, StateMachineError};
 use crate::seam::run_blocking;
+use crate::watch::Watch;
 
 pub struct ChatState {
     machine: Mutex<ChatStateMachine>,
-    applied: watch::Sender<u64>,
+    applied: Watch<u64>,
 }
 
 impl ChatState {
     pub fn new(machine: ChatStateMachine) -> Result<Arc<Self>, StateMachineError> {
         let last_applied = machine.last_applied()?;
-        let (applied, _) = watch::channel(last_applied);
-        Ok(Arc::new(Self { machine: Mutex::new(machine), applied }))
+        Ok(Arc::new(Self { machine: Mutex::new(machine), applied: Watch::new(last_applied) }))
     }
 
     fn lock(&self) -> MutexGuard<'_, ChatStateMachine> {
@@ -44,17 +43,17 @@ impl ChatState {
         let Some(&(last_index, _)) = batch.last() else { return Ok(Vec::new()) };
         let borrowed: Vec<(u64, Option<&Command>)> = batch.iter().map(|(index, c)| (*index, c.as_ref())).collect();
         let outcomes = self.lock().apply_batch(&borrowed)?;
-        self.applied.send_replace(last_index);
+        self.applied.set(last_index);
         Ok(outcomes)
     }
 
     /// The index of the last applied command.
     pub fn last_applied(&self) -> u64 {
-        *self.applied.borrow()
+        self.applied.get()
     }
 
-    /// A receiver that changes whenever a command is applied.
-    pub fn watch_applied(&self) -> watch::Receiver<u64> {
-        self.applied.subscribe()
+    /// The applied index, to wait on: it changes whenever commands are applied.
+    pub fn watch_applied(&self) -> Watch<u64> {
+        self.applied.clone()
     }
 }

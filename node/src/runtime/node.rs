@@ -13,25 +13,28 @@ use chorus_proto::v1::chat_server::ChatServer;
 use chorus_proto::v1::cluster_server::ClusterServer;
 use chorus_proto::v1::raft_server::RaftServer;
 use rand::RngCore;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use super::ChatState;
 use super::cluster_config::ClusterConfig;
-use super::raft_node::{PEER_INBOX_MAX, ReplicaSetup, RuntimeError, start_runtime};
+use super::raft_node::{PEER_INBOX_MAX, ReplicaSetup, ReplicationObserver, RuntimeError, start_runtime};
 use crate::chat::credentials::{CredentialError, PasswordHashCost, PasswordHasher};
 use crate::chat::{ChatStateMachine, StateMachineError};
 use crate::replication::{NodeId, ReplicaError};
 use crate::seam::os_seeded_rng;
 use crate::server::{ChatService, ClusterService, LeaderHints};
-use crate::storage::{ClusterIdentity, DataDir, DataDirError, LogStoreError, SharedLog, SqliteLog};
+use crate::storage::{
+    ClusterIdentity, DataDir, DataDirError, LogStore, LogStoreError, LogStoreFactory, SharedLog, SqliteLog,
+};
 use crate::transport::{GrpcTransport, RaftService};
+use crate::watch::Watch;
 
 /// How long a stopping node waits for clients to finish before it stops regardless.
 const SHUTDOWN_GRACE_PERIOD: Duration = Duration::from_secs(5);
 /// Largest Raft batch a node accepts (appends are bounded well below it).
 const RAFT_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NodeConfig {
     pub node_id: NodeId,
     pub cluster: ClusterConfig,
@@ -41,6 +44,10 @@ pub struct NodeConfig {
     /// Where peers connect; unused in a cluster of one.
     pub peer_listen: SocketAddr,
     pub password_hash_cost: PasswordHashCost,
+    /// Sees every role change and applied entry (simulation checkers); `None` normally.
+    pub observer: Option<Arc<dyn ReplicationObserver>>,
+    /// Opens the replication log; `None`: SQLite in the data directory.
+    pub log_store: Option<LogStoreFactory>,
 }
 
 /// The addresses a started node actually listens on.
@@ -82,7 +89,11 @@ pub async fn run_node(
     let data_dir = DataDir::open(&config.data_dir)?;
     let chat = ChatState::new(ChatStateMachine::open(&data_dir.chat_database())?)?;
     let identity = ClusterIdentity { cluster_id: cluster.cluster_id.clone(), node_id, members: cluster.member_ids() };
-    let log = SharedLog::new(SqliteLog::open(&data_dir.raft_database(), &identity)?);
+    let store: Box<dyn LogStore> = match &config.log_store {
+        Some(open) => open(&identity)?,
+        None => Box::new(SqliteLog::open(&data_dir.raft_database(), &identity)?),
+    };
+    let log = SharedLog::new(store);
     tracing::info!(
         node_id,
         cluster = %cluster.cluster_id,
@@ -91,7 +102,7 @@ pub async fn run_node(
         "opened chat state and replication log"
     );
 
-    let (stopping_tx, stopping) = watch::channel(false);
+    let stopping = Watch::new(false);
     let peers: BTreeMap<NodeId, String> =
         cluster.members.iter().filter(|m| m.id != node_id).map(|m| (m.id, m.peer_address.clone())).collect();
     let clustered = !peers.is_empty();
@@ -103,6 +114,7 @@ pub async fn run_node(
         members: cluster.member_ids(),
         config: cluster.replica_config(),
         rng_seed: rng.next_u64(),
+        observer: config.observer.clone(),
     };
     let (runtime, raft) = start_runtime(setup, log, Arc::clone(&chat), transport, inbox)?;
     let mut runtime_task = tokio::task::spawn(runtime.run(stopping.clone()));
@@ -121,8 +133,8 @@ pub async fn run_node(
 
     // Serving stops when `stopping` turns true; the peer server keeps running until then so
     // that a leader can hand over.
-    let wait_for_stop = |mut stopping: watch::Receiver<bool>| async move {
-        let _ = stopping.wait_for(|stopping| *stopping).await;
+    let wait_for_stop = |stopping: Watch<bool>| async move {
+        stopping.wait_for(|stopping| *stopping).await;
     };
     #[cfg(not(madsim))]
     let (client_server, peer_server, bound) = {
@@ -167,7 +179,9 @@ pub async fn run_node(
 
     let servers = async { tokio::try_join!(client_server, peer_server) };
     tokio::pin!(servers);
+    // `biased`: a fixed polling order keeps simulations replayable.
     let stopped_by_runtime = tokio::select! {
+        biased;
         () = shutdown => None,
         result = &mut runtime_task => Some(result),
         served = &mut servers => {
@@ -176,7 +190,7 @@ pub async fn run_node(
         }
     };
     if let Some(result) = stopped_by_runtime {
-        stopping_tx.send_replace(true);
+        stopping.set(true);
         return match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => {
@@ -194,7 +208,7 @@ pub async fn run_node(
     }
     // Live subscriptions never end on their own; this tells them, the servers and the
     // runtime to stop.
-    stopping_tx.send_replace(true);
+    stopping.set(true);
     // A client that stops reading can hold a graceful shutdown open indefinitely; past the
     // grace period the node stops anyway (everything acknowledged is already durable).
     if tokio::time::timeout(SHUTDOWN_GRACE_PERIOD, &mut servers).await.is_err() {

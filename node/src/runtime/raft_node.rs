@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use chorus_proto::v1::Command;
 use prost::Message as _;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{ChatState, ProposeError, Proposer};
 use crate::chat::{Outcome, StateMachineError};
@@ -24,6 +24,7 @@ use crate::replication::{
 use crate::seam::{MonotonicClock, run_blocking};
 use crate::storage::SharedLog;
 use crate::transport::Transport;
+use crate::watch::Watch;
 
 /// How long a proposal may wait to be committed and applied before the caller is told the
 /// outcome is unknown (it may still commit; a retry with the same client_msg_id is safe).
@@ -43,6 +44,15 @@ pub enum RuntimeError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     StateMachine(#[from] StateMachineError),
+}
+
+/// Watches what one node's replica does: for checkers that see a whole cluster at once
+/// (the simulations' global observer). Called on the runtime task: must not block.
+pub trait ReplicationObserver: Send + Sync + 'static {
+    /// The replica's role or term changed.
+    fn role_changed(&self, node: NodeId, term: Term, role: Role);
+    /// The replica applied a committed entry (in index order).
+    fn entry_applied(&self, node: NodeId, entry: &Entry);
 }
 
 /// What the rest of the node may know about the replica at any moment.
@@ -77,7 +87,7 @@ enum Input {
 #[derive(Clone)]
 pub struct RaftHandle {
     inputs: mpsc::Sender<Input>,
-    status: watch::Receiver<NodeStatus>,
+    status: Watch<NodeStatus>,
     clock: MonotonicClock,
 }
 
@@ -88,10 +98,10 @@ impl RaftHandle {
     }
 
     pub fn status(&self) -> NodeStatus {
-        *self.status.borrow()
+        self.status.get()
     }
 
-    pub fn watch_status(&self) -> watch::Receiver<NodeStatus> {
+    pub fn watch_status(&self) -> Watch<NodeStatus> {
         self.status.clone()
     }
 
@@ -108,8 +118,7 @@ impl RaftHandle {
         let (reply, answer) = oneshot::channel();
         self.inputs.send(Input::HandOver { reply }).await.ok()?;
         let target = answer.await.ok().flatten()?;
-        let mut status = self.status.clone();
-        let _ = tokio::time::timeout(wait, status.wait_for(|s| s.role != Role::Leader)).await;
+        let _ = tokio::time::timeout(wait, self.status.wait_for(|s| s.role != Role::Leader)).await;
         Some(target)
     }
 }
@@ -152,7 +161,7 @@ pub struct RaftRuntime<T> {
     tick_interval: Duration,
     inbox: mpsc::Receiver<Message>,
     inputs: mpsc::Receiver<Input>,
-    status: watch::Sender<NodeStatus>,
+    status: Watch<NodeStatus>,
     /// Proposals waiting for their entry to be applied: index -> (term, reply).
     proposals: BTreeMap<LogIndex, (Term, oneshot::Sender<Result<Outcome, ProposeError>>)>,
     /// Reads waiting for the leader to confirm them, by context.
@@ -160,6 +169,7 @@ pub struct RaftRuntime<T> {
     /// Confirmed reads waiting for the state machine to apply through their index.
     reads_confirmed: Vec<(LogIndex, oneshot::Sender<Result<(), ProposeError>>)>,
     next_read_context: u64,
+    observer: Option<Arc<dyn ReplicationObserver>>,
 }
 
 /// Who the replica is: its id, the members, the protocol settings and its random seed.
@@ -168,6 +178,7 @@ pub struct ReplicaSetup {
     pub members: BTreeSet<NodeId>,
     pub config: replication::ReplicaConfig,
     pub rng_seed: u64,
+    pub observer: Option<Arc<dyn ReplicationObserver>>,
 }
 
 /// Builds the runtime around an opened log and chat state; returns the task's body and its
@@ -179,7 +190,7 @@ pub fn start_runtime<T: Transport>(
     transport: T,
     inbox: mpsc::Receiver<Message>,
 ) -> Result<(RaftRuntime<T>, RaftHandle), replication::ReplicaError> {
-    let ReplicaSetup { node_id, members, config, rng_seed } = setup;
+    let ReplicaSetup { node_id, members, config, rng_seed, observer } = setup;
     let clock = MonotonicClock::start();
     let tick_interval = Duration::from_millis((config.heartbeat_interval_ms / 5).clamp(1, 20));
     let applied = chat.last_applied();
@@ -195,7 +206,7 @@ pub fn start_runtime<T: Transport>(
         applied_index: applied,
         last_log_index: replica.last_index(),
     };
-    let (status_tx, status_rx) = watch::channel(initial);
+    let status = Watch::new(initial);
     let runtime = RaftRuntime {
         replica,
         log,
@@ -205,36 +216,41 @@ pub fn start_runtime<T: Transport>(
         tick_interval,
         inbox,
         inputs,
-        status: status_tx,
+        status: status.clone(),
         proposals: BTreeMap::new(),
         reads_unconfirmed: BTreeMap::new(),
         reads_confirmed: Vec::new(),
         next_read_context: 1,
+        observer,
     };
-    Ok((runtime, RaftHandle { inputs: inputs_tx, status: status_rx, clock }))
+    Ok((runtime, RaftHandle { inputs: inputs_tx, status, clock }))
 }
 
 impl<T: Transport> RaftRuntime<T> {
     /// Runs until `shutdown` turns true or storage fails (the node must stop then: it
     /// cannot go on without its disk).
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), RuntimeError> {
+    pub async fn run(mut self, stopping: Watch<bool>) -> Result<(), RuntimeError> {
         let mut next_tick = tokio::time::Instant::now() + self.tick_interval;
         loop {
+            // `biased`: tokio's select! otherwise polls branches in a random order drawn
+            // from a thread-local generator, which a simulation cannot replay. Ticks come
+            // first so that a flood of messages cannot starve the clock.
             tokio::select! {
-                _ = shutdown.wait_for(|stopping| *stopping) => return Ok(()),
-                message = self.inbox.recv() => {
-                    if let Some(message) = message {
-                        self.replica.step(message)?;
-                    }
+                biased;
+                _ = stopping.wait_for(|stopping| *stopping) => return Ok(()),
+                () = tokio::time::sleep_until(next_tick) => {
+                    self.replica.tick(self.clock.now_ms())?;
+                    next_tick = tokio::time::Instant::now() + self.tick_interval;
                 }
                 input = self.inputs.recv() => {
                     if let Some(input) = input {
                         self.handle_input(input);
                     }
                 }
-                () = tokio::time::sleep_until(next_tick) => {
-                    self.replica.tick(self.clock.now_ms())?;
-                    next_tick = tokio::time::Instant::now() + self.tick_interval;
+                message = self.inbox.recv() => {
+                    if let Some(message) = message {
+                        self.replica.step(message)?;
+                    }
                 }
             }
             self.take_queued_inputs()?;
@@ -279,6 +295,9 @@ impl<T: Transport> RaftRuntime<T> {
                     }
                 }
             }
+            Input::ReadFence { reply } if crate::bugs::active(crate::bugs::Bug::SkipReadIndex) => {
+                let _ = reply.send(Ok(()));
+            }
             Input::ReadFence { reply } => {
                 let context = self.next_read_context;
                 self.next_read_context += 1;
@@ -308,10 +327,17 @@ impl<T: Transport> RaftRuntime<T> {
         if ready.hard_state.is_some() || !ready.entries.is_empty() {
             let log = self.log.clone();
             let hard_state = ready.hard_state;
-            let entries = std::mem::take(&mut ready.entries);
-            // Durability: persist() returns after SQLite's COMMIT has fsynced the WAL; only
-            // then do votes and acknowledgements leave, and only then is anything applied.
-            run_blocking(move || log.lock().persist(hard_state, &entries)).await?;
+            let entries = ready.entries.clone();
+            run_blocking(move || log.lock().write(hard_state, &entries)).await?;
+            // A power loss may strike between the write and its sync; under simulation this
+            // yield is where it can.
+            tokio::task::yield_now().await;
+            // Durability: only after sync() returns (for SQLite, the COMMIT that fsynced the
+            // WAL) do votes and acknowledgements leave, and only then is anything applied.
+            if !crate::bugs::active(crate::bugs::Bug::SkipFsync) {
+                let log = self.log.clone();
+                run_blocking(move || log.lock().sync()).await?;
+            }
         }
         self.transport.send(std::mem::take(&mut ready.messages_after_persist));
         if !ready.committed_entries.is_empty() {
@@ -331,6 +357,9 @@ impl<T: Transport> RaftRuntime<T> {
         self.release_applied_reads();
         if let Some(soft) = ready.soft_state {
             tracing::info!(role = ?soft.role, term = soft.term, leader = ?soft.leader, "replica state changed");
+            if let Some(observer) = &self.observer {
+                observer.role_changed(self.replica.id(), soft.term, soft.role);
+            }
             if soft.role != Role::Leader && !self.proposals.is_empty() {
                 // Waiting would only end at the proposal timeout. Say now that the outcome is
                 // unknown, so the client retries on the new leader at once (a retried send
@@ -363,6 +392,11 @@ impl<T: Transport> RaftRuntime<T> {
             .collect();
         let chat = Arc::clone(&self.chat);
         let outcomes = run_blocking(move || chat.apply_blocking(&batch)).await?;
+        if let Some(observer) = &self.observer {
+            for entry in &entries {
+                observer.entry_applied(self.replica.id(), entry);
+            }
+        }
         for (entry, outcome) in entries.iter().zip(outcomes) {
             let Some((term, reply)) = self.proposals.remove(&entry.index) else { continue };
             let result = match outcome {
@@ -395,7 +429,7 @@ impl<T: Transport> RaftRuntime<T> {
             applied_index: self.chat.last_applied(),
             last_log_index: self.replica.last_index(),
         };
-        self.status.send_if_modified(|current| {
+        self.status.set_if(|current| {
             let changed = *current != status;
             *current = status;
             changed

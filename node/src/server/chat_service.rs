@@ -16,7 +16,6 @@ use chorus_proto::v1::{
     ReadMessagesResponse, SendMessageCommand, SendMessageRequest, SendMessageResponse, SubscribeRequest, command,
 };
 use rand::rngs::StdRng;
-use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use super::status::{self, LeaderHints};
@@ -26,6 +25,7 @@ use crate::chat::limits::TOKEN_LEN_MAX;
 use crate::chat::{Outcome, SessionUser, validate};
 use crate::runtime::{ChatState, Proposer};
 use crate::seam::{run_blocking, unix_time_ms};
+use crate::watch::Watch;
 
 pub struct ChatService<P> {
     state: Arc<ChatState>,
@@ -34,7 +34,7 @@ pub struct ChatService<P> {
     /// Draws session tokens and password salts; seeded once through the seam.
     rng: Arc<Mutex<StdRng>>,
     /// Becomes true when the node starts shutting down; ends live subscriptions.
-    shutdown: watch::Receiver<bool>,
+    stopping: Watch<bool>,
     hints: LeaderHints,
 }
 
@@ -44,10 +44,10 @@ impl<P: Proposer> ChatService<P> {
         proposer: Arc<P>,
         hasher: PasswordHasher,
         rng: StdRng,
-        shutdown: watch::Receiver<bool>,
+        stopping: Watch<bool>,
         hints: LeaderHints,
     ) -> Self {
-        Self { state, proposer, hasher: Arc::new(hasher), rng: Arc::new(Mutex::new(rng)), shutdown, hints }
+        Self { state, proposer, hasher: Arc::new(hasher), rng: Arc::new(Mutex::new(rng)), stopping, hints }
     }
 
     async fn propose(&self, kind: command::Kind) -> Result<Outcome, Status> {
@@ -342,7 +342,7 @@ impl<P: Proposer> Chat for ChatService<P> {
             token_hash,
             user.user_id,
             request.after_id,
-            self.shutdown.clone(),
+            self.stopping.clone(),
         );
         Ok(Response::new(stream))
     }

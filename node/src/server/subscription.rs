@@ -10,12 +10,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use chorus_proto::v1::Message;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::status;
 use crate::chat::MessageView;
 use crate::runtime::ChatState;
+use crate::watch::Watch;
 
 /// Messages fetched from the database per query.
 const SUBSCRIPTION_BATCH_MAX: u32 = 256;
@@ -29,16 +30,16 @@ pub fn start(
     token_hash: Vec<u8>,
     user_id: u64,
     after_id: u64,
-    mut shutdown: watch::Receiver<bool>,
+    stopping: Watch<bool>,
 ) -> ReceiverStream {
     let (sender, receiver) = mpsc::channel(SUBSCRIPTION_BUFFER_MAX);
-    let mut applied = state.watch_applied();
+    let applied = state.watch_applied();
     tokio::task::spawn(async move {
         let mut last_delivered = after_id;
         loop {
-            // Mark the current applied index as seen *before* querying: anything applied
-            // after this point wakes the wait below, so nothing slips between the two.
-            applied.borrow_and_update();
+            // Note the applied index's version *before* querying: anything applied after
+            // this point wakes the wait below, so nothing slips between the two.
+            let seen = applied.version();
             let token_hash = token_hash.clone();
             let fetched = state
                 .read(move |machine| -> Result<Option<Vec<MessageView>>, _> {
@@ -70,9 +71,11 @@ pub fn start(
             if full_batch {
                 continue;
             }
+            // `biased`: a fixed polling order keeps simulations replayable.
             let stopping = tokio::select! {
-                changed = applied.changed() => changed.is_err(),
-                _ = shutdown.wait_for(|stopping| *stopping) => true,
+                biased;
+                _ = applied.changed_since(seen) => false,
+                _ = stopping.wait_for(|stopping| *stopping) => true,
                 () = sender.closed() => return,
             };
             if stopping {

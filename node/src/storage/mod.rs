@@ -2,9 +2,11 @@
 //! on, versioned schemas, and the lock that keeps two processes off one data directory.
 
 mod data_dir;
+mod log_store;
 mod raft_log;
 mod sqlite;
 
 pub use data_dir::{DataDir, DataDirError};
-pub use raft_log::{ClusterIdentity, LogStoreError, SharedLog, SqliteLog};
+pub use log_store::{LogStore, LogStoreFactory, SharedLog};
+pub use raft_log::{ClusterIdentity, LogStoreError, SqliteLog};
 pub use sqlite::{SqliteError, migrate, open_database};

@@ -8,11 +8,11 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use super::log_store::LogStore;
 use super::sqlite::{SqliteError, migrate, open_database};
 use crate::replication::{Entry, HardState, LogIndex, NodeId, Payload, Storage, StorageError, Term};
 
@@ -377,37 +377,14 @@ impl Storage for SqliteLog {
     }
 }
 
-/// The log shared between the replica, which reads it, and the runtime, which writes it
-/// from a blocking thread. The two never run at once: the runtime awaits each write before
-/// touching the replica again, so the lock is never contended.
-#[derive(Clone)]
-pub struct SharedLog(Arc<Mutex<SqliteLog>>);
-
-impl SharedLog {
-    pub fn new(log: SqliteLog) -> Self {
-        Self(Arc::new(Mutex::new(log)))
+impl LogStore for SqliteLog {
+    fn write(&mut self, hard_state: Option<HardState>, entries: &[Entry]) -> Result<(), StorageError> {
+        self.persist(hard_state, entries)
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, SqliteLog> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-impl Storage for SharedLog {
-    fn hard_state(&self) -> Result<HardState, StorageError> {
-        self.lock().hard_state()
-    }
-
-    fn last_index(&self) -> Result<LogIndex, StorageError> {
-        self.lock().last_index()
-    }
-
-    fn term(&self, index: LogIndex) -> Result<Option<Term>, StorageError> {
-        self.lock().term(index)
-    }
-
-    fn entries(&self, low: LogIndex, high: LogIndex, bytes_max: usize) -> Result<Vec<Entry>, StorageError> {
-        self.lock().entries(low, high, bytes_max)
+    /// Nothing to do: SQLite's COMMIT in `write` already fsynced (synchronous=FULL).
+    fn sync(&mut self) -> Result<(), StorageError> {
+        Ok(())
     }
 }
 

@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use chorus_proto::v1::RaftBatch;
 use chorus_proto::v1::raft_client::RaftClient;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 
 use super::Transport;
 use super::codec::encode_message;
 use crate::replication::{Message, NodeId};
+use crate::watch::Watch;
 
 /// Messages waiting for one peer; beyond this, new ones are dropped.
 const PEER_QUEUE_MAX: usize = 1024;
@@ -33,13 +34,8 @@ pub struct GrpcTransport {
 
 impl GrpcTransport {
     /// Starts a sender task per peer (`peers`: id → peer address `HOST:PORT`). The tasks end
-    /// when `shutdown` turns true.
-    pub fn start(
-        cluster_id: String,
-        node_id: NodeId,
-        peers: BTreeMap<NodeId, String>,
-        shutdown: watch::Receiver<bool>,
-    ) -> Self {
+    /// when `stopping` turns true.
+    pub fn start(cluster_id: String, node_id: NodeId, peers: BTreeMap<NodeId, String>, stopping: Watch<bool>) -> Self {
         let dropped = Arc::new(AtomicU64::new(0));
         let mut queues = BTreeMap::new();
         for (peer, address) in peers {
@@ -52,7 +48,7 @@ impl GrpcTransport {
                 address,
                 dropped: Arc::clone(&dropped),
             };
-            tokio::task::spawn(link.run(receiver, shutdown.clone()));
+            tokio::task::spawn(link.run(receiver, stopping.clone()));
         }
         Self { queues, dropped }
     }
@@ -86,7 +82,7 @@ struct PeerLink {
 }
 
 impl PeerLink {
-    async fn run(self, mut queue: mpsc::Receiver<Message>, mut shutdown: watch::Receiver<bool>) {
+    async fn run(self, mut queue: mpsc::Receiver<Message>, stopping: Watch<bool>) {
         let endpoint = match Endpoint::from_shared(format!("http://{}", self.address)) {
             Ok(endpoint) => endpoint.connect_timeout(CONNECT_TIMEOUT).timeout(DELIVER_TIMEOUT),
             Err(error) => {
@@ -97,12 +93,14 @@ impl PeerLink {
         let mut client: Option<RaftClient<Channel>> = None;
         let mut backoff = BACKOFF_MIN;
         loop {
+            // `biased`: a fixed polling order keeps simulations replayable.
             let first = tokio::select! {
+                biased;
                 message = queue.recv() => match message {
                     Some(message) => message,
                     None => return,
                 },
-                _ = shutdown.wait_for(|stopping| *stopping) => return,
+                _ = stopping.wait_for(|stopping| *stopping) => return,
             };
             let mut batch = vec![first];
             while batch.len() < BATCH_MESSAGES_MAX {

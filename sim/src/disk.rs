@@ -1,0 +1,312 @@
+//! A simulated disk for the replication log, modelling power loss (madsim simulates no
+//! disk: SQLite on the real file system only ever sees process crashes).
+//!
+//! The disk is an append-only sequence of checksummed records. `write` appends to a
+//! volatile buffer; `sync` makes the buffer durable. At a power loss the buffer is lost,
+//! except that a random prefix of it may have reached the platter, the last of those
+//! possibly torn. A separate fault flips a bit in a durable record. On reopen, a torn
+//! record at the end of the durable records is a write that never completed: it is
+//! dropped. A bad record anywhere else is corruption: the node refuses to start with a
+//! clear error rather than serve or vote on wrong data.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chorus::replication::{Entry, HardState, LogIndex, Payload, Storage, StorageError, Term};
+use chorus::storage::{ClusterIdentity, LogStore, LogStoreError};
+use rand::Rng;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Body {
+    HardState(HardState),
+    /// Entries from this index on are discarded (a conflicting suffix being replaced).
+    TruncateFrom(LogIndex),
+    Entry(Entry),
+}
+
+#[derive(Debug, Clone)]
+struct Record {
+    body: Body,
+    checksum: u32,
+}
+
+impl Record {
+    fn new(body: Body) -> Self {
+        let checksum = checksum(&body);
+        Self { body, checksum }
+    }
+
+    fn intact(&self) -> bool {
+        checksum(&self.body) == self.checksum
+    }
+}
+
+fn checksum(body: &Body) -> u32 {
+    let mut bytes = Vec::new();
+    match body {
+        Body::HardState(hard_state) => {
+            bytes.push(0);
+            bytes.extend(hard_state.term.to_be_bytes());
+            bytes.extend(hard_state.vote.unwrap_or(u64::MAX).to_be_bytes());
+        }
+        Body::TruncateFrom(index) => {
+            bytes.push(1);
+            bytes.extend(index.to_be_bytes());
+        }
+        Body::Entry(entry) => {
+            bytes.push(2);
+            bytes.extend(entry.index.to_be_bytes());
+            bytes.extend(entry.term.to_be_bytes());
+            match &entry.payload {
+                Payload::Noop => bytes.push(0),
+                Payload::Command(command) => {
+                    bytes.push(1);
+                    bytes.extend(command.iter());
+                }
+            }
+        }
+    }
+    crc32c::crc32c(&bytes)
+}
+
+#[derive(Default)]
+struct Platter {
+    identity: Option<ClusterIdentity>,
+    durable: Vec<Record>,
+    volatile: Vec<Record>,
+}
+
+/// One node's disk. It outlives the node's process: the simulation keeps it across kills.
+#[derive(Clone, Default)]
+pub struct SimDisk {
+    platter: Arc<Mutex<Platter>>,
+}
+
+impl SimDisk {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Platter> {
+        self.platter.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Power loss: unsynced records are lost, but a random prefix of them may have been
+    /// written, the last of those possibly torn. Returns a description for the timeline.
+    pub fn power_loss(&self, rng: &mut impl Rng) -> String {
+        let mut platter = self.lock();
+        let volatile = std::mem::take(&mut platter.volatile);
+        if volatile.is_empty() {
+            return "nothing unsynced".to_owned();
+        }
+        let kept = rng.random_range(0..=volatile.len());
+        let torn = kept > 0 && rng.random_bool(0.5);
+        let lost = volatile.len() - kept;
+        platter.durable.extend(volatile.into_iter().take(kept));
+        if torn && let Some(last) = platter.durable.last_mut() {
+            last.checksum ^= 0x8000_0000;
+        }
+        format!("{lost} unsynced record(s) lost, {kept} reached the disk{}", if torn { ", the last torn" } else { "" })
+    }
+
+    /// Flips a bit in a durable record other than the last (which would read as torn).
+    /// Returns whether there was one to flip.
+    pub fn flip_bit(&self, rng: &mut impl Rng) -> bool {
+        let mut platter = self.lock();
+        let count = platter.durable.len();
+        if count < 2 {
+            return false;
+        }
+        let victim = rng.random_range(0..count - 1);
+        platter.durable[victim].checksum ^= 1 << rng.random_range(0..32);
+        true
+    }
+
+    /// Opens the log on this disk for a starting node.
+    pub fn open(&self, identity: &ClusterIdentity) -> Result<SimDiskLog, LogStoreError> {
+        let mut platter = self.lock();
+        match &platter.identity {
+            None => platter.identity = Some(identity.clone()),
+            Some(stored) if stored.cluster_id != identity.cluster_id => {
+                return Err(LogStoreError::WrongCluster {
+                    stored: stored.cluster_id.clone(),
+                    configured: identity.cluster_id.clone(),
+                });
+            }
+            Some(_) => {}
+        }
+        // A process never reopens its log with unsynced writes pending: those died with it.
+        platter.volatile.clear();
+        let corrupt = |detail: String| LogStoreError::Corrupt { path: "simulated disk".into(), detail };
+        let last = platter.durable.len();
+        if let Some(record) = platter.durable.last()
+            && !record.intact()
+        {
+            // A torn final record: a write that never completed, and was never acknowledged.
+            tracing::warn!("dropping a torn record at the end of the log");
+            platter.durable.truncate(last - 1);
+        }
+        if let Some(position) = platter.durable.iter().position(|record| !record.intact()) {
+            return Err(corrupt(format!("record {position} of {} fails its checksum", platter.durable.len())));
+        }
+        let mut log = SimDiskLog { disk: self.clone(), hard_state: HardState::default(), entries: Vec::new() };
+        for record in &platter.durable {
+            log.replay(&record.body);
+        }
+        Ok(log)
+    }
+
+    /// The indices of durable entries, for checks.
+    pub fn durable_indices(&self) -> BTreeSet<LogIndex> {
+        let platter = self.lock();
+        let mut log = SimDiskLog { disk: self.clone(), hard_state: HardState::default(), entries: Vec::new() };
+        for record in &platter.durable {
+            log.replay(&record.body);
+        }
+        log.entries.iter().map(|e| e.index).collect()
+    }
+}
+
+/// A node's view of its log on a [`SimDisk`].
+pub struct SimDiskLog {
+    disk: SimDisk,
+    hard_state: HardState,
+    /// `entries[i]` has index `i + 1`.
+    entries: Vec<Entry>,
+}
+
+impl SimDiskLog {
+    fn replay(&mut self, body: &Body) {
+        match body {
+            Body::HardState(hard_state) => self.hard_state = *hard_state,
+            Body::TruncateFrom(index) => self.entries.truncate(*index as usize - 1),
+            Body::Entry(entry) => {
+                assert_eq!(entry.index as usize, self.entries.len() + 1, "log records out of order");
+                self.entries.push(entry.clone());
+            }
+        }
+    }
+}
+
+impl Storage for SimDiskLog {
+    fn hard_state(&self) -> Result<HardState, StorageError> {
+        Ok(self.hard_state)
+    }
+
+    fn last_index(&self) -> Result<LogIndex, StorageError> {
+        Ok(self.entries.len() as LogIndex)
+    }
+
+    fn term(&self, index: LogIndex) -> Result<Option<Term>, StorageError> {
+        if index == 0 {
+            return Ok(Some(0));
+        }
+        Ok(self.entries.get(index as usize - 1).map(|e| e.term))
+    }
+
+    fn entries(&self, low: LogIndex, high: LogIndex, bytes_max: usize) -> Result<Vec<Entry>, StorageError> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for entry in self.entries.iter().skip(low.saturating_sub(1) as usize).take(high.saturating_sub(low) as usize) {
+            bytes += entry.size_bytes();
+            if !out.is_empty() && bytes > bytes_max {
+                break;
+            }
+            out.push(entry.clone());
+        }
+        Ok(out)
+    }
+}
+
+impl LogStore for SimDiskLog {
+    fn write(&mut self, hard_state: Option<HardState>, entries: &[Entry]) -> Result<(), StorageError> {
+        let mut records = Vec::new();
+        if let Some(hard_state) = hard_state {
+            records.push(Record::new(Body::HardState(hard_state)));
+        }
+        if let Some(first) = entries.first()
+            && first.index <= self.entries.len() as LogIndex
+        {
+            records.push(Record::new(Body::TruncateFrom(first.index)));
+        }
+        records.extend(entries.iter().cloned().map(|entry| Record::new(Body::Entry(entry))));
+        for record in &records {
+            self.replay(&record.body);
+        }
+        self.disk.lock().volatile.extend(records);
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), StorageError> {
+        let mut platter = self.disk.lock();
+        let volatile = std::mem::take(&mut platter.volatile);
+        platter.durable.extend(volatile);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use bytes::Bytes;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    use super::*;
+
+    fn identity() -> ClusterIdentity {
+        ClusterIdentity { cluster_id: "sim".into(), node_id: 1, members: BTreeSet::from([1]) }
+    }
+
+    fn entry(index: LogIndex, term: Term) -> Entry {
+        Entry { index, term, payload: Payload::Command(Bytes::from(format!("{index}"))) }
+    }
+
+    #[test]
+    fn synced_writes_survive_power_loss_and_unsynced_ones_may_not() {
+        let disk = SimDisk::new();
+        let mut log = disk.open(&identity()).unwrap();
+        log.write(Some(HardState { term: 1, vote: Some(1) }), &[entry(1, 1), entry(2, 1)]).unwrap();
+        log.sync().unwrap();
+        log.write(None, &[entry(3, 1)]).unwrap();
+        let mut rng = StdRng::seed_from_u64(1);
+        disk.power_loss(&mut rng);
+        let log = disk.open(&identity()).unwrap();
+        assert_eq!(log.hard_state().unwrap(), HardState { term: 1, vote: Some(1) });
+        assert!(log.last_index().unwrap() >= 2, "synced entries survive");
+    }
+
+    #[test]
+    fn a_torn_tail_is_dropped_and_a_flipped_bit_refuses_to_open() {
+        for seed in 0..20 {
+            let disk = SimDisk::new();
+            let mut log = disk.open(&identity()).unwrap();
+            log.write(Some(HardState { term: 2, vote: None }), &[entry(1, 2)]).unwrap();
+            log.sync().unwrap();
+            log.write(None, &[entry(2, 2), entry(3, 2)]).unwrap();
+            let mut rng = StdRng::seed_from_u64(seed);
+            disk.power_loss(&mut rng);
+            let log = disk.open(&identity()).expect("a torn tail is not corruption");
+            assert!(log.last_index().unwrap() >= 1);
+        }
+        let disk = SimDisk::new();
+        let mut log = disk.open(&identity()).unwrap();
+        log.write(Some(HardState { term: 1, vote: None }), &[entry(1, 1), entry(2, 1)]).unwrap();
+        log.sync().unwrap();
+        assert!(disk.flip_bit(&mut StdRng::seed_from_u64(3)));
+        let error = disk.open(&identity()).err().expect("corruption is refused");
+        assert!(error.to_string().contains("fails its checksum"), "{error}");
+    }
+
+    #[test]
+    fn overwritten_suffixes_replay_correctly() {
+        let disk = SimDisk::new();
+        let mut log = disk.open(&identity()).unwrap();
+        log.write(Some(HardState { term: 1, vote: None }), &[entry(1, 1), entry(2, 1), entry(3, 1)]).unwrap();
+        log.write(Some(HardState { term: 2, vote: None }), &[entry(2, 2)]).unwrap();
+        log.sync().unwrap();
+        let log = disk.open(&identity()).unwrap();
+        assert_eq!(log.entries(1, 10, usize::MAX).unwrap(), vec![entry(1, 1), entry(2, 2)]);
+    }
+}
