@@ -49,6 +49,11 @@ where
     }
 }
 
+/// Now, by the monotonic clock timers use (tokio's; simulated under madsim): for deadlines.
+pub fn monotonic_now() -> tokio::time::Instant {
+    tokio::time::Instant::now()
+}
+
 /// The monotonic clock the replication core is ticked with: milliseconds since this clock
 /// was started. It reads tokio's clock, which madsim replaces with simulated time, so a
 /// simulated node needs no other implementation.
@@ -59,7 +64,7 @@ pub struct MonotonicClock {
 
 impl MonotonicClock {
     pub fn start() -> Self {
-        Self { start: tokio::time::Instant::now() }
+        Self { start: monotonic_now() }
     }
 
     pub fn now_ms(&self) -> u64 {

@@ -9,18 +9,17 @@
 //! dropped. A bad record anywhere else is corruption: the node refuses to start with a
 //! clear error rather than serve or vote on wrong data.
 
-use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use chorus::replication::{Entry, HardState, LogIndex, Payload, Storage, StorageError, Term};
+use chorus::replication::{Entry, HardState, LogIndex, MemoryStorage, Payload, Storage, StorageError, Term};
 use chorus::storage::{ClusterIdentity, LogStore, LogStoreError};
 use rand::Rng;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Body {
     HardState(HardState),
-    /// Entries from this index on are discarded (a conflicting suffix being replaced).
-    TruncateFrom(LogIndex),
+    /// An entry; replaying it discards any stored entries at or after its index (a
+    /// conflicting suffix it replaces).
     Entry(Entry),
 }
 
@@ -48,10 +47,6 @@ fn checksum(body: &Body) -> u32 {
             bytes.push(0);
             bytes.extend(hard_state.term.to_be_bytes());
             bytes.extend(hard_state.vote.unwrap_or(u64::MAX).to_be_bytes());
-        }
-        Body::TruncateFrom(index) => {
-            bytes.push(1);
-            bytes.extend(index.to_be_bytes());
         }
         Body::Entry(entry) => {
             bytes.push(2);
@@ -149,72 +144,45 @@ impl SimDisk {
         if let Some(position) = platter.durable.iter().position(|record| !record.intact()) {
             return Err(corrupt(format!("record {position} of {} fails its checksum", platter.durable.len())));
         }
-        let mut log = SimDiskLog { disk: self.clone(), hard_state: HardState::default(), entries: Vec::new() };
+        let mut log = SimDiskLog { disk: self.clone(), view: MemoryStorage::new() };
         for record in &platter.durable {
             log.replay(&record.body);
         }
         Ok(log)
     }
-
-    /// The indices of durable entries, for checks.
-    pub fn durable_indices(&self) -> BTreeSet<LogIndex> {
-        let platter = self.lock();
-        let mut log = SimDiskLog { disk: self.clone(), hard_state: HardState::default(), entries: Vec::new() };
-        for record in &platter.durable {
-            log.replay(&record.body);
-        }
-        log.entries.iter().map(|e| e.index).collect()
-    }
 }
 
-/// A node's view of its log on a [`SimDisk`].
+/// A node's view of its log on a [`SimDisk`]: what it wrote, durable or not, kept in a
+/// [`MemoryStorage`] that serves the reads.
 pub struct SimDiskLog {
     disk: SimDisk,
-    hard_state: HardState,
-    /// `entries[i]` has index `i + 1`.
-    entries: Vec<Entry>,
+    view: MemoryStorage,
 }
 
 impl SimDiskLog {
     fn replay(&mut self, body: &Body) {
         match body {
-            Body::HardState(hard_state) => self.hard_state = *hard_state,
-            Body::TruncateFrom(index) => self.entries.truncate(*index as usize - 1),
-            Body::Entry(entry) => {
-                assert_eq!(entry.index as usize, self.entries.len() + 1, "log records out of order");
-                self.entries.push(entry.clone());
-            }
+            Body::HardState(hard_state) => self.view.set_hard_state(*hard_state),
+            Body::Entry(entry) => self.view.append(std::slice::from_ref(entry)),
         }
     }
 }
 
 impl Storage for SimDiskLog {
     fn hard_state(&self) -> Result<HardState, StorageError> {
-        Ok(self.hard_state)
+        self.view.hard_state()
     }
 
     fn last_index(&self) -> Result<LogIndex, StorageError> {
-        Ok(self.entries.len() as LogIndex)
+        self.view.last_index()
     }
 
     fn term(&self, index: LogIndex) -> Result<Option<Term>, StorageError> {
-        if index == 0 {
-            return Ok(Some(0));
-        }
-        Ok(self.entries.get(index as usize - 1).map(|e| e.term))
+        self.view.term(index)
     }
 
     fn entries(&self, low: LogIndex, high: LogIndex, bytes_max: usize) -> Result<Vec<Entry>, StorageError> {
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        for entry in self.entries.iter().skip(low.saturating_sub(1) as usize).take(high.saturating_sub(low) as usize) {
-            bytes += entry.size_bytes();
-            if !out.is_empty() && bytes > bytes_max {
-                break;
-            }
-            out.push(entry.clone());
-        }
-        Ok(out)
+        self.view.entries(low, high, bytes_max)
     }
 }
 
@@ -223,11 +191,6 @@ impl LogStore for SimDiskLog {
         let mut records = Vec::new();
         if let Some(hard_state) = hard_state {
             records.push(Record::new(Body::HardState(hard_state)));
-        }
-        if let Some(first) = entries.first()
-            && first.index <= self.entries.len() as LogIndex
-        {
-            records.push(Record::new(Body::TruncateFrom(first.index)));
         }
         records.extend(entries.iter().cloned().map(|entry| Record::new(Body::Entry(entry))));
         for record in &records {

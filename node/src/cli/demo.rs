@@ -139,8 +139,8 @@ impl Demo {
     }
 
     async fn wait_for_leader(&mut self) -> Result<u64> {
-        let deadline = tokio::time::Instant::now() + LEADER_TIMEOUT;
-        while tokio::time::Instant::now() < deadline {
+        let deadline = chorus::seam::monotonic_now() + LEADER_TIMEOUT;
+        while chorus::seam::monotonic_now() < deadline {
             for server in 0..self.client.servers().len() {
                 let request = StatusRequest { include_state_digest: false };
                 let answer =

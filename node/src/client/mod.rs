@@ -134,13 +134,13 @@ impl ClusterClient {
         F: FnMut(GrpcChatClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let deadline = tokio::time::Instant::now() + self.policy.call_deadline;
+        let deadline = crate::seam::monotonic_now() + self.policy.call_deadline;
         let mut backoff = self.policy.backoff_min;
         let mut tried_since_pause = 0;
         let mut last_failure = String::new();
         self.last_call_attempts = 0;
         loop {
-            let now = tokio::time::Instant::now();
+            let now = crate::seam::monotonic_now();
             if now >= deadline {
                 return Err(Status::unavailable(format!(
                     "no node could serve the request within {} s (last: {last_failure}); if it was a change, it may or may not have taken effect",

@@ -30,11 +30,11 @@ impl<'a> Subscription<'a> {
     pub async fn next(&mut self) -> Result<Message, Status> {
         let policy = self.client.policy();
         let mut backoff = policy.backoff_min;
-        let mut give_up_at = tokio::time::Instant::now() + policy.call_deadline;
+        let mut give_up_at = crate::seam::monotonic_now() + policy.call_deadline;
         let mut last_failure = String::new();
         loop {
             if self.stream.is_none() {
-                if tokio::time::Instant::now() >= give_up_at {
+                if crate::seam::monotonic_now() >= give_up_at {
                     return Err(Status::unavailable(format!(
                         "no node could serve the subscription within {} s (last: {last_failure})",
                         policy.call_deadline.as_secs()
@@ -83,7 +83,7 @@ impl<'a> Subscription<'a> {
             self.stream = None;
             self.client.next_server();
             backoff = policy.backoff_min;
-            give_up_at = tokio::time::Instant::now() + policy.call_deadline;
+            give_up_at = crate::seam::monotonic_now() + policy.call_deadline;
         }
     }
 }

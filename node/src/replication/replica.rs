@@ -58,9 +58,43 @@ const UNCOMMITTED_ENTRIES_MAX: u64 = 10_000;
 
 enum RoleState {
     Follower,
-    PreCandidate { granted: BTreeSet<NodeId>, rejected: BTreeSet<NodeId> },
-    Candidate { granted: BTreeSet<NodeId>, rejected: BTreeSet<NodeId> },
+    PreCandidate(Ballot),
+    Candidate(Ballot),
     Leader(Box<LeaderState>),
+}
+
+/// The answers to a (pre-)vote, the candidate's own included.
+struct Ballot {
+    granted: BTreeSet<NodeId>,
+    rejected: BTreeSet<NodeId>,
+}
+
+enum Tally {
+    Won,
+    /// So many refused that a majority of grants is impossible.
+    Lost,
+    Open,
+}
+
+impl Ballot {
+    fn new(candidate: NodeId) -> Self {
+        Self { granted: BTreeSet::from([candidate]), rejected: BTreeSet::new() }
+    }
+
+    fn record(&mut self, voter: NodeId, granted: bool, quorum: usize, members: usize) -> Tally {
+        if granted {
+            self.granted.insert(voter);
+        } else {
+            self.rejected.insert(voter);
+        }
+        if self.granted.len() >= quorum {
+            Tally::Won
+        } else if self.rejected.len() > members - quorum {
+            Tally::Lost
+        } else {
+            Tally::Open
+        }
+    }
 }
 
 struct LeaderState {
@@ -207,8 +241,8 @@ impl<S: Storage> Replica<S> {
     pub fn role(&self) -> Role {
         match self.role {
             RoleState::Follower => Role::Follower,
-            RoleState::PreCandidate { .. } => Role::PreCandidate,
-            RoleState::Candidate { .. } => Role::Candidate,
+            RoleState::PreCandidate(_) => Role::PreCandidate,
+            RoleState::Candidate(_) => Role::Candidate,
             RoleState::Leader(_) => Role::Leader,
         }
     }
@@ -686,7 +720,7 @@ impl<S: Storage> Replica<S> {
         self.reset_election_deadline();
         self.abort_leader_state();
         self.leader = None;
-        self.role = RoleState::PreCandidate { granted: BTreeSet::from([self.id]), rejected: BTreeSet::new() };
+        self.role = RoleState::PreCandidate(Ballot::new(self.id));
         tracing::debug!(node = self.id, term = self.term, "starting pre-vote");
         if self.quorum() == 1 {
             return self.start_election(false);
@@ -709,7 +743,7 @@ impl<S: Storage> Replica<S> {
         self.set_term(term);
         self.vote = Some(self.id);
         self.leader = None;
-        self.role = RoleState::Candidate { granted: BTreeSet::from([self.id]), rejected: BTreeSet::new() };
+        self.role = RoleState::Candidate(Ballot::new(self.id));
         self.reset_election_deadline();
         tracing::info!(node = self.id, term, leadership_transfer, "starting election");
         if self.quorum() == 1 {
@@ -723,7 +757,7 @@ impl<S: Storage> Replica<S> {
     }
 
     fn become_leader(&mut self) -> Result<(), StorageError> {
-        assert!(matches!(self.role, RoleState::Candidate { .. }), "only a candidate becomes leader");
+        assert!(matches!(self.role, RoleState::Candidate(_)), "only a candidate becomes leader");
         assert_eq!(self.vote, Some(self.id), "a leader voted for itself");
         let next_index = self.log.last_index() + 1;
         let now = self.now_ms;
@@ -795,45 +829,34 @@ impl<S: Storage> Replica<S> {
     }
 
     fn handle_pre_vote_response(&mut self, from: NodeId, term: Term, granted: bool) -> Result<(), StorageError> {
-        let quorum = self.quorum();
-        let members = self.members.len();
         let expected_term = self.term + 1;
-        let RoleState::PreCandidate { granted: yes, rejected: no } = &mut self.role else { return Ok(()) };
+        let (quorum, members) = (self.quorum(), self.members.len());
+        let RoleState::PreCandidate(ballot) = &mut self.role else { return Ok(()) };
+        // A grant counts only for the term this pre-vote proposed.
         if granted && term != expected_term {
             return Ok(());
         }
-        if granted {
-            yes.insert(from)
-        } else {
-            no.insert(from)
-        };
-        if yes.len() >= quorum {
-            return self.start_election(false);
+        match ballot.record(from, granted, quorum, members) {
+            Tally::Won => self.start_election(false),
+            Tally::Lost => {
+                self.become_follower(self.term, None);
+                Ok(())
+            }
+            Tally::Open => Ok(()),
         }
-        if no.len() > members - quorum {
-            let term = self.term;
-            self.become_follower(term, None);
-        }
-        Ok(())
     }
 
     fn handle_vote_response(&mut self, from: NodeId, granted: bool) -> Result<(), StorageError> {
-        let quorum = self.quorum();
-        let members = self.members.len();
-        let RoleState::Candidate { granted: yes, rejected: no } = &mut self.role else { return Ok(()) };
-        if granted {
-            yes.insert(from)
-        } else {
-            no.insert(from)
-        };
-        if yes.len() >= quorum {
-            return self.become_leader();
+        let (quorum, members) = (self.quorum(), self.members.len());
+        let RoleState::Candidate(ballot) = &mut self.role else { return Ok(()) };
+        match ballot.record(from, granted, quorum, members) {
+            Tally::Won => self.become_leader(),
+            Tally::Lost => {
+                self.become_follower(self.term, None);
+                Ok(())
+            }
+            Tally::Open => Ok(()),
         }
-        if no.len() > members - quorum {
-            let term = self.term;
-            self.become_follower(term, None);
-        }
-        Ok(())
     }
 
     fn handle_timeout_now(&mut self) -> Result<(), StorageError> {

@@ -230,7 +230,7 @@ impl<T: Transport> RaftRuntime<T> {
     /// Runs until `shutdown` turns true or storage fails (the node must stop then: it
     /// cannot go on without its disk).
     pub async fn run(mut self, stopping: Watch<bool>) -> Result<(), RuntimeError> {
-        let mut next_tick = tokio::time::Instant::now() + self.tick_interval;
+        let mut next_tick = crate::seam::monotonic_now() + self.tick_interval;
         loop {
             // `biased`: tokio's select! otherwise polls branches in a random order drawn
             // from a thread-local generator, which a simulation cannot replay. Ticks come
@@ -240,7 +240,7 @@ impl<T: Transport> RaftRuntime<T> {
                 _ = stopping.wait_for(|stopping| *stopping) => return Ok(()),
                 () = tokio::time::sleep_until(next_tick) => {
                     self.replica.tick(self.clock.now_ms())?;
-                    next_tick = tokio::time::Instant::now() + self.tick_interval;
+                    next_tick = crate::seam::monotonic_now() + self.tick_interval;
                 }
                 input = self.inputs.recv() => {
                     if let Some(input) = input {

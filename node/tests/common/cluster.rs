@@ -2,11 +2,9 @@
 //! SIGKILL, SIGTERM and restart members, and ask each for its status.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use chorus::client::v1::cluster_client::ClusterClient as GrpcClusterClient;
@@ -14,8 +12,6 @@ use chorus::client::v1::{Role, StatusRequest, StatusResponse};
 use chorus::client::{ClusterClient, RetryPolicy};
 
 use super::BINARY;
-
-const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct ClusterNode {
     pub id: u64,
@@ -80,28 +76,7 @@ impl TestCluster {
             .stderr(log)
             .spawn()
             .expect("start chorus node");
-        let stdout = child.stdout.take().unwrap();
-        let (sender, receiver) = mpsc::channel();
-        // A thread, so that the wait can time out.
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            loop {
-                line.clear();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                    let _ = sender.send(None);
-                    return;
-                }
-                if line.contains(" listening on ") {
-                    let _ = sender.send(Some(reader.into_inner()));
-                    return;
-                }
-            }
-        });
-        let stdout = receiver
-            .recv_timeout(START_TIMEOUT)
-            .expect("node started in time")
-            .unwrap_or_else(|| panic!("node {id} exited while starting; see {}", node.log_path.display()));
+        let (_, stdout) = super::wait_for_ready_line(child.stdout.take().unwrap());
         node.child = Some(child);
         node._stdout = Some(stdout);
     }

@@ -84,7 +84,7 @@ impl Drop for TestNode {
 }
 
 /// Reads the node's stdout until it says where it listens; the pipe goes back to the caller.
-fn wait_for_ready_line(stdout: ChildStdout) -> (SocketAddr, ChildStdout) {
+pub fn wait_for_ready_line(stdout: ChildStdout) -> (SocketAddr, ChildStdout) {
     let (sender, receiver) = mpsc::channel();
     // A thread, so the wait can time out (std pipes have no read timeout).
     std::thread::spawn(move || {
