@@ -212,7 +212,11 @@ async fn resending_with_the_same_client_msg_id_stores_one_copy() {
     // The same id from another sender is another message.
     client.send_message(send(&bob, "alice", "once", "retry-me")).await.unwrap();
 
-    let read = client.read_messages(ReadMessagesRequest { token: bob.clone(), limit: 0 }).await.unwrap().into_inner();
+    let read = client
+        .read_messages(ReadMessagesRequest { token: bob.clone(), limit: 0, request_id: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(bodies(&read.messages), ["once"], "one copy only");
 }
 
@@ -226,7 +230,7 @@ async fn read_messages_returns_oldest_unread_and_marks_them_read() {
     for n in 1..=5 {
         client.send_message(send(&alice, "bob", &format!("m{n}"), &format!("id{n}"))).await.unwrap();
     }
-    let read = |limit| ReadMessagesRequest { token: bob.clone(), limit };
+    let read = |limit| ReadMessagesRequest { token: bob.clone(), limit, request_id: String::new() };
     let first = client.read_messages(read(2)).await.unwrap().into_inner();
     assert_eq!(bodies(&first.messages), ["m1", "m2"]);
     assert!(first.messages.iter().all(|m| m.read && m.from == "alice" && m.to == "bob" && m.sent_at_ms > 0));
@@ -314,7 +318,10 @@ async fn delete_messages_follows_the_ownership_rules() {
     assert_eq!(bodies(&history(&mut client, &bob, None).await), ["read later"]);
 
     // Once read, only the recipient may delete it.
-    client.read_messages(ReadMessagesRequest { token: bob.clone(), limit: 0 }).await.unwrap();
+    client
+        .read_messages(ReadMessagesRequest { token: bob.clone(), limit: 0, request_id: String::new() })
+        .await
+        .unwrap();
     let status = client.delete_messages(delete(&alice, vec![read_later])).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
     assert!(status.message().contains("already read"), "{}", status.message());
@@ -330,7 +337,10 @@ async fn delete_account_retires_the_name_and_withdraws_unread_mail() {
     let alice = account(&mut client, "alice").await;
     let bob = account(&mut client, "bob").await;
     client.send_message(send(&alice, "bob", "read before", "1")).await.unwrap();
-    client.read_messages(ReadMessagesRequest { token: bob.clone(), limit: 0 }).await.unwrap();
+    client
+        .read_messages(ReadMessagesRequest { token: bob.clone(), limit: 0, request_id: String::new() })
+        .await
+        .unwrap();
     client.send_message(send(&alice, "bob", "unread when alice left", "2")).await.unwrap();
     client.send_message(send(&bob, "alice", "to alice", "3")).await.unwrap();
 
@@ -411,7 +421,11 @@ async fn subscribe_streams_backlog_then_live_without_gaps_or_duplicates() {
     assert!(received.windows(2).all(|w| w[0].id < w[1].id));
     // Streaming does not mark anything read.
     let relogin = login(&mut client, "bob").await;
-    let read = client.read_messages(ReadMessagesRequest { token: relogin, limit: 1000 }).await.unwrap().into_inner();
+    let read = client
+        .read_messages(ReadMessagesRequest { token: relogin, limit: 1000, request_id: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(read.messages.len(), 23);
 
     // Resuming after an id continues from there.
@@ -434,4 +448,28 @@ async fn subscribe_streams_backlog_then_live_without_gaps_or_duplicates() {
 
     let status = client.subscribe(SubscribeRequest { token: "bogus".into(), after_id: 0 }).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn a_retried_read_returns_the_same_batch_instead_of_marking_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path());
+    let mut client = node.client().await;
+    let alice = account(&mut client, "alice").await;
+    let bob = account(&mut client, "bob").await;
+    for n in 1..=4 {
+        client.send_message(send(&alice, "bob", &format!("m{n}"), &format!("r{n}"))).await.unwrap();
+    }
+    let read =
+        |request_id: &str| ReadMessagesRequest { token: bob.clone(), limit: 2, request_id: request_id.to_owned() };
+    let first = client.read_messages(read("read-1")).await.unwrap().into_inner();
+    // The answer was "lost"; the client retries with the same id.
+    let retry = client.read_messages(read("read-1")).await.unwrap().into_inner();
+    assert_eq!(bodies(&first.messages), ["m1", "m2"]);
+    assert_eq!(bodies(&retry.messages), ["m1", "m2"], "the same batch, nothing more marked read");
+    assert_eq!(retry.unread_remaining, 2);
+    let next = client.read_messages(read("read-2")).await.unwrap().into_inner();
+    assert_eq!(bodies(&next.messages), ["m3", "m4"]);
+    let bad = client.read_messages(read("has space")).await.unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
 }

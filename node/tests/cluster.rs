@@ -58,7 +58,7 @@ async fn send(client: &mut ClusterClient, token: &str, to: &str, body: &str) -> 
 async fn read_all(client: &mut ClusterClient, token: &str) -> Vec<String> {
     let mut bodies = Vec::new();
     loop {
-        let request = ReadMessagesRequest { token: token.to_owned(), limit: 1000 };
+        let request = ReadMessagesRequest { token: token.to_owned(), limit: 1000, request_id: String::new() };
         let page = client
             .call(|mut chat| {
                 let request = request.clone();

@@ -36,7 +36,11 @@ async fn acknowledged_messages_survive_sigkill() {
         .unwrap()
         .into_inner();
     assert_eq!(bob.unread_count, 50);
-    let read = client.read_messages(ReadMessagesRequest { token: bob.token, limit: 1000 }).await.unwrap().into_inner();
+    let read = client
+        .read_messages(ReadMessagesRequest { token: bob.token, limit: 1000, request_id: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
     let ids: Vec<u64> = read.messages.iter().map(|m| m.id).collect();
     assert_eq!(ids, acknowledged);
     assert!(read.messages.iter().enumerate().all(|(n, m)| m.body == format!("message {n}")));

@@ -57,6 +57,8 @@ enum Step {
     Read {
         token: usize,
         limit: u32,
+        /// "" (no id), "r0".."r2", or one with a space (invalid).
+        request_id: usize,
     },
     /// Deletes the messages sent `back` sends ago (1 = the latest one).
     Delete {
@@ -89,7 +91,7 @@ fn step_strategy() -> impl Strategy<Value = Step> {
         1 => token().prop_map(|token| Step::CloseSession { token }),
         12 => (token(), likely(3, NAMES.len()), likely(2, BODIES.len()), likely(40, CLIENT_MSG_IDS))
             .prop_map(|(token, to, body, client_msg_id)| Step::Send { token, to, body, client_msg_id }),
-        3 => (token(), 0..4u32).prop_map(|(token, limit)| Step::Read { token, limit }),
+        3 => (token(), 0..4u32, 0..5usize).prop_map(|(token, limit, request_id)| Step::Read { token, limit, request_id }),
         4 => (token(), prop::collection::vec(1..8u64, 1..3)).prop_map(|(token, back)| Step::Delete { token, back }),
         1 => (token(), 0..PASSWORD_HASHES.len()).prop_map(|(token, hash)| Step::DeleteAccount { token, hash }),
         1 => (0..4u8).prop_map(|variant| Step::Malformed { variant }),
@@ -137,10 +139,15 @@ fn command_of(step: &Step, time_ms: u64, next_message_id: u64) -> Option<Command
             client_msg_id: client_msg_id_of(*client_msg_id),
             sent_at_ms: time_ms,
         }),
-        Step::Read { token, limit } => command::Kind::ReadMessages(ReadMessagesCommand {
+        Step::Read { token, limit, request_id } => command::Kind::ReadMessages(ReadMessagesCommand {
             token_hash: token_hash(*token),
             limit: *limit,
             read_at_ms: time_ms,
+            request_id: match request_id {
+                0 => String::new(),
+                4 => "r x".to_owned(),
+                n => format!("r{n}"),
+            },
         }),
         Step::Delete { token, back } => command::Kind::DeleteMessages(DeleteMessagesCommand {
             token_hash: token_hash(*token),
@@ -211,6 +218,8 @@ struct Model {
     users: BTreeMap<u64, ModelUser>,
     /// token hash → (user id, log index of the login)
     sessions: BTreeMap<Vec<u8>, (u64, u64)>,
+    /// token hash → (request id, message ids) of the session's last identified read.
+    last_reads: BTreeMap<Vec<u8>, (String, Vec<u64>)>,
     messages: BTreeMap<u64, ModelMessage>,
     /// (sender, client_msg_id) → (message id, recipient, body, first-attempt time)
     dedup: BTreeMap<(u64, String), (u64, String, String, u64)>,
@@ -376,6 +385,19 @@ impl Model {
             }
             command::Kind::ReadMessages(c) => {
                 let reader = self.session(&c.token_hash).ok_or(Rejection::SessionInvalid)?;
+                validate::request_id(&c.request_id)?;
+                if let Some((last_id, ids)) = self.last_reads.get(&c.token_hash)
+                    && !c.request_id.is_empty()
+                    && *last_id == c.request_id
+                {
+                    let messages = ids
+                        .iter()
+                        .filter_map(|id| {
+                            self.messages.get(id).filter(|m| m.recipient == reader).map(|m| self.view(*id, m))
+                        })
+                        .collect();
+                    return Ok(Outcome::MessagesRead { messages, unread_remaining: self.unread(reader) });
+                }
                 let limit = validate::page_size(c.limit) as usize;
                 let ids: Vec<u64> = self
                     .messages
@@ -390,6 +412,10 @@ impl Model {
                     message.read = true;
                     let message = message.clone();
                     messages.push(self.view(id, &message));
+                }
+                if !c.request_id.is_empty() {
+                    let ids = messages.iter().map(|m: &MessageView| m.message_id).collect();
+                    self.last_reads.insert(c.token_hash.clone(), (c.request_id.clone(), ids));
                 }
                 Ok(Outcome::MessagesRead { messages, unread_remaining: self.unread(reader) })
             }

@@ -12,7 +12,7 @@ use chorus::client::v1::{
     CreateAccountRequest, DeleteMessagesRequest, HistoryRequest, ListAccountsRequest, LoginRequest, Message,
     ReadMessagesRequest, SendMessageRequest,
 };
-use chorus::client::{ClusterClient, RetryPolicy, new_client_msg_id};
+use chorus::client::{ClusterClient, RetryPolicy, new_client_msg_id, new_request_id};
 use madsim::runtime::Handle;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -241,7 +241,11 @@ async fn run_client(client: usize, clients: usize, servers: Vec<String>, seed: u
             };
             recorder.complete(op, outcome);
         } else if roll < 82 {
-            let request = ReadMessagesRequest { token: token.clone(), limit: rng.random_range(1..5) };
+            let request = ReadMessagesRequest {
+                token: token.clone(),
+                limit: rng.random_range(1..5),
+                request_id: new_request_id(),
+            };
             let op = recorder.invoke(client, Op::ReadUnread { user: me.clone() });
             let result = rpc
                 .call(|mut chat| {

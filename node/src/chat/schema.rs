@@ -4,7 +4,7 @@
 //! and account listings cost O(log n + page) however large the tables grow.
 
 /// `MIGRATIONS[v]` upgrades schema version `v` to `v + 1`.
-pub const MIGRATIONS: &[&str] = &[V1, V2];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 const V1: &str = "
 -- One row: how far the log has been applied, and the id counters. Ids come from counters
@@ -90,4 +90,11 @@ CREATE INDEX sent_dedup_by_age ON sent_dedup (sender_id, first_attempt_ms);  -- 
 ALTER TABLE users ADD COLUMN dedup_floor_ms INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE users ADD COLUMN dedup_records INTEGER NOT NULL DEFAULT 0 CHECK (dedup_records >= 0);
 UPDATE users SET dedup_records = (SELECT count(*) FROM sent_dedup WHERE sender_id = users.user_id);
+";
+
+/// Retry-safe reads: each session remembers its last read's request id and the ids it
+/// returned (big-endian u64s), so that a retry returns the same batch.
+const V3: &str = "
+ALTER TABLE sessions ADD COLUMN last_read_request_id TEXT;
+ALTER TABLE sessions ADD COLUMN last_read_ids BLOB;
 ";

@@ -546,8 +546,23 @@ impl Apply<'_> {
 
     fn read_messages(&self, c: &chorus_proto::v1::ReadMessagesCommand) -> Result<Outcome, rusqlite::Error> {
         let reader = check!(self.session(&c.token_hash)?);
+        check!(validate::request_id(&c.request_id));
         let limit = validate::page_size(c.limit);
         let user_id = to_i64(reader.user_id);
+        if !c.request_id.is_empty() {
+            let last: (Option<String>, Option<Vec<u8>>) = self
+                .tx
+                .prepare_cached("SELECT last_read_request_id, last_read_ids FROM sessions WHERE token_hash = ?1")?
+                .query_row([&c.token_hash], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            // (An empty batch may come back as NULL ids: SQLite stores an empty blob so.)
+            if let (Some(last_id), ids) = last
+                && last_id == c.request_id
+            {
+                // A retry of the session's last read: the same batch again (what is left of
+                // it), nothing more marked read.
+                return self.repeat_read(user_id, &ids.unwrap_or_default());
+            }
+        }
         let mut messages: Vec<MessageView> = {
             let mut statement = self.tx.prepare_cached(UNREAD_OLDEST)?;
             statement.query_map(params![user_id, limit], message_view)?.collect::<Result<_, _>>()?
@@ -568,11 +583,37 @@ impl Apply<'_> {
         for message in &mut messages {
             message.read = true;
         }
-        let unread_remaining: i64 = self
+        if !c.request_id.is_empty() {
+            let ids: Vec<u8> = messages.iter().flat_map(|m| m.message_id.to_be_bytes()).collect();
+            self.tx
+                .prepare_cached(
+                    "UPDATE sessions SET last_read_request_id = ?1, last_read_ids = ?2 WHERE token_hash = ?3",
+                )?
+                .execute(params![c.request_id, ids, c.token_hash])?;
+        }
+        Ok(Outcome::MessagesRead { messages, unread_remaining: self.unread_remaining(user_id)? })
+    }
+
+    fn unread_remaining(&self, user_id: i64) -> Result<u64, rusqlite::Error> {
+        let count: i64 = self
             .tx
             .prepare_cached("SELECT unread_count FROM users WHERE user_id = ?1")?
             .query_row([user_id], |row| row.get(0))?;
-        Ok(Outcome::MessagesRead { messages, unread_remaining: to_u64(unread_remaining) })
+        Ok(to_u64(count))
+    }
+
+    /// The messages of an earlier read (`ids`: big-endian u64s) that still exist.
+    fn repeat_read(&self, user_id: i64, ids: &[u8]) -> Result<Outcome, rusqlite::Error> {
+        let sql = concat!(message_view_select!(), "WHERE m.message_id = ?1 AND m.recipient_id = ?2");
+        let mut statement = self.tx.prepare_cached(sql)?;
+        let mut messages = Vec::new();
+        for chunk in ids.chunks_exact(8) {
+            let id = u64::from_be_bytes(chunk.try_into().expect("chunks of 8 bytes"));
+            if let Some(message) = statement.query_row(params![to_i64(id), user_id], message_view).optional()? {
+                messages.push(message);
+            }
+        }
+        Ok(Outcome::MessagesRead { messages, unread_remaining: self.unread_remaining(user_id)? })
     }
 
     fn delete_messages(&self, c: &chorus_proto::v1::DeleteMessagesCommand) -> Result<Outcome, rusqlite::Error> {

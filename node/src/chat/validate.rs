@@ -36,6 +36,10 @@ pub enum InvalidInput {
         "client_msg_id {id:?} must look like <unix-ms>-<unique> (e.g. 1795489205000-7f3a9c): the time of the first attempt, which bounds how long the server must remember the id"
     )]
     ClientMsgIdNoTime { id: String },
+    #[error("request_id is {len} characters: at most {CLIENT_MSG_ID_LEN_MAX} are allowed")]
+    RequestIdTooLong { len: usize },
+    #[error("request_id contains {found:?}: only printable ASCII without spaces is allowed")]
+    RequestIdBadCharacter { found: char },
     #[error("pattern is {len} characters: at most {PATTERN_LEN_MAX} are allowed")]
     PatternTooLong { len: usize },
     #[error(
@@ -125,6 +129,18 @@ pub fn client_msg_id(id: &str) -> Result<u64, InvalidInput> {
         return Err(no_time());
     }
     time.parse().map_err(|_| no_time())
+}
+
+/// Checks the optional id of a read (empty: none).
+pub fn request_id(id: &str) -> Result<(), InvalidInput> {
+    let len = id.chars().count();
+    if len > CLIENT_MSG_ID_LEN_MAX {
+        return Err(InvalidInput::RequestIdTooLong { len });
+    }
+    if let Some(found) = id.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(InvalidInput::RequestIdBadCharacter { found });
+    }
+    Ok(())
 }
 
 /// Checks an account-listing pattern and returns it as an SQLite GLOB pattern over

@@ -9,7 +9,7 @@ use chorus::client::v1::{
     CreateAccountRequest, DeleteAccountRequest, DeleteMessagesRequest, HistoryRequest, ListAccountsRequest,
     LoginRequest, LogoutRequest, ReadMessagesRequest, SendMessageRequest,
 };
-use chorus::client::{ClusterClient, RetryPolicy, new_client_msg_id};
+use chorus::client::{ClusterClient, RetryPolicy, new_client_msg_id, new_request_id};
 use tonic::Code;
 
 use super::format::message_line;
@@ -88,7 +88,11 @@ async fn run_verb(options: &ClientOptions, verb: Verb) -> Result<()> {
         }
         Verb::Read { limit } => {
             let session = session_file::load(&session_path)?;
-            let response = call!(client, read_messages, ReadMessagesRequest { token: session.token, limit })?;
+            let response = call!(
+                client,
+                read_messages,
+                ReadMessagesRequest { token: session.token, limit, request_id: new_request_id() }
+            )?;
             if response.messages.is_empty() {
                 println!("no unread messages");
             }

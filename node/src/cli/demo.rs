@@ -17,7 +17,7 @@ use chorus::client::v1::{
     CreateAccountRequest, DeleteMessagesRequest, HistoryRequest, ListAccountsRequest, LoginRequest,
     ReadMessagesRequest, Role, SendMessageRequest, StatusRequest,
 };
-use chorus::client::{ClusterClient, RetryPolicy, new_client_msg_id};
+use chorus::client::{ClusterClient, RetryPolicy, new_client_msg_id, new_request_id};
 use chorus::runtime::{ClusterConfig, MemberConfig, Timing};
 use clap::Args;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -241,7 +241,10 @@ impl Demo {
                 println!("sent message {} to {}", response.message_id, to.to_ascii_lowercase());
             }
             ["read"] => {
-                let response = call!(read_messages, ReadMessagesRequest { token: self.token()?, limit: 0 });
+                let response = call!(
+                    read_messages,
+                    ReadMessagesRequest { token: self.token()?, limit: 0, request_id: new_request_id() }
+                );
                 if response.messages.is_empty() {
                     println!("no unread messages");
                 }

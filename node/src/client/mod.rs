@@ -228,6 +228,13 @@ pub fn new_client_msg_id() -> String {
     format!("{}-{random}", crate::seam::unix_time_ms())
 }
 
+/// A fresh id for a read, reused by its retries (see `ReadMessagesRequest.request_id`).
+pub fn new_request_id() -> String {
+    let mut bytes = [0u8; 12];
+    crate::seam::os_seeded_rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn endpoint(server: &str) -> Result<Endpoint, ClientError> {
     let url = if server.contains("://") { server.to_owned() } else { format!("http://{server}") };
     let bad = |reason: String| ClientError::BadAddress { address: server.to_owned(), reason };

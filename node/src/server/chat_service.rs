@@ -223,11 +223,13 @@ impl<P: Proposer> Chat for ChatService<P> {
     ) -> Result<Response<ReadMessagesResponse>, Status> {
         let request = request.into_inner();
         let token_hash = token_hash(&request.token)?;
+        validate::request_id(&request.request_id).map_err(status::invalid)?;
         let outcome = self
             .propose(command::Kind::ReadMessages(ReadMessagesCommand {
                 token_hash,
                 limit: validate::page_size(request.limit),
                 read_at_ms: unix_time_ms(),
+                request_id: request.request_id,
             }))
             .await?;
         match outcome {
