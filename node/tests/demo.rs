@@ -65,6 +65,26 @@ impl DemoShell {
         }
     }
 
+    /// Waits until a line containing each of `expected` has appeared, in any order (a
+    /// watch prints whenever its message arrives, before or after the command's answer);
+    /// returns the lines, in the order of `expected`.
+    #[track_caller]
+    fn expect_all(&mut self, expected: &[&str]) -> Vec<String> {
+        let deadline = Instant::now() + ANSWER_TIMEOUT;
+        let mut found: Vec<Option<String>> = vec![None; expected.len()];
+        while found.iter().any(Option::is_none) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).unwrap_or_else(|_| {
+                panic!("{expected:?} did not all appear; transcript:\n{}", self.transcript.join("\n"))
+            });
+            self.transcript.push(line.clone());
+            if let Some(slot) = expected.iter().zip(found.iter_mut()).find(|(e, f)| f.is_none() && line.contains(*e)) {
+                *slot.1 = Some(line);
+            }
+        }
+        found.into_iter().map(Option::unwrap).collect()
+    }
+
     #[track_caller]
     fn run(&mut self, command: &str, expected: &str) -> String {
         self.type_line(command);
@@ -87,14 +107,15 @@ fn demo_cluster_survives_two_failures_refuses_writes_without_a_majority_and_reco
     shell.run("login bob password2", "logged in as 'bob': 0 unread");
     shell.run("watch", "watching messages for 'bob'");
     shell.run("login alice password1", "logged in as 'alice': 0 unread");
-    shell.run("send bob hello from alice", "sent message 1 to bob");
-    shell.expect("[watch bob] #1 ");
+    shell.type_line("send bob hello from alice");
+    shell.expect_all(&["sent message 1 to bob", "[watch bob] #1 "]);
     shell.run("status", &format!("{leader}     leader"));
 
     // The leader dies: a new one is elected and writes go on.
     shell.run(&format!("kill {leader}"), &format!("node {leader} killed (SIGKILL)"));
-    shell.run("send bob after the leader died", "sent message 2 to bob");
-    let watched = shell.expect("[watch bob]");
+    shell.type_line("send bob after the leader died");
+    let lines = shell.expect_all(&["sent message 2 to bob", "[watch bob] #2 "]);
+    let watched = &lines[1];
     assert!(watched.contains("#2 ") && watched.contains("after the leader died"), "{watched}");
     // A second node dies: still a majority of three.
     let second = if leader == 1 { 2 } else { 1 };

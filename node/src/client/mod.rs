@@ -162,15 +162,14 @@ impl ClusterClient {
             };
             last_failure = format!("{}: {}", self.servers[server], status.message());
             tried_since_pause += 1;
-            if let Some(leader) = self.leader_hint(&status)
-                && leader != server
-            {
-                self.preferred = leader;
-                continue;
-            }
-            self.preferred = (server + 1) % self.servers.len();
+            // Follow a leader hint at once; otherwise try the next node.
+            self.preferred = match self.leader_hint(&status) {
+                Some(leader) if leader != server => leader,
+                _ => (server + 1) % self.servers.len(),
+            };
             if tried_since_pause >= self.servers.len() {
-                // Every node said no (an election is probably under way): wait a little.
+                // As many refusals in a row as there are nodes (an election is probably
+                // under way, or hints are stale): wait a little before going round again.
                 let pause = self.jittered(backoff).min(deadline.saturating_duration_since(now));
                 tokio::time::sleep(pause).await;
                 backoff = (backoff * 2).min(self.policy.backoff_max);
