@@ -167,7 +167,13 @@ impl Demo {
                 line = lines.next_line() => line.context("cannot read stdin")?,
                 _ = tokio::signal::ctrl_c() => None,
             };
-            let Some(line) = line else { break };
+            let Some(line) = line else {
+                if !self.echo_commands {
+                    // Ctrl-D leaves the cursor after the prompt.
+                    println!();
+                }
+                break;
+            };
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
