@@ -18,23 +18,11 @@ const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
 async fn create_and_login(client: &mut ClusterClient, username: &str) -> String {
     let password = format!("{username}-password");
     let create = CreateAccountRequest { username: username.to_owned(), password: password.clone() };
-    let result = client
-        .call(|mut chat| {
-            let request = create.clone();
-            async move { chat.create_account(request).await }
-        })
-        .await;
+    let result = chorus::cluster_call!(client, create_account, create);
     // A retried creation may find its own first attempt.
     assert!(result.is_ok() || result.as_ref().unwrap_err().code() == Code::AlreadyExists, "{result:?}");
     let login = LoginRequest { username: username.to_owned(), password };
-    client
-        .call(|mut chat| {
-            let request = login.clone();
-            async move { chat.login(request).await }
-        })
-        .await
-        .unwrap()
-        .token
+    chorus::cluster_call!(client, login, login).unwrap().token
 }
 
 /// Sends `body` to `to` with one client_msg_id for every retry; `Ok(id)` when acknowledged.
@@ -45,13 +33,7 @@ async fn send(client: &mut ClusterClient, token: &str, to: &str, body: &str) -> 
         body: body.to_owned(),
         client_msg_id: new_client_msg_id(),
     };
-    client
-        .call(|mut chat| {
-            let request = request.clone();
-            async move { chat.send_message(request).await }
-        })
-        .await
-        .map(|response| response.message_id)
+    chorus::cluster_call!(client, send_message, request).map(|response| response.message_id)
 }
 
 /// Every unread message of `token`'s mailbox, reading in pages.
@@ -59,13 +41,7 @@ async fn read_all(client: &mut ClusterClient, token: &str) -> Vec<String> {
     let mut bodies = Vec::new();
     loop {
         let request = ReadMessagesRequest { token: token.to_owned(), limit: 1000, request_id: String::new() };
-        let page = client
-            .call(|mut chat| {
-                let request = request.clone();
-                async move { chat.read_messages(request).await }
-            })
-            .await
-            .unwrap();
+        let page = chorus::cluster_call!(client, read_messages, request).unwrap();
         bodies.extend(page.messages.into_iter().map(|m| m.body));
         if page.unread_remaining == 0 {
             return bodies;

@@ -316,11 +316,14 @@ impl Model {
                 while mine.len() as u64 > SESSIONS_PER_USER_MAX {
                     let (_, oldest) = mine.remove(0);
                     self.sessions.remove(&oldest);
+                    self.last_reads.remove(&oldest);
                 }
                 Ok(Outcome::SessionOpened { username: user.username, unread_count: self.unread(user.user_id) })
             }
             command::Kind::CloseSession(c) => {
                 self.sessions.remove(&c.token_hash).ok_or(Rejection::SessionInvalid)?;
+                // A session's memory of its last read ends with it.
+                self.last_reads.remove(&c.token_hash);
                 Ok(Outcome::SessionClosed)
             }
             command::Kind::SendMessage(c) => {
@@ -444,6 +447,8 @@ impl Model {
                 let withdrawn = |m: &ModelMessage| m.sender == user_id && !m.read;
                 self.messages.retain(|_, m| m.recipient != user_id && !withdrawn(m));
                 self.sessions.retain(|_, (u, _)| *u != user_id);
+                let sessions = &self.sessions;
+                self.last_reads.retain(|token, _| sessions.contains_key(token));
                 self.dedup.retain(|(sender, _), _| *sender != user_id);
                 let user = self.users.get_mut(&user_id).unwrap();
                 user.deleted = true;

@@ -207,12 +207,7 @@ async fn run_client(client: usize, clients: usize, servers: Vec<String>, seed: u
                 client_msg_id: new_client_msg_id(),
             };
             let op = recorder.invoke(client, Op::Send { from: me.clone(), to, body });
-            let result = rpc
-                .call(|mut chat| {
-                    let request = request.clone();
-                    async move { chat.send_message(request).await }
-                })
-                .await;
+            let result = chorus::cluster_call!(rpc, send_message, request);
             let outcome = match result {
                 Ok(response) => Outcome::Sent { message_id: response.message_id },
                 Err(status) => unknown_or_refused(&status, rpc.last_call_attempts()),
@@ -221,12 +216,7 @@ async fn run_client(client: usize, clients: usize, servers: Vec<String>, seed: u
         } else if roll < 75 {
             let request = HistoryRequest { token: token.clone(), peer: None, before_id: 0, limit: 1000 };
             let op = recorder.invoke(client, Op::ReadMailbox { user: me.clone() });
-            let result = rpc
-                .call(|mut chat| {
-                    let request = request.clone();
-                    async move { chat.history(request).await }
-                })
-                .await;
+            let result = chorus::cluster_call!(rpc, history, request);
             let outcome = match result {
                 // A full page would not be the whole mailbox: not an atomic read of it.
                 Ok(page) if page.messages.len() >= 1000 => Outcome::Unknown("mailbox too large to read at once".into()),
@@ -247,12 +237,7 @@ async fn run_client(client: usize, clients: usize, servers: Vec<String>, seed: u
                 request_id: new_request_id(),
             };
             let op = recorder.invoke(client, Op::ReadUnread { user: me.clone() });
-            let result = rpc
-                .call(|mut chat| {
-                    let request = request.clone();
-                    async move { chat.read_messages(request).await }
-                })
-                .await;
+            let result = chorus::cluster_call!(rpc, read_messages, request);
             let outcome = match result {
                 Ok(response) => Outcome::Messages(response.messages.iter().map(observed).collect()),
                 Err(status) => unknown_or_refused(&status, rpc.last_call_attempts()),
@@ -262,12 +247,7 @@ async fn run_client(client: usize, clients: usize, servers: Vec<String>, seed: u
             let id = known_ids.remove(rng.random_range(0..known_ids.len()));
             let request = DeleteMessagesRequest { token: token.clone(), ids: vec![id] };
             let op = recorder.invoke(client, Op::Delete { user: me.clone(), ids: vec![id] });
-            let result = rpc
-                .call(|mut chat| {
-                    let request = request.clone();
-                    async move { chat.delete_messages(request).await }
-                })
-                .await;
+            let result = chorus::cluster_call!(rpc, delete_messages, request);
             let outcome = match result {
                 Ok(_) => Outcome::Deleted,
                 Err(status) => unknown_or_refused(&status, rpc.last_call_attempts()),
@@ -277,12 +257,7 @@ async fn run_client(client: usize, clients: usize, servers: Vec<String>, seed: u
             let name = format!("acct{}", rng.random_range(0..CONTESTED_ACCOUNTS));
             let request = CreateAccountRequest { username: name.clone(), password: "contested-password".into() };
             let op = recorder.invoke(client, Op::CreateAccount { user: name });
-            let result = rpc
-                .call(|mut chat| {
-                    let request = request.clone();
-                    async move { chat.create_account(request).await }
-                })
-                .await;
+            let result = chorus::cluster_call!(rpc, create_account, request);
             let attempts = rpc.last_call_attempts();
             let outcome = match result {
                 Ok(_) => Outcome::Created,
@@ -294,12 +269,7 @@ async fn run_client(client: usize, clients: usize, servers: Vec<String>, seed: u
             let name = format!("acct{}", rng.random_range(0..CONTESTED_ACCOUNTS));
             let request = ListAccountsRequest { pattern: name.clone(), page_size: 10, page_token: String::new() };
             let op = recorder.invoke(client, Op::AccountExists { user: name.clone() });
-            let result = rpc
-                .call(|mut chat| {
-                    let request = request.clone();
-                    async move { chat.list_accounts(request).await }
-                })
-                .await;
+            let result = chorus::cluster_call!(rpc, list_accounts, request);
             let outcome = match result {
                 Ok(response) => Outcome::Exists(response.usernames.contains(&name)),
                 Err(status) => unknown_or_refused(&status, rpc.last_call_attempts()),
@@ -321,13 +291,7 @@ pub async fn final_mailboxes(servers: &[String], clients: usize) -> Result<Vec<(
         for client in 0..clients {
             let me = user(client);
             let login = LoginRequest { username: me.clone(), password: format!("{me}-password") };
-            let token = match rpc
-                .call(|mut chat| {
-                    let request = login.clone();
-                    async move { chat.login(request).await }
-                })
-                .await
-            {
+            let token = match chorus::cluster_call!(rpc, login, login) {
                 Ok(session) => session.token,
                 // The client never got to create its account.
                 Err(status) if status.code() == Code::Unauthenticated => continue,
@@ -337,12 +301,7 @@ pub async fn final_mailboxes(servers: &[String], clients: usize) -> Result<Vec<(
             let mut before_id = 0;
             loop {
                 let request = HistoryRequest { token: token.clone(), peer: None, before_id, limit: 1000 };
-                let page = rpc
-                    .call(|mut chat| {
-                        let request = request.clone();
-                        async move { chat.history(request).await }
-                    })
-                    .await?;
+                let page = chorus::cluster_call!(rpc, history, request)?;
                 mailbox.extend(page.messages.iter().filter(|m| m.to == me).map(observed));
                 if page.next_before_id == 0 {
                     break;

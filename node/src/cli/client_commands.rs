@@ -21,18 +21,11 @@ pub fn run(options: &ClientOptions, verb: Verb) -> Result<()> {
     runtime.block_on(run_verb(options, verb))
 }
 
-/// Calls one RPC through the failover client with `$request` (cloned for each attempt).
+/// Calls one RPC through the failover client, with the error as a person should read it.
 macro_rules! call {
-    ($client:expr, $method:ident, $request:expr) => {{
-        let request = $request;
-        $client
-            .call(|mut chat| {
-                let request = request.clone();
-                async move { chat.$method(request).await }
-            })
-            .await
-            .map_err(|status| rpc_error($client.current_server(), status))
-    }};
+    ($client:expr, $method:ident, $request:expr) => {
+        chorus::cluster_call!($client, $method, $request).map_err(|status| rpc_error($client.current_server(), status))
+    };
 }
 
 async fn run_verb(options: &ClientOptions, verb: Verb) -> Result<()> {

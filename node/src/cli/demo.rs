@@ -194,16 +194,10 @@ impl Demo {
 
     async fn command(&mut self, words: &[&str]) -> Result<()> {
         macro_rules! call {
-            ($method:ident, $request:expr) => {{
-                let request = $request;
-                self.client
-                    .call(|mut chat| {
-                        let request = request.clone();
-                        async move { chat.$method(request).await }
-                    })
-                    .await
+            ($method:ident, $request:expr) => {
+                chorus::cluster_call!(self.client, $method, $request)
                     .map_err(|status| rpc_error(self.client.current_server(), status))?
-            }};
+            };
         }
         match words {
             ["help"] => println!("{HELP}"),

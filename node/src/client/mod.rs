@@ -23,6 +23,21 @@ pub use subscription::Subscription;
 
 use crate::server::status::{LEADER_ADDRESS_KEY, LEADER_ID_KEY};
 
+/// Calls one chat RPC through [`ClusterClient::call`] (leader-finding, failover, retries),
+/// cloning `$request` for each attempt: `cluster_call!(client, send_message, request)`.
+#[macro_export]
+macro_rules! cluster_call {
+    ($client:expr, $method:ident, $request:expr) => {{
+        let request = $request;
+        $client
+            .call(|mut chat| {
+                let request = request.clone();
+                async move { chat.$method(request).await }
+            })
+            .await
+    }};
+}
+
 /// How long to wait for a TCP connection to one node.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 

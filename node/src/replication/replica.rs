@@ -651,9 +651,15 @@ impl<S: Storage> Replica<S> {
     /// replica says depends on what it just persisted (a vote, an acknowledged append, its
     /// term) and waits for it.
     fn send(&mut self, to: NodeId, body: MessageBody) {
+        self.send_in_term(to, self.term, body);
+    }
+
+    /// [`Replica::send`] with a term other than the current one: a pre-vote proposes the
+    /// next term, and a granted pre-vote answers in it.
+    fn send_in_term(&mut self, to: NodeId, term: Term, body: MessageBody) {
         let leader_traffic = matches!(self.role, RoleState::Leader(_))
             && matches!(body, MessageBody::AppendRequest { .. } | MessageBody::TimeoutNow);
-        let message = Message { from: self.id, to, term: self.term, body };
+        let message = Message { from: self.id, to, term, body };
         if leader_traffic {
             self.messages.push(message);
         } else {
@@ -728,12 +734,7 @@ impl<S: Storage> Replica<S> {
         let last_log = self.log.last_position()?;
         let proposed_term = self.term + 1;
         for peer in self.peers() {
-            self.messages_after_persist.push(Message {
-                from: self.id,
-                to: peer,
-                term: proposed_term,
-                body: MessageBody::PreVoteRequest { last_log },
-            });
+            self.send_in_term(peer, proposed_term, MessageBody::PreVoteRequest { last_log });
         }
         Ok(())
     }
@@ -803,12 +804,7 @@ impl<S: Storage> Replica<S> {
         // A granted answer carries the proposed term so the pre-candidate can match it; a
         // refusal carries ours so a pre-candidate that is behind catches up.
         let reply_term = if granted { term } else { self.term };
-        self.messages_after_persist.push(Message {
-            from: self.id,
-            to: from,
-            term: reply_term,
-            body: MessageBody::PreVoteResponse { granted },
-        });
+        self.send_in_term(from, reply_term, MessageBody::PreVoteResponse { granted });
         Ok(())
     }
 
