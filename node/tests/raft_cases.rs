@@ -82,12 +82,18 @@ fn figure_3_7_old_term_entries_are_not_committed_by_counting_replicas() -> TestR
     assert!(status.followers[&2].match_index >= 2 && status.followers[&3].match_index >= 2, "{status:?}");
     assert_eq!(cluster.replica(1).commit_index(), 0, "entry 2 is on a majority but of an old term: not committed");
 
-    // S1 dies, and S5 returns and campaigns first (as if S1 had just handed it leadership).
-    // Its log ends with 2@3, more up to date than S2-S4's, so it wins their votes.
+    // S1 starts handing leadership to S5 (S2 and S3 hear of it), then dies; S5 returns and
+    // campaigns first on S1's TimeoutNow. Its log ends with 2@3, more up to date than
+    // S2-S4's, so it wins their votes.
+    cluster.transfer(1, 5);
+    cluster.deliver_matching(|m| matches!(m.body, MessageBody::AppendRequest { transfer_target: Some(5), .. }))?;
+    cluster.persist_all()?;
     cluster.crash(1);
     cluster.restart(4);
     cluster.restart(5);
-    cluster.network.push(Message { from: 1, to: 5, term, body: MessageBody::TimeoutNow });
+    cluster.network.clear();
+    let last_log = chorus::replication::LogPosition { term: 3, index: 2 };
+    cluster.network.push(Message { from: 1, to: 5, term, body: MessageBody::TimeoutNow { last_log } });
     cluster.settle()?;
     let new_leader = Some(cluster.elect()?);
     assert_eq!(new_leader, Some(5), "S5's log (ends 2@3) beats S2-S4's");
@@ -290,22 +296,6 @@ fn read_index_needs_a_heartbeat_quorum() -> TestResult {
     Ok(())
 }
 
-/// Lease reads (an explicit option): while a majority answered recently, the leader
-/// confirms reads without a heartbeat round.
-#[test]
-fn lease_reads_skip_the_round_while_the_lease_holds() -> TestResult {
-    let config = ReplicaConfig { lease_reads: true, ..tight_config() };
-    let mut cluster = Cluster::new(3, config, 41);
-    let leader = cluster.elect()?;
-    cluster.run_for(500)?;
-    let before = cluster.delivered.get("AppendRequest").copied().unwrap_or(0);
-    let context = cluster.read(leader).unwrap();
-    cluster.persist(leader)?;
-    assert!(cluster.reads_confirmed.iter().any(|(_, c, _)| *c == context), "confirmed from the lease");
-    assert_eq!(cluster.delivered.get("AppendRequest").copied().unwrap_or(0), before);
-    Ok(())
-}
-
 /// Leadership transfer (§3.10): the target is brought up to date, told to campaign, and
 /// wins well before any election timeout; proposals wait meanwhile.
 #[test]
@@ -334,6 +324,51 @@ fn leadership_transfer_hands_over_quickly() -> TestResult {
     let applied = cluster.applied_commands(target);
     assert_eq!(applied.len(), 6);
     assert_eq!(applied.last().map(String::as_str), Some("after"));
+    Ok(())
+}
+
+/// A TimeoutNow that arrives after its transfer was abandoned (§3.10: the leader gives up
+/// after an election timeout) starts no election: the leader no longer announces the
+/// transfer, so the followers refuse the target's pre-vote, and no term changes.
+#[test]
+fn a_timeout_now_after_its_transfer_was_abandoned_changes_nothing() -> TestResult {
+    let mut cluster = Cluster::new(3, tight_config(), 53);
+    let leader = cluster.elect()?;
+    cluster.run_for(300)?;
+    let term = cluster.replica(leader).term();
+    let target = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    cluster.transfer(leader, target);
+    // The TimeoutNow is held back (a slow link) while the rest runs.
+    let held = cluster.network.iter().position(|m| matches!(m.body, MessageBody::TimeoutNow { .. }));
+    let timeout_now = cluster.network.remove(held.expect("the target was up to date: TimeoutNow at once"));
+    cluster.run_for(cluster.config.election_timeout_min_ms + 300)?;
+    assert!(cluster.propose(leader, "after the transfer was abandoned"), "proposals resume");
+    cluster.run_for(300)?;
+    cluster.network.push(timeout_now);
+    cluster.run_for(3000)?;
+    assert_eq!(cluster.leader(), Some(leader));
+    assert_eq!(cluster.ids().iter().map(|&id| cluster.replica(id).term()).max(), Some(term), "no election");
+    Ok(())
+}
+
+/// The target's pre-vote passes the others' stickiness only while the leader announces
+/// that very transfer: on an idle cluster, a TimeoutNow held until after the leader gave
+/// up (so the target's log still ends where it says) is refused by the followers.
+#[test]
+fn a_transfer_pre_vote_needs_the_leaders_announcement() -> TestResult {
+    let mut cluster = Cluster::new(3, tight_config(), 55);
+    let leader = cluster.elect()?;
+    cluster.run_for(300)?;
+    let term = cluster.replica(leader).term();
+    let target = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    cluster.transfer(leader, target);
+    let held = cluster.network.iter().position(|m| matches!(m.body, MessageBody::TimeoutNow { .. })).unwrap();
+    let timeout_now = cluster.network.remove(held);
+    cluster.run_for(cluster.config.election_timeout_min_ms + 300)?;
+    cluster.network.push(timeout_now);
+    cluster.run_for(3000)?;
+    assert_eq!(cluster.leader(), Some(leader));
+    assert_eq!(cluster.ids().iter().map(|&id| cluster.replica(id).term()).max(), Some(term), "no election");
     Ok(())
 }
 
@@ -373,6 +408,7 @@ fn replies_that_depend_on_unpersisted_state_wait_for_it() {
                 entries: vec![entry.clone()],
                 leader_commit: 0,
                 heartbeat_round: 0,
+                transfer_target: None,
             },
         })
         .unwrap();
@@ -478,6 +514,7 @@ fn malformed_messages_are_dropped() -> TestResult {
             entries: vec![entry(term, 2), entry(term, 4)],
             leader_commit: 4,
             heartbeat_round: 0,
+            transfer_target: None,
         },
         // An entry from a term after the sender's.
         MessageBody::AppendRequest {
@@ -485,6 +522,7 @@ fn malformed_messages_are_dropped() -> TestResult {
             entries: vec![entry(term + 3, 2)],
             leader_commit: 2,
             heartbeat_round: 0,
+            transfer_target: None,
         },
         // A previous entry of a later term than the message.
         MessageBody::AppendRequest {
@@ -492,6 +530,23 @@ fn malformed_messages_are_dropped() -> TestResult {
             entries: vec![],
             leader_commit: 0,
             heartbeat_round: 0,
+            transfer_target: None,
+        },
+        // An index at the end of the integers: `previous.index + 1` would overflow.
+        MessageBody::AppendRequest {
+            previous: chorus::replication::LogPosition { term, index: u64::MAX },
+            entries: vec![entry(term, 0)],
+            leader_commit: u64::MAX,
+            heartbeat_round: 0,
+            transfer_target: None,
+        },
+        // A transfer announced to the sender itself.
+        MessageBody::AppendRequest {
+            previous,
+            entries: vec![],
+            leader_commit: 0,
+            heartbeat_round: 0,
+            transfer_target: Some(leader),
         },
     ];
     let log_before = cluster.log_of(follower);
@@ -515,6 +570,87 @@ fn malformed_messages_are_dropped() -> TestResult {
     assert_eq!(cluster.replica(leader).commit_index(), commit_before);
     cluster.run_for(500)?;
     assert_eq!(cluster.leader(), Some(leader));
+    Ok(())
+}
+
+/// A rejection of an append the leader never sent (beyond its log, or hinting past the
+/// rejected point) is dropped: before, it sent the follower's next index past the leader's
+/// log, and the follower got no entries for the rest of the term.
+#[test]
+fn rejections_of_appends_never_sent_do_not_starve_a_follower() -> TestResult {
+    let mut cluster = Cluster::new(3, tight_config(), 83);
+    let leader = cluster.elect()?;
+    cluster.run_for(300)?;
+    let term = cluster.replica(leader).term();
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    let last = cluster.replica(leader).last_index();
+    let forged = [
+        (last + 1_000, None, last + 500),
+        (last + 1_000, Some(term), last + 500),
+        (last, None, last + 1),
+        (last, Some(term + 1), 1),
+        (last, Some(term), 0),
+        (0, None, 1),
+    ];
+    for (rejected_previous, conflict_term, first_index_of_term) in forged {
+        let result = AppendResult::Rejected { rejected_previous, conflict_term, first_index_of_term };
+        cluster
+            .replica_mut(leader)
+            .step(Message {
+                from: follower,
+                to: leader,
+                term,
+                body: MessageBody::AppendResponse { result, heartbeat_round: 0 },
+            })
+            .unwrap();
+        let next_index = cluster.replica(leader).status().followers[&follower].next_index;
+        assert!(next_index <= last + 1, "{result:?} moved next_index to {next_index}, past the log's end {last}");
+    }
+    for n in 0..3 {
+        assert!(cluster.propose(leader, &format!("after {n}")));
+    }
+    cluster.run_for(500)?;
+    assert_eq!(cluster.applied_commands(follower), ["after 0", "after 1", "after 2"]);
+    Ok(())
+}
+
+/// A frame with a term at the end of the integers is dropped: before, one such frame was
+/// adopted and persisted, and `term + 1` then wrapped (or panicked), and no node could
+/// ever campaign again.
+#[test]
+fn terms_that_cannot_be_incremented_are_refused() -> TestResult {
+    let mut cluster = Cluster::new(3, tight_config(), 85);
+    let leader = cluster.elect()?;
+    cluster.run_for(300)?;
+    let term = cluster.replica(leader).term();
+    let last_log = chorus::replication::LogPosition { term, index: cluster.replica(leader).last_index() };
+    for forged_term in [u64::MAX, u64::MAX - 1, chorus::replication::TERM_MAX + 1] {
+        for id in cluster.ids() {
+            let from = if id == 1 { 2 } else { 1 };
+            let bodies = [
+                MessageBody::PreVoteRequest { last_log, leadership_transfer: false },
+                MessageBody::VoteRequest { last_log, leadership_transfer: true },
+                MessageBody::AppendResponse {
+                    result: AppendResult::Rejected {
+                        rejected_previous: 0,
+                        conflict_term: None,
+                        first_index_of_term: 0,
+                    },
+                    heartbeat_round: 0,
+                },
+                MessageBody::TimeoutNow { last_log },
+            ];
+            for body in bodies {
+                cluster.replica_mut(id).step(Message { from, to: id, term: forged_term, body }).unwrap();
+                assert_eq!(cluster.replica(id).term(), term, "node {id} adopted term {forged_term}");
+            }
+        }
+    }
+    // The cluster goes on, and can still elect: the old leader steps aside.
+    assert!(cluster.propose(leader, "still"));
+    cluster.crash(leader);
+    let next = cluster.elect()?;
+    assert!(cluster.replica(next).term() > term);
     Ok(())
 }
 

@@ -15,12 +15,6 @@ pub struct ReplicaConfig {
     pub append_bytes_max: usize,
     /// Most append messages in flight to one follower (pipelining bound).
     pub inflight_appends_max: usize,
-    /// Serve reads from a leader lease instead of a heartbeat round. Safe only while clock
-    /// rates differ by less than `lease_clock_drift_percent` (see `docs/design.md`).
-    pub lease_reads: bool,
-    /// The largest relative clock-rate difference between two nodes that lease reads
-    /// tolerate: the lease is shortened by this margin.
-    pub lease_clock_drift_percent: u64,
 }
 
 impl Default for ReplicaConfig {
@@ -32,8 +26,6 @@ impl Default for ReplicaConfig {
             append_entries_max: 512,
             append_bytes_max: 1024 * 1024,
             inflight_appends_max: 16,
-            lease_reads: false,
-            lease_clock_drift_percent: 10,
         }
     }
 }
@@ -50,8 +42,6 @@ pub enum ConfigError {
     ElectionRangeEmpty { min: u64, max: u64 },
     #[error("{name} must be at least 1")]
     BoundZero { name: &'static str },
-    #[error("lease clock drift must be below 100 percent (got {0})")]
-    DriftTooLarge(u64),
 }
 
 impl ReplicaConfig {
@@ -79,9 +69,6 @@ impl ReplicaConfig {
             if value == 0 {
                 return Err(ConfigError::BoundZero { name });
             }
-        }
-        if self.lease_clock_drift_percent >= 100 {
-            return Err(ConfigError::DriftTooLarge(self.lease_clock_drift_percent));
         }
         Ok(())
     }

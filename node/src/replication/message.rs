@@ -15,9 +15,13 @@ pub struct Message {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MessageBody {
     /// "Could I win an election?" Sent with `term` = the sender's term + 1, which the
-    /// sender does not adopt (§9.6).
+    /// sender does not adopt (§9.6). `leadership_transfer` marks the pre-vote a target runs
+    /// on a `TimeoutNow`: voters grant it despite hearing from the leader only while that
+    /// leader's appends announce a transfer to this candidate, so a `TimeoutNow` that
+    /// arrives after its transfer was abandoned ends here, without a term change.
     PreVoteRequest {
         last_log: LogPosition,
+        leadership_transfer: bool,
     },
     PreVoteResponse {
         granted: bool,
@@ -32,19 +36,24 @@ pub enum MessageBody {
         granted: bool,
     },
     /// Replicates entries after `previous`, or with no entries serves as a heartbeat.
-    /// `heartbeat_round` numbers the leader's heartbeat rounds for ReadIndex (§6.4).
+    /// `heartbeat_round` numbers the leader's heartbeat rounds for ReadIndex (§6.4);
+    /// `transfer_target` names the member leadership is being handed to, while it is.
     AppendRequest {
         previous: LogPosition,
         entries: Vec<Entry>,
         leader_commit: LogIndex,
         heartbeat_round: u64,
+        transfer_target: Option<NodeId>,
     },
     AppendResponse {
         result: AppendResult,
         heartbeat_round: u64,
     },
-    /// From a leader handing over leadership: campaign now (§3.10).
-    TimeoutNow,
+    /// From a leader handing over leadership: campaign now (§3.10). `last_log` is where the
+    /// leader's log ended when it sent this, which the target's log must match.
+    TimeoutNow {
+        last_log: LogPosition,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +77,7 @@ impl MessageBody {
             MessageBody::VoteResponse { .. } => "VoteResponse",
             MessageBody::AppendRequest { .. } => "AppendRequest",
             MessageBody::AppendResponse { .. } => "AppendResponse",
-            MessageBody::TimeoutNow => "TimeoutNow",
+            MessageBody::TimeoutNow { .. } => "TimeoutNow",
         }
     }
 }

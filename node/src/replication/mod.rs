@@ -9,7 +9,7 @@
 //! Implemented: leader election with randomized timeouts, PreVote and CheckQuorum; log
 //! replication with the consistency check, conflict-term hints, batching, pipelining and
 //! flow control; commitment of current-term entries only, with a no-op per new leader;
-//! ReadIndex reads (and optional lease reads); leadership transfer. Membership changes and
+//! ReadIndex reads; leadership transfer. Membership changes and
 //! snapshots are not implemented yet: the member set is fixed at construction, and the
 //! log is never compacted.
 
@@ -28,4 +28,4 @@ pub use message::{AppendResult, Message, MessageBody};
 pub use ready::{ReadAborted, ReadOutcome, Ready, SoftState};
 pub use replica::{FollowerStatus, ProposeError, Replica, ReplicaError, ReplicaStatus, TransferError};
 pub use storage::{MemoryStorage, Storage, StorageError};
-pub use types::{Entry, HardState, LogIndex, LogPosition, NodeId, Payload, Role, Term};
+pub use types::{Entry, HardState, INDEX_MAX, LogIndex, LogPosition, NodeId, Payload, Role, TERM_MAX, Term};

@@ -16,7 +16,7 @@ use super::progress::{Progress, ProgressMode};
 use super::ready::{ReadAborted, ReadOutcome, Ready, SoftState};
 use super::rng::SplitMix64;
 use super::storage::{Storage, StorageError};
-use super::types::{Entry, HardState, LogIndex, LogPosition, NodeId, Payload, Role, Term};
+use super::types::{Entry, HardState, INDEX_MAX, LogIndex, LogPosition, NodeId, Payload, Role, TERM_MAX, Term};
 
 /// Most bytes of committed entries handed out in one `Ready`.
 const COMMITTED_BYTES_PER_READY_MAX: usize = 8 * 1024 * 1024;
@@ -58,7 +58,11 @@ const UNCOMMITTED_ENTRIES_MAX: u64 = 10_000;
 
 enum RoleState {
     Follower,
-    PreCandidate(Ballot),
+    /// `leadership_transfer`: this pre-vote answers a `TimeoutNow` (see [`MessageBody::PreVoteRequest`]).
+    PreCandidate {
+        ballot: Ballot,
+        leadership_transfer: bool,
+    },
     Candidate(Ballot),
     Leader(Box<LeaderState>),
 }
@@ -103,14 +107,10 @@ struct LeaderState {
     check_quorum_deadline_ms: u64,
     /// The last heartbeat round started; each ReadIndex waits for a round after it began.
     heartbeat_round: u64,
-    /// When each round still needed (by a read or the lease) was started.
-    round_started_ms: BTreeMap<u64, u64>,
     /// Index of this term's no-op: until it commits, the commit index may be stale.
     noop_index: LogIndex,
     reads_waiting_for_noop: Vec<u64>,
     pending_reads: Vec<PendingRead>,
-    /// Lease reads: the leader may answer alone until this time.
-    lease_expires_ms: u64,
     transfer: Option<Transfer>,
     /// Entries or a new commit index may need sending.
     broadcast_needed: bool,
@@ -166,6 +166,9 @@ pub struct Replica<S: Storage> {
     /// When this replica last heard from a current leader: it refuses to help depose a
     /// leader it heard from within the minimum election timeout (§4.2.3).
     last_leader_contact_ms: Option<u64>,
+    /// The transfer target the current leader's last append announced: the only candidate
+    /// whose transfer pre-vote this replica grants while it hears from that leader.
+    announced_transfer: Option<NodeId>,
     /// The term and vote as last handed to the caller to persist.
     persisted_hard_state: HardState,
     /// Outputs accumulated since the last `ready`.
@@ -213,6 +216,7 @@ impl<S: Storage> Replica<S> {
             now_ms,
             election_deadline_ms: 0,
             last_leader_contact_ms: None,
+            announced_transfer: None,
             persisted_hard_state: hard_state,
             messages: Vec::new(),
             messages_after_persist: Vec::new(),
@@ -241,7 +245,7 @@ impl<S: Storage> Replica<S> {
     pub fn role(&self) -> Role {
         match self.role {
             RoleState::Follower => Role::Follower,
-            RoleState::PreCandidate(_) => Role::PreCandidate,
+            RoleState::PreCandidate { .. } => Role::PreCandidate,
             RoleState::Candidate(_) => Role::Candidate,
             RoleState::Leader(_) => Role::Leader,
         }
@@ -327,7 +331,7 @@ impl<S: Storage> Replica<S> {
             return self.tick_leader();
         }
         if self.now_ms >= self.election_deadline_ms {
-            self.start_pre_vote()?;
+            self.start_pre_vote(false)?;
         }
         Ok(())
     }
@@ -400,11 +404,16 @@ impl<S: Storage> Replica<S> {
             return Ok(());
         }
         if message.term > self.term {
-            let is_vote_request = matches!(
-                message.body,
-                MessageBody::PreVoteRequest { .. } | MessageBody::VoteRequest { leadership_transfer: false, .. }
-            );
-            if is_vote_request && self.hears_from_leader() {
+            let sticky = match message.body {
+                MessageBody::VoteRequest { leadership_transfer, .. } => !leadership_transfer,
+                // A transfer's pre-vote passes only while the leader announces that very
+                // transfer: a late TimeoutNow of an abandoned one is refused here.
+                MessageBody::PreVoteRequest { leadership_transfer, .. } => {
+                    !leadership_transfer || self.announced_transfer != Some(message.from)
+                }
+                _ => false,
+            };
+            if sticky && self.hears_from_leader() {
                 // §4.2.3: while a leader is heard from, a disruptive candidate gets nothing,
                 // not even a term change.
                 return Ok(());
@@ -413,7 +422,7 @@ impl<S: Storage> Replica<S> {
                 // A pre-vote request carries a term the sender has not adopted; so does a
                 // granted pre-vote response (§9.6). Neither changes ours.
                 MessageBody::PreVoteRequest { .. } | MessageBody::PreVoteResponse { granted: true } => {}
-                MessageBody::AppendRequest { .. } | MessageBody::TimeoutNow => {
+                MessageBody::AppendRequest { .. } | MessageBody::TimeoutNow { .. } => {
                     self.become_follower(message.term, Some(message.from))
                 }
                 _ => self.become_follower(message.term, None),
@@ -424,26 +433,40 @@ impl<S: Storage> Replica<S> {
         let from = message.from;
         let term = message.term;
         match message.body {
-            MessageBody::PreVoteRequest { last_log } => self.handle_pre_vote_request(from, term, last_log),
+            MessageBody::PreVoteRequest { last_log, .. } => self.handle_pre_vote_request(from, term, last_log),
             MessageBody::VoteRequest { last_log, .. } => self.handle_vote_request(from, last_log),
             MessageBody::PreVoteResponse { granted } => self.handle_pre_vote_response(from, term, granted),
             MessageBody::VoteResponse { granted } => self.handle_vote_response(from, granted),
-            MessageBody::AppendRequest { previous, entries, leader_commit, heartbeat_round } => {
-                self.handle_append_request(from, previous, entries, leader_commit, heartbeat_round)
+            MessageBody::AppendRequest { previous, entries, leader_commit, heartbeat_round, transfer_target } => {
+                self.handle_append_request(from, previous, entries, leader_commit, heartbeat_round, transfer_target)
             }
             MessageBody::AppendResponse { result, heartbeat_round } => {
                 self.handle_append_response(from, result, heartbeat_round)
             }
-            MessageBody::TimeoutNow => self.handle_timeout_now(),
+            MessageBody::TimeoutNow { last_log } => self.handle_timeout_now(from, last_log),
         }
     }
 
-    /// Why a message cannot have come from a correct replica, if it cannot.
+    /// Why a message cannot have come from a correct replica, if it cannot. Every number
+    /// in it came from the network: each is checked before any arithmetic is done with it.
     fn malformed(&self, message: &Message) -> Option<&'static str> {
+        if message.term > TERM_MAX {
+            return Some("term beyond the largest a replica uses");
+        }
+        let position_malformed = |position: &LogPosition| {
+            position.index > INDEX_MAX || position.term > message.term || (position.index == 0) != (position.term == 0)
+        };
         match &message.body {
-            MessageBody::AppendRequest { previous, entries, .. } => {
-                if previous.term > message.term || (previous.index == 0) != (previous.term == 0) {
+            MessageBody::AppendRequest { previous, entries, leader_commit, transfer_target, .. } => {
+                if position_malformed(previous) {
                     return Some("previous entry is inconsistent with the term");
+                }
+                // INDEX_MAX is far below u64::MAX, so this sum cannot overflow.
+                if previous.index + entries.len() as LogIndex > INDEX_MAX || *leader_commit > INDEX_MAX {
+                    return Some("entries or commit index beyond the largest index");
+                }
+                if transfer_target.is_some_and(|target| target == message.from || !self.members.contains(&target)) {
+                    return Some("announces a transfer to a node that cannot take over");
                 }
                 let mut last_term = previous.term;
                 for (expected_index, entry) in (previous.index + 1..).zip(entries) {
@@ -465,21 +488,36 @@ impl<S: Storage> Replica<S> {
                 if *heartbeat_round > leader.heartbeat_round {
                     return Some("acknowledges a heartbeat round that was never sent");
                 }
-                match result {
-                    AppendResult::Accepted { match_index } if *match_index > self.log.last_index() => {
+                let last_index = self.log.last_index();
+                match *result {
+                    AppendResult::Accepted { match_index } if match_index > last_index => {
                         Some("claims to match entries the leader does not have")
+                    }
+                    // A correct follower rejects only an append this leader sent (after an
+                    // entry it has, never after index 0), and hints at a point no later than
+                    // the one rejected, in a term no later than the current one.
+                    AppendResult::Rejected { rejected_previous, conflict_term, first_index_of_term }
+                        if rejected_previous == 0
+                            || rejected_previous > last_index
+                            || first_index_of_term == 0
+                            || first_index_of_term > rejected_previous
+                            || conflict_term.is_some_and(|term| term == 0 || term > message.term) =>
+                    {
+                        Some("rejects an append this leader never sent, or hints past it")
                     }
                     _ => None,
                 }
             }
-            MessageBody::PreVoteRequest { last_log } | MessageBody::VoteRequest { last_log, .. } => {
-                if last_log.term > message.term || (last_log.index == 0) != (last_log.term == 0) {
+            MessageBody::PreVoteRequest { last_log, .. }
+            | MessageBody::VoteRequest { last_log, .. }
+            | MessageBody::TimeoutNow { last_log } => {
+                if position_malformed(last_log) {
                     Some("last log entry is inconsistent with the term")
                 } else {
                     None
                 }
             }
-            _ => None,
+            MessageBody::PreVoteResponse { .. } | MessageBody::VoteResponse { .. } => None,
         }
     }
 
@@ -533,8 +571,6 @@ impl<S: Storage> Replica<S> {
     /// `Ready` under `context`. Followers refuse; the caller forwards to the leader.
     pub fn read_index(&mut self, context: u64) -> Result<(), ProposeError> {
         let quorum = self.quorum();
-        let now = self.now_ms;
-        let lease_reads = self.config.lease_reads;
         let commit = self.log.committed();
         let RoleState::Leader(leader) = &mut self.role else {
             return Err(ProposeError::NotLeader { leader_hint: self.leader });
@@ -545,10 +581,7 @@ impl<S: Storage> Replica<S> {
             leader.reads_waiting_for_noop.push(context);
             return Ok(());
         }
-        // A transfer lets the target campaign past the followers' stickiness, which is
-        // what the lease relies on: no lease reads while one is under way.
-        let lease_valid = lease_reads && leader.transfer.is_none() && now < leader.lease_expires_ms;
-        if quorum == 1 || lease_valid {
+        if quorum == 1 {
             self.reads.push(ReadOutcome { context, result: Ok(commit) });
             return Ok(());
         }
@@ -570,17 +603,17 @@ impl<S: Storage> Replica<S> {
             return Err(TransferError::ToSelf);
         }
         let deadline_ms = self.now_ms + self.config.election_timeout_min_ms;
-        let last_index = self.log.last_index();
         let RoleState::Leader(leader) = &mut self.role else {
             return Err(TransferError::NotLeader { leader_hint: self.leader });
         };
         tracing::info!(node = self.id, term = self.term, target, "transferring leadership");
         leader.transfer = Some(Transfer { target, deadline_ms, timeout_now_sent: false });
-        if leader.progress[&target].match_index == last_index {
-            self.send_timeout_now();
-        } else {
-            leader.broadcast_needed = true;
-        }
+        // The followers must hear of the transfer before the target's pre-vote reaches them
+        // (they grant it only then): a heartbeat round announcing it leaves with the next
+        // `Ready`, one hop ahead of the target's two; the TimeoutNow follows in the same
+        // `Ready` if the target is up to date, else once it is.
+        leader.heartbeat_requested = true;
+        leader.broadcast_needed = true;
         Ok(())
     }
 
@@ -658,7 +691,7 @@ impl<S: Storage> Replica<S> {
     /// next term, and a granted pre-vote answers in it.
     fn send_in_term(&mut self, to: NodeId, term: Term, body: MessageBody) {
         let leader_traffic = matches!(self.role, RoleState::Leader(_))
-            && matches!(body, MessageBody::AppendRequest { .. } | MessageBody::TimeoutNow);
+            && matches!(body, MessageBody::AppendRequest { .. } | MessageBody::TimeoutNow { .. });
         let message = Message { from: self.id, to, term, body };
         if leader_traffic {
             self.messages.push(message);
@@ -688,9 +721,11 @@ impl<S: Storage> Replica<S> {
 
     fn set_term(&mut self, term: Term) {
         assert!(term >= self.term, "term went backwards: {} -> {term}", self.term);
+        assert!(term <= TERM_MAX, "term {term} beyond the largest allowed");
         if term > self.term {
             self.term = term;
             self.vote = None;
+            self.announced_transfer = None;
         }
     }
 
@@ -699,6 +734,9 @@ impl<S: Storage> Replica<S> {
         self.abort_leader_state();
         self.set_term(term);
         self.role = RoleState::Follower;
+        if self.leader != leader {
+            self.announced_transfer = None;
+        }
         self.leader = leader;
         if leader.is_some() {
             self.last_leader_contact_ms = Some(self.now_ms);
@@ -721,26 +759,40 @@ impl<S: Storage> Replica<S> {
 
     /// PreVote (§9.6): ask whether an election could be won before disturbing anyone with
     /// a new term. A node cut off from the cluster never wins one, so its term stays put
-    /// and it does not depose a healthy leader when it comes back.
-    fn start_pre_vote(&mut self) -> Result<(), StorageError> {
+    /// and it does not depose a healthy leader when it comes back. A transfer's pre-vote
+    /// (`leadership_transfer`) keeps following the leader that asked for it meanwhile.
+    fn start_pre_vote(&mut self, leadership_transfer: bool) -> Result<(), StorageError> {
         self.reset_election_deadline();
         self.abort_leader_state();
-        self.leader = None;
-        self.role = RoleState::PreCandidate(Ballot::new(self.id));
-        tracing::debug!(node = self.id, term = self.term, "starting pre-vote");
+        let Some(proposed_term) = self.next_term() else { return Ok(()) };
+        if !leadership_transfer {
+            self.leader = None;
+        }
+        self.role = RoleState::PreCandidate { ballot: Ballot::new(self.id), leadership_transfer };
+        tracing::debug!(node = self.id, term = self.term, leadership_transfer, "starting pre-vote");
         if self.quorum() == 1 {
-            return self.start_election(false);
+            return self.start_election(leadership_transfer);
         }
         let last_log = self.log.last_position()?;
-        let proposed_term = self.term + 1;
         for peer in self.peers() {
-            self.send_in_term(peer, proposed_term, MessageBody::PreVoteRequest { last_log });
+            self.send_in_term(peer, proposed_term, MessageBody::PreVoteRequest { last_log, leadership_transfer });
         }
         Ok(())
     }
 
+    /// The term after this one, unless this one is the last a replica may use (which only
+    /// a long run of forged frames could bring about): then this replica cannot campaign,
+    /// and says so.
+    fn next_term(&self) -> Option<Term> {
+        let next = self.term.checked_add(1).filter(|&next| next <= TERM_MAX);
+        if next.is_none() {
+            tracing::error!(node = self.id, term = self.term, "at the largest term: cannot campaign");
+        }
+        next
+    }
+
     fn start_election(&mut self, leadership_transfer: bool) -> Result<(), StorageError> {
-        let term = self.term + 1;
+        let Some(term) = self.next_term() else { return Ok(()) };
         self.set_term(term);
         self.vote = Some(self.id);
         self.leader = None;
@@ -768,11 +820,9 @@ impl<S: Storage> Replica<S> {
             heartbeat_deadline_ms: self.now_ms,
             check_quorum_deadline_ms: self.now_ms + self.config.election_timeout_min_ms,
             heartbeat_round: 0,
-            round_started_ms: BTreeMap::new(),
             noop_index: next_index,
             reads_waiting_for_noop: Vec::new(),
             pending_reads: Vec::new(),
-            lease_expires_ms: 0,
             transfer: None,
             broadcast_needed: true,
             heartbeat_requested: false,
@@ -825,17 +875,20 @@ impl<S: Storage> Replica<S> {
     }
 
     fn handle_pre_vote_response(&mut self, from: NodeId, term: Term, granted: bool) -> Result<(), StorageError> {
-        let expected_term = self.term + 1;
         let (quorum, members) = (self.quorum(), self.members.len());
-        let RoleState::PreCandidate(ballot) = &mut self.role else { return Ok(()) };
-        // A grant counts only for the term this pre-vote proposed.
-        if granted && term != expected_term {
+        let RoleState::PreCandidate { ballot, leadership_transfer } = &mut self.role else { return Ok(()) };
+        let leadership_transfer = *leadership_transfer;
+        // A grant counts only for the term this pre-vote proposed (our term is below
+        // TERM_MAX while we campaign, so the sum cannot overflow).
+        if granted && term != self.term + 1 {
             return Ok(());
         }
         match ballot.record(from, granted, quorum, members) {
-            Tally::Won => self.start_election(false),
+            Tally::Won => self.start_election(leadership_transfer),
             Tally::Lost => {
-                self.become_follower(self.term, None);
+                // A refused transfer goes back to following the leader that asked for it.
+                let leader = if leadership_transfer { self.leader } else { None };
+                self.become_follower(self.term, leader);
                 Ok(())
             }
             Tally::Open => Ok(()),
@@ -855,13 +908,20 @@ impl<S: Storage> Replica<S> {
         }
     }
 
-    fn handle_timeout_now(&mut self) -> Result<(), StorageError> {
-        if matches!(self.role, RoleState::Leader(_)) {
+    fn handle_timeout_now(&mut self, from: NodeId, last_log: LogPosition) -> Result<(), StorageError> {
+        if !matches!(self.role, RoleState::Follower) || self.leader != Some(from) {
+            return Ok(());
+        }
+        if self.log.last_position()? != last_log {
+            // The leader sent this when this log ended where it says; it has moved on since
+            // (the transfer was abandoned and proposals resumed), or the message is a stray.
+            tracing::info!(node = self.id, term = self.term, from, "ignoring a stale TimeoutNow");
             return Ok(());
         }
         tracing::info!(node = self.id, term = self.term, "asked to take over leadership");
-        // The current leader asked for this: skip the pre-vote and campaign at once.
-        self.start_election(true)
+        // A pre-vote the followers grant only while the leader announces this transfer,
+        // then an election that passes their stickiness (§3.10).
+        self.start_pre_vote(true)
     }
 
     // ---- Replication: follower side --------------------------------------------------
@@ -873,6 +933,7 @@ impl<S: Storage> Replica<S> {
         entries: Vec<Entry>,
         leader_commit: LogIndex,
         heartbeat_round: u64,
+        transfer_target: Option<NodeId>,
     ) -> Result<(), StorageError> {
         if matches!(self.role, RoleState::Leader(_)) {
             // Election Safety says this cannot come from a correct replica: this node won
@@ -885,10 +946,16 @@ impl<S: Storage> Replica<S> {
             );
             return Ok(());
         }
-        if !matches!(self.role, RoleState::Follower) || self.leader != Some(from) {
+        // The target of this leader's transfer keeps its pre-vote going while the leader
+        // goes on replicating to it; anything else that hears a leader follows it.
+        let transfer_under_way = transfer_target == Some(self.id)
+            && self.leader == Some(from)
+            && matches!(self.role, RoleState::PreCandidate { leadership_transfer: true, .. });
+        if !transfer_under_way && (!matches!(self.role, RoleState::Follower) || self.leader != Some(from)) {
             self.become_follower(self.term, Some(from));
         }
         self.last_leader_contact_ms = Some(self.now_ms);
+        self.announced_transfer = transfer_target;
         self.reset_election_deadline();
 
         if previous.index < self.log.committed() {
@@ -960,7 +1027,6 @@ impl<S: Storage> Replica<S> {
                     // is rejected and sends the follower back to probing (etcd does the same).
                     progress.inflight.pop_front();
                 }
-                self.maybe_send_timeout_now(from);
             }
             AppendResult::Rejected { rejected_previous, conflict_term, first_index_of_term } => {
                 let new_next = match conflict_term {
@@ -1015,22 +1081,19 @@ impl<S: Storage> Replica<S> {
         Ok(())
     }
 
-    fn maybe_send_timeout_now(&mut self, follower: NodeId) {
-        let last_index = self.log.last_index();
-        let RoleState::Leader(leader) = &self.role else { return };
-        let ready = leader.transfer.as_ref().is_some_and(|t| t.target == follower && !t.timeout_now_sent)
-            && leader.progress[&follower].match_index == last_index;
-        if ready {
-            self.send_timeout_now();
+    /// Tells the transfer target to campaign, once it holds the leader's whole log (it
+    /// would lose the election otherwise). Called with every `Ready`.
+    fn maybe_send_timeout_now(&mut self) -> Result<(), StorageError> {
+        let last_log = self.log.last_position()?;
+        let RoleState::Leader(leader) = &mut self.role else { return Ok(()) };
+        let Some(transfer) = leader.transfer.as_mut() else { return Ok(()) };
+        if transfer.timeout_now_sent || leader.progress[&transfer.target].match_index != last_log.index {
+            return Ok(());
         }
-    }
-
-    fn send_timeout_now(&mut self) {
-        let RoleState::Leader(leader) = &mut self.role else { return };
-        let Some(transfer) = &mut leader.transfer else { return };
         transfer.timeout_now_sent = true;
         let target = transfer.target;
-        self.send(target, MessageBody::TimeoutNow);
+        self.send(target, MessageBody::TimeoutNow { last_log });
+        Ok(())
     }
 
     /// Sends each follower what it is missing, as flow control allows, or at least the new
@@ -1042,15 +1105,14 @@ impl<S: Storage> Replica<S> {
             self.broadcast_heartbeat()?;
         }
         let RoleState::Leader(leader) = &mut self.role else { return Ok(()) };
-        if !leader.broadcast_needed {
-            return Ok(());
+        if leader.broadcast_needed {
+            leader.broadcast_needed = false;
+            let followers: Vec<NodeId> = leader.progress.keys().copied().collect();
+            for follower in followers {
+                self.send_appends(follower)?;
+            }
         }
-        leader.broadcast_needed = false;
-        let followers: Vec<NodeId> = leader.progress.keys().copied().collect();
-        for follower in followers {
-            self.send_appends(follower)?;
-        }
-        Ok(())
+        self.maybe_send_timeout_now()
     }
 
     fn send_appends(&mut self, follower: NodeId) -> Result<(), StorageError> {
@@ -1060,6 +1122,7 @@ impl<S: Storage> Replica<S> {
             let RoleState::Leader(leader) = &self.role else { return Ok(()) };
             let progress = &leader.progress[&follower];
             let round = leader.heartbeat_round;
+            let transfer_target = leader.transfer.as_ref().map(|t| t.target);
             let has_entries = progress.next_index <= last_index;
             if !progress.can_send(self.config.inflight_appends_max) {
                 return Ok(());
@@ -1090,6 +1153,7 @@ impl<S: Storage> Replica<S> {
                     entries,
                     leader_commit: commit,
                     heartbeat_round: round,
+                    transfer_target,
                 },
             );
             if probing {
@@ -1103,6 +1167,7 @@ impl<S: Storage> Replica<S> {
     fn send_heartbeat_to(&mut self, follower: NodeId, round: u64) -> Result<(), StorageError> {
         let commit = self.log.committed();
         let RoleState::Leader(leader) = &mut self.role else { return Ok(()) };
+        let transfer_target = leader.transfer.as_ref().map(|t| t.target);
         let progress = leader.progress.get_mut(&follower).expect("follower has progress");
         let previous_index = progress.match_index;
         progress.commit_sent = commit;
@@ -1114,6 +1179,7 @@ impl<S: Storage> Replica<S> {
                 entries: Vec::new(),
                 leader_commit: commit,
                 heartbeat_round: round,
+                transfer_target,
             },
         );
         Ok(())
@@ -1121,11 +1187,9 @@ impl<S: Storage> Replica<S> {
 
     /// Starts a new heartbeat round to every follower.
     fn broadcast_heartbeat(&mut self) -> Result<(), StorageError> {
-        let now = self.now_ms;
         let RoleState::Leader(leader) = &mut self.role else { return Ok(()) };
         leader.heartbeat_round += 1;
         let round = leader.heartbeat_round;
-        leader.round_started_ms.insert(round, now);
         let followers: Vec<NodeId> = leader.progress.keys().copied().collect();
         for follower in followers {
             let RoleState::Leader(leader) = &mut self.role else { unreachable!() };
@@ -1139,23 +1203,14 @@ impl<S: Storage> Replica<S> {
         Ok(())
     }
 
-    /// Releases the reads whose heartbeat round a majority acknowledged, and extends the
-    /// lease by the newest such round.
+    /// Releases the reads whose heartbeat round a majority acknowledged.
     fn release_confirmed_reads(&mut self) {
         let quorum = self.quorum();
-        let lease_margin = self.config.election_timeout_min_ms * (100 - self.config.lease_clock_drift_percent) / 100;
         let RoleState::Leader(leader) = &mut self.role else { return };
         let mut rounds: Vec<u64> = leader.progress.values().map(|p| p.acknowledged_round).collect();
         rounds.push(leader.heartbeat_round);
         rounds.sort_unstable_by(|a, b| b.cmp(a));
         let confirmed_round = rounds[quorum - 1];
-        if let Some((_, &started)) = leader.round_started_ms.range(..=confirmed_round).next_back() {
-            // Followers that acknowledged a round started at `started` will not vote for
-            // anyone else before `started + election_timeout_min` (leader stickiness), on
-            // their clocks; the drift margin covers clock rates that differ.
-            leader.lease_expires_ms = leader.lease_expires_ms.max(started + lease_margin);
-        }
-        leader.round_started_ms = leader.round_started_ms.split_off(&confirmed_round);
         let (confirmed, pending): (Vec<_>, Vec<_>) =
             leader.pending_reads.drain(..).partition(|read| read.round <= confirmed_round);
         leader.pending_reads = pending;

@@ -9,6 +9,15 @@ pub type Term = u64;
 /// A position in the replicated log, starting at 1; 0 means "before the first entry".
 pub type LogIndex = u64;
 
+/// The largest term a replica adopts, stores or campaigns in. Terms and indexes are kept
+/// as SQLite's signed 64-bit integers, and every step on them (`+ 1`) must stay within
+/// that range: a value beyond it can only come from a corrupt or forged frame, and is
+/// refused. (A correct cluster never comes near it: 2^63 elections, one a second, take
+/// longer than the age of the universe.)
+pub const TERM_MAX: Term = i64::MAX as u64 - 1;
+/// The largest log index a replica accepts or stores (see [`TERM_MAX`]).
+pub const INDEX_MAX: LogIndex = i64::MAX as u64 - 1;
+
 /// Where an entry sits: its index and the term of the leader that created it. Two logs
 /// holding entries at the same position hold identical prefixes (Log Matching).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

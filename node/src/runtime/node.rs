@@ -13,11 +13,10 @@ use chorus_proto::v1::chat_server::ChatServer;
 use chorus_proto::v1::cluster_server::ClusterServer;
 use chorus_proto::v1::raft_server::RaftServer;
 use rand::RngCore;
-use tokio::sync::mpsc;
 
 use super::ChatState;
 use super::cluster_config::ClusterConfig;
-use super::raft_node::{PEER_INBOX_MAX, ReplicaSetup, ReplicationObserver, RuntimeError, start_runtime};
+use super::raft_node::{ReplicaSetup, ReplicationObserver, RuntimeError, start_runtime};
 use crate::chat::credentials::{CredentialError, PasswordHashCost, PasswordHasher};
 use crate::chat::{ChatStateMachine, StateMachineError};
 use crate::replication::{NodeId, ReplicaError};
@@ -26,13 +25,11 @@ use crate::server::{ChatService, ClusterService, LeaderHints};
 use crate::storage::{
     ClusterIdentity, DataDir, DataDirError, LogStore, LogStoreError, LogStoreFactory, SharedLog, SqliteLog,
 };
-use crate::transport::{GrpcTransport, RaftService};
+use crate::transport::{GrpcTransport, RAFT_BATCH_BYTES_MAX, RaftService, peer_inbox};
 use crate::watch::Watch;
 
 /// How long a stopping node waits for clients to finish before it stops regardless.
 const SHUTDOWN_GRACE_PERIOD: Duration = Duration::from_secs(5);
-/// Largest Raft batch a node accepts (appends are bounded well below it).
-const RAFT_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct NodeConfig {
@@ -107,7 +104,7 @@ pub async fn run_node(
         cluster.members.iter().filter(|m| m.id != node_id).map(|m| (m.id, m.peer_address.clone())).collect();
     let clustered = !peers.is_empty();
     let transport = GrpcTransport::start(cluster.cluster_id.clone(), node_id, peers, stopping.clone());
-    let (inbox_tx, inbox) = mpsc::channel(PEER_INBOX_MAX);
+    let (inbox_tx, inbox) = peer_inbox();
     let mut rng = os_seeded_rng();
     let setup = ReplicaSetup {
         node_id,
@@ -129,7 +126,7 @@ pub async fn run_node(
         .add_service(ClusterServer::new(cluster_service));
     let raft_service = RaftService::new(cluster.cluster_id.clone(), node_id, cluster.member_ids(), inbox_tx);
     let peer_router = tonic::transport::Server::builder()
-        .add_service(RaftServer::new(raft_service).max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX));
+        .add_service(RaftServer::new(raft_service).max_decoding_message_size(RAFT_BATCH_BYTES_MAX));
 
     // Serving stops when `stopping` turns true; the peer server keeps running until then so
     // that a leader can hand over.

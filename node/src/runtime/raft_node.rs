@@ -19,11 +19,11 @@ use tokio::sync::{mpsc, oneshot};
 use super::{ChatState, ProposeError, Proposer};
 use crate::chat::{Outcome, StateMachineError};
 use crate::replication::{
-    self, Entry, LogIndex, Message, NodeId, Payload, Ready, Replica, ReplicaStatus, Role, StorageError, Term,
+    self, Entry, LogIndex, NodeId, Payload, Ready, Replica, ReplicaStatus, Role, StorageError, Term,
 };
 use crate::seam::{MonotonicClock, run_blocking};
 use crate::storage::SharedLog;
-use crate::transport::Transport;
+use crate::transport::{InboxReceiver, Transport};
 use crate::watch::Watch;
 
 /// How long a proposal may wait to be committed and applied before the caller is told the
@@ -33,8 +33,6 @@ const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Client requests waiting for the runtime; beyond this, callers wait to enqueue.
 const INPUT_QUEUE_MAX: usize = 4096;
-/// Peer messages waiting for the runtime; beyond this, the transport drops them.
-pub const PEER_INBOX_MAX: usize = 4096;
 /// Inputs taken in one turn of the loop before the next `Ready` (bounds latency under load).
 const INPUTS_PER_TURN_MAX: usize = 1024;
 
@@ -159,7 +157,7 @@ pub struct RaftRuntime<T> {
     transport: T,
     clock: MonotonicClock,
     tick_interval: Duration,
-    inbox: mpsc::Receiver<Message>,
+    inbox: InboxReceiver,
     inputs: mpsc::Receiver<Input>,
     status: Watch<NodeStatus>,
     /// Proposals waiting for their entry to be applied: index -> (term, reply).
@@ -188,7 +186,7 @@ pub fn start_runtime<T: Transport>(
     log: SharedLog,
     chat: Arc<ChatState>,
     transport: T,
-    inbox: mpsc::Receiver<Message>,
+    inbox: InboxReceiver,
 ) -> Result<(RaftRuntime<T>, RaftHandle), replication::ReplicaError> {
     let ReplicaSetup { node_id, members, config, rng_seed, observer } = setup;
     let clock = MonotonicClock::start();
@@ -267,7 +265,7 @@ impl<T: Transport> RaftRuntime<T> {
     fn take_queued_inputs(&mut self) -> Result<(), StorageError> {
         for _ in 0..INPUTS_PER_TURN_MAX {
             let mut progressed = false;
-            if let Ok(message) = self.inbox.try_recv() {
+            if let Some(message) = self.inbox.try_recv() {
                 self.replica.step(message)?;
                 progressed = true;
             }

@@ -13,21 +13,23 @@ pub struct DecodeError(pub &'static str);
 pub fn encode_message(message: &Message) -> pb::RaftMessage {
     use pb::raft_message::Body;
     let body = match &message.body {
-        MessageBody::PreVoteRequest { last_log } => {
-            Body::PreVoteRequest(pb::PreVoteRequest { last_log: Some(encode_position(*last_log)) })
-        }
+        MessageBody::PreVoteRequest { last_log, leadership_transfer } => Body::PreVoteRequest(pb::PreVoteRequest {
+            last_log: Some(encode_position(*last_log)),
+            leadership_transfer: *leadership_transfer,
+        }),
         MessageBody::PreVoteResponse { granted } => Body::PreVoteResponse(pb::VoteResponse { granted: *granted }),
         MessageBody::VoteRequest { last_log, leadership_transfer } => Body::VoteRequest(pb::VoteRequest {
             last_log: Some(encode_position(*last_log)),
             leadership_transfer: *leadership_transfer,
         }),
         MessageBody::VoteResponse { granted } => Body::VoteResponse(pb::VoteResponse { granted: *granted }),
-        MessageBody::AppendRequest { previous, entries, leader_commit, heartbeat_round } => {
+        MessageBody::AppendRequest { previous, entries, leader_commit, heartbeat_round, transfer_target } => {
             Body::AppendRequest(pb::AppendRequest {
                 previous: Some(encode_position(*previous)),
                 entries: entries.iter().map(encode_entry).collect(),
                 leader_commit: *leader_commit,
                 heartbeat_round: *heartbeat_round,
+                transfer_target: transfer_target.unwrap_or(0),
             })
         }
         MessageBody::AppendResponse { result, heartbeat_round } => {
@@ -45,7 +47,9 @@ pub fn encode_message(message: &Message) -> pb::RaftMessage {
             };
             Body::AppendResponse(pb::AppendResponse { heartbeat_round: *heartbeat_round, result: Some(result) })
         }
-        MessageBody::TimeoutNow => Body::TimeoutNow(pb::TimeoutNow {}),
+        MessageBody::TimeoutNow { last_log } => {
+            Body::TimeoutNow(pb::TimeoutNow { last_log: Some(encode_position(*last_log)) })
+        }
     };
     pb::RaftMessage { term: message.term, body: Some(body) }
 }
@@ -53,7 +57,10 @@ pub fn encode_message(message: &Message) -> pb::RaftMessage {
 pub fn decode_message(from: NodeId, to: NodeId, message: pb::RaftMessage) -> Result<Message, DecodeError> {
     use pb::raft_message::Body;
     let body = match message.body.ok_or(DecodeError("no body"))? {
-        Body::PreVoteRequest(request) => MessageBody::PreVoteRequest { last_log: decode_position(request.last_log)? },
+        Body::PreVoteRequest(request) => MessageBody::PreVoteRequest {
+            last_log: decode_position(request.last_log)?,
+            leadership_transfer: request.leadership_transfer,
+        },
         Body::PreVoteResponse(response) => MessageBody::PreVoteResponse { granted: response.granted },
         Body::VoteRequest(request) => MessageBody::VoteRequest {
             last_log: decode_position(request.last_log)?,
@@ -65,6 +72,7 @@ pub fn decode_message(from: NodeId, to: NodeId, message: pb::RaftMessage) -> Res
             entries: request.entries.into_iter().map(decode_entry).collect::<Result<_, _>>()?,
             leader_commit: request.leader_commit,
             heartbeat_round: request.heartbeat_round,
+            transfer_target: Some(request.transfer_target).filter(|&target| target != 0),
         },
         Body::AppendResponse(response) => {
             let result = match response.result.ok_or(DecodeError("append response without a result"))? {
@@ -79,7 +87,7 @@ pub fn decode_message(from: NodeId, to: NodeId, message: pb::RaftMessage) -> Res
             };
             MessageBody::AppendResponse { result, heartbeat_round: response.heartbeat_round }
         }
-        Body::TimeoutNow(_) => MessageBody::TimeoutNow,
+        Body::TimeoutNow(request) => MessageBody::TimeoutNow { last_log: decode_position(request.last_log)? },
     };
     Ok(Message { from, to, term: message.term, body })
 }
@@ -119,7 +127,7 @@ mod tests {
     fn every_message_kind_round_trips() {
         let position = LogPosition { term: 3, index: 9 };
         let bodies = [
-            MessageBody::PreVoteRequest { last_log: position },
+            MessageBody::PreVoteRequest { last_log: position, leadership_transfer: true },
             MessageBody::PreVoteResponse { granted: true },
             MessageBody::VoteRequest { last_log: position, leadership_transfer: true },
             MessageBody::VoteResponse { granted: false },
@@ -131,13 +139,14 @@ mod tests {
                 ],
                 leader_commit: 8,
                 heartbeat_round: 5,
+                transfer_target: Some(3),
             },
             MessageBody::AppendResponse { result: AppendResult::Accepted { match_index: 11 }, heartbeat_round: 5 },
             MessageBody::AppendResponse {
                 result: AppendResult::Rejected { rejected_previous: 9, conflict_term: Some(2), first_index_of_term: 6 },
                 heartbeat_round: 0,
             },
-            MessageBody::TimeoutNow,
+            MessageBody::TimeoutNow { last_log: position },
         ];
         for body in bodies {
             let message = Message { from: 1, to: 2, term: 4, body };
@@ -150,7 +159,10 @@ mod tests {
         assert!(decode_message(1, 2, pb::RaftMessage { term: 1, body: None }).is_err());
         let no_position = pb::RaftMessage {
             term: 1,
-            body: Some(pb::raft_message::Body::PreVoteRequest(pb::PreVoteRequest { last_log: None })),
+            body: Some(pb::raft_message::Body::PreVoteRequest(pb::PreVoteRequest {
+                last_log: None,
+                leadership_transfer: false,
+            })),
         };
         assert!(decode_message(1, 2, no_position).is_err());
     }

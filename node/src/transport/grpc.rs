@@ -10,15 +10,15 @@ use chorus_proto::v1::raft_client::RaftClient;
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 
-use super::Transport;
 use super::codec::encode_message;
+use super::{RAFT_BATCH_BYTES_MAX, RAFT_BATCH_MESSAGES_MAX, Transport, message_cost};
 use crate::replication::{Message, NodeId};
 use crate::watch::Watch;
 
 /// Messages waiting for one peer; beyond this, new ones are dropped.
 const PEER_QUEUE_MAX: usize = 1024;
-/// Most messages in one batch RPC.
-const BATCH_MESSAGES_MAX: usize = 64;
+/// Bytes in one batch RPC, by [`message_cost`]: well under what the receiver accepts.
+const BATCH_BYTES_MAX: usize = RAFT_BATCH_BYTES_MAX / 2;
 /// How long a connection attempt to a peer may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long one batch RPC may take.
@@ -92,20 +92,33 @@ impl PeerLink {
         };
         let mut client: Option<RaftClient<Channel>> = None;
         let mut backoff = BACKOFF_MIN;
+        // A message that would have overflowed the last batch starts the next one.
+        let mut carried: Option<Message> = None;
         loop {
-            // `biased`: a fixed polling order keeps simulations replayable.
-            let first = tokio::select! {
-                biased;
-                message = queue.recv() => match message {
-                    Some(message) => message,
-                    None => return,
+            let first = match carried.take() {
+                Some(message) => message,
+                // `biased`: a fixed polling order keeps simulations replayable.
+                None => tokio::select! {
+                    biased;
+                    message = queue.recv() => match message {
+                        Some(message) => message,
+                        None => return,
+                    },
+                    _ = stopping.wait_for(|stopping| *stopping) => return,
                 },
-                _ = stopping.wait_for(|stopping| *stopping) => return,
             };
+            let mut bytes = message_cost(&first);
             let mut batch = vec![first];
-            while batch.len() < BATCH_MESSAGES_MAX {
+            while batch.len() < RAFT_BATCH_MESSAGES_MAX {
                 match queue.try_recv() {
-                    Ok(message) => batch.push(message),
+                    Ok(message) if bytes + message_cost(&message) > BATCH_BYTES_MAX => {
+                        carried = Some(message);
+                        break;
+                    }
+                    Ok(message) => {
+                        bytes += message_cost(&message);
+                        batch.push(message);
+                    }
                     Err(_) => break,
                 }
             }

@@ -6,13 +6,21 @@
 
 mod codec;
 mod grpc;
+mod inbox;
 mod raft_service;
 
 use crate::replication::Message;
 
 pub use codec::{DecodeError, decode_message, encode_message};
 pub use grpc::GrpcTransport;
+pub use inbox::{InboxReceiver, InboxSender, PEER_INBOX_BYTES_MAX, PEER_INBOX_MESSAGES_MAX, message_cost, peer_inbox};
 pub use raft_service::RaftService;
+
+/// Most messages in one `chorus.v1.Raft/Deliver` batch; a node refuses larger batches.
+pub const RAFT_BATCH_MESSAGES_MAX: usize = 64;
+/// Largest encoded batch a node accepts. Senders keep their batches under half of it
+/// (one append is at most about `append_bytes_max`, 1 MiB, plus one entry).
+pub const RAFT_BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
 
 /// Sends the replication core's messages to their destinations.
 pub trait Transport: Send + Sync + 'static {

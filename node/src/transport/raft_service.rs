@@ -6,21 +6,22 @@ use std::collections::BTreeSet;
 
 use chorus_proto::v1::raft_server::Raft;
 use chorus_proto::v1::{RaftBatch, RaftBatchAck};
-use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
+use super::RAFT_BATCH_MESSAGES_MAX;
 use super::codec::decode_message;
-use crate::replication::{Message, NodeId};
+use super::inbox::InboxSender;
+use crate::replication::NodeId;
 
 pub struct RaftService {
     cluster_id: String,
     node_id: NodeId,
     members: BTreeSet<NodeId>,
-    inbox: mpsc::Sender<Message>,
+    inbox: InboxSender,
 }
 
 impl RaftService {
-    pub fn new(cluster_id: String, node_id: NodeId, members: BTreeSet<NodeId>, inbox: mpsc::Sender<Message>) -> Self {
+    pub fn new(cluster_id: String, node_id: NodeId, members: BTreeSet<NodeId>, inbox: InboxSender) -> Self {
         Self { cluster_id, node_id, members, inbox }
     }
 
@@ -52,6 +53,11 @@ impl Raft for RaftService {
             let message = format!("node {} is not a member of cluster '{}'", batch.from, self.cluster_id);
             return Err(self.refuse(&batch, Status::permission_denied(message)));
         }
+        if batch.messages.len() > RAFT_BATCH_MESSAGES_MAX {
+            let message =
+                format!("a batch holds at most {RAFT_BATCH_MESSAGES_MAX} messages, this one {}", batch.messages.len());
+            return Err(self.refuse(&batch, Status::invalid_argument(message)));
+        }
         let mut messages = Vec::with_capacity(batch.messages.len());
         for message in batch.messages.iter().cloned() {
             match decode_message(batch.from, batch.to, message) {
@@ -62,7 +68,7 @@ impl Raft for RaftService {
         for message in messages {
             // A full inbox means the runtime is behind; dropping is what the network would
             // do, and Raft retransmits.
-            if self.inbox.try_send(message).is_err() {
+            if !self.inbox.try_send(message) {
                 tracing::debug!(node = self.node_id, from = batch.from, "inbox full; message dropped");
             }
         }
