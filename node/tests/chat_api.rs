@@ -12,18 +12,15 @@ use common::{TestNode, account, login};
 use tonic::Code;
 use tonic::transport::Channel;
 
-fn send(token: &str, to: &str, body: &str, client_msg_id: &str) -> SendMessageRequest {
+/// The session's message number `sequence`, acknowledging nothing.
+fn send(token: &str, to: &str, body: &str, sequence: u64) -> SendMessageRequest {
     SendMessageRequest {
         token: token.to_owned(),
         to: to.to_owned(),
         body: body.to_owned(),
-        client_msg_id: common::msg_id(client_msg_id),
+        sequence,
+        acknowledged_through: 0,
     }
-}
-
-/// A send whose client_msg_id is taken as given.
-fn send_raw(token: &str, to: &str, body: &str, client_msg_id: &str) -> SendMessageRequest {
-    SendMessageRequest { client_msg_id: client_msg_id.to_owned(), ..send(token, to, body, "") }
 }
 
 async fn history(client: &mut ChatClient<Channel>, token: &str, peer: Option<&str>) -> Vec<Message> {
@@ -100,10 +97,10 @@ async fn logout_ends_only_that_session() {
     let second = login(&mut client, "alice").await;
 
     client.logout(LogoutRequest { token: first.clone() }).await.unwrap();
-    let status = client.send_message(send(&first, "alice", "hi", "m1")).await.unwrap_err();
+    let status = client.send_message(send(&first, "alice", "hi", 1)).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
     assert!(status.message().contains("log in again"), "{}", status.message());
-    client.send_message(send(&second, "alice", "hi", "m1")).await.unwrap();
+    client.send_message(send(&second, "alice", "hi", 1)).await.unwrap();
 
     let again = client.logout(LogoutRequest { token: first }).await.unwrap_err();
     assert_eq!(again.code(), Code::Unauthenticated);
@@ -169,18 +166,19 @@ async fn send_message_rejects_bad_input() {
     account(&mut client, "bob").await;
 
     let cases = [
-        (send(&alice, "nobody", "hi", "m1"), Code::NotFound, "user 'nobody' does not exist"),
-        (send(&alice, "bob", "", "m1"), Code::InvalidArgument, "body is empty"),
-        (send(&alice, "bob", &"x".repeat(64 * 1024 + 1), "m1"), Code::InvalidArgument, "64 KiB"),
-        (send_raw(&alice, "bob", "hi", ""), Code::InvalidArgument, "client_msg_id is empty"),
-        (send_raw(&alice, "bob", "hi", &format!("1-{}", "m".repeat(63))), Code::InvalidArgument, "at most 64"),
-        (send_raw(&alice, "bob", "hi", "no-time-in-it"), Code::InvalidArgument, "<unix-ms>-<unique>"),
-        (send_raw(&alice, "bob", "hi", "1-ancient"), Code::FailedPrecondition, "older than what the server remembers"),
-        (send_raw(&alice, "bob", "hi", "99999999999999-future"), Code::InvalidArgument, "ahead of the server's clock"),
-        (send(&alice, "bad name", "hi", "m1"), Code::InvalidArgument, "only a-z"),
-        (send("not-a-token", "bob", "hi", "m1"), Code::Unauthenticated, "log in again"),
-        (send(&"t".repeat(100_000), "bob", "hi", "m1"), Code::Unauthenticated, "log in again"),
-        (send("", "bob", "hi", "m1"), Code::Unauthenticated, "log in first"),
+        (send(&alice, "nobody", "hi", 1), Code::NotFound, "user 'nobody' does not exist"),
+        (send(&alice, "bob", "", 1), Code::InvalidArgument, "body is empty"),
+        (send(&alice, "bob", &"x".repeat(64 * 1024 + 1), 1), Code::InvalidArgument, "64 KiB"),
+        (send(&alice, "bob", "hi", 0), Code::InvalidArgument, "sequence is 0"),
+        (
+            SendMessageRequest { acknowledged_through: 1, ..send(&alice, "bob", "hi", 1) },
+            Code::InvalidArgument,
+            "must be below the message's sequence",
+        ),
+        (send(&alice, "bad name", "hi", 1), Code::InvalidArgument, "only a-z"),
+        (send("not-a-token", "bob", "hi", 1), Code::Unauthenticated, "log in again"),
+        (send(&"t".repeat(100_000), "bob", "hi", 1), Code::Unauthenticated, "log in again"),
+        (send("", "bob", "hi", 1), Code::Unauthenticated, "log in first"),
     ];
     for (request, code, message) in cases {
         let status = client.send_message(request.clone()).await.unwrap_err();
@@ -188,36 +186,49 @@ async fn send_message_rejects_bad_input() {
         assert!(status.message().contains(message), "{}", status.message());
     }
     // Exactly 64 KiB is fine.
-    client.send_message(send(&alice, "bob", &"x".repeat(64 * 1024), "big")).await.unwrap();
+    client.send_message(send(&alice, "bob", &"x".repeat(64 * 1024), 1)).await.unwrap();
 }
 
+/// A retry (same session, same sequence) gets the first message's id and stores nothing; a
+/// sequence reused for something else is refused; once acknowledged, a late retry is
+/// refused rather than stored again. Each error carries its documented reason.
 #[tokio::test]
-async fn resending_with_the_same_client_msg_id_stores_one_copy() {
+async fn resending_with_the_same_sequence_stores_one_copy() {
+    use tonic_types::StatusExt;
+    let reason = |status: &tonic::Status| status.get_details_error_info().map(|info| info.reason).unwrap_or_default();
     let dir = tempfile::tempdir().unwrap();
     let node = TestNode::start(dir.path());
     let mut client = node.client().await;
     let alice = account(&mut client, "alice").await;
     let bob = account(&mut client, "bob").await;
 
-    let first = client.send_message(send(&alice, "bob", "once", "retry-me")).await.unwrap().into_inner();
-    let retry = client.send_message(send(&alice, "Bob", "once", "retry-me")).await.unwrap().into_inner();
+    let first = client.send_message(send(&alice, "bob", "once", 1)).await.unwrap().into_inner();
+    let retry = client.send_message(send(&alice, "Bob", "once", 1)).await.unwrap().into_inner();
     assert!(!first.duplicate);
     assert!(retry.duplicate);
     assert_eq!(first.message_id, retry.message_id);
 
-    let reused = client.send_message(send(&alice, "bob", "something else", "retry-me")).await.unwrap_err();
+    let reused = client.send_message(send(&alice, "bob", "something else", 1)).await.unwrap_err();
     assert_eq!(reused.code(), Code::AlreadyExists);
     assert!(reused.message().contains("already used for a different message"), "{}", reused.message());
+    assert_eq!(reason(&reused), chorus_proto::wire::SEQUENCE_REUSED);
 
-    // The same id from another sender is another message.
-    client.send_message(send(&bob, "alice", "once", "retry-me")).await.unwrap();
+    // The same sequence in another session is another message.
+    client.send_message(send(&bob, "alice", "once", 1)).await.unwrap();
+
+    // Alice acknowledges the answer to 1 with her next send; a late retry of 1 is refused.
+    let next = SendMessageRequest { acknowledged_through: 1, ..send(&alice, "bob", "twice", 2) };
+    client.send_message(next).await.unwrap();
+    let late = client.send_message(send(&alice, "bob", "once", 1)).await.unwrap_err();
+    assert_eq!(late.code(), Code::FailedPrecondition, "{late:?}");
+    assert_eq!(reason(&late), chorus_proto::wire::SEQUENCE_ACKNOWLEDGED);
 
     let read = client
         .read_messages(ReadMessagesRequest { token: bob.clone(), limit: 0, request_id: String::new() })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(bodies(&read.messages), ["once"], "one copy only");
+    assert_eq!(bodies(&read.messages), ["once", "twice"], "one copy of each");
 }
 
 #[tokio::test]
@@ -228,7 +239,7 @@ async fn read_messages_returns_oldest_unread_and_marks_them_read() {
     let alice = account(&mut client, "alice").await;
     let bob = account(&mut client, "bob").await;
     for n in 1..=5 {
-        client.send_message(send(&alice, "bob", &format!("m{n}"), &format!("id{n}"))).await.unwrap();
+        client.send_message(send(&alice, "bob", &format!("m{n}"), n)).await.unwrap();
     }
     let read = |limit| ReadMessagesRequest { token: bob.clone(), limit, request_id: String::new() };
     let first = client.read_messages(read(2)).await.unwrap().into_inner();
@@ -256,10 +267,10 @@ async fn history_is_newest_first_filtered_and_paged() {
     let alice = account(&mut client, "alice").await;
     let bob = account(&mut client, "bob").await;
     account(&mut client, "carol").await;
-    client.send_message(send(&alice, "bob", "a->b 1", "1")).await.unwrap();
-    client.send_message(send(&bob, "alice", "b->a", "1")).await.unwrap();
-    client.send_message(send(&alice, "carol", "a->c", "2")).await.unwrap();
-    client.send_message(send(&alice, "bob", "a->b 2", "3")).await.unwrap();
+    client.send_message(send(&alice, "bob", "a->b 1", 1)).await.unwrap();
+    client.send_message(send(&bob, "alice", "b->a", 1)).await.unwrap();
+    client.send_message(send(&alice, "carol", "a->c", 2)).await.unwrap();
+    client.send_message(send(&alice, "bob", "a->b 2", 3)).await.unwrap();
 
     assert_eq!(bodies(&history(&mut client, &alice, None).await), ["a->b 2", "a->c", "b->a", "a->b 1"]);
     assert_eq!(bodies(&history(&mut client, &alice, Some("BOB")).await), ["a->b 2", "b->a", "a->b 1"]);
@@ -297,9 +308,9 @@ async fn delete_messages_follows_the_ownership_rules() {
     let bob = account(&mut client, "bob").await;
     let carol = account(&mut client, "carol").await;
     let id = |response: tonic::Response<chorus::client::v1::SendMessageResponse>| response.into_inner().message_id;
-    let read_later = id(client.send_message(send(&alice, "bob", "read later", "1")).await.unwrap());
-    let unsent = id(client.send_message(send(&alice, "bob", "oops", "2")).await.unwrap());
-    let deleted_by_bob = id(client.send_message(send(&alice, "bob", "delete me", "3")).await.unwrap());
+    let read_later = id(client.send_message(send(&alice, "bob", "read later", 1)).await.unwrap());
+    let unsent = id(client.send_message(send(&alice, "bob", "oops", 2)).await.unwrap());
+    let deleted_by_bob = id(client.send_message(send(&alice, "bob", "delete me", 3)).await.unwrap());
     let delete = |token: &str, ids: Vec<u64>| DeleteMessagesRequest { token: token.to_owned(), ids };
 
     // Another user's message, or one that does not exist, is NOT_FOUND, and nothing is deleted.
@@ -336,13 +347,13 @@ async fn delete_account_retires_the_name_and_withdraws_unread_mail() {
     let mut client = node.client().await;
     let alice = account(&mut client, "alice").await;
     let bob = account(&mut client, "bob").await;
-    client.send_message(send(&alice, "bob", "read before", "1")).await.unwrap();
+    client.send_message(send(&alice, "bob", "read before", 1)).await.unwrap();
     client
         .read_messages(ReadMessagesRequest { token: bob.clone(), limit: 0, request_id: String::new() })
         .await
         .unwrap();
-    client.send_message(send(&alice, "bob", "unread when alice left", "2")).await.unwrap();
-    client.send_message(send(&bob, "alice", "to alice", "3")).await.unwrap();
+    client.send_message(send(&alice, "bob", "unread when alice left", 2)).await.unwrap();
+    client.send_message(send(&bob, "alice", "to alice", 3)).await.unwrap();
 
     let wrong = client
         .delete_account(DeleteAccountRequest { token: alice.clone(), password: "wrong-password".into() })
@@ -355,7 +366,7 @@ async fn delete_account_retires_the_name_and_withdraws_unread_mail() {
         .unwrap();
 
     // Her sessions are gone, she cannot log in, and her name is not free.
-    let status = client.send_message(send(&alice, "bob", "ghost", "4")).await.unwrap_err();
+    let status = client.send_message(send(&alice, "bob", "ghost", 4)).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
     let status =
         client.login(LoginRequest { username: "alice".into(), password: "alice-password".into() }).await.unwrap_err();
@@ -365,7 +376,7 @@ async fn delete_account_retires_the_name_and_withdraws_unread_mail() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::AlreadyExists);
-    let status = client.send_message(send(&bob, "alice", "still there?", "5")).await.unwrap_err();
+    let status = client.send_message(send(&bob, "alice", "still there?", 5)).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
     let users = client
         .list_accounts(ListAccountsRequest { pattern: "*".into(), page_size: 0, page_token: String::new() })
@@ -393,7 +404,7 @@ async fn subscribe_streams_backlog_then_live_without_gaps_or_duplicates() {
     let bob = account(&mut client, "bob").await;
     let mut ids = Vec::new();
     for n in 0..3 {
-        ids.push(client.send_message(send(&alice, "bob", &format!("old {n}"), &format!("o{n}"))).await.unwrap());
+        ids.push(client.send_message(send(&alice, "bob", &format!("old {n}"), n + 1)).await.unwrap());
     }
     let mut stream = client.subscribe(SubscribeRequest { token: bob.clone(), after_id: 0 }).await.unwrap().into_inner();
     // Live messages sent while the backlog may still be streaming.
@@ -402,7 +413,7 @@ async fn subscribe_streams_backlog_then_live_without_gaps_or_duplicates() {
         let alice = alice.clone();
         async move {
             for n in 0..20 {
-                sender.send_message(send(&alice, "bob", &format!("new {n}"), &format!("n{n}"))).await.unwrap();
+                sender.send_message(send(&alice, "bob", &format!("new {n}"), n + 10)).await.unwrap();
             }
         }
     });
@@ -437,7 +448,7 @@ async fn subscribe_streams_backlog_then_live_without_gaps_or_duplicates() {
 
     // Logging out ends the stream with UNAUTHENTICATED.
     client.logout(LogoutRequest { token: bob.clone() }).await.unwrap();
-    client.send_message(send(&alice, "bob", "wake the stream", "w")).await.unwrap();
+    client.send_message(send(&alice, "bob", "wake the stream", 99)).await.unwrap();
     let ended = loop {
         match tokio::time::timeout(std::time::Duration::from_secs(10), resumed.message()).await.expect("stream ends") {
             Ok(Some(_)) => continue,
@@ -458,7 +469,7 @@ async fn a_retried_read_returns_the_same_batch_instead_of_marking_more() {
     let alice = account(&mut client, "alice").await;
     let bob = account(&mut client, "bob").await;
     for n in 1..=4 {
-        client.send_message(send(&alice, "bob", &format!("m{n}"), &format!("r{n}"))).await.unwrap();
+        client.send_message(send(&alice, "bob", &format!("m{n}"), n)).await.unwrap();
     }
     let read =
         |request_id: &str| ReadMessagesRequest { token: bob.clone(), limit: 2, request_id: request_id.to_owned() };
@@ -472,4 +483,55 @@ async fn a_retried_read_returns_the_same_batch_instead_of_marking_more() {
     assert_eq!(bodies(&next.messages), ["m3", "m4"]);
     let bad = client.read_messages(read("has space")).await.unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
+}
+
+/// Pages of large messages stop at the byte bound, so a stock client (tonic's default
+/// 4 MiB receive limit) gets every reply, and no batch is marked read that cannot be
+/// delivered: 100 messages of 60 KiB come out of `ReadMessages(limit = 100)` in several
+/// reads, each exactly once, and out of History in several pages. (Before the bound, the
+/// first read's 6 MB reply was refused by the client after the batch had been marked read.)
+#[tokio::test]
+async fn pages_of_large_messages_fit_a_stock_client_and_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path());
+    let mut client = node.client().await;
+    let alice = account(&mut client, "alice").await;
+    let bob = account(&mut client, "bob").await;
+    const COUNT: u64 = 100;
+    for n in 1..=COUNT {
+        let body = format!("{n:03}{}", "x".repeat(60 * 1024));
+        client.send_message(send(&alice, "bob", &body, n)).await.unwrap();
+    }
+    let mut read_ids = Vec::new();
+    let mut reads = 0;
+    loop {
+        let request_id = format!("read-{reads}");
+        let request = ReadMessagesRequest { token: bob.clone(), limit: 100, request_id: request_id.clone() };
+        let page = client.read_messages(request.clone()).await.expect("the reply fits").into_inner();
+        reads += 1;
+        let retry = client.read_messages(request).await.unwrap().into_inner();
+        assert_eq!(retry.messages, page.messages, "a retry returns the same batch");
+        assert!(page.messages.len() < COUNT as usize || reads > 1, "the first page stops at the byte bound");
+        read_ids.extend(page.messages.iter().map(|m| m.id));
+        if page.unread_remaining == 0 {
+            break;
+        }
+        assert!(!page.messages.is_empty());
+    }
+    assert!(reads > 1, "100 x 60 KiB did not fit in one read, so it took several");
+    assert_eq!(read_ids, (1..=COUNT).collect::<Vec<_>>(), "every message read once, in order");
+
+    let mut history_ids = Vec::new();
+    let mut before_id = 0;
+    loop {
+        let request = HistoryRequest { token: bob.clone(), peer: None, before_id, limit: 1000 };
+        let page = client.history(request).await.expect("the reply fits").into_inner();
+        history_ids.extend(page.messages.iter().map(|m| m.id));
+        if page.next_before_id == 0 {
+            break;
+        }
+        before_id = page.next_before_id;
+    }
+    history_ids.reverse();
+    assert_eq!(history_ids, (1..=COUNT).collect::<Vec<_>>(), "History pages through everything");
 }

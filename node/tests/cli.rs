@@ -58,12 +58,15 @@ fn a_conversation_through_the_cli() {
     assert!(assert_ok(&cli(&alice, &["send", "bob", "hello", "bob"], "")).contains("sent message 1 to bob"));
     assert_ok(&cli(&alice, &["send", "bob"], "from stdin\n"));
     assert_fails_with(&cli(&alice, &["send", "carol", "hi"], ""), "user 'carol' does not exist");
-    // A retry with the same client_msg_id is recognized.
-    let id = common::msg_id("k1");
-    assert_ok(&cli(&alice, &["send", "bob", "once", "--client-msg-id", &id], ""));
-    let retry = assert_ok(&cli(&alice, &["send", "bob", "once", "--client-msg-id", &id], ""));
-    assert!(retry.contains("not stored again"), "{retry}");
-    assert_fails_with(&cli(&alice, &["send", "bob", "x", "--client-msg-id", "k2"], ""), "<unix-ms>-<unique>");
+    // A retry with the same sequence is recognized, as long as its answer is awaited; sends
+    // numbered by the session file acknowledge what was answered.
+    let once = assert_ok(&cli(&alice, &["send", "bob", "once"], ""));
+    assert!(once.contains("sent message"), "{once}");
+    let session: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&alice).unwrap()).unwrap();
+    assert_eq!(session["next_send_sequence"], 5, "{session}");
+    assert_eq!(session["sends_awaiting"], serde_json::json!([]), "answered sends are not awaited");
+    assert_fails_with(&cli(&alice, &["send", "bob", "x", "--sequence", "9"], ""), "never given to a message");
+    assert_fails_with(&cli(&alice, &["send", "bob", "x", "--sequence", "1"], ""), "was acknowledged as answered");
 
     assert_fails_with(&cli(&bob, &["read"], ""), "not logged in");
     assert_fails_with(

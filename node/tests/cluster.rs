@@ -9,38 +9,46 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chorus::client::v1::{CreateAccountRequest, LoginRequest, ReadMessagesRequest, SendMessageRequest};
-use chorus::client::{ClusterClient, new_client_msg_id};
+use chorus::client::{ClusterClient, SendSequence};
 use common::cluster::TestCluster;
 use tonic::Code;
 
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
 
-async fn create_and_login(client: &mut ClusterClient, username: &str) -> String {
+/// A logged-in session, shared by every task that sends on it: one numbering of its sends.
+#[derive(Clone)]
+struct Session {
+    token: String,
+    sends: Arc<Mutex<SendSequence>>,
+}
+
+async fn create_and_login(client: &mut ClusterClient, username: &str) -> Session {
     let password = format!("{username}-password");
     let create = CreateAccountRequest { username: username.to_owned(), password: password.clone() };
     let result = chorus::cluster_call!(client, create_account, create);
     // A retried creation may find its own first attempt.
     assert!(result.is_ok() || result.as_ref().unwrap_err().code() == Code::AlreadyExists, "{result:?}");
     let login = LoginRequest { username: username.to_owned(), password };
-    chorus::cluster_call!(client, login, login).unwrap().token
+    let token = chorus::cluster_call!(client, login, login).unwrap().token;
+    Session { token, sends: Arc::default() }
 }
 
-/// Sends `body` to `to` with one client_msg_id for every retry; `Ok(id)` when acknowledged.
-async fn send(client: &mut ClusterClient, token: &str, to: &str, body: &str) -> Result<u64, tonic::Status> {
-    let request = SendMessageRequest {
-        token: token.to_owned(),
-        to: to.to_owned(),
-        body: body.to_owned(),
-        client_msg_id: new_client_msg_id(),
-    };
-    chorus::cluster_call!(client, send_message, request).map(|response| response.message_id)
+/// Sends `body` to `to` as the session's next message, the same request on every retry;
+/// `Ok(id)` when acknowledged.
+async fn send(client: &mut ClusterClient, session: &Session, to: &str, body: &str) -> Result<u64, tonic::Status> {
+    let request: SendMessageRequest =
+        session.sends.lock().unwrap().request(session.token.clone(), to.to_owned(), body.to_owned());
+    let result = chorus::cluster_call!(client, send_message, request.clone());
+    // These tests never retry a send after its call returns.
+    session.sends.lock().unwrap().finish(request.sequence);
+    result.map(|response| response.message_id)
 }
 
-/// Every unread message of `token`'s mailbox, reading in pages.
-async fn read_all(client: &mut ClusterClient, token: &str) -> Vec<String> {
+/// Every unread message of `session`'s mailbox, reading in pages.
+async fn read_all(client: &mut ClusterClient, session: &Session) -> Vec<String> {
     let mut bodies = Vec::new();
     loop {
-        let request = ReadMessagesRequest { token: token.to_owned(), limit: 1000, request_id: String::new() };
+        let request = ReadMessagesRequest { token: session.token.clone(), limit: 1000, request_id: String::new() };
         let page = chorus::cluster_call!(client, read_messages, request).unwrap();
         bodies.extend(page.messages.into_iter().map(|m| m.body));
         if page.unread_remaining == 0 {
@@ -68,13 +76,13 @@ async fn acknowledged_messages_survive_two_leader_kills_exactly_once() {
     let mut senders = Vec::new();
     for (k, token) in tokens.iter().enumerate() {
         let mut client = cluster.client(Duration::from_secs(60));
-        let token = token.clone();
+        let session = token.clone();
         let acknowledged = Arc::clone(&acknowledged);
         senders.push(tokio::task::spawn(async move {
             let to = format!("user{}", (k + 1) % CLIENTS);
             for n in 0..MESSAGES_PER_CLIENT {
                 let body = format!("from user{k} #{n}");
-                if send(&mut client, &token, &to, &body).await.is_ok() {
+                if send(&mut client, &session, &to, &body).await.is_ok() {
                     acknowledged.lock().unwrap().insert(body);
                 }
             }

@@ -21,7 +21,8 @@ async fn acknowledged_messages_survive_sigkill() {
             token: alice.clone(),
             to: "bob".into(),
             body: format!("message {n}"),
-            client_msg_id: common::msg_id(&format!("m{n}")),
+            sequence: n + 1,
+            acknowledged_through: 0,
         };
         acknowledged.push(client.send_message(request).await.unwrap().into_inner().message_id);
     }
@@ -45,13 +46,14 @@ async fn acknowledged_messages_survive_sigkill() {
     assert_eq!(ids, acknowledged);
     assert!(read.messages.iter().enumerate().all(|(n, m)| m.body == format!("message {n}")));
 
-    // Sessions are durable too, and so is the dedup record: a retry after the restart is
-    // recognized and not stored again.
+    // Sessions are durable too, and so is what they remember of their sends: a retry
+    // after the restart is recognized and not stored again.
     let retry = SendMessageRequest {
         token: alice.clone(),
         to: "bob".into(),
         body: "message 49".into(),
-        client_msg_id: common::msg_id("m49"),
+        sequence: 50,
+        acknowledged_through: 0,
     };
     let response = client.send_message(retry).await.unwrap().into_inner();
     assert!(response.duplicate);

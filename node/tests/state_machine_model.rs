@@ -8,9 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use chorus::chat::limits::{
-    CLIENT_CLOCK_AHEAD_MAX_MS, DEDUP_RECORDS_PER_SENDER_MAX, DEDUP_WINDOW_MS, SESSIONS_PER_USER_MAX,
-};
+use chorus::chat::limits::{SENDS_UNACKNOWLEDGED_PER_SESSION_MAX, SESSIONS_PER_USER_MAX};
 use chorus::chat::validate;
 use chorus::chat::{ChatStateMachine, Credentials, MessageView, Outcome, Rejection, SessionUser};
 use chorus_proto::v1::{
@@ -23,13 +21,13 @@ use sha2::{Digest, Sha256};
 const NAMES: &[&str] = &["alice", "bob", "carol", "al", "bo.b", "Alice", "x_1", "", "bad name"];
 const PASSWORD_HASHES: &[&str] = &["hash-a", "hash-b", ""];
 const BODIES: &[&str] = &["hi", "hello there", "", "ünïcödé"];
-/// client_msg_id choices: 40 valid ids whose first-attempt times are spread over the run
-/// (so that, as log time passes an hour per step, early ones fall out of the dedup window
-/// and late ones are still in the future), and three invalid ones.
-const CLIENT_MSG_IDS: usize = 43;
+/// Sequence choices (0 is invalid): few enough that retries and reuses are common.
+const SEQUENCES: u64 = 8;
 /// Log time at the first step, and how much passes per step.
 const START_MS: u64 = 1_000 * 24 * 3600 * 1000;
 const STEP_MS: u64 = 3600 * 1000;
+/// How wrong the forming node's clock may be, per send: none of it may change an outcome.
+const CLOCK_ERRORS_MS: &[i64] = &[0, 0, 60_000, -60_000, 2 * 24 * 3600 * 1000, -2 * 24 * 3600 * 1000];
 const TOKENS: usize = 6;
 const USER_IDS: u64 = 7;
 const PATTERNS: &[&str] = &["*", "a*", "?o*", "*l*", "b?.b", "al", "zz*", "*e"];
@@ -52,7 +50,10 @@ enum Step {
         token: usize,
         to: usize,
         body: usize,
-        client_msg_id: usize,
+        sequence: u64,
+        acknowledged_through: u64,
+        /// Index into CLOCK_ERRORS_MS: the forming leader's clock is this far off.
+        clock_error: usize,
     },
     Read {
         token: usize,
@@ -89,8 +90,35 @@ fn step_strategy() -> impl Strategy<Value = Step> {
         3 => (likely(3, USER_IDS as usize), 0..TOKENS)
             .prop_map(|(user, token)| Step::OpenSession { user_id: user as u64 + 1, token }),
         1 => token().prop_map(|token| Step::CloseSession { token }),
-        12 => (token(), likely(3, NAMES.len()), likely(2, BODIES.len()), likely(40, CLIENT_MSG_IDS))
-            .prop_map(|(token, to, body, client_msg_id)| Step::Send { token, to, body, client_msg_id }),
+        12 => (
+            token(),
+            likely(3, NAMES.len()),
+            likely(2, BODIES.len()),
+            prop_oneof![9 => 1..SEQUENCES, 1 => Just(0)],
+            0..SEQUENCES,
+            0..CLOCK_ERRORS_MS.len(),
+        )
+            .prop_map(|(token, to, body, sequence, acknowledged_through, clock_error)| Step::Send {
+                token,
+                to,
+                body,
+                sequence,
+                // Mostly a valid acknowledgement (below the sequence), sometimes not.
+                acknowledged_through: if acknowledged_through < sequence || sequence == 0 {
+                    acknowledged_through
+                } else {
+                    acknowledged_through % sequence.max(1)
+                },
+                clock_error,
+            }),
+        1 => (token(), 1..SEQUENCES, 1..=SEQUENCES).prop_map(|(token, sequence, acknowledged_through)| Step::Send {
+            token,
+            to: 1,
+            body: 0,
+            sequence,
+            acknowledged_through,
+            clock_error: 0,
+        }),
         3 => (token(), 0..4u32, 0..5usize).prop_map(|(token, limit, request_id)| Step::Read { token, limit, request_id }),
         4 => (token(), prop::collection::vec(1..8u64, 1..3)).prop_map(|(token, back)| Step::Delete { token, back }),
         1 => (token(), 0..PASSWORD_HASHES.len()).prop_map(|(token, hash)| Step::DeleteAccount { token, hash }),
@@ -132,13 +160,16 @@ fn command_of(step: &Step, time_ms: u64, next_message_id: u64) -> Option<Command
         Step::CloseSession { token } => {
             command::Kind::CloseSession(CloseSessionCommand { token_hash: token_hash(*token) })
         }
-        Step::Send { token, to, body, client_msg_id } => command::Kind::SendMessage(SendMessageCommand {
-            token_hash: token_hash(*token),
-            to: canonical_or_raw(NAMES[*to]),
-            body: BODIES[*body].to_owned(),
-            client_msg_id: client_msg_id_of(*client_msg_id),
-            sent_at_ms: time_ms,
-        }),
+        Step::Send { token, to, body, sequence, acknowledged_through, clock_error } => {
+            command::Kind::SendMessage(SendMessageCommand {
+                token_hash: token_hash(*token),
+                to: canonical_or_raw(NAMES[*to]),
+                body: BODIES[*body].to_owned(),
+                sent_at_ms: time_ms.saturating_add_signed(CLOCK_ERRORS_MS[*clock_error]),
+                sequence: *sequence,
+                acknowledged_through: *acknowledged_through,
+            })
+        }
         Step::Read { token, limit, request_id } => command::Kind::ReadMessages(ReadMessagesCommand {
             token_hash: token_hash(*token),
             limit: *limit,
@@ -168,8 +199,9 @@ fn command_of(step: &Step, time_ms: u64, next_message_id: u64) -> Option<Command
             token_hash: token_hash(0),
             to: "alice".to_owned(),
             body: "x".repeat(64 * 1024 + 1),
-            client_msg_id: format!("{time_ms}-big"),
             sent_at_ms: time_ms,
+            sequence: 1,
+            acknowledged_through: 0,
         }),
         Step::Malformed { .. } => {
             command::Kind::DeleteMessages(DeleteMessagesCommand { token_hash: token_hash(0), ids: vec![0, u64::MAX] })
@@ -177,15 +209,6 @@ fn command_of(step: &Step, time_ms: u64, next_message_id: u64) -> Option<Command
         Step::Reopen => return None,
     };
     Some(Command { kind: Some(kind) })
-}
-
-fn client_msg_id_of(choice: usize) -> String {
-    match choice {
-        40 => String::new(),
-        41 => "1-has space".to_owned(),
-        42 => "no-time".to_owned(),
-        n => format!("{}-m{n}", START_MS + n as u64 * STEP_MS / 2),
-    }
 }
 
 /// Commands carry canonical names; an invalid name is passed through to test rejection.
@@ -213,6 +236,14 @@ struct ModelMessage {
     read: bool,
 }
 
+/// A session's sends as the documented semantics keep them: acknowledged through a point,
+/// and every later stored send by sequence (message id, recipient, body).
+#[derive(Debug, Clone, Default)]
+struct ModelSends {
+    acknowledged_through: u64,
+    remembered: BTreeMap<u64, (u64, String, String)>,
+}
+
 #[derive(Debug, Default)]
 struct Model {
     users: BTreeMap<u64, ModelUser>,
@@ -221,10 +252,8 @@ struct Model {
     /// token hash → (request id, message ids) of the session's last identified read.
     last_reads: BTreeMap<Vec<u8>, (String, Vec<u64>)>,
     messages: BTreeMap<u64, ModelMessage>,
-    /// (sender, client_msg_id) → (message id, recipient, body, first-attempt time)
-    dedup: BTreeMap<(u64, String), (u64, String, String, u64)>,
-    /// Per sender: the newest first-attempt time forgotten.
-    dedup_floor: BTreeMap<u64, u64>,
+    /// token hash → what the session remembers of its sends.
+    sends: BTreeMap<Vec<u8>, ModelSends>,
     next_message_id: u64,
     last_applied: u64,
 }
@@ -317,45 +346,44 @@ impl Model {
                     let (_, oldest) = mine.remove(0);
                     self.sessions.remove(&oldest);
                     self.last_reads.remove(&oldest);
+                    self.sends.remove(&oldest);
                 }
                 Ok(Outcome::SessionOpened { username: user.username, unread_count: self.unread(user.user_id) })
             }
             command::Kind::CloseSession(c) => {
                 self.sessions.remove(&c.token_hash).ok_or(Rejection::SessionInvalid)?;
-                // A session's memory of its last read ends with it.
+                // A session's memory of its last read and of its sends ends with it.
                 self.last_reads.remove(&c.token_hash);
+                self.sends.remove(&c.token_hash);
                 Ok(Outcome::SessionClosed)
             }
             command::Kind::SendMessage(c) => {
                 let sender = self.session(&c.token_hash).ok_or(Rejection::SessionInvalid)?;
                 let to = canonical_exactly(&c.to)?;
                 validate::message_body(&c.body)?;
-                let attempt = validate::client_msg_id(&c.client_msg_id)?;
-                if attempt > c.sent_at_ms + CLIENT_CLOCK_AHEAD_MAX_MS {
-                    return Err(Rejection::ClientClockAhead {
-                        client_msg_id: c.client_msg_id.clone(),
-                        ahead_ms: attempt - c.sent_at_ms,
-                    });
+                validate::send_sequence(c.sequence, c.acknowledged_through)?;
+                // No clock appears below: `sent_at_ms` is shown, never consulted.
+                let sends = self.sends.entry(c.token_hash.clone()).or_default();
+                if c.acknowledged_through > sends.acknowledged_through {
+                    sends.acknowledged_through = c.acknowledged_through;
+                    sends.remembered.retain(|sequence, _| *sequence > c.acknowledged_through);
                 }
-                if let Some((message_id, first_to, first_body, _)) = self.dedup.get(&(sender, c.client_msg_id.clone()))
-                {
+                if let Some((message_id, first_to, first_body)) = sends.remembered.get(&c.sequence) {
                     return if *first_to == to && *first_body == c.body {
                         Ok(Outcome::MessageSent { message_id: *message_id, duplicate: true })
                     } else {
-                        Err(Rejection::ClientMsgIdReused {
-                            client_msg_id: c.client_msg_id.clone(),
-                            message_id: *message_id,
-                        })
+                        Err(Rejection::SequenceReused { sequence: c.sequence, message_id: *message_id })
                     };
                 }
-                let floor = self
-                    .dedup_floor
-                    .get(&sender)
-                    .copied()
-                    .unwrap_or(0)
-                    .max(c.sent_at_ms.saturating_sub(DEDUP_WINDOW_MS));
-                if attempt <= floor {
-                    return Err(Rejection::RetryTooOld { client_msg_id: c.client_msg_id.clone() });
+                if c.sequence <= sends.acknowledged_through {
+                    return Err(Rejection::SequenceAcknowledged {
+                        sequence: c.sequence,
+                        acknowledged_through: sends.acknowledged_through,
+                    });
+                }
+                let remembered = sends.remembered.len() as u64;
+                if remembered >= SENDS_UNACKNOWLEDGED_PER_SESSION_MAX {
+                    return Err(Rejection::TooManyUnacknowledgedSends { count: remembered });
                 }
                 let recipient = self
                     .by_name(&to)
@@ -368,22 +396,8 @@ impl Model {
                     message_id,
                     ModelMessage { sender, recipient, body: c.body.clone(), sent_at_ms: c.sent_at_ms, read: false },
                 );
-                self.dedup.insert((sender, c.client_msg_id.clone()), (message_id, to, c.body.clone(), attempt));
-                // Forget what is outside the window or beyond the count, oldest first.
-                let mut new_floor = floor.max(c.sent_at_ms.saturating_sub(DEDUP_WINDOW_MS));
-                let mut mine: Vec<(u64, String)> = self
-                    .dedup
-                    .iter()
-                    .filter(|((s, _), _)| *s == sender)
-                    .map(|((_, id), record)| (record.3, id.clone()))
-                    .collect();
-                mine.sort();
-                let excess = (mine.len() as u64).saturating_sub(DEDUP_RECORDS_PER_SENDER_MAX);
-                if excess > 0 {
-                    new_floor = new_floor.max(mine[excess as usize - 1].0);
-                }
-                self.dedup.retain(|(s, _), record| *s != sender || record.3 > new_floor);
-                self.dedup_floor.insert(sender, new_floor);
+                let sends = self.sends.get_mut(&c.token_hash).expect("created above");
+                sends.remembered.insert(c.sequence, (message_id, to, c.body.clone()));
                 Ok(Outcome::MessageSent { message_id, duplicate: false })
             }
             command::Kind::ReadMessages(c) => {
@@ -449,7 +463,7 @@ impl Model {
                 self.sessions.retain(|_, (u, _)| *u != user_id);
                 let sessions = &self.sessions;
                 self.last_reads.retain(|token, _| sessions.contains_key(token));
-                self.dedup.retain(|(sender, _), _| *sender != user_id);
+                self.sends.retain(|token, _| sessions.contains_key(token));
                 let user = self.users.get_mut(&user_id).unwrap();
                 user.deleted = true;
                 user.password_hash = None;
@@ -576,7 +590,7 @@ fn assert_same_answers(sm: &ChatStateMachine, model: &Model) -> Result<(), TestC
             for (before_id, limit) in [(0, 1000), (u64::MAX, 2), (5, 3)] {
                 let before = if before_id == 0 { u64::MAX } else { before_id };
                 prop_assert_eq!(
-                    sm.history(user_id, peer, before, limit).unwrap(),
+                    sm.history(user_id, peer, before, limit).unwrap().messages,
                     model.history(user_id, peer, before, limit),
                     "history of {} with {:?} before {} limit {}",
                     user_id,
@@ -588,7 +602,7 @@ fn assert_same_answers(sm: &ChatStateMachine, model: &Model) -> Result<(), TestC
         }
         for (after_id, limit) in [(0, 1000), (3, 2)] {
             prop_assert_eq!(
-                sm.received_after(user_id, after_id, limit).unwrap(),
+                sm.received_after(user_id, after_id, limit).unwrap().messages,
                 model.received_after(user_id, after_id, limit)
             );
         }
@@ -681,47 +695,141 @@ fn applying_an_old_index_panics() {
     sm.apply(5, &command).unwrap();
 }
 
-/// Beyond the count bound a sender's oldest ids are forgotten, and a retry of a forgotten id
-/// is refused, never stored again; ids still remembered are recognized as retries.
+/// Runs `steps` (after nothing: the caller includes any prelude) against both the state
+/// machine and the model; a pinned schedule from a past failure.
+fn run_pinned(steps: &[Step]) {
+    let dir = tempfile::tempdir().unwrap();
+    let schedule: Vec<Step> = prelude().into_iter().chain(steps.iter().cloned()).collect();
+    if let Err(failure) = run_schedule(dir.path(), &schedule) {
+        panic!("{failure}");
+    }
+}
+
+fn send_step(token: usize, to: usize, sequence: u64) -> Step {
+    Step::Send { token, to, body: 0, sequence, acknowledged_through: 0, clock_error: 0 }
+}
+
+/// Regression (found by the model test, 2026-11-24): deleting a message that a retried send
+/// points at, then retrying, must not bring it back or count it twice.
 #[test]
-fn dedup_forgets_the_oldest_ids_beyond_the_bound_and_refuses_their_retries() {
+fn regression_delete_after_a_retried_send() {
+    run_pinned(&[
+        Step::CreateAccount { name: 0, hash: 0 },
+        send_step(1, 0, 1),
+        send_step(0, 0, 1),
+        Step::Delete { token: 0, back: vec![1] },
+    ]);
+}
+
+/// Regression (found by the model test, 2026-11-24): deleting an account withdraws its
+/// unread sent messages, and forgets its sessions' sends with them.
+#[test]
+fn regression_delete_account_after_a_send() {
+    run_pinned(&[send_step(0, 1, 1), Step::DeleteAccount { token: 0, hash: 0 }]);
+}
+
+/// Regression (found by the model test, 2026-11-24, in the model): a session's memory of
+/// its last read ends with the session; a new session under the same token hash starts
+/// afresh, so reusing the request id reads anew.
+#[test]
+fn regression_a_closed_sessions_last_read_does_not_outlive_it() {
+    run_pinned(&[
+        send_step(0, 1, 1),
+        Step::Read { token: 1, limit: 1, request_id: 1 },
+        Step::CloseSession { token: 1 },
+        Step::OpenSession { user_id: 2, token: 1 },
+        send_step(0, 1, 2),
+        Step::Read { token: 1, limit: 1, request_id: 1 },
+    ]);
+}
+
+/// One leader's clock a day ahead (or behind) changes nothing: every send before and after
+/// it is accepted, and a retry formed by a leader with another clock gets the first id.
+/// (Under the clock-based dedup this was refused for a day: the floor rose with the fast
+/// clock and never came down; and a retry formed by a slower clock was refused as
+/// "from the future" before its record was even looked up.)
+#[test]
+fn no_leader_clock_decides_whether_a_send_is_stored() {
+    let day_ms = 24 * 3600 * 1000i64;
+    run_pinned(&[
+        Step::Send { token: 0, to: 1, body: 0, sequence: 1, acknowledged_through: 0, clock_error: 4 },
+        Step::Send { token: 0, to: 1, body: 1, sequence: 2, acknowledged_through: 1, clock_error: 0 },
+        // The retry of 2 formed by a leader whose clock is two days behind.
+        Step::Send { token: 0, to: 1, body: 1, sequence: 2, acknowledged_through: 1, clock_error: 5 },
+        Step::Send { token: 0, to: 1, body: 0, sequence: 3, acknowledged_through: 2, clock_error: 1 },
+    ]);
+    assert_eq!(CLOCK_ERRORS_MS[4], 2 * day_ms);
+    assert_eq!(CLOCK_ERRORS_MS[5], -2 * day_ms);
     let dir = tempfile::tempdir().unwrap();
     let mut sm = ChatStateMachine::open(&dir.path().join("chat.sqlite3")).unwrap();
-    let setup = [
-        Step::CreateAccount { name: 0, hash: 0 },
-        Step::CreateAccount { name: 1, hash: 0 },
-        Step::OpenSession { user_id: 1, token: 0 },
-    ];
     let mut index = 0;
-    for step in &setup {
+    let mut apply = |sm: &mut ChatStateMachine, step: &Step, time_ms: u64| {
         index += 1;
-        sm.apply(index, &command_of(step, START_MS, 1).unwrap()).unwrap();
+        sm.apply(index, &command_of(step, time_ms, 1).unwrap()).unwrap()
+    };
+    for step in prelude() {
+        apply(&mut sm, &step, START_MS);
     }
-    let send = |n: u64| Command {
+    let first = apply(&mut sm, &send_step(0, 1, 1), START_MS + 2 * day_ms as u64);
+    let later = apply(&mut sm, &send_step(0, 1, 2), START_MS);
+    let retry = apply(&mut sm, &send_step(0, 1, 1), START_MS - day_ms as u64);
+    assert_eq!(first, Outcome::MessageSent { message_id: 1, duplicate: false });
+    assert_eq!(later, Outcome::MessageSent { message_id: 2, duplicate: false });
+    assert_eq!(retry, Outcome::MessageSent { message_id: 1, duplicate: true });
+}
+
+/// A retry is recognized for as long as its session lives and the client has not
+/// acknowledged it, however much log time passes and however many sends follow (up to the
+/// bound); beyond the bound of unacknowledged sends, new ones are refused, not stored
+/// unprotected, until the client acknowledges.
+#[test]
+fn unacknowledged_sends_are_remembered_until_acknowledged_and_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = ChatStateMachine::open(&dir.path().join("chat.sqlite3")).unwrap();
+    let mut index = 0;
+    for step in prelude() {
+        index += 1;
+        sm.apply(index, &command_of(&step, START_MS, 1).unwrap()).unwrap();
+    }
+    let send = |sequence: u64, acknowledged_through: u64, sent_at_ms: u64| Command {
         kind: Some(command::Kind::SendMessage(SendMessageCommand {
             token_hash: token_hash(0),
             to: "bob".to_owned(),
-            body: format!("message {n}"),
-            client_msg_id: format!("{}-n{n}", START_MS + n),
-            sent_at_ms: START_MS + 20_000,
+            body: format!("message {sequence}"),
+            sent_at_ms,
+            sequence,
+            acknowledged_through,
         })),
     };
-    let total = DEDUP_RECORDS_PER_SENDER_MAX + 5;
-    let commands: Vec<Command> = (0..total).map(send).collect();
+    let max = SENDS_UNACKNOWLEDGED_PER_SESSION_MAX;
+    let commands: Vec<Command> = (1..=max).map(|n| send(n, 0, START_MS + n)).collect();
     let batch: Vec<(u64, Option<&Command>)> =
         commands.iter().enumerate().map(|(n, c)| (index + 1 + n as u64, Some(c))).collect();
-    index += total;
+    index += max;
     let outcomes = sm.apply_batch(&batch).unwrap();
     assert!(outcomes.iter().all(|o| matches!(o, Some(Outcome::MessageSent { duplicate: false, .. }))));
-    for n in [0, 4] {
-        index += 1;
-        let outcome = sm.apply(index, &send(n)).unwrap();
-        assert!(matches!(outcome, Outcome::Rejected(Rejection::RetryTooOld { .. })), "id {n}: {outcome:?}");
+    let year_later = START_MS + 365 * 24 * 3600 * 1000;
+    index += 1;
+    let retry = sm.apply(index, &send(1, 0, year_later)).unwrap();
+    assert_eq!(retry, Outcome::MessageSent { message_id: 1, duplicate: true }, "a year later, still recognized");
+    index += 1;
+    let over = sm.apply(index, &send(max + 1, 0, year_later)).unwrap();
+    assert_eq!(over, Outcome::Rejected(Rejection::TooManyUnacknowledgedSends { count: max }));
+    index += 1;
+    let acknowledged = sm.apply(index, &send(max + 1, max - 1, year_later)).unwrap();
+    assert!(matches!(acknowledged, Outcome::MessageSent { duplicate: false, .. }), "{acknowledged:?}");
+    index += 1;
+    let late = sm.apply(index, &send(5, 0, year_later)).unwrap();
+    assert_eq!(late, Outcome::Rejected(Rejection::SequenceAcknowledged { sequence: 5, acknowledged_through: max - 1 }));
+    let mut received = 0;
+    let mut after = 0;
+    loop {
+        let page = sm.received_after(2, after, u32::MAX).unwrap();
+        received += page.messages.len() as u64;
+        match page.messages.last() {
+            Some(last) if page.more => after = last.message_id,
+            _ => break,
+        }
     }
-    for n in [5, total - 1] {
-        index += 1;
-        let outcome = sm.apply(index, &send(n)).unwrap();
-        assert!(matches!(outcome, Outcome::MessageSent { duplicate: true, .. }), "id {n}: {outcome:?}");
-    }
-    assert_eq!(sm.received_after(2, 0, u32::MAX).unwrap().len() as u64, total, "no second copies");
+    assert_eq!(received, max + 1, "no second copies");
 }

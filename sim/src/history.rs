@@ -13,7 +13,7 @@ pub struct Observed {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    /// `body` is unique per logical send (retries reuse it and the client_msg_id).
+    /// `body` is unique per logical send (retries reuse it, and the session's sequence).
     Send {
         from: String,
         to: String,

@@ -12,7 +12,7 @@ use chorus::client::v1::{
     CreateAccountRequest, DeleteMessagesRequest, HistoryRequest, ListAccountsRequest, LoginRequest, Message,
     ReadMessagesRequest, SendMessageRequest,
 };
-use chorus::client::{ClusterClient, RetryPolicy, new_client_msg_id, new_request_id};
+use chorus::client::{ClusterClient, RetryPolicy, SendSequence, new_request_id};
 use madsim::runtime::Handle;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -193,6 +193,7 @@ async fn run_client(client: usize, clients: usize, servers: Vec<String>, seed: u
     }
 
     let mut sent = 0u64;
+    let mut sends = SendSequence::new();
     let mut known_ids: Vec<u64> = Vec::new();
     while !recorder.stopping() {
         let roll = rng.random_range(0..100);
@@ -200,14 +201,12 @@ async fn run_client(client: usize, clients: usize, servers: Vec<String>, seed: u
             let to = user(rng.random_range(0..clients));
             let body = format!("{me}#{sent}");
             sent += 1;
-            let request = SendMessageRequest {
-                token: token.clone(),
-                to: to.clone(),
-                body: body.clone(),
-                client_msg_id: new_client_msg_id(),
-            };
+            let request: SendMessageRequest = sends.request(token.clone(), to.clone(), body.clone());
             let op = recorder.invoke(client, Op::Send { from: me.clone(), to, body });
-            let result = chorus::cluster_call!(rpc, send_message, request);
+            let result = chorus::cluster_call!(rpc, send_message, request.clone());
+            // The workload never retries a send after its call returns (an unknown outcome
+            // stays unknown in the history), so every answer is acknowledged next time.
+            sends.finish(request.sequence);
             let outcome = match result {
                 Ok(response) => Outcome::Sent { message_id: response.message_id },
                 Err(status) => unknown_or_refused(&status, rpc.last_call_attempts()),

@@ -8,16 +8,23 @@ pub const PASSWORD_BYTES_MIN: usize = 8;
 pub const PASSWORD_BYTES_MAX: usize = 1024;
 /// Largest message body, in bytes of UTF-8.
 pub const BODY_BYTES_MAX: usize = 64 * 1024;
-/// Longest client-chosen message id, in characters.
-pub const CLIENT_MSG_ID_LEN_MAX: usize = 64;
-/// How long (in log time) a sender's client_msg_ids are remembered for deduplication.
-pub const DEDUP_WINDOW_MS: u64 = 24 * 60 * 60 * 1000;
-/// Most client_msg_ids remembered per sender; beyond it the oldest are forgotten.
-pub const DEDUP_RECORDS_PER_SENDER_MAX: u64 = 10_000;
-/// How far ahead of the server's clock a client_msg_id's time may be (client clock skew).
-pub const CLIENT_CLOCK_AHEAD_MAX_MS: u64 = 5 * 60 * 1000;
+/// Longest client-chosen read request id, in characters.
+pub const REQUEST_ID_LEN_MAX: usize = 64;
+/// Most sends per session whose answers the client has not acknowledged yet. Each is
+/// remembered (so that a retry gets the first answer) until the client acknowledges it;
+/// beyond this a new send is refused until it does, which bounds the dedup state per session.
+pub const SENDS_UNACKNOWLEDGED_PER_SESSION_MAX: u64 = 1024;
 /// Longest account-listing pattern, in characters.
 pub const PATTERN_LEN_MAX: usize = 64;
+/// Most bytes of messages in one page (ReadMessages, History, one fetch of a subscription),
+/// counted by `MessageView::page_bytes`, which is at least a message's encoded size: a page
+/// stops before it would pass this, so its reply stays under [`REPLY_BYTES_MAX`] however
+/// large the messages. Decided inside apply for ReadMessages, so every replica cuts a read
+/// at the same message.
+pub const PAGE_BYTES_MAX: usize = 1024 * 1024;
+/// Largest reply a node sends, encoded. Clients accept 4 MiB (tonic's default, which the
+/// client library sets explicitly); a node stays at half of it.
+pub const REPLY_BYTES_MAX: usize = 2 * 1024 * 1024;
 /// Page size or read limit used when the request leaves it at 0.
 pub const PAGE_SIZE_DEFAULT: u32 = 50;
 /// Largest page size or read limit; larger requests are served this many (AIP-158 style).

@@ -8,5 +8,5 @@ mod schema;
 mod state_machine;
 pub mod validate;
 
-pub use outcome::{MessageView, Outcome, Rejection};
+pub use outcome::{MessagePage, MessageView, Outcome, Rejection};
 pub use state_machine::{ChatStateMachine, Credentials, SessionUser, StateMachineError};

@@ -14,6 +14,24 @@ pub struct MessageView {
     pub read: bool,
 }
 
+impl MessageView {
+    /// What the message costs a page: its strings and an allowance for the numbers and
+    /// field tags around them, at least its protobuf encoding (`Message` in chat.proto,
+    /// inside a repeated field).
+    pub fn page_bytes(&self) -> usize {
+        const FRAMING_BYTES: usize = 48;
+        self.body.len() + self.from.len() + self.to.len() + FRAMING_BYTES
+    }
+}
+
+/// Messages of one page, and whether more may follow it (the page stopped at its count or
+/// at `PAGE_BYTES_MAX`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessagePage {
+    pub messages: Vec<MessageView>,
+    pub more: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     AccountCreated {
@@ -57,17 +75,17 @@ pub enum Rejection {
     #[error("user '{username}' does not exist")]
     RecipientNotFound { username: String },
     #[error(
-        "client_msg_id '{client_msg_id}' was already used for a different message (id {message_id}): use a new id for a new message"
+        "sequence {sequence} of this session was already used for a different message (id {message_id}): give a new message the next sequence"
     )]
-    ClientMsgIdReused { client_msg_id: String, message_id: u64 },
+    SequenceReused { sequence: u64, message_id: u64 },
     #[error(
-        "client_msg_id '{client_msg_id}' is older than what the server remembers (the sender's last 10,000 ids within 24 hours), so it cannot tell whether that message was already stored and refuses it; if this is a new message, check the client's clock and send it with a fresh id"
+        "sequence {sequence} of this session was acknowledged as answered (acknowledged_through {acknowledged_through}), so the server no longer remembers it and cannot tell a retry from a new message: a new message needs a sequence above {acknowledged_through}"
     )]
-    RetryTooOld { client_msg_id: String },
+    SequenceAcknowledged { sequence: u64, acknowledged_through: u64 },
     #[error(
-        "client_msg_id '{client_msg_id}' carries a time {ahead_ms} ms ahead of the server's clock: fix the client's clock (ids must carry the time of the first attempt)"
+        "this session has {count} sends whose answers were never acknowledged, the most the server remembers: send acknowledged_through (the lowest sequence still waiting for an answer, minus one) so it can forget the answered ones"
     )]
-    ClientClockAhead { client_msg_id: String, ahead_ms: u64 },
+    TooManyUnacknowledgedSends { count: u64 },
     #[error("message {message_id} not found")]
     MessageNotFound { message_id: u64 },
     #[error("message {message_id} was already read by its recipient: only the recipient can delete it now")]

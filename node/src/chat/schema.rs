@@ -4,7 +4,7 @@
 //! and account listings cost O(log n + page) however large the tables grow.
 
 /// `MIGRATIONS[v]` upgrades schema version `v` to `v + 1`.
-pub const MIGRATIONS: &[&str] = &[V1, V2, V3];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 const V1: &str = "
 -- One row: how far the log has been applied, and the id counters. Ids come from counters
@@ -97,4 +97,23 @@ UPDATE users SET dedup_records = (SELECT count(*) FROM sent_dedup WHERE sender_i
 const V3: &str = "
 ALTER TABLE sessions ADD COLUMN last_read_request_id TEXT;
 ALTER TABLE sessions ADD COLUMN last_read_ids BLOB;
+";
+
+/// Exactly-once sends without clocks (the Raft dissertation's client sessions, §6.3): each
+/// session numbers its messages, and a send is remembered (its message id, and a digest of
+/// what it asked for) until the client acknowledges its answer. The clock-based records of
+/// versions 2 and 3 cannot answer sequence-numbered retries and are dropped.
+const V4: &str = "
+CREATE TABLE session_sends (
+    token_hash     BLOB    NOT NULL,
+    sequence       INTEGER NOT NULL,
+    message_id     INTEGER NOT NULL,
+    request_digest BLOB    NOT NULL,
+    PRIMARY KEY (token_hash, sequence)  -- retry detection; forgetting what was acknowledged
+) WITHOUT ROWID;
+ALTER TABLE sessions ADD COLUMN sends_acknowledged_through INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN sends_remembered INTEGER NOT NULL DEFAULT 0 CHECK (sends_remembered >= 0);
+DROP TABLE sent_dedup;
+ALTER TABLE users DROP COLUMN dedup_floor_ms;
+ALTER TABLE users DROP COLUMN dedup_records;
 ";

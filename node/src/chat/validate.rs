@@ -3,8 +3,8 @@
 //! the log is rejected the same way on every replica instead of crashing them all).
 
 use super::limits::{
-    BODY_BYTES_MAX, CLIENT_MSG_ID_LEN_MAX, DELETE_IDS_MAX, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, PASSWORD_BYTES_MAX,
-    PASSWORD_BYTES_MIN, PATTERN_LEN_MAX, USERNAME_LEN_MAX,
+    BODY_BYTES_MAX, DELETE_IDS_MAX, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, PASSWORD_BYTES_MAX, PASSWORD_BYTES_MIN,
+    PATTERN_LEN_MAX, REQUEST_ID_LEN_MAX, USERNAME_LEN_MAX,
 };
 
 /// Why a piece of client input is unacceptable. Messages say what to do instead.
@@ -25,18 +25,14 @@ pub enum InvalidInput {
     #[error("message body is {len} bytes: at most {BODY_BYTES_MAX} (64 KiB) are allowed")]
     BodyTooLong { len: usize },
     #[error(
-        "client_msg_id is empty: give each message a unique id of the form <unix-ms>-<unique>, e.g. 1795489205000-7f3a9c, so a retry is not stored twice"
+        "sequence is 0: number the messages of a session 1, 2, 3, ... and reuse a message's number when you retry it, so that a retry is not stored twice"
     )]
-    ClientMsgIdEmpty,
-    #[error("client_msg_id is {len} characters: at most {CLIENT_MSG_ID_LEN_MAX} are allowed")]
-    ClientMsgIdTooLong { len: usize },
-    #[error("client_msg_id contains {found:?}: only printable ASCII without spaces is allowed")]
-    ClientMsgIdBadCharacter { found: char },
+    SequenceZero,
     #[error(
-        "client_msg_id {id:?} must look like <unix-ms>-<unique> (e.g. 1795489205000-7f3a9c): the time of the first attempt, which bounds how long the server must remember the id"
+        "acknowledged_through ({acknowledged_through}) must be below the message's sequence ({sequence}): it counts the sends whose answers you already have, and this one has none yet"
     )]
-    ClientMsgIdNoTime { id: String },
-    #[error("request_id is {len} characters: at most {CLIENT_MSG_ID_LEN_MAX} are allowed")]
+    AcknowledgedAhead { sequence: u64, acknowledged_through: u64 },
+    #[error("request_id is {len} characters: at most {REQUEST_ID_LEN_MAX} are allowed")]
     RequestIdTooLong { len: usize },
     #[error("request_id contains {found:?}: only printable ASCII without spaces is allowed")]
     RequestIdBadCharacter { found: char },
@@ -109,32 +105,22 @@ pub fn message_body(body: &str) -> Result<(), InvalidInput> {
     Ok(())
 }
 
-/// Checks a client_msg_id and returns the time of the first attempt it carries: ids look
-/// like `<unix-ms>-<unique>`, and the time lets the server forget old ids safely (a retry
-/// older than what it remembers is refused rather than stored twice).
-pub fn client_msg_id(id: &str) -> Result<u64, InvalidInput> {
-    if id.is_empty() {
-        return Err(InvalidInput::ClientMsgIdEmpty);
+/// Checks a send's place in its session: a message number of at least 1, and an
+/// acknowledgement of earlier sends only (see `SendMessageRequest` in chat.proto).
+pub fn send_sequence(sequence: u64, acknowledged_through: u64) -> Result<(), InvalidInput> {
+    if sequence == 0 {
+        return Err(InvalidInput::SequenceZero);
     }
-    let len = id.chars().count();
-    if len > CLIENT_MSG_ID_LEN_MAX {
-        return Err(InvalidInput::ClientMsgIdTooLong { len });
+    if acknowledged_through >= sequence {
+        return Err(InvalidInput::AcknowledgedAhead { sequence, acknowledged_through });
     }
-    if let Some(found) = id.chars().find(|c| !c.is_ascii_graphic()) {
-        return Err(InvalidInput::ClientMsgIdBadCharacter { found });
-    }
-    let no_time = || InvalidInput::ClientMsgIdNoTime { id: id.to_owned() };
-    let (time, unique) = id.split_once('-').ok_or_else(no_time)?;
-    if unique.is_empty() || time.is_empty() || time.len() > 19 || !time.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(no_time());
-    }
-    time.parse().map_err(|_| no_time())
+    Ok(())
 }
 
 /// Checks the optional id of a read (empty: none).
 pub fn request_id(id: &str) -> Result<(), InvalidInput> {
     let len = id.chars().count();
-    if len > CLIENT_MSG_ID_LEN_MAX {
+    if len > REQUEST_ID_LEN_MAX {
         return Err(InvalidInput::RequestIdTooLong { len });
     }
     if let Some(found) = id.chars().find(|c| !c.is_ascii_graphic()) {
@@ -251,18 +237,13 @@ mod tests {
     }
 
     #[test]
-    fn client_msg_ids_carry_their_first_attempt_time() {
-        assert_eq!(client_msg_id("1795489205000-a1"), Ok(1_795_489_205_000));
-        assert_eq!(client_msg_id("0-x"), Ok(0));
-        assert_eq!(client_msg_id(""), Err(InvalidInput::ClientMsgIdEmpty));
-        for bad in ["abc", "123", "123-", "-x", "12a-x", "99999999999999999999-x"] {
-            assert!(matches!(client_msg_id(bad), Err(InvalidInput::ClientMsgIdNoTime { .. })), "{bad}");
-        }
-        assert!(matches!(client_msg_id("1-has space"), Err(InvalidInput::ClientMsgIdBadCharacter { found: ' ' })));
-        assert!(matches!(
-            client_msg_id(&format!("1-{}", "x".repeat(63))),
-            Err(InvalidInput::ClientMsgIdTooLong { .. })
-        ));
+    fn send_sequences_start_at_one_and_acknowledge_only_earlier_sends() {
+        assert_eq!(send_sequence(1, 0), Ok(()));
+        assert_eq!(send_sequence(9, 8), Ok(()));
+        assert_eq!(send_sequence(u64::MAX, u64::MAX - 1), Ok(()));
+        assert_eq!(send_sequence(0, 0), Err(InvalidInput::SequenceZero));
+        assert_eq!(send_sequence(5, 5), Err(InvalidInput::AcknowledgedAhead { sequence: 5, acknowledged_through: 5 }));
+        assert!(send_sequence(5, 9).is_err());
     }
 
     #[test]

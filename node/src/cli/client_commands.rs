@@ -4,12 +4,13 @@
 use std::io::Read as _;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use chorus::client::v1::{
     CreateAccountRequest, DeleteAccountRequest, DeleteMessagesRequest, HistoryRequest, ListAccountsRequest,
     LoginRequest, LogoutRequest, ReadMessagesRequest, SendMessageRequest,
 };
-use chorus::client::{ClusterClient, RetryPolicy, new_client_msg_id, new_request_id};
+use chorus::client::{ClusterClient, RetryPolicy, new_request_id};
+use chorus::seam::unix_time_ms;
 use tonic::Code;
 
 use super::format::message_line;
@@ -48,11 +49,7 @@ async fn run_verb(options: &ClientOptions, verb: Verb) -> Result<()> {
         Verb::Login { username, password_stdin } => {
             let password = password::obtain(password_stdin, &format!("password of '{username}': "))?;
             let response = call!(client, login, LoginRequest { username, password })?;
-            let saved = SavedSession {
-                username: response.username,
-                token: response.token,
-                server: client.current_server().to_owned(),
-            };
+            let saved = SavedSession::new(response.username, response.token, client.current_server().to_owned());
             session_file::save(&session_path, &saved)?;
             println!("logged in as '{}': {} unread message(s)", saved.username, response.unread_count);
         }
@@ -66,13 +63,31 @@ async fn run_verb(options: &ClientOptions, verb: Verb) -> Result<()> {
                 Err(_) => println!("logged out '{}' (the server did not confirm the session's end)", session.username),
             }
         }
-        Verb::Send { to, body, client_msg_id } => {
-            let session = session_file::load(&session_path)?;
+        Verb::Send { to, body, sequence } => {
             let body = if body.is_empty() { read_stdin_body()? } else { body.join(" ") };
-            // One id for every retry of this message: the cluster stores it once.
-            let client_msg_id = client_msg_id.unwrap_or_else(new_client_msg_id);
-            let request = SendMessageRequest { token: session.token, to: to.clone(), body, client_msg_id };
-            let response = call!(client, send_message, request)?;
+            let request = numbered_send(&session_path, to.clone(), body, sequence)?;
+            let sequence = request.sequence;
+            let result = chorus::cluster_call!(client, send_message, request);
+            // Whether the answer is final: then the session acknowledges it with its next
+            // send. An unknown outcome stays awaiting, so that a retry is still recognized.
+            let answered = result.as_ref().err().is_none_or(|status| !chorus::client::outcome_unknown(status));
+            if answered {
+                session_file::update(&session_path, |session| {
+                    let mut sends = session.send_sequence(unix_time_ms());
+                    sends.finish(sequence);
+                    session.store_send_sequence(&sends, unix_time_ms());
+                })?;
+            }
+            let response = match result {
+                Ok(response) => response,
+                Err(status) if !answered => {
+                    let error = rpc_error(client.current_server(), status);
+                    return Err(error.context(format!(
+                        "to retry this message safely, run the same command with --sequence {sequence}"
+                    )));
+                }
+                Err(status) => return Err(rpc_error(client.current_server(), status)),
+            };
             if response.duplicate {
                 println!("already sent as message {} (not stored again)", response.message_id);
             } else {
@@ -147,6 +162,39 @@ async fn run_verb(options: &ClientOptions, verb: Verb) -> Result<()> {
         Verb::Node(_) | Verb::Demo(_) => unreachable!("not a client verb"),
     }
     Ok(())
+}
+
+/// The request for one `chorus send`: a new sequence from the session file, or the one
+/// given (a retry), with the acknowledgement of every answer this session has.
+fn numbered_send(
+    session_path: &std::path::Path,
+    to: String,
+    body: String,
+    sequence: Option<u64>,
+) -> Result<SendMessageRequest> {
+    session_file::update(session_path, |session| {
+        let now = unix_time_ms();
+        let mut sends = session.send_sequence(now);
+        let request = match sequence {
+            None => sends.request(session.token.clone(), to, body),
+            Some(sequence) if sequence == 0 || sequence >= sends.next() => {
+                bail!(
+                    "--sequence {sequence} was never given to a message of this session (the next is {})",
+                    sends.next()
+                )
+            }
+            Some(sequence) => SendMessageRequest {
+                token: session.token.clone(),
+                to,
+                body,
+                sequence,
+                // A retry acknowledges nothing new: its own answer is still awaited.
+                acknowledged_through: sends.acknowledged_through().min(sequence - 1),
+            },
+        };
+        session.store_send_sequence(&sends, now);
+        Ok(request)
+    })?
 }
 
 fn read_stdin_body() -> Result<String> {

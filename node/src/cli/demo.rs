@@ -17,7 +17,7 @@ use chorus::client::v1::{
     CreateAccountRequest, DeleteMessagesRequest, HistoryRequest, ListAccountsRequest, LoginRequest,
     ReadMessagesRequest, Role, SendMessageRequest, StatusRequest,
 };
-use chorus::client::{ClusterClient, RetryPolicy, new_client_msg_id, new_request_id};
+use chorus::client::{ClusterClient, RetryPolicy, SendSequence, new_request_id};
 use chorus::runtime::{ClusterConfig, MemberConfig, Timing};
 use clap::Args;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -90,8 +90,8 @@ struct Demo {
     config_path: PathBuf,
     nodes: BTreeMap<u64, DemoNode>,
     client: ClusterClient,
-    /// Session tokens of the users logged in during this demo.
-    sessions: BTreeMap<String, String>,
+    /// Sessions of the users logged in during this demo: token and send numbering.
+    sessions: BTreeMap<String, (String, SendSequence)>,
     current_user: Option<String>,
     watches: Vec<JoinHandle<()>>,
     echo_commands: bool,
@@ -227,17 +227,17 @@ impl Demo {
                 let response =
                     call!(login, LoginRequest { username: name.to_string(), password: password.to_string() });
                 println!("logged in as '{}': {} unread message(s)", response.username, response.unread_count);
-                self.sessions.insert(response.username.clone(), response.token);
+                self.sessions.insert(response.username.clone(), (response.token, SendSequence::new()));
                 self.current_user = Some(response.username);
             }
             ["send", to, text @ ..] if !text.is_empty() => {
-                let request = SendMessageRequest {
-                    token: self.token()?,
-                    to: to.to_string(),
-                    body: text.join(" "),
-                    client_msg_id: new_client_msg_id(),
-                };
-                let response = call!(send_message, request);
+                let (token, sends) = self.session()?;
+                let request: SendMessageRequest = sends.request(token, to.to_string(), text.join(" "));
+                let result = chorus::cluster_call!(self.client, send_message, request.clone());
+                // The shell never retries a send by itself, so its answer, whatever it is,
+                // is acknowledged with the next one.
+                self.session()?.1.finish(request.sequence);
+                let response = result.map_err(|status| rpc_error(self.client.current_server(), status))?;
                 println!("sent message {} to {}", response.message_id, to.to_ascii_lowercase());
             }
             ["read"] => {
@@ -320,7 +320,14 @@ impl Demo {
 
     fn token(&self) -> Result<String> {
         let user = self.current_user.as_ref().context("log in first: login NAME PASSWORD")?;
-        Ok(self.sessions[user].clone())
+        Ok(self.sessions[user].0.clone())
+    }
+
+    /// The current user's token (a copy) and send numbering.
+    fn session(&mut self) -> Result<(String, &mut SendSequence)> {
+        let user = self.current_user.as_ref().context("log in first: login NAME PASSWORD")?;
+        let (token, sends) = self.sessions.get_mut(user).context("log in first")?;
+        Ok((token.clone(), sends))
     }
 
     async fn stop_all(&mut self) {

@@ -61,11 +61,10 @@ pub enum Verb {
     Send {
         to: String,
         body: Vec<String>,
-        /// Retry-safe id of this message, `<unix-ms>-<unique>` with the time of the first
-        /// attempt (default: now and a random suffix). Sending again with the same id never
-        /// stores a second copy.
+        /// Retry a message whose outcome was unknown: the sequence number the earlier
+        /// attempt printed. Its recipient and body must be the same; it is never stored twice.
         #[arg(long)]
-        client_msg_id: Option<String>,
+        sequence: Option<u64>,
     },
     /// Show your oldest unread messages and mark them read.
     Read {

@@ -1,13 +1,25 @@
-//! Where `chorus login` keeps the session token between commands.
+//! Where `chorus login` keeps the session token between commands, with the numbering of
+//! the session's sends (`SendMessageRequest.sequence`).
 //!
 //! The file holds a bearer secret, so it is created readable by its owner only (0600) and
-//! replaced atomically (write a temporary file, then rename).
+//! replaced atomically (write a temporary file, then rename). Every `chorus send` is its
+//! own process, and several may run at once on one session: the numbering is read and
+//! changed only under an exclusive lock of a sibling `.lock` file.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use chorus::client::SendSequence;
 use serde::{Deserialize, Serialize};
+
+/// How long a send whose outcome stayed unknown is kept awaiting (so that a retry with
+/// `--sequence` is still recognized) before the session acknowledges it anyway. Judged by
+/// this machine's clock, which can only err safely: acknowledged too early, a late retry
+/// is refused (never stored twice); too late, the server refuses new sends past its bound
+/// of unacknowledged ones until this passes.
+const AWAITING_SEND_KEPT: Duration = Duration::from_secs(24 * 60 * 60);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SavedSession {
@@ -15,6 +27,51 @@ pub struct SavedSession {
     pub token: String,
     /// The server that issued it, for the record (any node of the cluster accepts it).
     pub server: String,
+    /// The sequence the session's next new message gets.
+    #[serde(default = "first_sequence")]
+    pub next_send_sequence: u64,
+    /// Sends still awaiting an answer: in flight in another `chorus send`, or whose outcome
+    /// stayed unknown.
+    #[serde(default)]
+    pub sends_awaiting: Vec<AwaitingSend>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AwaitingSend {
+    pub sequence: u64,
+    pub started_unix_ms: u64,
+}
+
+fn first_sequence() -> u64 {
+    1
+}
+
+impl SavedSession {
+    pub fn new(username: String, token: String, server: String) -> Self {
+        Self { username, token, server, next_send_sequence: first_sequence(), sends_awaiting: Vec::new() }
+    }
+
+    /// The numbering as the client library keeps it, without sends kept past their time.
+    pub fn send_sequence(&self, now_unix_ms: u64) -> SendSequence {
+        let kept_ms = AWAITING_SEND_KEPT.as_millis() as u64;
+        let awaiting = self
+            .sends_awaiting
+            .iter()
+            .filter(|send| send.started_unix_ms.saturating_add(kept_ms) > now_unix_ms)
+            .map(|send| send.sequence);
+        SendSequence::resume(self.next_send_sequence, awaiting)
+    }
+
+    /// Stores `sends` back, keeping the start times of sends that were already awaiting.
+    pub fn store_send_sequence(&mut self, sends: &SendSequence, now_unix_ms: u64) {
+        let started = |sequence: u64| {
+            self.sends_awaiting.iter().find(|send| send.sequence == sequence).map_or(now_unix_ms, |s| s.started_unix_ms)
+        };
+        let awaiting =
+            sends.awaiting().map(|sequence| AwaitingSend { sequence, started_unix_ms: started(sequence) }).collect();
+        self.next_send_sequence = sends.next();
+        self.sends_awaiting = awaiting;
+    }
 }
 
 /// The session file's path: the flag or `CHORUS_SESSION_FILE`, else
@@ -59,6 +116,24 @@ pub fn save(path: &Path, session: &SavedSession) -> Result<()> {
     file.sync_all()?;
     std::fs::rename(&temporary, path).with_context(|| format!("cannot write session file {}", path.display()))?;
     Ok(())
+}
+
+/// Loads the session, lets `change` change it, and saves it, all under the session's lock,
+/// so that concurrent `chorus send`s never hand out one sequence twice.
+pub fn update<R>(path: &Path, change: impl FnOnce(&mut SavedSession) -> R) -> Result<R> {
+    let lock_path = path.with_extension("json.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open the session lock {}", lock_path.display()))?;
+    lock.lock().with_context(|| format!("cannot lock {}", lock_path.display()))?;
+    let mut session = load(path)?;
+    let result = change(&mut session);
+    save(path, &session)?;
+    drop(lock);
+    Ok(result)
 }
 
 pub fn remove(path: &Path) -> Result<()> {

@@ -4,8 +4,11 @@
 //! each call to the node it believes leads, follows the leader hint a follower answers
 //! with, and on UNAVAILABLE, timeouts or broken connections tries the next node, backing
 //! off exponentially with jitter, until the call's overall deadline. A retried send carries
-//! the same `client_msg_id`, so the cluster stores it once however often it is retried.
+//! the same session and sequence ([`SendSequence`]), so the cluster stores it once however
+//! often it is retried. What to do with an error is read from the `google.rpc.ErrorInfo`
+//! every Chorus error carries (`chorus_proto::wire`), never from its message.
 
+mod send_sequence;
 mod subscription;
 
 use std::future::Future;
@@ -13,15 +16,16 @@ use std::time::Duration;
 
 use chorus_proto::v1::chat_client::ChatClient as GrpcChatClient;
 use chorus_proto::v1::cluster_client::ClusterClient as GrpcClusterClient;
+use chorus_proto::wire;
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
 pub use chorus_proto::v1;
+pub use send_sequence::SendSequence;
 pub use subscription::Subscription;
-
-use crate::server::status::{LEADER_ADDRESS_KEY, LEADER_ID_KEY};
 
 /// Calls one chat RPC through [`ClusterClient::call`] (leader-finding, failover, retries),
 /// cloning `$request` for each attempt: `cluster_call!(client, send_message, request)`.
@@ -40,6 +44,54 @@ macro_rules! cluster_call {
 
 /// How long to wait for a TCP connection to one node.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The largest reply the client accepts. A node never sends more than half of it
+/// (`REPLY_BYTES_MAX` in the server), so a reply within the protocol always fits; it is
+/// tonic's default, set here so that the two stay in step deliberately.
+pub const REPLY_DECODE_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// What an error answer says about the call it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorVerdict {
+    /// Another node (or this one, later) may serve it. `applied_maybe`: the attempt may
+    /// have taken effect; `leader`: the client address of the leader, if the node named it;
+    /// `retry_after`: the node's advice on when to retry.
+    Retry { applied_maybe: bool, leader: Option<String>, retry_after: Option<Duration> },
+    /// The answer to the request itself (a refusal, or a reason nobody else would decide
+    /// differently): give it to the caller.
+    Final,
+}
+
+/// Reads an error answer: Chorus's `ErrorInfo` reason when there is one, else the code (a
+/// transport failure or a passed deadline, whose outcome is unknown).
+pub fn error_verdict(status: &Status) -> ErrorVerdict {
+    let retry_after = status.get_details_retry_info().and_then(|info| info.retry_delay);
+    match status.get_details_error_info().filter(|info| info.domain == wire::ERROR_DOMAIN) {
+        Some(info) => match info.reason.as_str() {
+            wire::NOT_LEADER => ErrorVerdict::Retry {
+                applied_maybe: false,
+                leader: info.metadata.get(wire::LEADER_ADDRESS).filter(|a| !a.is_empty()).cloned(),
+                retry_after,
+            },
+            wire::NOT_APPLIED | wire::SHUTTING_DOWN | wire::OVERLOADED => {
+                ErrorVerdict::Retry { applied_maybe: false, leader: None, retry_after }
+            }
+            wire::OUTCOME_UNKNOWN | wire::STORAGE_FAILURE => {
+                ErrorVerdict::Retry { applied_maybe: true, leader: None, retry_after }
+            }
+            _ => ErrorVerdict::Final,
+        },
+        // UNKNOWN is how a broken HTTP/2 stream surfaces; CANCELLED is how real tonic
+        // reports its own timeout.
+        None if matches!(
+            status.code(),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+        ) =>
+        {
+            ErrorVerdict::Retry { applied_maybe: true, leader: None, retry_after }
+        }
+        None => ErrorVerdict::Final,
+    }
+}
 
 /// How hard a client tries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,8 +134,6 @@ pub struct ClusterClient {
     policy: RetryPolicy,
     /// Jitter for backoff; seeded through the seam, so simulations replay it.
     rng: StdRng,
-    /// The leader named by the last refusal, for the subscription to follow.
-    last_hint: Option<usize>,
     /// How many attempts the last `call` made: a refusal after a retry may be the echo of
     /// the call's own first attempt (a retried create finding the account it created).
     last_call_attempts: u32,
@@ -104,7 +154,6 @@ impl ClusterClient {
             preferred: 0,
             policy,
             rng: crate::seam::os_seeded_rng(),
-            last_hint: None,
             last_call_attempts: 0,
         })
     }
@@ -133,7 +182,7 @@ impl ClusterClient {
 
     /// The chat API of one node, without failover: for callers that want a specific node.
     pub fn chat_of(&mut self, server: usize) -> GrpcChatClient<Channel> {
-        GrpcChatClient::new(self.channel(server))
+        GrpcChatClient::new(self.channel(server)).max_decoding_message_size(REPLY_DECODE_BYTES_MAX)
     }
 
     /// The cluster API of one node.
@@ -142,8 +191,9 @@ impl ClusterClient {
     }
 
     /// Runs `attempt` against the leader, failing over as described in the module docs.
-    /// Returns the first answer that is not "try elsewhere", or UNAVAILABLE once the
-    /// deadline passes.
+    /// Returns the first answer that is not "try elsewhere", or, once the deadline passes,
+    /// UNAVAILABLE with reason CLUSTER_UNREACHABLE saying whether any attempt may have
+    /// taken effect.
     pub async fn call<T, F, Fut>(&mut self, mut attempt: F) -> Result<T, Status>
     where
         F: FnMut(GrpcChatClient<Channel>) -> Fut,
@@ -153,14 +203,12 @@ impl ClusterClient {
         let mut backoff = self.policy.backoff_min;
         let mut tried_since_pause = 0;
         let mut last_failure = String::new();
+        let mut applied_maybe = false;
         self.last_call_attempts = 0;
         loop {
             let now = crate::seam::monotonic_now();
             if now >= deadline {
-                return Err(Status::unavailable(format!(
-                    "no node could serve the request within {} s (last: {last_failure}); if it was a change, it may or may not have taken effect",
-                    self.policy.call_deadline.as_secs()
-                )));
+                return Err(cluster_unreachable(self.policy.call_deadline, &last_failure, applied_maybe));
             }
             let server = self.preferred;
             let client = self.chat_of(server);
@@ -172,37 +220,46 @@ impl ClusterClient {
             };
             let status = match result {
                 Ok(response) => return Ok(response.into_inner()),
-                Err(status) if !retryable(&status) => return Err(status),
                 Err(status) => status,
             };
+            let ErrorVerdict::Retry { applied_maybe: maybe, leader, retry_after } = error_verdict(&status) else {
+                return Err(status);
+            };
+            applied_maybe |= maybe;
             last_failure = format!("{}: {}", self.servers[server], status.message());
             tried_since_pause += 1;
             // Follow a leader hint at once; otherwise try the next node.
-            self.preferred = match self.leader_hint(&status) {
+            self.preferred = match leader.and_then(|address| self.server_index(&address)) {
                 Some(leader) if leader != server => leader,
                 _ => (server + 1) % self.servers.len(),
             };
-            if tried_since_pause >= self.servers.len() {
+            let pause = match retry_after {
+                // The node said when: the next attempt goes after that, wherever it goes.
+                Some(delay) => Some(delay.min(self.policy.backoff_max)),
                 // As many refusals in a row as there are nodes (an election is probably
                 // under way, or hints are stale): wait a little before going round again.
-                let pause = self.jittered(backoff).min(deadline.saturating_duration_since(now));
-                tokio::time::sleep(pause).await;
-                backoff = (backoff * 2).min(self.policy.backoff_max);
+                None if tried_since_pause >= self.servers.len() => {
+                    let pause = self.jittered(backoff);
+                    backoff = (backoff * 2).min(self.policy.backoff_max);
+                    Some(pause)
+                }
+                None => None,
+            };
+            if let Some(pause) = pause {
+                tokio::time::sleep(pause.min(deadline.saturating_duration_since(now))).await;
                 tried_since_pause = 0;
             }
         }
     }
 
-    /// The server a NOT-the-leader answer points to, adding it if it is not known yet.
-    fn leader_hint(&mut self, status: &Status) -> Option<usize> {
-        let metadata = status.metadata();
-        metadata.get(LEADER_ID_KEY)?;
-        let address = metadata.get(LEADER_ADDRESS_KEY)?.to_str().ok()?.to_owned();
+    /// The index of the server at `address`, adding it if it is not known yet (a leader
+    /// hint may name a member the client was not given).
+    fn server_index(&mut self, address: &str) -> Option<usize> {
         if let Some(index) = self.servers.iter().position(|s| *s == address || s.ends_with(&format!("//{address}"))) {
             return Some(index);
         }
-        let endpoint = endpoint(&address).ok()?;
-        self.servers.push(address);
+        let endpoint = endpoint(address).ok()?;
+        self.servers.push(address.to_owned());
         self.endpoints.push(endpoint);
         self.channels.push(None);
         Some(self.servers.len() - 1)
@@ -225,21 +282,31 @@ impl ClusterClient {
     }
 }
 
-/// Answers that mean "this node cannot serve it now; another might": it is not the
-/// leader, it is stopping, the connection failed or broke (UNKNOWN is how a broken HTTP/2
-/// stream surfaces), or it did not answer in time.
-fn retryable(status: &Status) -> bool {
-    matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown)
+/// Whether a call's error leaves open whether it took effect: the client library's own
+/// CLUSTER_UNREACHABLE when some attempt may have been applied. (A call returns other
+/// errors only when they are definite answers.)
+pub fn outcome_unknown(status: &Status) -> bool {
+    status.get_details_error_info().is_some_and(|info| {
+        info.domain == wire::ERROR_DOMAIN
+            && info.reason == wire::CLUSTER_UNREACHABLE
+            && info.metadata.get(wire::OUTCOME).map(String::as_str) != Some("not_applied")
+    })
 }
 
-/// A fresh client_msg_id: the time of this first attempt (which lets the server bound how
-/// long it remembers ids) and 128 random bits, so two messages never share one by chance.
-/// Retries of the same message must reuse it unchanged.
-pub fn new_client_msg_id() -> String {
-    let mut bytes = [0u8; 16];
-    crate::seam::os_seeded_rng().fill_bytes(&mut bytes);
-    let random: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}-{random}", crate::seam::unix_time_ms())
+/// The client's own answer when no node served a call in time.
+fn cluster_unreachable(deadline: Duration, last_failure: &str, applied_maybe: bool) -> Status {
+    let (outcome, consequence) = if applied_maybe {
+        ("unknown", "if it was a change, it may or may not have taken effect")
+    } else {
+        ("not_applied", "every node said it was not applied")
+    };
+    let message = format!(
+        "no node could serve the request within {} s (last: {last_failure}); {consequence}",
+        deadline.as_secs()
+    );
+    let metadata = std::collections::HashMap::from([(wire::OUTCOME.to_owned(), outcome.to_owned())]);
+    let details = ErrorDetails::with_error_info(wire::CLUSTER_UNREACHABLE, wire::ERROR_DOMAIN, metadata);
+    Status::with_error_details(Code::Unavailable, message, details)
 }
 
 /// A fresh id for a read, reused by its retries (see `ReadMessagesRequest.request_id`).

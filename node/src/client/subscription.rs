@@ -5,7 +5,7 @@
 use chorus_proto::v1::{Message, SubscribeRequest};
 use tonic::{Status, Streaming};
 
-use super::{ClusterClient, retryable};
+use super::{ClusterClient, ErrorVerdict, error_verdict};
 
 pub struct Subscription<'a> {
     client: &'a mut ClusterClient,
@@ -43,17 +43,20 @@ impl<'a> Subscription<'a> {
                 let server = self.client.preferred;
                 let request = SubscribeRequest { token: self.token.clone(), after_id: self.last_delivered };
                 let mut chat = self.client.chat_of(server);
+                let mut hint = None;
                 match tokio::time::timeout(policy.attempt_timeout, chat.subscribe(request)).await {
                     Ok(Ok(response)) => self.stream = Some(response.into_inner()),
-                    Ok(Err(status)) if !retryable(&status) => return Err(status),
-                    Ok(Err(status)) => {
-                        self.client.last_hint = self.client.leader_hint(&status);
-                        last_failure = format!("{}: {}", self.client.servers[server], status.message());
-                    }
+                    Ok(Err(status)) => match error_verdict(&status) {
+                        ErrorVerdict::Final => return Err(status),
+                        ErrorVerdict::Retry { leader, .. } => {
+                            hint = leader.and_then(|address| self.client.server_index(&address));
+                            last_failure = format!("{}: {}", self.client.servers[server], status.message());
+                        }
+                    },
                     Err(_) => last_failure = format!("{}: no answer", self.client.servers[server]),
                 }
                 if self.stream.is_none() {
-                    match self.client.last_hint.take() {
+                    match hint {
                         Some(leader) => self.client.preferred = leader,
                         None => self.client.next_server(),
                     }
@@ -76,7 +79,7 @@ impl<'a> Subscription<'a> {
                     return Ok(message);
                 }
                 Ok(None) => {}
-                Err(status) if !retryable(&status) => return Err(status),
+                Err(status) if error_verdict(&status) == ErrorVerdict::Final => return Err(status),
                 Err(status) => last_failure = status.message().to_owned(),
             }
             // The stream ended or broke: resume elsewhere.

@@ -24,18 +24,32 @@ pub use raft_node::{
     NodeStatus, RaftHandle, RaftRuntime, ReplicaSetup, ReplicationObserver, RuntimeError, start_runtime,
 };
 
-/// Why a proposal or a read fence did not go through.
+/// Why a proposal or a read fence did not go through. Each variant says whether the
+/// command may have taken effect: the server turns that into a distinct reason on the
+/// wire, and a client decides from it whether a retry is safe.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProposeError {
-    /// This node is not the leader; `leader` is the one it knows of, if any.
+    /// Certainly not applied: this node is not the leader; `leader` is the one it knows of.
     #[error("this node is not the leader{}", leader.map(|id| format!(" (node {id} is)")).unwrap_or_default())]
     NotLeader { leader: Option<crate::replication::NodeId> },
-    /// The command was not (and will not be) applied; the client should retry elsewhere or later.
+    /// Certainly not applied: leadership is being handed to another node.
+    #[error("leadership is moving to another node; retry")]
+    TransferInProgress,
+    /// Certainly not applied: too much is waiting to commit.
+    #[error("too many commands are waiting to commit; retry shortly")]
+    Overloaded,
+    /// Certainly not applied: another leader's entry took the command's place in the log.
+    #[error("leadership changed before the command committed, and it did not; retry")]
+    Superseded,
+    /// Nothing changed: a linearizable read could not be confirmed (no quorum, or
+    /// leadership changed while confirming it).
     #[error("{0}")]
-    Unavailable(String),
-    /// Storage failed while applying; the command was not applied.
-    #[error("storage failure on this node: {0}")]
-    Storage(String),
+    ReadUnconfirmed(String),
+    /// May or may not have been applied: the command was in the log when this node lost
+    /// leadership or its majority, or it did not commit in time.
+    #[error("{0}")]
+    OutcomeUnknown(String),
+    /// Certainly not applied: the node is stopping and never took the command.
     #[error("this node is shutting down")]
     ShuttingDown,
 }

@@ -27,7 +27,7 @@ use crate::transport::{InboxReceiver, Transport};
 use crate::watch::Watch;
 
 /// How long a proposal may wait to be committed and applied before the caller is told the
-/// outcome is unknown (it may still commit; a retry with the same client_msg_id is safe).
+/// outcome is unknown (it may still commit; a send retried with the same sequence is safe).
 const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a linearizable read may wait for its confirmation.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -127,9 +127,12 @@ impl Proposer for RaftHandle {
         self.inputs.send(Input::Propose { command, reply }).await.map_err(|_| ProposeError::ShuttingDown)?;
         match tokio::time::timeout(PROPOSAL_TIMEOUT, answer).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(ProposeError::ShuttingDown),
-            Err(_) => Err(ProposeError::Unavailable(format!(
-                "not committed within {} s (no quorum?); the outcome is unknown, and retrying with the same client_msg_id is safe",
+            // The runtime took the command, then stopped: it may be in the log.
+            Ok(Err(_)) => Err(ProposeError::OutcomeUnknown(
+                "this node stopped before the command was known to commit; it may or may not take effect".to_owned(),
+            )),
+            Err(_) => Err(ProposeError::OutcomeUnknown(format!(
+                "not committed within {} s (no quorum?); it may or may not take effect, and a send retried with the same sequence is stored once",
                 PROPOSAL_TIMEOUT.as_secs()
             ))),
         }
@@ -141,7 +144,7 @@ impl Proposer for RaftHandle {
         match tokio::time::timeout(READ_TIMEOUT, answer).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(ProposeError::ShuttingDown),
-            Err(_) => Err(ProposeError::Unavailable(format!(
+            Err(_) => Err(ProposeError::ReadUnconfirmed(format!(
                 "could not confirm leadership within {} s (no quorum?)",
                 READ_TIMEOUT.as_secs()
             ))),
@@ -346,7 +349,7 @@ impl<T: Transport> RaftRuntime<T> {
             match read.result {
                 Ok(index) => self.reads_confirmed.push((index, reply)),
                 Err(_) => {
-                    let _ = reply.send(Err(ProposeError::Unavailable(
+                    let _ = reply.send(Err(ProposeError::ReadUnconfirmed(
                         "leadership changed before the read was confirmed; retry".to_owned(),
                     )));
                 }
@@ -361,9 +364,9 @@ impl<T: Transport> RaftRuntime<T> {
             if soft.role != Role::Leader && !self.proposals.is_empty() {
                 // Waiting would only end at the proposal timeout. Say now that the outcome is
                 // unknown, so the client retries on the new leader at once (a retried send
-                // is deduplicated by its client_msg_id).
+                // is deduplicated by its session and sequence).
                 for (_, (_, reply)) in std::mem::take(&mut self.proposals) {
-                    let _ = reply.send(Err(ProposeError::Unavailable(
+                    let _ = reply.send(Err(ProposeError::OutcomeUnknown(
                         "leadership was lost before the command was known to commit; it may or may not take effect"
                             .to_owned(),
                     )));
@@ -399,9 +402,8 @@ impl<T: Transport> RaftRuntime<T> {
             let Some((term, reply)) = self.proposals.remove(&entry.index) else { continue };
             let result = match outcome {
                 Some(outcome) if term == entry.term => Ok(outcome),
-                _ => Err(ProposeError::Unavailable(
-                    "leadership changed before the command committed, and it did not; retry".to_owned(),
-                )),
+                // Another entry holds the proposal's index: the command is not in the log.
+                _ => Err(ProposeError::Superseded),
             };
             let _ = reply.send(result);
         }
@@ -438,11 +440,7 @@ impl<T: Transport> RaftRuntime<T> {
 fn propose_error(error: replication::ProposeError) -> ProposeError {
     match error {
         replication::ProposeError::NotLeader { leader_hint } => ProposeError::NotLeader { leader: leader_hint },
-        replication::ProposeError::TransferInProgress => {
-            ProposeError::Unavailable("leadership is moving to another node; retry".to_owned())
-        }
-        replication::ProposeError::Overloaded => {
-            ProposeError::Unavailable("too many commands waiting to commit; retry shortly".to_owned())
-        }
+        replication::ProposeError::TransferInProgress => ProposeError::TransferInProgress,
+        replication::ProposeError::Overloaded => ProposeError::Overloaded,
     }
 }

@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status};
 use super::status::{self, LeaderHints};
 use super::subscription::{self, ReceiverStream};
 use crate::chat::credentials::{self, PasswordHasher};
-use crate::chat::limits::TOKEN_LEN_MAX;
+use crate::chat::limits::{REPLY_BYTES_MAX, TOKEN_LEN_MAX};
 use crate::chat::{Outcome, SessionUser, validate};
 use crate::runtime::{ChatState, Proposer};
 use crate::seam::{run_blocking, unix_time_ms};
@@ -75,7 +75,11 @@ impl<P: Proposer> ChatService<P> {
 /// Hashes a presented token; an implausible one cannot name a session.
 fn token_hash(token: &str) -> Result<Vec<u8>, Status> {
     if token.is_empty() {
-        return Err(Status::unauthenticated("no session token given: log in first"));
+        return Err(status::error(
+            tonic::Code::Unauthenticated,
+            chorus_proto::wire::SESSION_INVALID,
+            "no session token given: log in first",
+        ));
     }
     if token.len() > TOKEN_LEN_MAX {
         return Err(status::session_invalid());
@@ -83,10 +87,23 @@ fn token_hash(token: &str) -> Result<Vec<u8>, Status> {
     Ok(credentials::token_hash(token))
 }
 
+/// A page reply, checked against the size every client accepts. Pages are cut by bytes
+/// when they are made (in apply, for reads), so this never fails: if it does, that is a
+/// bug, loud in debug builds and the simulation, an INTERNAL error otherwise.
+fn fits_in_reply<T: prost::Message>(reply: T) -> Result<Response<T>, Status> {
+    let bytes = reply.encoded_len();
+    if bytes > REPLY_BYTES_MAX {
+        debug_assert!(false, "a page reply of {bytes} bytes exceeds REPLY_BYTES_MAX");
+        tracing::error!(bytes, "a page reply exceeds REPLY_BYTES_MAX");
+        return Err(status::internal(format!("internal error: a reply of {bytes} bytes is too large to send")));
+    }
+    Ok(Response::new(reply))
+}
+
 fn unexpected(outcome: Outcome) -> Status {
     // The state machine answered a command with the outcome of another kind: a bug.
     tracing::error!(?outcome, "unexpected outcome for command");
-    Status::internal("internal error: unexpected outcome")
+    status::internal("internal error: unexpected outcome")
 }
 
 #[tonic::async_trait]
@@ -102,7 +119,7 @@ impl<P: Proposer> Chat for ChatService<P> {
         let mut salt_rng: StdRng = self.with_rng(rand::SeedableRng::from_rng);
         let password_hash = run_blocking(move || hasher.hash(&request.password, &mut salt_rng))
             .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(|e| status::internal(e.to_string()))?;
         let outcome = self
             .propose(command::Kind::CreateAccount(CreateAccountCommand {
                 username,
@@ -138,7 +155,7 @@ impl<P: Proposer> Chat for ChatService<P> {
         })
         .await;
         let Some(credentials) = verified else {
-            return Err(Status::unauthenticated(status::LOGIN_FAILED));
+            return Err(status::login_failed());
         };
         let token = self.with_rng(credentials::new_session_token);
         let outcome = self
@@ -198,14 +215,16 @@ impl<P: Proposer> Chat for ChatService<P> {
         let token_hash = token_hash(&request.token)?;
         let to = validate::canonical_username(&request.to).map_err(status::invalid)?;
         validate::message_body(&request.body).map_err(status::invalid)?;
-        validate::client_msg_id(&request.client_msg_id).map_err(status::invalid)?;
+        validate::send_sequence(request.sequence, request.acknowledged_through).map_err(status::invalid)?;
         let outcome = self
             .propose(command::Kind::SendMessage(SendMessageCommand {
                 token_hash,
                 to,
                 body: request.body,
-                client_msg_id: request.client_msg_id,
+                // For display only: no decision depends on this clock.
                 sent_at_ms: unix_time_ms(),
+                sequence: request.sequence,
+                acknowledged_through: request.acknowledged_through,
             }))
             .await?;
         match outcome {
@@ -233,10 +252,10 @@ impl<P: Proposer> Chat for ChatService<P> {
             }))
             .await?;
         match outcome {
-            Outcome::MessagesRead { messages, unread_remaining } => Ok(Response::new(ReadMessagesResponse {
+            Outcome::MessagesRead { messages, unread_remaining } => fits_in_reply(ReadMessagesResponse {
                 messages: messages.into_iter().map(subscription::to_proto).collect(),
                 unread_remaining,
-            })),
+            }),
             Outcome::Rejected(rejection) => Err(status::rejection(rejection)),
             other => Err(unexpected(other)),
         }
@@ -248,7 +267,7 @@ impl<P: Proposer> Chat for ChatService<P> {
         let limit = validate::page_size(request.limit);
         let before_id = if request.before_id == 0 { u64::MAX } else { request.before_id };
         let (user, _) = self.session(&request.token).await?;
-        let messages = self
+        let page = self
             .state
             .read(move |machine| {
                 let peer_id = match &peer {
@@ -262,13 +281,18 @@ impl<P: Proposer> Chat for ChatService<P> {
             })
             .await
             .map_err(status::storage)?
-            .map_err(|peer| Status::not_found(format!("user '{peer}' does not exist")))?;
-        let next_before_id =
-            if messages.len() == limit as usize { messages.last().map_or(0, |m| m.message_id) } else { 0 };
-        Ok(Response::new(HistoryResponse {
-            messages: messages.into_iter().map(subscription::to_proto).collect(),
+            .map_err(|peer| {
+                status::error(
+                    tonic::Code::NotFound,
+                    chorus_proto::wire::NOT_FOUND,
+                    format!("user '{peer}' does not exist"),
+                )
+            })?;
+        let next_before_id = if page.more { page.messages.last().map_or(0, |m| m.message_id) } else { 0 };
+        fits_in_reply(HistoryResponse {
+            messages: page.messages.into_iter().map(subscription::to_proto).collect(),
             next_before_id,
-        }))
+        })
     }
 
     async fn delete_messages(
@@ -303,7 +327,11 @@ impl<P: Proposer> Chat for ChatService<P> {
         let stored_hash = credentials.password_hash.clone();
         let verified = run_blocking(move || hasher.verify(&request.password, &stored_hash)).await;
         if !verified {
-            return Err(Status::unauthenticated("wrong password: the account was not deleted"));
+            return Err(status::error(
+                tonic::Code::Unauthenticated,
+                chorus_proto::wire::WRONG_PASSWORD,
+                "wrong password: the account was not deleted",
+            ));
         }
         let outcome = self
             .propose(command::Kind::DeleteAccount(DeleteAccountCommand {

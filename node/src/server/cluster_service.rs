@@ -35,7 +35,9 @@ fn role(role: Role) -> pb::Role {
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn status(&self, request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
-        let replica = self.raft.replica_status().await.ok_or_else(|| Status::unavailable("this node is stopping"))?;
+        let replica = self.raft.replica_status().await.ok_or_else(|| {
+            status::error(tonic::Code::Unavailable, chorus_proto::wire::SHUTTING_DOWN, "this node is stopping")
+        })?;
         let now = self.raft.now_ms();
         let members = self
             .cluster

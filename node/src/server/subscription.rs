@@ -46,7 +46,9 @@ pub fn start(
                     if machine.session_user(&token_hash)?.is_none_or(|session| session.user_id != user_id) {
                         return Ok(None);
                     }
-                    machine.received_after(user_id, last_delivered, SUBSCRIPTION_BATCH_MAX).map(Some)
+                    machine
+                        .received_after(user_id, last_delivered, SUBSCRIPTION_BATCH_MAX)
+                        .map(|page| Some(page.messages))
                 })
                 .await;
             let batch = match fetched {
@@ -79,7 +81,12 @@ pub fn start(
                 () = sender.closed() => return,
             };
             if stopping {
-                let _ = sender.send(Err(Status::unavailable("this node is shutting down"))).await;
+                let shutting_down = status::error(
+                    tonic::Code::Unavailable,
+                    chorus_proto::wire::SHUTTING_DOWN,
+                    "this node is shutting down",
+                );
+                let _ = sender.send(Err(shutting_down)).await;
                 return;
             }
         }

@@ -105,13 +105,6 @@ pub fn wait_for_ready_line(stdout: ChildStdout) -> (SocketAddr, ChildStdout) {
     receiver.recv_timeout(START_TIMEOUT).expect("node did not start in time").expect("node exited while starting")
 }
 
-/// A client_msg_id for `tag`: the test process's start time (so that it is recent, as the
-/// server requires) and the tag. The same tag gives the same id: that is a retry.
-pub fn msg_id(tag: &str) -> String {
-    static START_MS: std::sync::LazyLock<u64> = std::sync::LazyLock::new(chorus::seam::unix_time_ms);
-    format!("{}-{tag}", *START_MS)
-}
-
 /// Creates an account and logs it in; returns the session token.
 pub async fn account(client: &mut GrpcChatClient<Channel>, username: &str) -> String {
     let password = format!("{username}-password");
