@@ -49,6 +49,12 @@ where
     }
 }
 
+/// How many cores this machine has: how many CPU-heavy computations (password hashing) a
+/// node runs at once. Under madsim such work runs inline, so the number changes nothing.
+pub fn cpu_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |count| count.get())
+}
+
 /// Now, by the monotonic clock timers use (tokio's; simulated under madsim): for deadlines.
 pub fn monotonic_now() -> tokio::time::Instant {
     tokio::time::Instant::now()

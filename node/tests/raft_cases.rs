@@ -676,3 +676,19 @@ fn seven_node_cluster_tolerates_three_failures() -> TestResult {
     assert!(cluster.committed.values().all(|e| e.payload != Payload::Command(Bytes::from_static(b"with four down"))));
     Ok(())
 }
+
+/// A leader that inherits more uncommitted entries than the proposal backpressure allows
+/// (a cluster restarted after heavy load, whose commit index is learned anew) still appends
+/// its no-op and commits them all: before, the no-op was refused as "overloaded" and the new
+/// leader panicked.
+#[test]
+fn a_new_leader_with_a_long_uncommitted_tail_commits_it_through_its_noop() -> TestResult {
+    let tail: Vec<u64> = vec![1; 10_001];
+    let term1 = HardState { term: 1, vote: None };
+    let storages = (1..=3).map(|id| (id, MemoryStorage::with_log(term1, log_with_terms(&tail)))).collect();
+    let mut cluster = Cluster::with_storages(storages, tight_config(), 61);
+    let leader = cluster.elect()?;
+    cluster.run_for(3000)?;
+    assert!(cluster.replica(leader).commit_index() > 10_001, "the inherited tail committed");
+    Ok(())
+}

@@ -8,9 +8,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use chorus::chat::limits::PAGE_BYTES_MAX;
 use chorus::chat::limits::{SENDS_UNACKNOWLEDGED_PER_SESSION_MAX, SESSIONS_PER_USER_MAX};
 use chorus::chat::validate;
-use chorus::chat::{ChatStateMachine, Credentials, MessageView, Outcome, Rejection, SessionUser};
+use chorus::chat::{ChatReader, ChatStateMachine, Credentials, MessageView, Outcome, Rejection, SessionUser};
 use chorus_proto::v1::{
     CloseSessionCommand, Command, CreateAccountCommand, DeleteAccountCommand, DeleteMessagesCommand,
     OpenSessionCommand, ReadMessagesCommand, SendMessageCommand, command,
@@ -541,7 +542,7 @@ fn glob_matches(pattern: &str, name: &str) -> bool {
 // ---------------------------------------------------------------------------------------
 // The comparison.
 
-fn assert_same_answers(sm: &ChatStateMachine, model: &Model) -> Result<(), TestCaseError> {
+fn assert_same_answers(sm: &ChatReader, model: &Model) -> Result<(), TestCaseError> {
     prop_assert_eq!(sm.last_applied().unwrap(), model.last_applied);
     for token in 0..=TOKENS {
         let hash = token_hash(token);
@@ -602,7 +603,7 @@ fn assert_same_answers(sm: &ChatStateMachine, model: &Model) -> Result<(), TestC
         }
         for (after_id, limit) in [(0, 1000), (3, 2)] {
             prop_assert_eq!(
-                sm.received_after(user_id, after_id, limit).unwrap().messages,
+                sm.received_after(user_id, after_id, limit, PAGE_BYTES_MAX).unwrap().messages,
                 model.received_after(user_id, after_id, limit)
             );
         }
@@ -613,14 +614,19 @@ fn assert_same_answers(sm: &ChatStateMachine, model: &Model) -> Result<(), TestC
 fn run_schedule(dir: &Path, steps: &[Step]) -> Result<(), TestCaseError> {
     let path: PathBuf = dir.join("chat.sqlite3");
     let mut sm = ChatStateMachine::open(&path).unwrap();
+    // Clients read through read-only connections beside the writer: they must see exactly
+    // what the writer's own queries see, after every apply.
+    let mut reader = ChatReader::open_read_only(&path).unwrap();
     let mut model = Model::new();
     let mut index = 0;
     for (n, step) in steps.iter().enumerate() {
         let time_ms = START_MS + STEP_MS * n as u64;
         match command_of(step, time_ms, model.next_message_id) {
             None => {
+                drop(reader);
                 drop(sm);
                 sm = ChatStateMachine::open(&path).unwrap();
+                reader = ChatReader::open_read_only(&path).unwrap();
             }
             Some(command) => {
                 // Gaps in the index happen when the log holds entries that are not chat
@@ -631,7 +637,8 @@ fn run_schedule(dir: &Path, steps: &[Step]) -> Result<(), TestCaseError> {
                 prop_assert_eq!(got, expected, "step {}: {:?}", n, step);
             }
         }
-        assert_same_answers(&sm, &model)?;
+        assert_same_answers(sm.queries(), &model)?;
+        assert_same_answers(&reader, &model)?;
     }
     Ok(())
 }
@@ -678,10 +685,10 @@ fn oldest_sessions_are_closed_beyond_the_cap() {
         };
         assert_eq!(sm.apply(index, &command).unwrap(), model.apply(index, &command));
     }
-    assert_eq!(sm.session_user(&extra_token(0)).unwrap(), None);
-    assert_eq!(sm.session_user(&extra_token(1)).unwrap(), None);
-    assert!(sm.session_user(&extra_token(2)).unwrap().is_some());
-    assert!(sm.session_user(&token_hash(5)).unwrap().is_some(), "bob's session is untouched");
+    assert_eq!(sm.queries().session_user(&extra_token(0)).unwrap(), None);
+    assert_eq!(sm.queries().session_user(&extra_token(1)).unwrap(), None);
+    assert!(sm.queries().session_user(&extra_token(2)).unwrap().is_some());
+    assert!(sm.queries().session_user(&token_hash(5)).unwrap().is_some(), "bob's session is untouched");
 }
 
 /// Applying an index at or below last_applied is a bug in the log, and must be loud.
@@ -806,8 +813,9 @@ fn unacknowledged_sends_are_remembered_until_acknowledged_and_bounded() {
     let batch: Vec<(u64, Option<&Command>)> =
         commands.iter().enumerate().map(|(n, c)| (index + 1 + n as u64, Some(c))).collect();
     index += max;
-    let outcomes = sm.apply_batch(&batch).unwrap();
-    assert!(outcomes.iter().all(|o| matches!(o, Some(Outcome::MessageSent { duplicate: false, .. }))));
+    let applied = sm.apply_batch(&batch).unwrap();
+    assert!(applied.outcomes.iter().all(|o| matches!(o, Some(Outcome::MessageSent { duplicate: false, .. }))));
+    assert_eq!(applied.mailboxes_touched, [2].into(), "bob's subscriptions, and only his, must look");
     let year_later = START_MS + 365 * 24 * 3600 * 1000;
     index += 1;
     let retry = sm.apply(index, &send(1, 0, year_later)).unwrap();
@@ -824,7 +832,7 @@ fn unacknowledged_sends_are_remembered_until_acknowledged_and_bounded() {
     let mut received = 0;
     let mut after = 0;
     loop {
-        let page = sm.received_after(2, after, u32::MAX).unwrap();
+        let page = sm.queries().received_after(2, after, u32::MAX, PAGE_BYTES_MAX).unwrap();
         received += page.messages.len() as u64;
         match page.messages.last() {
             Some(last) if page.more => after = last.message_id,

@@ -45,6 +45,9 @@ pub const SEQUENCE_ACKNOWLEDGED: &str = "SEQUENCE_ACKNOWLEDGED";
 /// RESOURCE_EXHAUSTED. The session has as many unacknowledged sends as the server
 /// remembers; acknowledge answers (`acknowledged_through`) before sending more.
 pub const UNACKNOWLEDGED_SENDS_LIMIT: &str = "UNACKNOWLEDGED_SENDS_LIMIT";
+/// RESOURCE_EXHAUSTED. The session has as many live subscriptions on this node as a node
+/// allows; close one (retrying will not help until then).
+pub const SUBSCRIPTIONS_LIMIT: &str = "SUBSCRIPTIONS_LIMIT";
 /// NOT_FOUND. A named user or message does not exist (or is not the caller's).
 pub const NOT_FOUND: &str = "NOT_FOUND";
 /// FAILED_PRECONDITION. A sender tried to delete a message its recipient already read.
@@ -69,7 +72,7 @@ pub const MESSAGE_ID: &str = "message_id";
 pub const OUTCOME: &str = "outcome";
 
 /// Every reason above, for tests and clients that want to check they know them all.
-pub const ALL_REASONS: [&str; 19] = [
+pub const ALL_REASONS: [&str; 20] = [
     NOT_LEADER,
     NOT_APPLIED,
     OUTCOME_UNKNOWN,
@@ -84,6 +87,7 @@ pub const ALL_REASONS: [&str; 19] = [
     SEQUENCE_REUSED,
     SEQUENCE_ACKNOWLEDGED,
     UNACKNOWLEDGED_SENDS_LIMIT,
+    SUBSCRIPTIONS_LIMIT,
     NOT_FOUND,
     MESSAGE_ALREADY_READ,
     CONFLICT,

@@ -4,9 +4,11 @@
 pub mod credentials;
 pub mod limits;
 mod outcome;
+mod queries;
 mod schema;
 mod state_machine;
 pub mod validate;
 
 pub use outcome::{MessagePage, MessageView, Outcome, Rejection};
-pub use state_machine::{ChatStateMachine, Credentials, SessionUser, StateMachineError};
+pub use queries::{ChatReader, Credentials, SessionUser};
+pub use state_machine::{AppliedBatch, ChatStateMachine, StateMachineError};

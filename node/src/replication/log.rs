@@ -210,10 +210,10 @@ impl<S: Storage> RaftLog<S> {
         Ok(())
     }
 
-    /// Committed entries not yet handed out, at most `bytes_max` (but at least one); marks
-    /// them handed out. They may include entries of the current batch to persist: the
-    /// caller persists before it applies.
-    pub fn take_committed(&mut self, bytes_max: usize) -> Result<Vec<Entry>, StorageError> {
+    /// Committed entries not yet handed out, at most `count_max` and `bytes_max` (but at
+    /// least one); marks them handed out. They may include entries of the current batch to
+    /// persist: the caller persists before it applies.
+    pub fn take_committed(&mut self, count_max: usize, bytes_max: usize) -> Result<Vec<Entry>, StorageError> {
         let through = if crate::bugs::active(crate::bugs::Bug::ApplyBeforeCommit) {
             self.last_index().max(self.committed)
         } else {
@@ -222,6 +222,7 @@ impl<S: Storage> RaftLog<S> {
         if self.handed_out >= through {
             return Ok(Vec::new());
         }
+        let through = through.min(self.handed_out + count_max as LogIndex);
         let entries = self.entries(self.handed_out + 1, through + 1, bytes_max)?;
         if let Some(last) = entries.last() {
             self.handed_out = last.index;

@@ -26,6 +26,8 @@ mod types;
 pub use config::{ConfigError, ReplicaConfig};
 pub use message::{AppendResult, Message, MessageBody};
 pub use ready::{ReadAborted, ReadOutcome, Ready, SoftState};
-pub use replica::{FollowerStatus, ProposeError, Replica, ReplicaError, ReplicaStatus, TransferError};
+pub use replica::{
+    COMMITTED_ENTRIES_PER_READY_MAX, FollowerStatus, ProposeError, Replica, ReplicaError, ReplicaStatus, TransferError,
+};
 pub use storage::{MemoryStorage, Storage, StorageError};
 pub use types::{Entry, HardState, INDEX_MAX, LogIndex, LogPosition, NodeId, Payload, Role, TERM_MAX, Term};

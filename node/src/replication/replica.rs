@@ -20,6 +20,9 @@ use super::types::{Entry, HardState, INDEX_MAX, LogIndex, LogPosition, NodeId, P
 
 /// Most bytes of committed entries handed out in one `Ready`.
 const COMMITTED_BYTES_PER_READY_MAX: usize = 8 * 1024 * 1024;
+/// Most committed entries handed out in one `Ready`: the caller applies them in one go, and
+/// a node re-applying a long log must get back to its timers between batches.
+pub const COMMITTED_ENTRIES_PER_READY_MAX: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReplicaError {
@@ -548,11 +551,7 @@ impl<S: Storage> Replica<S> {
     /// the returned position identifies it: the command committed iff the entry committed
     /// at that index has that term.
     pub fn propose(&mut self, command: Bytes) -> Result<LogPosition, ProposeError> {
-        self.propose_payload(Payload::Command(command))
-    }
-
-    fn propose_payload(&mut self, payload: Payload) -> Result<LogPosition, ProposeError> {
-        let RoleState::Leader(leader) = &mut self.role else {
+        let RoleState::Leader(leader) = &self.role else {
             return Err(ProposeError::NotLeader { leader_hint: self.leader });
         };
         if leader.transfer.is_some() {
@@ -561,10 +560,19 @@ impl<S: Storage> Replica<S> {
         if self.log.last_index() - self.log.committed() >= UNCOMMITTED_ENTRIES_MAX {
             return Err(ProposeError::Overloaded);
         }
+        Ok(self.append_as_leader(Payload::Command(command)))
+    }
+
+    /// Appends an entry of this leader's term. Client proposals pass the backpressure check
+    /// first; the new leader's no-op must not (a leader that inherits a long uncommitted
+    /// tail commits it only through its no-op).
+    fn append_as_leader(&mut self, payload: Payload) -> LogPosition {
+        let RoleState::Leader(leader) = &mut self.role else { unreachable!("only a leader appends") };
         let position = LogPosition { term: self.term, index: self.log.last_index() + 1 };
+        assert!(position.index <= INDEX_MAX, "the log reached the largest index");
         self.log.append_new(Entry { term: position.term, index: position.index, payload });
         leader.broadcast_needed = true;
-        Ok(position)
+        position
     }
 
     /// Asks for a linearizable read (ReadIndex, §6.4). The outcome arrives in a later
@@ -647,7 +655,9 @@ impl<S: Storage> Replica<S> {
             entries: self.log.unstable_entries().to_vec(),
             messages: std::mem::take(&mut self.messages),
             messages_after_persist: std::mem::take(&mut self.messages_after_persist),
-            committed_entries: self.log.take_committed(COMMITTED_BYTES_PER_READY_MAX)?,
+            committed_entries: self
+                .log
+                .take_committed(COMMITTED_ENTRIES_PER_READY_MAX, COMMITTED_BYTES_PER_READY_MAX)?,
             reads: std::mem::take(&mut self.reads),
             soft_state: (soft_state != self.reported_soft_state).then_some(soft_state),
         };
@@ -831,7 +841,7 @@ impl<S: Storage> Replica<S> {
         tracing::info!(node = self.id, term = self.term, "became leader");
         // §3.6.2 / §6.4: a no-op of the new term lets earlier entries commit and tells the
         // leader when its commit index is current.
-        self.propose_payload(Payload::Noop).expect("a new leader accepts its no-op");
+        self.append_as_leader(Payload::Noop);
         Ok(())
     }
 

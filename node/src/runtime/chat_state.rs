@@ -1,50 +1,111 @@
-//! The chat state machine as the runtime shares it: one SQLite connection behind a mutex,
-//! and a watch of the applied index that live subscriptions wait on.
+//! The chat state as the node shares it: the one writer (apply) behind its own lock,
+//! read-only connections for client queries, one more for the state digest, a watch of the
+//! applied index, and per-user wake-ups for live subscriptions.
+//!
+//! Nothing a client asks can make apply wait: client queries never take the writer's lock
+//! (SQLite in WAL mode lets them read a committed snapshot while apply writes), so the
+//! replication loop, which applies inline, keeps ticking, heartbeating and voting whatever
+//! the clients do.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chorus_proto::v1::Command;
 
-use crate::chat::{ChatStateMachine, Outcome, StateMachineError};
+use crate::chat::{ChatReader, ChatStateMachine, Outcome, StateMachineError};
 use crate::seam::run_blocking;
 use crate::watch::Watch;
 
+/// Read-only connections serving client queries. Each query takes one (round robin) for
+/// its duration; with more queries at once than connections, they wait for one another,
+/// never for apply.
+const READERS: usize = 4;
+
 pub struct ChatState {
-    machine: Mutex<ChatStateMachine>,
+    writer: Mutex<ChatStateMachine>,
+    readers: Vec<Mutex<ChatReader>>,
+    next_reader: AtomicUsize,
+    /// The state digest's own connection: a digest scans everything, so at most one runs at
+    /// a time, and it takes no connection from client queries.
+    digest_reader: Mutex<ChatReader>,
     applied: Watch<u64>,
+    mailboxes: Mutex<BTreeMap<u64, (Watch<u64>, usize)>>,
+}
+
+/// A state digest is already being computed on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a state digest is already being computed on this node; ask again when it is done")]
+pub struct DigestBusy;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a lock is an invariant failure inside apply or a query; the
+    // process is going down anyway, and the database rolled the transaction back.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl ChatState {
+    /// Shares `machine`, opening the read-only connections beside it.
     pub fn new(machine: ChatStateMachine) -> Result<Arc<Self>, StateMachineError> {
         let last_applied = machine.last_applied()?;
-        Ok(Arc::new(Self { machine: Mutex::new(machine), applied: Watch::new(last_applied) }))
+        let path = machine.path().to_owned();
+        let readers =
+            (0..READERS).map(|_| ChatReader::open_read_only(&path).map(Mutex::new)).collect::<Result<_, _>>()?;
+        Ok(Arc::new(Self {
+            writer: Mutex::new(machine),
+            readers,
+            next_reader: AtomicUsize::new(0),
+            digest_reader: Mutex::new(ChatReader::open_read_only(&path)?),
+            applied: Watch::new(last_applied),
+            mailboxes: Mutex::new(BTreeMap::new()),
+        }))
     }
 
-    fn lock(&self) -> MutexGuard<'_, ChatStateMachine> {
-        // A panic while holding the lock is an invariant failure inside apply; the process
-        // is going down anyway, and the database rolled the transaction back.
-        self.machine.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Runs a query against the applied state, off the async workers.
+    /// Runs a query against the applied state on a read-only connection, off the async
+    /// workers. It reads everything applied before it started.
     pub async fn read<R, F>(self: &Arc<Self>, query: F) -> R
     where
-        F: FnOnce(&ChatStateMachine) -> R + Send + 'static,
+        F: FnOnce(&ChatReader) -> R + Send + 'static,
         R: Send + 'static,
     {
         let state = Arc::clone(self);
-        run_blocking(move || query(&state.lock())).await
+        let reader = self.next_reader.fetch_add(1, Ordering::Relaxed) % READERS;
+        run_blocking(move || query(&lock(&state.readers[reader]))).await
+    }
+
+    /// The applied index and a SHA-256 of the whole chat state at it, on the digest's own
+    /// connection; refused while another digest runs.
+    pub async fn digest(self: &Arc<Self>) -> Result<Result<(u64, [u8; 32]), StateMachineError>, DigestBusy> {
+        let state = Arc::clone(self);
+        run_blocking(move || {
+            let reader = match state.digest_reader.try_lock() {
+                Ok(reader) => reader,
+                Err(std::sync::TryLockError::WouldBlock) => return Err(DigestBusy),
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            };
+            Ok(reader.state_digest_at_applied())
+        })
+        .await
     }
 
     /// Applies committed log entries (`None`: an entry that is not a chat command) in one
-    /// transaction and wakes everyone watching the applied index. Blocking: call it from a
-    /// blocking context.
+    /// transaction, then wakes the subscriptions of the users it touched and everyone
+    /// watching the applied index. Blocking: call it from a blocking context.
     pub fn apply_blocking(&self, batch: &[(u64, Option<Command>)]) -> Result<Vec<Option<Outcome>>, StateMachineError> {
         let Some(&(last_index, _)) = batch.last() else { return Ok(Vec::new()) };
         let borrowed: Vec<(u64, Option<&Command>)> = batch.iter().map(|(index, c)| (*index, c.as_ref())).collect();
-        let outcomes = self.lock().apply_batch(&borrowed)?;
+        let applied = lock(&self.writer).apply_batch(&borrowed)?;
         self.applied.set(last_index);
-        Ok(outcomes)
+        let mailboxes = lock(&self.mailboxes);
+        for user_id in &applied.mailboxes_touched {
+            if let Some((watch, _)) = mailboxes.get(user_id) {
+                watch.set_if(|changes| {
+                    *changes += 1;
+                    true
+                });
+            }
+        }
+        Ok(applied.outcomes)
     }
 
     /// The index of the last applied command.
@@ -55,5 +116,142 @@ impl ChatState {
     /// The applied index, to wait on: it changes whenever commands are applied.
     pub fn watch_applied(&self) -> Watch<u64> {
         self.applied.clone()
+    }
+
+    /// Changes to `user_id`'s mailbox or sessions, to wait on: set by every apply that
+    /// stores a message for the user or ends one of its sessions, and by no other.
+    pub fn watch_mailbox(self: &Arc<Self>, user_id: u64) -> MailboxWatch {
+        let mut mailboxes = lock(&self.mailboxes);
+        let (watch, watchers) = mailboxes.entry(user_id).or_insert_with(|| (Watch::new(0), 0));
+        *watchers += 1;
+        MailboxWatch { state: Arc::clone(self), user_id, watch: watch.clone() }
+    }
+}
+
+/// A subscription's view of one user's mailbox changes; unregisters itself when dropped.
+pub struct MailboxWatch {
+    state: Arc<ChatState>,
+    user_id: u64,
+    watch: Watch<u64>,
+}
+
+impl MailboxWatch {
+    pub fn watch(&self) -> &Watch<u64> {
+        &self.watch
+    }
+}
+
+impl Drop for MailboxWatch {
+    fn drop(&mut self) {
+        let mut mailboxes = lock(&self.state.mailboxes);
+        let entry = mailboxes.get_mut(&self.user_id).expect("a watched mailbox is registered");
+        assert!(entry.1 > 0, "mailbox watchers went below zero");
+        entry.1 -= 1;
+        if entry.1 == 0 {
+            mailboxes.remove(&self.user_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use chorus_proto::v1::{CreateAccountCommand, command};
+
+    use super::*;
+
+    fn create(username: &str) -> Option<Command> {
+        Some(Command {
+            kind: Some(command::Kind::CreateAccount(CreateAccountCommand {
+                username: username.to_owned(),
+                password_hash: "h".to_owned(),
+                created_at_ms: 1,
+            })),
+        })
+    }
+
+    /// Apply goes on while a client query is in the middle of its work, and while a state
+    /// digest holds its connection; a second digest meanwhile is refused, not queued. (With
+    /// one connection behind one lock, apply waited for each query in turn, inline in the
+    /// replication loop.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    // The test holds the digest's connection across awaits on purpose: as a long digest would.
+    #[allow(clippy::await_holding_lock)]
+    async fn apply_never_waits_for_a_client_query_or_a_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = ChatState::new(ChatStateMachine::open(&dir.path().join("chat.sqlite3")).unwrap()).unwrap();
+        let (started, query_started) = std::sync::mpsc::channel();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let query = tokio::task::spawn({
+            let state = Arc::clone(&state);
+            async move {
+                state
+                    .read(move |reader| {
+                        let before = reader.user_id("alice").unwrap();
+                        started.send(()).unwrap();
+                        held.recv().unwrap();
+                        before
+                    })
+                    .await
+            }
+        });
+        query_started.recv_timeout(Duration::from_secs(10)).unwrap();
+        let digest_held = state.digest_reader.lock().unwrap();
+        let apply = tokio::task::spawn_blocking({
+            let state = Arc::clone(&state);
+            move || state.apply_blocking(&[(1, create("alice"))]).unwrap()
+        });
+        let outcomes = tokio::time::timeout(Duration::from_secs(10), apply)
+            .await
+            .expect("apply finished while a query and a digest were under way")
+            .unwrap();
+        assert!(matches!(outcomes[..], [Some(Outcome::AccountCreated { .. })]));
+        assert!(matches!(state.digest().await, Err(DigestBusy)), "one digest at a time");
+        drop(digest_held);
+        release.send(()).unwrap();
+        assert_eq!(query.await.unwrap(), None, "the query read the state as of its start");
+        let after = state.read(|reader| reader.user_id("alice").unwrap()).await;
+        assert!(after.is_some(), "a query started after the apply sees it");
+        let (applied, _) = state.digest().await.unwrap().unwrap();
+        assert_eq!(applied, 1);
+    }
+
+    /// An apply wakes the subscriptions of the users it touched, and no one else's.
+    #[tokio::test]
+    async fn an_apply_wakes_only_the_mailboxes_it_touched() {
+        use chorus_proto::v1::{OpenSessionCommand, SendMessageCommand};
+        let dir = tempfile::tempdir().unwrap();
+        let state = ChatState::new(ChatStateMachine::open(&dir.path().join("chat.sqlite3")).unwrap()).unwrap();
+        let token_hash = vec![1u8; 32];
+        let open = Command {
+            kind: Some(command::Kind::OpenSession(OpenSessionCommand {
+                user_id: 1,
+                token_hash: token_hash.clone(),
+                opened_at_ms: 1,
+            })),
+        };
+        state
+            .apply_blocking(&[(1, create("alice")), (2, create("bob")), (3, create("carol")), (4, Some(open))])
+            .unwrap();
+        let (alice, bob, carol) = (state.watch_mailbox(1), state.watch_mailbox(2), state.watch_mailbox(3));
+        let versions = |watches: [&MailboxWatch; 3]| watches.map(|w| w.watch().version());
+        let before = versions([&alice, &bob, &carol]);
+        let send = Command {
+            kind: Some(command::Kind::SendMessage(SendMessageCommand {
+                token_hash,
+                to: "bob".to_owned(),
+                body: "hi".to_owned(),
+                sent_at_ms: 1,
+                sequence: 1,
+                acknowledged_through: 0,
+            })),
+        };
+        state.apply_blocking(&[(5, Some(send))]).unwrap();
+        let after = versions([&alice, &bob, &carol]);
+        assert_eq!((after[0], after[2]), (before[0], before[2]), "alice's and carol's streams stay asleep");
+        assert!(after[1] > before[1], "bob's streams wake");
+        drop((alice, bob, carol));
+        assert!(state.mailboxes.lock().unwrap().is_empty(), "watches unregister when dropped");
     }
 }

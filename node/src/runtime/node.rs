@@ -30,6 +30,9 @@ use crate::watch::Watch;
 
 /// How long a stopping node waits for clients to finish before it stops regardless.
 const SHUTDOWN_GRACE_PERIOD: Duration = Duration::from_secs(5);
+/// How often a node pings an idle client connection, and how long it waits for the answer.
+const CLIENT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const CLIENT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Clone)]
 pub struct NodeConfig {
@@ -122,6 +125,10 @@ pub async fn run_node(
         ChatService::new(Arc::clone(&chat), Arc::new(raft.clone()), hasher, rng, stopping.clone(), hints);
     let cluster_service = ClusterService::new(node_id, cluster.clone(), raft.clone(), Arc::clone(&chat));
     let client_router = tonic::transport::Server::builder()
+        // A client that vanished without closing its connection (a dead machine, a cut
+        // link) is found within a minute, and its live subscriptions freed with it.
+        .http2_keepalive_interval(Some(CLIENT_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(CLIENT_KEEPALIVE_TIMEOUT))
         .add_service(ChatServer::new(chat_service))
         .add_service(ClusterServer::new(cluster_service));
     let raft_service = RaftService::new(cluster.cluster_id.clone(), node_id, cluster.member_ids(), inbox_tx);

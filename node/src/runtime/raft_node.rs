@@ -233,9 +233,14 @@ impl<T: Transport> RaftRuntime<T> {
     pub async fn run(mut self, stopping: Watch<bool>) -> Result<(), RuntimeError> {
         let mut next_tick = crate::seam::monotonic_now() + self.tick_interval;
         loop {
+            // One `Ready` per turn at most (its committed entries are bounded too), and
+            // when more is ready the next turn does not wait: it goes round again at once,
+            // ticking first if a tick is due. A node applying a long backlog thus keeps
+            // heartbeating, voting and answering between batches.
+            let more_ready = self.replica.has_ready();
             // `biased`: tokio's select! otherwise polls branches in a random order drawn
             // from a thread-local generator, which a simulation cannot replay. Ticks come
-            // first so that a flood of messages cannot starve the clock.
+            // first so that a flood of messages or a long backlog cannot starve the clock.
             tokio::select! {
                 biased;
                 _ = stopping.wait_for(|stopping| *stopping) => return Ok(()),
@@ -253,9 +258,10 @@ impl<T: Transport> RaftRuntime<T> {
                         self.replica.step(message)?;
                     }
                 }
+                () = std::future::ready(()), if more_ready => {}
             }
             self.take_queued_inputs()?;
-            while self.replica.has_ready() {
+            if self.replica.has_ready() {
                 let ready = self.replica.ready()?;
                 self.handle_ready(ready).await?;
                 self.replica.advance()?;
@@ -442,5 +448,64 @@ fn propose_error(error: replication::ProposeError) -> ProposeError {
         replication::ProposeError::NotLeader { leader_hint } => ProposeError::NotLeader { leader: leader_hint },
         replication::ProposeError::TransferInProgress => ProposeError::TransferInProgress,
         replication::ProposeError::Overloaded => ProposeError::Overloaded,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::chat::ChatStateMachine;
+    use crate::replication::{COMMITTED_ENTRIES_PER_READY_MAX, HardState, Message, ReplicaConfig};
+    use crate::storage::{ClusterIdentity, SqliteLog};
+    use crate::transport::peer_inbox;
+
+    /// A cluster of one has no peers to send to.
+    struct NoPeers;
+
+    impl Transport for NoPeers {
+        fn send(&self, messages: Vec<Message>) {
+            assert!(messages.is_empty(), "a cluster of one sends nothing");
+        }
+    }
+
+    /// A node with a long committed backlog to apply (a restart whose chat database lags
+    /// its log, say) answers in between the batches, instead of draining the whole backlog
+    /// first, during which it would not tick, heartbeat or vote.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_long_backlog_is_applied_in_turns_that_leave_room_for_the_clock_and_requests() {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = ClusterIdentity { cluster_id: "c".into(), node_id: 1, members: BTreeSet::from([1]) };
+        let mut log = SqliteLog::open(&dir.path().join("raft.sqlite3"), &identity).unwrap();
+        const BACKLOG: u64 = 40 * COMMITTED_ENTRIES_PER_READY_MAX as u64;
+        let entries: Vec<Entry> = (1..=BACKLOG).map(|index| Entry { term: 1, index, payload: Payload::Noop }).collect();
+        log.persist(Some(HardState { term: 1, vote: Some(1) }), &entries).unwrap();
+        let chat = ChatState::new(ChatStateMachine::open(&dir.path().join("chat.sqlite3")).unwrap()).unwrap();
+        let setup = ReplicaSetup {
+            node_id: 1,
+            members: BTreeSet::from([1]),
+            config: ReplicaConfig::default(),
+            rng_seed: 1,
+            observer: None,
+        };
+        let (_inbox_sender, inbox) = peer_inbox();
+        let (runtime, handle) =
+            start_runtime(setup, SharedLog::new(Box::new(log)), Arc::clone(&chat), NoPeers, inbox).unwrap();
+        let stopping = Watch::new(false);
+        let task = tokio::task::spawn(runtime.run(stopping.clone()));
+        // The first answer comes at the first turn; the second one must come at most a turn
+        // later, while most of the backlog is still to apply.
+        handle.replica_status().await.expect("the runtime answers");
+        let status = handle.replica_status().await.expect("the runtime answers");
+        assert!(status.commit_index > BACKLOG, "the new term's no-op committed the backlog");
+        let applied = chat.last_applied();
+        assert!(
+            applied < BACKLOG / 2,
+            "applied {applied} of {BACKLOG} before answering a request that waited one turn"
+        );
+        handle.status.wait_for(|status| status.applied_index > BACKLOG).await;
+        stopping.set(true);
+        task.await.unwrap().unwrap();
     }
 }

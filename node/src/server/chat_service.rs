@@ -18,24 +18,26 @@ use chorus_proto::v1::{
 use rand::rngs::StdRng;
 use tonic::{Request, Response, Status};
 
+use super::password_pool::PasswordPool;
 use super::status::{self, LeaderHints};
-use super::subscription::{self, ReceiverStream};
+use super::subscription::{self, SubscriptionStream, Subscriptions};
 use crate::chat::credentials::{self, PasswordHasher};
 use crate::chat::limits::{REPLY_BYTES_MAX, TOKEN_LEN_MAX};
 use crate::chat::{Outcome, SessionUser, validate};
 use crate::runtime::{ChatState, Proposer};
-use crate::seam::{run_blocking, unix_time_ms};
+use crate::seam::unix_time_ms;
 use crate::watch::Watch;
 
 pub struct ChatService<P> {
     state: Arc<ChatState>,
     proposer: Arc<P>,
-    hasher: Arc<PasswordHasher>,
+    passwords: PasswordPool,
     /// Draws session tokens and password salts; seeded once through the seam.
     rng: Arc<Mutex<StdRng>>,
     /// Becomes true when the node starts shutting down; ends live subscriptions.
     stopping: Watch<bool>,
     hints: LeaderHints,
+    subscriptions: Arc<Subscriptions>,
 }
 
 impl<P: Proposer> ChatService<P> {
@@ -47,7 +49,17 @@ impl<P: Proposer> ChatService<P> {
         stopping: Watch<bool>,
         hints: LeaderHints,
     ) -> Self {
-        Self { state, proposer, hasher: Arc::new(hasher), rng: Arc::new(Mutex::new(rng)), stopping, hints }
+        Self {
+            state,
+            proposer,
+            // Half the cores: a burst of logins must leave the replication loop (and the
+            // other members, on a small shared machine) room to heartbeat.
+            passwords: PasswordPool::new(hasher, (crate::seam::cpu_count() / 2).max(1)),
+            rng: Arc::new(Mutex::new(rng)),
+            stopping,
+            hints,
+            subscriptions: Arc::default(),
+        }
     }
 
     async fn propose(&self, kind: command::Kind) -> Result<Outcome, Status> {
@@ -67,7 +79,7 @@ impl<P: Proposer> ChatService<P> {
         let token_hash = token_hash(token)?;
         self.read_fence().await?;
         let lookup = token_hash.clone();
-        let user = self.state.read(move |machine| machine.session_user(&lookup)).await.map_err(status::storage)?;
+        let user = self.state.read(move |reader| reader.session_user(&lookup)).await.map_err(status::storage)?;
         Ok((user.ok_or_else(status::session_invalid)?, token_hash))
     }
 }
@@ -115,10 +127,11 @@ impl<P: Proposer> Chat for ChatService<P> {
         let request = request.into_inner();
         let username = validate::canonical_username(&request.username).map_err(status::invalid)?;
         validate::new_password(&request.password).map_err(status::invalid)?;
-        let hasher = Arc::clone(&self.hasher);
         let mut salt_rng: StdRng = self.with_rng(rand::SeedableRng::from_rng);
-        let password_hash = run_blocking(move || hasher.hash(&request.password, &mut salt_rng))
-            .await
+        let password_hash = self
+            .passwords
+            .run(move |hasher, memory| hasher.hash(&request.password, &mut salt_rng, memory))
+            .await?
             .map_err(|e| status::internal(e.to_string()))?;
         let outcome = self
             .propose(command::Kind::CreateAccount(CreateAccountCommand {
@@ -143,17 +156,19 @@ impl<P: Proposer> Chat for ChatService<P> {
         validate::offered_password(&request.password).map_err(status::invalid)?;
         self.read_fence().await?;
         let lookup = username.clone();
-        let credentials =
-            self.state.read(move |machine| machine.credentials(&lookup)).await.map_err(status::storage)?;
-        let hasher = Arc::clone(&self.hasher);
-        let verified = run_blocking(move || match credentials {
-            Some(credentials) => hasher.verify(&request.password, &credentials.password_hash).then_some(credentials),
-            None => {
-                hasher.verify_decoy(&request.password);
-                None
-            }
-        })
-        .await;
+        let credentials = self.state.read(move |reader| reader.credentials(&lookup)).await.map_err(status::storage)?;
+        let verified = self
+            .passwords
+            .run(move |hasher: &PasswordHasher, memory| match credentials {
+                Some(credentials) => {
+                    hasher.verify(&request.password, &credentials.password_hash, memory).then_some(credentials)
+                }
+                None => {
+                    hasher.verify_decoy(&request.password, memory);
+                    None
+                }
+            })
+            .await?;
         let Some(credentials) = verified else {
             return Err(status::login_failed());
         };
@@ -195,7 +210,7 @@ impl<P: Proposer> Chat for ChatService<P> {
         // One name more than the page shows whether another page follows.
         let mut usernames = self
             .state
-            .read(move |machine| machine.list_accounts(&pattern, after.as_deref(), page_size + 1))
+            .read(move |reader| reader.list_accounts(&pattern, after.as_deref(), page_size + 1))
             .await
             .map_err(status::storage)?;
         let next_page_token = if usernames.len() > page_size as usize {
@@ -269,15 +284,15 @@ impl<P: Proposer> Chat for ChatService<P> {
         let (user, _) = self.session(&request.token).await?;
         let page = self
             .state
-            .read(move |machine| {
+            .read(move |reader| {
                 let peer_id = match &peer {
-                    Some(peer) => match machine.user_id(peer)? {
+                    Some(peer) => match reader.user_id(peer)? {
                         Some(peer_id) => Some(peer_id),
                         None => return Ok(Err(peer.clone())),
                     },
                     None => None,
                 };
-                machine.history(user.user_id, peer_id, before_id, limit).map(Ok)
+                reader.history(user.user_id, peer_id, before_id, limit).map(Ok)
             })
             .await
             .map_err(status::storage)?
@@ -319,13 +334,13 @@ impl<P: Proposer> Chat for ChatService<P> {
         let lookup = user.username.clone();
         let credentials = self
             .state
-            .read(move |machine| machine.credentials(&lookup))
+            .read(move |reader| reader.credentials(&lookup))
             .await
             .map_err(status::storage)?
             .ok_or_else(status::session_invalid)?;
-        let hasher = Arc::clone(&self.hasher);
         let stored_hash = credentials.password_hash.clone();
-        let verified = run_blocking(move || hasher.verify(&request.password, &stored_hash)).await;
+        let verified =
+            self.passwords.run(move |hasher, memory| hasher.verify(&request.password, &stored_hash, memory)).await?;
         if !verified {
             return Err(status::error(
                 tonic::Code::Unauthenticated,
@@ -350,7 +365,7 @@ impl<P: Proposer> Chat for ChatService<P> {
         }
     }
 
-    type SubscribeStream = ReceiverStream;
+    type SubscribeStream = SubscriptionStream;
 
     async fn subscribe(&self, request: Request<SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
         let request = request.into_inner();
@@ -360,19 +375,21 @@ impl<P: Proposer> Chat for ChatService<P> {
         // on any node. But a session this node does not know yet may be one it has not
         // applied: only the leader, after a fence, may say it does not exist.
         let lookup = token_hash.clone();
-        let mut user = self.state.read(move |machine| machine.session_user(&lookup)).await.map_err(status::storage)?;
+        let mut user = self.state.read(move |reader| reader.session_user(&lookup)).await.map_err(status::storage)?;
         if user.is_none() {
             self.read_fence().await?;
             let lookup = token_hash.clone();
-            user = self.state.read(move |machine| machine.session_user(&lookup)).await.map_err(status::storage)?;
+            user = self.state.read(move |reader| reader.session_user(&lookup)).await.map_err(status::storage)?;
         }
         let user = user.ok_or_else(status::session_invalid)?;
+        let slot = self.subscriptions.open(&token_hash)?;
         let stream = subscription::start(
             Arc::clone(&self.state),
             token_hash,
             user.user_id,
             request.after_id,
             self.stopping.clone(),
+            slot,
         );
         Ok(Response::new(stream))
     }

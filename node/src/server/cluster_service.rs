@@ -55,12 +55,13 @@ impl Cluster for ClusterService {
             })
             .collect();
         let (applied_index, state_digest) = if request.into_inner().include_state_digest {
+            // A full scan, on its own connection: it cannot hold up apply or client reads,
+            // and only one runs at a time.
             let (applied, digest) = self
                 .chat
-                .read(|machine| {
-                    Ok::<_, crate::chat::StateMachineError>((machine.last_applied()?, machine.state_digest()?))
-                })
+                .digest()
                 .await
+                .map_err(|busy| status::overloaded(busy.to_string()))?
                 .map_err(status::storage)?;
             (applied, digest.to_vec())
         } else {

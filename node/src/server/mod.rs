@@ -2,6 +2,7 @@
 
 mod chat_service;
 mod cluster_service;
+mod password_pool;
 pub mod status;
 mod subscription;
 

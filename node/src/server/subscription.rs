@@ -1,97 +1,213 @@
 //! Live delivery: a stream of the messages a user receives.
 //!
 //! The database is the only source: the stream remembers the last id it delivered and,
-//! whenever the applied index moves, asks for what came after it. Messages cannot be
-//! missed between the backlog and the live part, nor delivered twice, because there is no
-//! second source to reconcile.
+//! whenever an apply touches the user's mailbox or sessions, asks for what came after it.
+//! Messages cannot be missed between the backlog and the live part, nor delivered twice,
+//! because there is no second source to reconcile.
+//!
+//! The stream fetches only when tonic asks it for the next message, which it does only
+//! when the connection can take more: a client that stops reading stops the fetching, and
+//! what waits in the node for it is at most one fetch ([`FETCH_BYTES_MAX`]). Each session
+//! may hold [`SUBSCRIPTIONS_PER_SESSION_MAX`] streams, and a node
+//! [`SUBSCRIPTIONS_PER_NODE_MAX`], so memory stays bounded however many streams are
+//! opened and however much is sent to them.
 
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use chorus_proto::v1::Message;
-use tokio::sync::mpsc;
-use tonic::Status;
+use chorus_proto::wire;
+use tonic::{Code, Status};
 
 use super::status;
 use crate::chat::MessageView;
-use crate::runtime::ChatState;
+use crate::runtime::{ChatState, MailboxWatch};
 use crate::watch::Watch;
 
-/// Messages fetched from the database per query.
-const SUBSCRIPTION_BATCH_MAX: u32 = 256;
-/// Messages buffered between the fetching task and a slow client; when full, fetching waits.
-const SUBSCRIPTION_BUFFER_MAX: usize = 256;
+/// Most messages fetched from the database at once.
+const FETCH_MESSAGES_MAX: u32 = 64;
+/// Most bytes fetched at once (at least one message, itself at most 64 KiB): what a slow
+/// subscriber can hold in the node beyond what the connection buffers.
+const FETCH_BYTES_MAX: usize = 64 * 1024;
+/// Live streams per session: a client needs one; a few allow reconnecting before the node
+/// notices that the old connection died.
+pub const SUBSCRIPTIONS_PER_SESSION_MAX: usize = 4;
+/// Live streams per node.
+pub const SUBSCRIPTIONS_PER_NODE_MAX: usize = 4096;
 
-/// Starts streaming to one subscriber; the task ends when the client goes away, its session
-/// ends, or the node shuts down.
+/// The streams open on this node, by session.
+#[derive(Default)]
+pub struct Subscriptions {
+    by_session: Mutex<BTreeMap<Vec<u8>, usize>>,
+}
+
+/// One open stream's place in [`Subscriptions`]; freed when the stream is dropped.
+pub struct SubscriptionSlot {
+    subscriptions: Arc<Subscriptions>,
+    token_hash: Vec<u8>,
+}
+
+impl Subscriptions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Vec<u8>, usize>> {
+        self.by_session.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes a slot for a stream of `token_hash`'s session, if the bounds allow one.
+    pub fn open(self: &Arc<Self>, token_hash: &[u8]) -> Result<SubscriptionSlot, Status> {
+        let mut by_session = self.lock();
+        let total: usize = by_session.values().sum();
+        if total >= SUBSCRIPTIONS_PER_NODE_MAX {
+            return Err(status::overloaded(format!(
+                "this node serves {SUBSCRIPTIONS_PER_NODE_MAX} live subscriptions, its most; subscribe on another node or later"
+            )));
+        }
+        let open = by_session.entry(token_hash.to_vec()).or_insert(0);
+        if *open >= SUBSCRIPTIONS_PER_SESSION_MAX {
+            return Err(status::error(
+                Code::ResourceExhausted,
+                wire::SUBSCRIPTIONS_LIMIT,
+                format!(
+                    "this session already has {SUBSCRIPTIONS_PER_SESSION_MAX} live subscriptions on this node, its most: close one first"
+                ),
+            ));
+        }
+        *open += 1;
+        Ok(SubscriptionSlot { subscriptions: Arc::clone(self), token_hash: token_hash.to_vec() })
+    }
+}
+
+impl Drop for SubscriptionSlot {
+    fn drop(&mut self) {
+        let mut by_session = self.subscriptions.lock();
+        let open = by_session.get_mut(&self.token_hash).expect("an open stream has a slot");
+        assert!(*open > 0, "subscription slots went below zero");
+        *open -= 1;
+        if *open == 0 {
+            by_session.remove(&self.token_hash);
+        }
+    }
+}
+
+/// Where a stream is: what it delivered last and how it learns of new messages.
+struct Cursor {
+    state: Arc<ChatState>,
+    token_hash: Vec<u8>,
+    user_id: u64,
+    last_delivered: u64,
+    mailbox: MailboxWatch,
+    stopping: Watch<bool>,
+    _slot: SubscriptionSlot,
+}
+
+/// What the next fetch produced.
+enum Fetched {
+    Messages(Vec<MessageView>),
+    /// The stream ends with this status (the session ended, the node stops, storage failed).
+    End(Status),
+}
+
+/// Waits for the next messages after the cursor, or for the reason the stream ends.
+async fn fetch(mut cursor: Cursor) -> (Cursor, Fetched) {
+    loop {
+        // Note the mailbox's version *before* querying: anything applied after this point
+        // wakes the wait below, so nothing slips between the two.
+        let seen = cursor.mailbox.watch().version();
+        let (token_hash, user_id, after) = (cursor.token_hash.clone(), cursor.user_id, cursor.last_delivered);
+        let fetched = cursor
+            .state
+            .read(move |reader| {
+                if reader.session_user(&token_hash)?.is_none_or(|session| session.user_id != user_id) {
+                    return Ok(None);
+                }
+                reader.received_after(user_id, after, FETCH_MESSAGES_MAX, FETCH_BYTES_MAX).map(Some)
+            })
+            .await;
+        let page = match fetched {
+            Ok(Some(page)) => page,
+            Ok(None) => return (cursor, Fetched::End(status::session_invalid())),
+            Err(error) => return (cursor, Fetched::End(status::storage(error))),
+        };
+        if let Some(last) = page.messages.last() {
+            assert!(last.message_id > cursor.last_delivered, "subscription would go backwards");
+            cursor.last_delivered = last.message_id;
+            return (cursor, Fetched::Messages(page.messages));
+        }
+        // `biased`: a fixed polling order keeps simulations replayable.
+        let stopping = tokio::select! {
+            biased;
+            _ = cursor.mailbox.watch().changed_since(seen) => false,
+            _ = cursor.stopping.wait_for(|stopping| *stopping) => true,
+        };
+        if stopping {
+            let shutting_down = status::error(Code::Unavailable, wire::SHUTTING_DOWN, "this node is shutting down");
+            return (cursor, Fetched::End(shutting_down));
+        }
+    }
+}
+
+type PendingFetch = Pin<Box<dyn Future<Output = (Cursor, Fetched)> + Send>>;
+
+/// The stream tonic sends from. It holds at most one fetch of messages, and fetches the next
+/// only when asked for a message it does not have.
+pub struct SubscriptionStream {
+    buffered: VecDeque<MessageView>,
+    cursor: Option<Cursor>,
+    pending: Option<PendingFetch>,
+    /// Set once the stream has ended: it answers `None` from then on.
+    ended: bool,
+}
+
+/// Streams every message received by `user_id` (the session of `token_hash`) with id
+/// greater than `after_id`, until the client goes away, the session ends or the node stops.
 pub fn start(
     state: Arc<ChatState>,
     token_hash: Vec<u8>,
     user_id: u64,
     after_id: u64,
     stopping: Watch<bool>,
-) -> ReceiverStream {
-    let (sender, receiver) = mpsc::channel(SUBSCRIPTION_BUFFER_MAX);
-    let applied = state.watch_applied();
-    tokio::task::spawn(async move {
-        let mut last_delivered = after_id;
+    slot: SubscriptionSlot,
+) -> SubscriptionStream {
+    let mailbox = state.watch_mailbox(user_id);
+    let cursor = Cursor { state, token_hash, user_id, last_delivered: after_id, mailbox, stopping, _slot: slot };
+    SubscriptionStream { buffered: VecDeque::new(), cursor: Some(cursor), pending: None, ended: false }
+}
+
+impl futures_core::Stream for SubscriptionStream {
+    type Item = Result<Message, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
         loop {
-            // Note the applied index's version *before* querying: anything applied after
-            // this point wakes the wait below, so nothing slips between the two.
-            let seen = applied.version();
-            let token_hash = token_hash.clone();
-            let fetched = state
-                .read(move |machine| -> Result<Option<Vec<MessageView>>, _> {
-                    if machine.session_user(&token_hash)?.is_none_or(|session| session.user_id != user_id) {
-                        return Ok(None);
-                    }
-                    machine
-                        .received_after(user_id, last_delivered, SUBSCRIPTION_BATCH_MAX)
-                        .map(|page| Some(page.messages))
-                })
-                .await;
-            let batch = match fetched {
-                Ok(Some(batch)) => batch,
-                Ok(None) => {
-                    let _ = sender.send(Err(status::session_invalid())).await;
-                    return;
-                }
-                Err(error) => {
-                    let _ = sender.send(Err(status::storage(error))).await;
-                    return;
+            if let Some(message) = this.buffered.pop_front() {
+                return Poll::Ready(Some(Ok(to_proto(message))));
+            }
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            let pending = match &mut this.pending {
+                Some(pending) => pending,
+                None => {
+                    let cursor = this.cursor.take().expect("a live stream has its cursor or a fetch under way");
+                    this.pending.insert(Box::pin(fetch(cursor)))
                 }
             };
-            let full_batch = batch.len() == SUBSCRIPTION_BATCH_MAX as usize;
-            for message in batch {
-                assert!(message.message_id > last_delivered, "subscription would go backwards");
-                last_delivered = message.message_id;
-                if sender.send(Ok(to_proto(message))).await.is_err() {
-                    return;
+            let (cursor, fetched) = std::task::ready!(pending.as_mut().poll(cx));
+            this.pending = None;
+            this.cursor = Some(cursor);
+            match fetched {
+                Fetched::Messages(messages) => this.buffered.extend(messages),
+                Fetched::End(status) => {
+                    this.ended = true;
+                    // The slot and the mailbox watch go with the cursor, now.
+                    this.cursor = None;
+                    return Poll::Ready(Some(Err(status)));
                 }
-            }
-            if full_batch {
-                continue;
-            }
-            // `biased`: a fixed polling order keeps simulations replayable.
-            let stopping = tokio::select! {
-                biased;
-                _ = applied.changed_since(seen) => false,
-                _ = stopping.wait_for(|stopping| *stopping) => true,
-                () = sender.closed() => return,
-            };
-            if stopping {
-                let shutting_down = status::error(
-                    tonic::Code::Unavailable,
-                    chorus_proto::wire::SHUTTING_DOWN,
-                    "this node is shutting down",
-                );
-                let _ = sender.send(Err(shutting_down)).await;
-                return;
             }
         }
-    });
-    ReceiverStream(receiver)
+    }
 }
 
 pub fn to_proto(message: MessageView) -> Message {
@@ -105,13 +221,22 @@ pub fn to_proto(message: MessageView) -> Message {
     }
 }
 
-/// The receiving end of a subscription as the stream tonic sends from.
-pub struct ReceiverStream(mpsc::Receiver<Result<Message, Status>>);
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl futures_core::Stream for ReceiverStream {
-    type Item = Result<Message, Status>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.0.poll_recv(cx)
+    #[test]
+    fn a_session_holds_a_bounded_number_of_streams_and_slots_free_on_drop() {
+        use tonic_types::StatusExt;
+        let subscriptions = Arc::new(Subscriptions::default());
+        let slots: Vec<_> = (0..SUBSCRIPTIONS_PER_SESSION_MAX).map(|_| subscriptions.open(b"a").unwrap()).collect();
+        let refused = subscriptions.open(b"a").err().unwrap();
+        assert_eq!(refused.code(), Code::ResourceExhausted);
+        assert_eq!(refused.get_details_error_info().unwrap().reason, wire::SUBSCRIPTIONS_LIMIT);
+        let other = subscriptions.open(b"b").unwrap();
+        drop(slots);
+        drop(other);
+        assert!(subscriptions.lock().is_empty());
+        let _again = subscriptions.open(b"a").unwrap();
     }
 }

@@ -9,4 +9,4 @@ mod sqlite;
 pub use data_dir::{DataDir, DataDirError};
 pub use log_store::{LogStore, LogStoreFactory, SharedLog};
 pub use raft_log::{ClusterIdentity, LogStoreError, SqliteLog};
-pub use sqlite::{SqliteError, migrate, open_database};
+pub use sqlite::{Sharing, SqliteError, migrate, open_database, open_read_only};

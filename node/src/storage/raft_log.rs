@@ -13,7 +13,7 @@ use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::log_store::LogStore;
-use super::sqlite::{SqliteError, migrate, open_database};
+use super::sqlite::{Sharing, SqliteError, migrate, open_database};
 use crate::replication::{Entry, HardState, LogIndex, NodeId, Payload, Storage, StorageError, Term};
 
 /// What a data directory belongs to: checked at every start.
@@ -87,7 +87,7 @@ impl SqliteLog {
     /// Opens the log in `path`, creating it for `identity` if new, and refusing it if it
     /// belongs to another cluster, node or membership.
     pub fn open(path: &Path, identity: &ClusterIdentity) -> Result<Self, LogStoreError> {
-        let mut conn = open_database(path)?;
+        let mut conn = open_database(path, Sharing::Exclusive)?;
         migrate(&mut conn, path, MIGRATIONS)?;
         let sql_error = |source| LogStoreError::Sqlite { path: path.to_owned(), source };
         check_identity(&conn, identity).map_err(|e| match e {

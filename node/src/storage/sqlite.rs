@@ -24,16 +24,34 @@ pub enum SqliteError {
     Migrate { path: PathBuf, version: i64, source: rusqlite::Error },
 }
 
+/// Whether other connections of this process may read a database while its writer runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sharing {
+    /// The writer is the only connection (the replication log): it holds the file lock for
+    /// good, which saves two fcntl calls per transaction and keeps the WAL index in the heap.
+    Exclusive,
+    /// Read-only connections ([`open_read_only`]) read beside the writer (the chat database,
+    /// whose client queries must never wait for apply, nor apply for them).
+    WithReaders,
+}
+
+/// How long a connection waits for a lock another connection of this node holds. Readers
+/// and the writer of a WAL database block each other only for moments (a checkpoint, WAL
+/// recovery at open); a second process cannot get this far (the data directory is locked).
+/// Under simulation every connection runs on one thread, so nothing ever waits.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Opens (creating if needed) a database with WAL and `synchronous=FULL`, and checks that
 /// it is readable SQLite.
-pub fn open_database(path: &Path) -> Result<Connection, SqliteError> {
+pub fn open_database(path: &Path, sharing: Sharing) -> Result<Connection, SqliteError> {
     let conn = Connection::open(path).map_err(|source| SqliteError::Open { path: path.to_owned(), source })?;
     let not_a_database = |source| SqliteError::NotADatabase { path: path.to_owned(), source };
-    // One connection per database per process (the data directory is locked): holding the
-    // file lock for good saves two fcntl calls per transaction, and in WAL mode keeps the
-    // WAL index in the heap instead of a shared-memory file. Set before WAL is entered.
-    let mode: String = conn.query_row("PRAGMA locking_mode=EXCLUSIVE", [], |row| row.get(0)).map_err(not_a_database)?;
-    debug_assert!(mode.eq_ignore_ascii_case("exclusive"));
+    if sharing == Sharing::Exclusive {
+        // Set before WAL is entered, so that the WAL index lives in the heap.
+        let mode: String =
+            conn.query_row("PRAGMA locking_mode=EXCLUSIVE", [], |row| row.get(0)).map_err(not_a_database)?;
+        debug_assert!(mode.eq_ignore_ascii_case("exclusive"));
+    }
     // journal_mode is the first statement that reads the file: garbage fails here.
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0)).map_err(not_a_database)?;
     if !mode.eq_ignore_ascii_case("wal") {
@@ -50,13 +68,31 @@ pub fn open_database(path: &Path) -> Result<Connection, SqliteError> {
     // simulated by the simulation's own disk for the log.
     #[cfg(madsim)]
     conn.pragma_update(None, "synchronous", "OFF").map_err(not_a_database)?;
-    // Only one connection per database exists in a node; a busy database means another
-    // process got past the data-directory lock, which must fail rather than wait.
-    conn.busy_timeout(std::time::Duration::ZERO).map_err(not_a_database)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(not_a_database)?;
     let check: String = conn.query_row("PRAGMA quick_check", [], |row| row.get(0)).map_err(not_a_database)?;
     if check != "ok" {
         return Err(SqliteError::Corrupt { path: path.to_owned(), detail: check });
     }
+    Ok(conn)
+}
+
+/// Opens a read-only connection to a database its writer has already opened (in WAL mode,
+/// [`Sharing::WithReaders`]): each of its transactions reads one consistent snapshot, and
+/// neither it nor the writer waits for the other.
+pub fn open_read_only(path: &Path) -> Result<Connection, SqliteError> {
+    use rusqlite::OpenFlags;
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|source| SqliteError::Open { path: path.to_owned(), source })?;
+    let not_a_database = |source| SqliteError::NotADatabase { path: path.to_owned(), source };
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |row| row.get(0)).map_err(not_a_database)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(SqliteError::Corrupt {
+            path: path.to_owned(),
+            detail: format!("a reader found journal mode {mode}, not WAL: open the writer first"),
+        });
+    }
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(not_a_database)?;
     Ok(conn)
 }
 
@@ -89,11 +125,33 @@ mod tests {
     #[test]
     fn opens_in_wal_with_full_sync() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = open_database(&dir.path().join("x.db")).unwrap();
+        let conn = open_database(&dir.path().join("x.db"), Sharing::Exclusive).unwrap();
         let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
         let sync: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
         assert_eq!(mode, "wal");
         assert_eq!(sync, 2, "synchronous=FULL");
+    }
+
+    /// A reader sees what the writer committed, never what it has not, and neither waits
+    /// for the other: a reader's open snapshot does not stop the writer committing.
+    #[test]
+    fn readers_read_committed_snapshots_beside_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        let mut writer = open_database(&path, Sharing::WithReaders).unwrap();
+        writer.execute_batch("CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (1);").unwrap();
+        let reader = open_read_only(&path).unwrap();
+        let count = |conn: &Connection| conn.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0)).unwrap();
+        assert_eq!(count(&reader), 1);
+        let snapshot = reader.unchecked_transaction().unwrap();
+        let uncommitted = writer.transaction().unwrap();
+        uncommitted.execute("INSERT INTO t VALUES (2)", []).unwrap();
+        assert_eq!(count(&snapshot), 1, "uncommitted writes are invisible");
+        uncommitted.commit().unwrap();
+        assert_eq!(count(&snapshot), 1, "a snapshot stays what it was");
+        drop(snapshot);
+        assert_eq!(count(&reader), 2);
+        assert!(reader.execute("INSERT INTO t VALUES (3)", []).is_err(), "readers cannot write");
     }
 
     #[test]
@@ -101,7 +159,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.db");
         std::fs::write(&path, vec![0x5a; 8192]).unwrap();
-        let err = open_database(&path).unwrap_err();
+        let err = open_database(&path, Sharing::Exclusive).unwrap_err();
         assert!(matches!(err, SqliteError::NotADatabase { .. }), "{err}");
     }
 
@@ -109,7 +167,7 @@ mod tests {
     fn migrations_run_once_and_newer_schemas_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.db");
-        let mut conn = open_database(&path).unwrap();
+        let mut conn = open_database(&path, Sharing::Exclusive).unwrap();
         let steps = ["CREATE TABLE a (x INTEGER);", "CREATE TABLE b (y INTEGER);"];
         migrate(&mut conn, &path, &steps).unwrap();
         migrate(&mut conn, &path, &steps).unwrap();

@@ -25,21 +25,52 @@ pub struct TestCluster {
     pub dir: PathBuf,
     pub config_path: PathBuf,
     pub nodes: BTreeMap<u64, ClusterNode>,
+    options: ClusterOptions,
+}
+
+/// How a test cluster runs.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub cluster_id: String,
+    /// `[timing]` of the configuration: heartbeat, election minimum and maximum (ms).
+    pub timing_ms: (u64, u64, u64),
+    /// Argon2 at its minimum cost (fast tests) instead of the production cost.
+    pub fast_password_hashing: bool,
+}
+
+impl Default for ClusterOptions {
+    /// Short timeouts (heartbeat 50 ms, elections 400-800 ms) and cheap hashing.
+    fn default() -> Self {
+        Self { cluster_id: "e2e".to_owned(), timing_ms: (50, 400, 800), fast_password_hashing: true }
+    }
+}
+
+impl ClusterOptions {
+    /// The production defaults: heartbeat 100 ms, elections 1-2 s, Argon2's default cost.
+    pub fn production() -> Self {
+        Self { timing_ms: (100, 1000, 2000), fast_password_hashing: false, ..Self::default() }
+    }
 }
 
 impl TestCluster {
     /// Starts `size` nodes with short timeouts (heartbeat 50 ms, elections 400-800 ms).
     pub fn start(dir: &Path, size: u64) -> Self {
-        Self::start_with_cluster_id(dir, size, "e2e")
+        Self::start_with(dir, size, ClusterOptions::default())
     }
 
     pub fn start_with_cluster_id(dir: &Path, size: u64, cluster_id: &str) -> Self {
+        Self::start_with(dir, size, ClusterOptions { cluster_id: cluster_id.to_owned(), ..ClusterOptions::default() })
+    }
+
+    pub fn start_with(dir: &Path, size: u64, options: ClusterOptions) -> Self {
+        let cluster_id = options.cluster_id.clone();
+        let (heartbeat, election_min, election_max) = options.timing_ms;
         let listeners: Vec<TcpListener> =
             (0..2 * size).map(|_| TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap()).collect();
         let ports: Vec<u16> = listeners.iter().map(|l| l.local_addr().unwrap().port()).collect();
         drop(listeners);
         let mut config = format!(
-            "cluster_id = \"{cluster_id}\"\n[timing]\nheartbeat_interval_ms = 50\nelection_timeout_min_ms = 400\nelection_timeout_max_ms = 800\n"
+            "cluster_id = \"{cluster_id}\"\n[timing]\nheartbeat_interval_ms = {heartbeat}\nelection_timeout_min_ms = {election_min}\nelection_timeout_max_ms = {election_max}\n"
         );
         let mut nodes = BTreeMap::new();
         for id in 1..=size {
@@ -56,7 +87,7 @@ impl TestCluster {
         }
         let config_path = dir.join("cluster.toml");
         std::fs::write(&config_path, config).unwrap();
-        let mut cluster = Self { dir: dir.to_owned(), config_path, nodes };
+        let mut cluster = Self { dir: dir.to_owned(), config_path, nodes, options };
         for id in 1..=size {
             cluster.start_node(id);
         }
@@ -67,9 +98,12 @@ impl TestCluster {
         let node = self.nodes.get_mut(&id).unwrap();
         assert!(node.child.is_none(), "node {id} is running");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log_path).unwrap();
-        let mut child = Command::new(BINARY)
-            .args(["node", "--id", &id.to_string(), "--insecure-fast-password-hashing", "--config"])
-            .arg(&self.config_path)
+        let mut command = Command::new(BINARY);
+        command.args(["node", "--id", &id.to_string(), "--config"]).arg(&self.config_path);
+        if self.options.fast_password_hashing {
+            command.arg("--insecure-fast-password-hashing");
+        }
+        let mut child = command
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -101,6 +135,21 @@ impl TestCluster {
 
     pub fn is_up(&self, id: u64) -> bool {
         self.nodes[&id].child.is_some()
+    }
+
+    /// A running node's memory, from /proc: (resident now, peak resident), in bytes.
+    pub fn memory_of(&self, id: u64) -> (u64, u64) {
+        let pid = self.nodes[&id].child.as_ref().expect("node is running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc is readable");
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|rest| rest.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+                .map(|kib| kib * 1024)
+                .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+        };
+        (field("VmRSS:"), field("VmHWM:"))
     }
 
     pub fn servers(&self) -> Vec<String> {
