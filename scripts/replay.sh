@@ -25,7 +25,7 @@ echo "replaying seed $seed of $scenario${bug:+ with planted bug $bug}; full log:
 status=0
 CHORUS_SIM_REPLAY_SEED="$seed" CHORUS_SIM_REPLAY_SCENARIO="$scenario" CHORUS_SIM_REPLAY_BUG="$bug" \
     RUST_LOG="${RUST_LOG:-info,chorus=debug}" RUSTFLAGS="--cfg madsim" \
-    cargo test --release --locked --target-dir target/sim -p chorus-sim --test replay -- --nocapture \
+    cargo test --profile sim --locked --target-dir target/sim -p chorus-sim --test replay -- --nocapture \
     > "$log" 2>&1 || status=$?
 # The verdict and the nemesis timeline, without the tracing lines.
 sed -n '/^scenario /,/^replay:/p; /operations, .* simulated/p' "$log"

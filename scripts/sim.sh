@@ -22,8 +22,8 @@ out=target/sim/failing-seeds.txt
 mkdir -p target/sim
 touch "$out"
 
-echo "building the simulation (release)"
-RUSTFLAGS="--cfg madsim" cargo test --release --locked --target-dir target/sim -p chorus-sim --test scenarios --no-run
+echo "building the simulation (the sim profile: optimized, assertions on)"
+RUSTFLAGS="--cfg madsim" cargo test --profile sim --locked --target-dir target/sim -p chorus-sim --test scenarios --no-run
 
 run_batch() {  # FIRST COUNT: one batch of seeds, all scenarios, on every core
     local start=$1 count=$2
@@ -32,7 +32,7 @@ run_batch() {  # FIRST COUNT: one batch of seeds, all scenarios, on every core
     for job in $(seq 0 $((jobs - 1))); do
         local job_first=$(( start + job * per_job ))
         MADSIM_TEST_SEED=$job_first MADSIM_TEST_NUM=$per_job RUSTFLAGS="--cfg madsim" \
-            cargo test --release --locked --target-dir target/sim -p chorus-sim --test scenarios -- --nocapture \
+            cargo test --profile sim --locked --target-dir target/sim -p chorus-sim --test scenarios -- --nocapture \
             --test-threads 1 > "target/sim/swarm-$job.log" 2>&1 &
         pids+=($!)
     done

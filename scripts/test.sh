@@ -28,18 +28,20 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test"
 cargo test --workspace --locked
 
-# The simulation: the real node code under madsim, in release (it runs tens of seeds), in
-# its own target directory so the two builds never evict each other.
+# The simulation: the real node code under madsim, optimized (it runs tens of seeds) but
+# with debug assertions and overflow checks on (the `sim` profile: faults are injected here,
+# so here a broken invariant must crash), in its own target directory so that the two
+# builds never evict each other.
 export RUSTFLAGS="--cfg madsim"
 step "madsim build (the node crate compiles for simulation, without planted bugs)"
-cargo build --release --locked --target-dir target/sim -p chorus
+cargo build --profile sim --locked --target-dir target/sim -p chorus
 
 step "cargo clippy -D warnings (simulation-only code)"
-cargo clippy --release --locked --target-dir target/sim -p chorus-sim --all-targets -- -D warnings
+cargo clippy --profile sim --locked --target-dir target/sim -p chorus-sim --all-targets -- -D warnings
 
-step "simulation suite: scenarios, determinism, planted bugs"
+step "simulation suite: scenarios, determinism, replay, planted bugs"
 # Seeds per scenario: MADSIM_TEST_NUM (default 8), from MADSIM_TEST_SEED (default 1).
-MADSIM_TEST_NUM="${MADSIM_TEST_NUM:-8}" cargo test --release --locked --target-dir target/sim -p chorus-sim
+MADSIM_TEST_NUM="${MADSIM_TEST_NUM:-8}" cargo test --profile sim --locked --target-dir target/sim -p chorus-sim
 unset RUSTFLAGS
 
 printf '\nall checks passed\n'

@@ -5,19 +5,121 @@
 //! run bit for bit: under madsim, `SystemTime` is simulated and `getrandom` (which rand 0.9
 //! seeds from) is fed from the run's seed.
 
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-/// Milliseconds since the Unix epoch by the wall clock. Used only to stamp commands before
-/// they are proposed (message send times, session open times); never read while applying.
+/// Milliseconds since the Unix epoch by the machine's wall clock. Used only to stamp what
+/// people see (message times, session open times), never to decide anything; a node reads
+/// it through its [`NodeClock`].
 pub fn unix_time_ms() -> u64 {
     match SystemTime::now().duration_since(UNIX_EPOCH) {
         Ok(elapsed) => u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
         // A clock set before 1970 is a misconfigured host, not a reason to stop serving.
         Err(_) => 0,
     }
+}
+
+/// A node's clocks. In production, the machine's. A simulation gives each node a
+/// [`ClockSkew`] of its own, so that nodes disagree the way real machines do: the wall
+/// clock offset (and jumping, forward or back), and both clocks running fast or slow.
+#[derive(Clone, Default)]
+pub struct NodeClock {
+    skew: Option<Arc<ClockSkew>>,
+}
+
+impl NodeClock {
+    /// The machine's clocks, as they are.
+    pub fn system() -> Self {
+        Self { skew: None }
+    }
+
+    /// Clocks that `skew` bends.
+    pub fn skewed(skew: Arc<ClockSkew>) -> Self {
+        Self { skew: Some(skew) }
+    }
+
+    /// Milliseconds since the Unix epoch by this node's wall clock.
+    pub fn unix_time_ms(&self) -> u64 {
+        let system = unix_time_ms();
+        match &self.skew {
+            None => system,
+            Some(skew) => system.saturating_add_signed(skew.wall_offset_ms()),
+        }
+    }
+
+    /// This node's monotonic clock, starting now.
+    pub fn monotonic(&self) -> MonotonicClock {
+        let drift_start_us = self.skew.as_ref().map_or(0, |skew| skew.drift_us());
+        MonotonicClock { start: monotonic_now(), drift_start_us, skew: self.skew.clone() }
+    }
+}
+
+/// How a simulated node's clocks differ from true (simulated) time.
+pub struct ClockSkew {
+    state: Mutex<SkewState>,
+}
+
+struct SkewState {
+    /// The wall clock's offset, apart from drift.
+    offset_ms: i64,
+    /// How fast both clocks run, in parts per million (+500: 0.05 % fast).
+    drift_ppm: i64,
+    /// Drift gained before `segment_start` (microseconds), and when the current rate began.
+    drift_accumulated_us: i64,
+    segment_start: tokio::time::Instant,
+}
+
+impl Default for ClockSkew {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ClockSkew {
+    /// No skew yet: the clocks tell true time until changed.
+    pub fn new() -> Self {
+        let state = SkewState { offset_ms: 0, drift_ppm: 0, drift_accumulated_us: 0, segment_start: monotonic_now() };
+        Self { state: Mutex::new(state) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SkewState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The wall clock jumps by `delta_ms` (negative: back), as an NTP step or a person
+    /// setting the time does. The monotonic clock does not jump.
+    pub fn jump_wall_clock(&self, delta_ms: i64) {
+        let mut state = self.lock();
+        state.offset_ms = state.offset_ms.saturating_add(delta_ms);
+    }
+
+    /// Both clocks run `ppm` parts per million fast (negative: slow) from now on.
+    pub fn set_drift_ppm(&self, ppm: i64) {
+        assert!(ppm.abs() < 1_000_000, "a clock that stops or runs backwards is not a clock ({ppm} ppm)");
+        let mut state = self.lock();
+        let now = monotonic_now();
+        state.drift_accumulated_us = drift_at(&state, now);
+        state.segment_start = now;
+        state.drift_ppm = ppm;
+    }
+
+    /// What drift has added to a clock by now, in microseconds.
+    fn drift_us(&self) -> i64 {
+        drift_at(&self.lock(), monotonic_now())
+    }
+
+    fn wall_offset_ms(&self) -> i64 {
+        let state = self.lock();
+        state.offset_ms + drift_at(&state, monotonic_now()) / 1000
+    }
+}
+
+fn drift_at(state: &SkewState, now: tokio::time::Instant) -> i64 {
+    let elapsed_us = i64::try_from(now.duration_since(state.segment_start).as_micros()).unwrap_or(i64::MAX);
+    state.drift_accumulated_us + elapsed_us.saturating_mul(state.drift_ppm) / 1_000_000
 }
 
 /// A cryptographically strong generator (ChaCha12) seeded from the operating system; under
@@ -61,19 +163,25 @@ pub fn monotonic_now() -> tokio::time::Instant {
 }
 
 /// The monotonic clock the replication core is ticked with: milliseconds since this clock
-/// was started. It reads tokio's clock, which madsim replaces with simulated time, so a
-/// simulated node needs no other implementation.
-#[derive(Debug, Clone, Copy)]
+/// was started, by tokio's clock (which madsim replaces with simulated time), bent by the
+/// node's drift in a simulation. Never goes back: drift is below a million ppm.
+#[derive(Clone)]
 pub struct MonotonicClock {
     start: tokio::time::Instant,
+    /// The node's drift when this clock started: only drift since then counts.
+    drift_start_us: i64,
+    skew: Option<Arc<ClockSkew>>,
 }
 
 impl MonotonicClock {
+    /// The machine's monotonic clock, starting now.
     pub fn start() -> Self {
-        Self { start: monotonic_now() }
+        NodeClock::system().monotonic()
     }
 
     pub fn now_ms(&self) -> u64 {
-        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+        let elapsed_us = i64::try_from(self.start.elapsed().as_micros()).unwrap_or(i64::MAX);
+        let drift_us = self.skew.as_ref().map_or(0, |skew| skew.drift_us() - self.drift_start_us);
+        u64::try_from(elapsed_us.saturating_add(drift_us).max(0) / 1000).unwrap_or(0)
     }
 }

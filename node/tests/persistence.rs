@@ -169,6 +169,42 @@ fn a_node_refuses_data_or_configs_that_do_not_fit() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(expected), "expected {expected:?} in: {stderr}");
     }
+    // A member of a cluster of several does not start on an empty data directory unless
+    // told it is the cluster's first start, and is not told so twice.
+    let trio = write_config("trio.toml", "trio", &[1, 2, 3]);
+    let empty = dir.path().join("empty");
+    let start_member = |extra: &[&str]| {
+        std::process::Command::new(common::BINARY)
+            .args(["node", "--id", "2", "--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0"])
+            .args(extra)
+            .arg("--config")
+            .arg(&trio)
+            .arg("--data-dir")
+            .arg(&empty)
+            .env("RUST_LOG", "off")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let refused = start_member(&[]).wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("pass --bootstrap"), "{stderr}");
+    let mut first = start_member(&["--bootstrap"]);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(first.stdout.take().unwrap()), &mut line).unwrap();
+    assert!(line.contains("listening on"), "{line}");
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let twice = start_member(&["--bootstrap"]).wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&twice.stderr);
+    assert!(!twice.status.success() && stderr.contains("only for a member's first start"), "{stderr}");
+    // A wiped directory (the member's data lost) is refused like any empty one.
+    std::fs::remove_dir_all(&empty).unwrap();
+    let wiped = start_member(&[]).wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&wiped.stderr);
+    assert!(!wiped.status.success() && stderr.contains("must not rejoin as the voter it was"), "{stderr}");
+
     let garbled = dir.path().join("garbled.toml");
     std::fs::write(&garbled, "cluster_id = \"alpha\"\n[[members]]\nid = 1\npeer_address = 5\n").unwrap();
     let output = run(&garbled, 1);

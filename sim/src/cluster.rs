@@ -5,12 +5,15 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chorus::chat::credentials::PasswordHashCost;
 use chorus::client::v1::cluster_client::ClusterClient as GrpcClusterClient;
 use chorus::client::v1::{StatusRequest, StatusResponse};
-use chorus::runtime::{ClusterConfig, MemberConfig, NodeConfig, ReplicationObserver, Timing, run_node};
+use chorus::runtime::{ClusterConfig, MemberConfig, NodeConfig, NodeError, ReplicationObserver, Timing, run_node};
+use chorus::seam::{ClockSkew, NodeClock};
+use chorus::storage::DataDirError;
 use chorus::storage::LogStoreFactory;
 use madsim::runtime::{Handle, NodeHandle};
 
@@ -40,6 +43,9 @@ pub struct SimCluster {
     pub observer: Arc<GlobalObserver>,
     nodes: BTreeMap<u64, NodeHandle>,
     disks: BTreeMap<u64, SimDisk>,
+    /// Each node's clocks, as wrong as the nemesis makes them; they outlive restarts, as a
+    /// machine's clock outlives its processes.
+    clocks: BTreeMap<u64, Arc<ClockSkew>>,
     up: BTreeMap<u64, bool>,
     dir: PathBuf,
     /// A host for status queries (the supervisor has no address of its own).
@@ -75,6 +81,7 @@ impl SimCluster {
             observer,
             nodes: BTreeMap::new(),
             disks: BTreeMap::new(),
+            clocks: BTreeMap::new(),
             up: BTreeMap::new(),
             dir,
             probe: handle.create_node().name("probe").ip(IpAddr::from([10, 0, 2, 1])).build(),
@@ -82,19 +89,43 @@ impl SimCluster {
         for id in 1..=size {
             let disk = SimDisk::new();
             cluster.disks.insert(id, disk.clone());
-            let node_config = cluster.node_config(id, disk);
+            let skew = Arc::new(ClockSkew::new());
+            cluster.clocks.insert(id, Arc::clone(&skew));
+            let node_config = cluster.node_config(id, disk, NodeClock::skewed(skew));
+            // Only the very first start initializes the node's data (as an operator passes
+            // --bootstrap once); every restart, even on a wiped disk, is an ordinary start.
+            let started = Arc::new(AtomicBool::new(false));
             let node = handle
                 .create_node()
                 .name(format!("node-{id}"))
                 .ip(node_ip(id))
                 .init(move || {
-                    let config = node_config.clone();
+                    let mut config = node_config.clone();
+                    config.bootstrap = !started.swap(true, Ordering::SeqCst);
                     async move {
                         let id = config.node_id;
-                        if let Err(error) = run_node(config, std::future::pending(), |_| {}).await {
-                            // A node that cannot start (a corrupt disk, say) stays down, as a
-                            // real one would, with its reason in the log.
-                            tracing::error!(node = id, %error, "node stopped");
+                        for attempt in 1.. {
+                            // Ctrl-C is the simulation's SIGTERM: a graceful stop, handing
+                            // leadership over first.
+                            let shutdown = async {
+                                let _ = tokio::signal::ctrl_c().await;
+                            };
+                            match run_node(config.clone(), shutdown, |_| {}).await {
+                                Ok(()) => tracing::info!(node = id, "node stopped gracefully"),
+                                // The previous process of this node (killed, its tasks not yet
+                                // dropped) still holds the data directory or its ports: a
+                                // supervisor would start it again a moment later.
+                                Err(NodeError::DataDir(DataDirError::InUse { .. }) | NodeError::Serve(_))
+                                    if attempt < 100 =>
+                                {
+                                    tokio::time::sleep(Duration::from_millis(100)).await;
+                                    continue;
+                                }
+                                // A node that cannot start (a corrupt or wiped disk, say) stays
+                                // down, as a real one would, with its reason in the log.
+                                Err(error) => tracing::error!(node = id, %error, "node stopped"),
+                            }
+                            return;
                         }
                     }
                 })
@@ -105,12 +136,12 @@ impl SimCluster {
         cluster
     }
 
-    fn node_config(&self, id: u64, disk: SimDisk) -> NodeConfig {
+    fn node_config(&self, id: u64, disk: SimDisk, clock: NodeClock) -> NodeConfig {
         let log_store: Option<LogStoreFactory> = match self.storage {
             StorageModel::Sqlite => None,
-            StorageModel::PowerLoss => {
-                Some(Arc::new(move |identity| Ok(Box::new(disk.open(identity)?) as Box<dyn chorus::storage::LogStore>)))
-            }
+            StorageModel::PowerLoss => Some(Arc::new(move |identity, creation| {
+                Ok(Box::new(disk.open(identity, creation)?) as Box<dyn chorus::storage::LogStore>)
+            })),
         };
         NodeConfig {
             node_id: id,
@@ -121,6 +152,8 @@ impl SimCluster {
             password_hash_cost: PasswordHashCost::MINIMUM,
             observer: Some(Arc::clone(&self.observer) as Arc<dyn ReplicationObserver>),
             log_store,
+            bootstrap: false,
+            clock,
         }
     }
 
@@ -153,8 +186,41 @@ impl SimCluster {
     }
 
     pub fn restart(&mut self, id: u64) {
+        // A node stopped gracefully is not dead to madsim (only its tasks ended), and a
+        // restart alone does not release its network bindings: kill it first, as the
+        // process is gone.
+        Handle::current().kill(self.nodes[&id].id());
         Handle::current().restart(self.nodes[&id].id());
         self.up.insert(id, true);
+    }
+
+    /// A graceful stop (SIGTERM): a leader hands leadership over, then the node exits.
+    pub fn terminate(&mut self, id: u64) {
+        Handle::current().send_ctrl_c(self.nodes[&id].id());
+        self.up.insert(id, false);
+        self.observer.forget_role(id);
+    }
+
+    /// The node's data is gone (a replaced disk, a wiped directory) while it is down: the
+    /// log and the chat database both.
+    pub fn wipe(&mut self, id: u64) {
+        assert!(!self.up[&id], "wipe a node that is down");
+        // A node stopping gracefully may still be running: it dies with its disk.
+        Handle::current().kill(self.nodes[&id].id());
+        self.disks[&id].wipe();
+        let dir = self.dir.join(format!("node-{id}"));
+        if let Ok(files) = std::fs::read_dir(&dir) {
+            for file in files.flatten() {
+                if file.file_name() != "LOCK" {
+                    let _ = std::fs::remove_file(file.path());
+                }
+            }
+        }
+    }
+
+    /// Node `id`'s clocks, for the nemesis to bend.
+    pub fn clock(&self, id: u64) -> &ClockSkew {
+        &self.clocks[&id]
     }
 
     /// Flips a bit in a durable record of `id`'s simulated disk.

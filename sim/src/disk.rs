@@ -12,7 +12,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chorus::replication::{Entry, HardState, LogIndex, MemoryStorage, Payload, Storage, StorageError, Term};
-use chorus::storage::{ClusterIdentity, LogStore, LogStoreError};
+use chorus::storage::{ClusterIdentity, Creation, LogStore, LogStoreError, ScrubProgress};
 use rand::Rng;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +69,8 @@ struct Platter {
     identity: Option<ClusterIdentity>,
     durable: Vec<Record>,
     volatile: Vec<Record>,
+    /// A fault the node recorded: the disk refuses to open after it.
+    fault: Option<String>,
 }
 
 /// One node's disk. It outlives the node's process: the simulation keeps it across kills.
@@ -117,11 +119,31 @@ impl SimDisk {
         true
     }
 
-    /// Opens the log on this disk for a starting node.
-    pub fn open(&self, identity: &ClusterIdentity) -> Result<SimDiskLog, LogStoreError> {
+    /// The disk is replaced by an empty one (a wiped or swapped data directory).
+    pub fn wipe(&self) {
+        *self.lock() = Platter::default();
+    }
+
+    /// Opens the log on this disk for a starting node, initializing an empty disk only as
+    /// `creation` allows (as the SQLite log does).
+    pub fn open(&self, identity: &ClusterIdentity, creation: Creation) -> Result<SimDiskLog, LogStoreError> {
         let mut platter = self.lock();
+        let path = std::path::PathBuf::from("simulated disk");
+        if let Some(detail) = &platter.fault {
+            return Err(LogStoreError::FaultRecorded { path, detail: detail.clone() });
+        }
         match &platter.identity {
+            None if creation == Creation::MemberOfExisting && identity.members.len() > 1 => {
+                return Err(LogStoreError::Uninitialized {
+                    path,
+                    node_id: identity.node_id,
+                    members: identity.members.len(),
+                });
+            }
             None => platter.identity = Some(identity.clone()),
+            Some(stored) if creation == Creation::Bootstrap => {
+                return Err(LogStoreError::AlreadyInitialized { path, cluster_id: stored.cluster_id.clone() });
+            }
             Some(stored) if stored.cluster_id != identity.cluster_id => {
                 return Err(LogStoreError::WrongCluster {
                     stored: stored.cluster_id.clone(),
@@ -144,7 +166,7 @@ impl SimDisk {
         if let Some(position) = platter.durable.iter().position(|record| !record.intact()) {
             return Err(corrupt(format!("record {position} of {} fails its checksum", platter.durable.len())));
         }
-        let mut log = SimDiskLog { disk: self.clone(), view: MemoryStorage::new() };
+        let mut log = SimDiskLog { disk: self.clone(), view: MemoryStorage::new(), scrub_next: 0 };
         for record in &platter.durable {
             log.replay(&record.body);
         }
@@ -157,6 +179,8 @@ impl SimDisk {
 pub struct SimDiskLog {
     disk: SimDisk,
     view: MemoryStorage,
+    /// The next durable record the scrub checks.
+    scrub_next: usize,
 }
 
 impl SimDiskLog {
@@ -206,6 +230,28 @@ impl LogStore for SimDiskLog {
         platter.durable.extend(volatile);
         Ok(())
     }
+
+    /// Checks the durable records' checksums, round and round: a bit flipped under a
+    /// running node (which reads from its view in memory) is found here.
+    fn scrub(&mut self, records_max: usize) -> Result<ScrubProgress, StorageError> {
+        let platter = self.disk.lock();
+        let mut pass_completed = false;
+        if self.scrub_next >= platter.durable.len() {
+            self.scrub_next = 0;
+            pass_completed = true;
+        }
+        let end = (self.scrub_next + records_max).min(platter.durable.len());
+        if let Some(bad) = (self.scrub_next..end).find(|&n| !platter.durable[n].intact()) {
+            return Err(StorageError::Corrupt(format!("simulated disk: record {bad} fails its checksum")));
+        }
+        self.scrub_next = end;
+        Ok(ScrubProgress { verified_through: self.view.last_index()?, pass_completed })
+    }
+
+    fn record_fault(&mut self, detail: &str) -> Result<(), StorageError> {
+        self.disk.lock().fault.get_or_insert_with(|| detail.to_owned());
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -229,13 +275,13 @@ mod tests {
     #[test]
     fn synced_writes_survive_power_loss_and_unsynced_ones_may_not() {
         let disk = SimDisk::new();
-        let mut log = disk.open(&identity()).unwrap();
+        let mut log = disk.open(&identity(), Creation::Bootstrap).unwrap();
         log.write(Some(HardState { term: 1, vote: Some(1) }), &[entry(1, 1), entry(2, 1)]).unwrap();
         log.sync().unwrap();
         log.write(None, &[entry(3, 1)]).unwrap();
         let mut rng = StdRng::seed_from_u64(1);
         disk.power_loss(&mut rng);
-        let log = disk.open(&identity()).unwrap();
+        let log = disk.open(&identity(), Creation::MemberOfExisting).unwrap();
         assert_eq!(log.hard_state().unwrap(), HardState { term: 1, vote: Some(1) });
         assert!(log.last_index().unwrap() >= 2, "synced entries survive");
     }
@@ -244,32 +290,32 @@ mod tests {
     fn a_torn_tail_is_dropped_and_a_flipped_bit_refuses_to_open() {
         for seed in 0..20 {
             let disk = SimDisk::new();
-            let mut log = disk.open(&identity()).unwrap();
+            let mut log = disk.open(&identity(), Creation::Bootstrap).unwrap();
             log.write(Some(HardState { term: 2, vote: None }), &[entry(1, 2)]).unwrap();
             log.sync().unwrap();
             log.write(None, &[entry(2, 2), entry(3, 2)]).unwrap();
             let mut rng = StdRng::seed_from_u64(seed);
             disk.power_loss(&mut rng);
-            let log = disk.open(&identity()).expect("a torn tail is not corruption");
+            let log = disk.open(&identity(), Creation::MemberOfExisting).expect("a torn tail is not corruption");
             assert!(log.last_index().unwrap() >= 1);
         }
         let disk = SimDisk::new();
-        let mut log = disk.open(&identity()).unwrap();
+        let mut log = disk.open(&identity(), Creation::Bootstrap).unwrap();
         log.write(Some(HardState { term: 1, vote: None }), &[entry(1, 1), entry(2, 1)]).unwrap();
         log.sync().unwrap();
         assert!(disk.flip_bit(&mut StdRng::seed_from_u64(3)));
-        let error = disk.open(&identity()).err().expect("corruption is refused");
+        let error = disk.open(&identity(), Creation::MemberOfExisting).err().expect("corruption is refused");
         assert!(error.to_string().contains("fails its checksum"), "{error}");
     }
 
     #[test]
     fn overwritten_suffixes_replay_correctly() {
         let disk = SimDisk::new();
-        let mut log = disk.open(&identity()).unwrap();
+        let mut log = disk.open(&identity(), Creation::Bootstrap).unwrap();
         log.write(Some(HardState { term: 1, vote: None }), &[entry(1, 1), entry(2, 1), entry(3, 1)]).unwrap();
         log.write(Some(HardState { term: 2, vote: None }), &[entry(2, 2)]).unwrap();
         log.sync().unwrap();
-        let log = disk.open(&identity()).unwrap();
+        let log = disk.open(&identity(), Creation::MemberOfExisting).unwrap();
         assert_eq!(log.entries(1, 10, usize::MAX).unwrap(), vec![entry(1, 1), entry(2, 2)]);
     }
 }

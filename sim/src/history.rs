@@ -103,11 +103,25 @@ pub struct Delivery {
     pub at: Duration,
 }
 
+/// A message as a node's subscription stream sent it, before the client library's check
+/// for repeats: the server's streams are judged by these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawDelivery {
+    pub user: String,
+    pub id: u64,
+    /// The stream's number within the user's subscription (one per node subscribed to).
+    pub stream: u64,
+    pub at: Duration,
+}
+
 /// Everything one run recorded.
 #[derive(Debug, Clone, Default)]
 pub struct History {
     pub operations: Vec<Operation>,
+    /// What the client library delivered to the user.
     pub deliveries: Vec<Delivery>,
+    /// What the servers' streams sent, repeats included.
+    pub raw_deliveries: Vec<RawDelivery>,
     /// Each user's mailbox after the faults healed, read from the leader.
     pub final_mailboxes: Vec<(String, Vec<Observed>)>,
 }

@@ -2,9 +2,11 @@
 //! timeline that is printed when a run fails or is replayed.
 //!
 //! Two families. *Available*: at most two of the five nodes are faulty at any moment
-//! (killed, cut off, on the minority side of a partition, or with a corrupt disk) and the
-//! rest are connected, so every operation must complete. *Safety-only*: anything goes,
-//! including every node down at once; operations may fail, but nothing may be wrong.
+//! (killed or stopped, cut off, on the minority side of a partition, or with a corrupt or
+//! wiped disk) and the rest are connected, so every operation must complete. *Safety-only*:
+//! anything goes, including every node down at once; operations may fail, but nothing may
+//! be wrong. In both, each node's clocks are wrong in their own ways (offset, jumps forward
+//! and back, drift), which must change nothing: no decision depends on a clock reading.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -36,7 +38,8 @@ pub struct Nemesis {
     partitioned: BTreeSet<u64>,
     /// Directed links cut (partitions and one-way cuts).
     cut_links: BTreeSet<(u64, u64)>,
-    /// Nodes whose disk was corrupted: they refuse to start, for good.
+    /// Nodes whose disk was corrupted or wiped: they take no part (they refuse to start, or
+    /// quarantine themselves when they find the fault running), for good.
     corrupted: BTreeSet<u64>,
     degraded_network: bool,
 }
@@ -82,6 +85,12 @@ impl Nemesis {
         }
     }
 
+    /// The largest wall-clock jump, either way: two days, past any window a clock-based
+    /// rule could have had.
+    const CLOCK_JUMP_MS_MAX: i64 = 2 * 24 * 3600 * 1000;
+    /// The largest clock drift, either way (a poor quartz oscillator).
+    const CLOCK_DRIFT_PPM_MAX: i64 = 500;
+
     /// Runs faults for `duration`, one every 0.3-3 s.
     pub async fn run(&mut self, cluster: &mut SimCluster, duration: Duration) {
         let end = tokio::time::Instant::now() + duration;
@@ -100,7 +109,7 @@ impl Nemesis {
         let ids = cluster.ids();
         let healthy: Vec<u64> = ids.iter().copied().filter(|id| !self.faulty().contains(id)).collect();
         let leader = cluster.observer.leader().filter(|id| !self.faulty().contains(id));
-        match self.rng.random_range(0..14) {
+        match self.rng.random_range(0..18) {
             0 | 1 => {
                 // Kill the leader (most disruptive) or anyone healthy.
                 let target = if self.rng.random_bool(0.5) { leader } else { self.pick(&healthy) };
@@ -185,14 +194,53 @@ impl Nemesis {
                 }
             }
             12 if cluster.storage == StorageModel::PowerLoss && self.corrupted.is_empty() => {
-                // A bit flips on the disk of a node that is down; it will refuse to start.
-                let killed: Vec<u64> = self.killed.iter().copied().collect();
-                if let Some(id) = self.pick(&killed)
+                // A bit flips on a node's disk: one that is down will refuse to start; one
+                // that runs finds it by its scrub and stops taking part.
+                let running = self.rng.random_bool(0.5);
+                let candidates: Vec<u64> = if running {
+                    healthy.iter().copied().filter(|id| self.can_fault(&BTreeSet::from([*id]))).collect()
+                } else {
+                    self.killed.iter().copied().collect()
+                };
+                if let Some(id) = self.pick(&candidates)
                     && cluster.corrupt_disk(id, &mut self.rng)
                 {
                     self.corrupted.insert(id);
-                    self.note(format!("flip a bit on node {id}'s disk"));
+                    let state = if running { "running" } else { "down" };
+                    self.note(format!("flip a bit on node {id}'s disk ({state})"));
                 }
+            }
+            14 => {
+                // SIGTERM: a graceful stop, during which a leader hands leadership over.
+                let target = if self.rng.random_bool(0.5) { leader } else { self.pick(&healthy) };
+                if let Some(id) = target.filter(|id| self.can_fault(&BTreeSet::from([*id]))) {
+                    cluster.terminate(id);
+                    self.killed.insert(id);
+                    self.note(format!("stop node {id} gracefully (SIGTERM)"));
+                }
+            }
+            15 if self.corrupted.is_empty() => {
+                // A node that is down loses its disk: it must not come back as the voter it
+                // was, and refuses to start.
+                let killed: Vec<u64> = self.killed.iter().copied().collect();
+                if let Some(id) = self.pick(&killed) {
+                    cluster.wipe(id);
+                    self.corrupted.insert(id);
+                    self.note(format!("wipe node {id}'s disk"));
+                }
+            }
+            16 => {
+                let Some(id) = self.pick(&ids) else { return };
+                let magnitude = self.rng.random_range(1_000..=Self::CLOCK_JUMP_MS_MAX);
+                let delta = if self.rng.random_bool(0.5) { magnitude } else { -magnitude };
+                cluster.clock(id).jump_wall_clock(delta);
+                self.note(format!("node {id}'s wall clock jumps {:+.1} h", delta as f64 / 3_600_000.0));
+            }
+            17 => {
+                let Some(id) = self.pick(&ids) else { return };
+                let ppm = self.rng.random_range(-Self::CLOCK_DRIFT_PPM_MAX..=Self::CLOCK_DRIFT_PPM_MAX);
+                cluster.clock(id).set_drift_ppm(ppm);
+                self.note(format!("node {id}'s clocks drift {ppm:+} ppm"));
             }
             13 if self.family == Family::SafetyOnly && self.rng.random_bool(0.3) => {
                 let running: Vec<u64> = ids.iter().copied().filter(|id| !self.killed.contains(id)).collect();

@@ -223,6 +223,7 @@ fn trace_hash(history: &History, nemesis: &Nemesis) -> String {
     let mut hasher = Sha256::new();
     hasher.update(format!("{:?}", history.operations));
     hasher.update(format!("{:?}", history.deliveries));
+    hasher.update(format!("{:?}", history.raw_deliveries));
     hasher.update(format!("{:?}", history.final_mailboxes));
     hasher.update(nemesis.timeline_text());
     hasher.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()

@@ -18,7 +18,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tonic::{Code, Status};
 
-use crate::history::{Delivery, History, Observed, Op, Operation, Outcome};
+use crate::history::{Delivery, History, Observed, Op, Operation, Outcome, RawDelivery};
 
 /// Deadline of one client call: an operation either completes within it or reports an
 /// unknown outcome.
@@ -61,6 +61,13 @@ impl Recorder {
     fn deliver(&self, user: &str, message: &Message) {
         let delivery = Delivery { user: user.to_owned(), message: observed(message), at: self.now() };
         self.history.lock().unwrap().deliveries.push(delivery);
+    }
+
+    fn deliver_raw(&self, user: &str, raw: &chorus::client::RawDelivery, subscription: u64) {
+        // Streams are numbered across every subscription the client opens for the user.
+        let stream = subscription * 1_000_000 + raw.stream;
+        let delivery = RawDelivery { user: user.to_owned(), id: raw.message.id, stream, at: self.now() };
+        self.history.lock().unwrap().raw_deliveries.push(delivery);
     }
 
     pub fn stop(&self) {
@@ -181,11 +188,16 @@ async fn run_client(client: usize, clients: usize, servers: Vec<String>, seed: u
         madsim::task::spawn(async move {
             let mut client = ClusterClient::new(&servers, policy).expect("valid servers");
             let mut after = 0;
-            loop {
+            for subscriptions in 0u64.. {
                 let mut subscription = client.subscribe(token.clone(), after);
-                while let Ok(message) = subscription.next().await {
-                    recorder.deliver(&me, &message);
-                    after = message.id;
+                // Every message the servers send is recorded raw; what the library passes
+                // on (the fresh ones) is the user's delivery.
+                while let Ok(raw) = subscription.next_raw().await {
+                    recorder.deliver_raw(&me, &raw, subscriptions);
+                    if raw.fresh {
+                        recorder.deliver(&me, &raw.message);
+                        after = raw.message.id;
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

@@ -79,7 +79,9 @@ fn safety_power_loss() {
     run_scenario("safety-power-loss");
 }
 
-/// The same seed twice gives the same trace: the simulation replays bit for bit.
+/// The same seed twice gives the same trace: the simulation replays bit for bit. Both runs
+/// must succeed and record something: two runs that fail the same way (or record nothing)
+/// prove nothing about replay.
 #[test]
 fn a_seed_replays_identically() {
     let scenario = SCENARIOS[1];
@@ -90,5 +92,9 @@ fn a_seed_replays_identically() {
         let _ = std::fs::rename(dump, format!("{dump}.first"));
     }
     let second = run_seed(scenario, seed, None);
+    for report in [&first, &second] {
+        assert!(!report.failed(), "a run of the determinism check failed:\n{}", report.describe());
+        assert!(!report.trace_hash.is_empty() && report.operations > 0, "a run recorded nothing");
+    }
     assert_eq!(first.trace_hash, second.trace_hash, "seed {seed} of {} diverged between two runs", scenario.name);
 }

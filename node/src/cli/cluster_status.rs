@@ -90,8 +90,9 @@ pub async fn print(client: &mut ClusterClient) -> Result<()> {
         let (matched, contact) = leader_view.get(&a.node_id).copied().unwrap_or((None, None));
         let matched = matched.map_or("-".to_owned(), |m| m.to_string());
         let contact = contact.map_or("-".to_owned(), |ms| format!("{ms} ms"));
+        let fault = if a.fault.is_empty() { String::new() } else { format!("  FAULT: {}", a.fault) };
         println!(
-            "{node:<5} {role:<13} {:>5} {leader:>6} {:>8} {:>8} {:>8} {matched:>8} {contact:>10}  {address}",
+            "{node:<5} {role:<13} {:>5} {leader:>6} {:>8} {:>8} {:>8} {matched:>8} {contact:>10}  {address}{fault}",
             a.term, a.commit_index, a.applied_index, a.last_log_index
         );
     }

@@ -82,6 +82,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
 struct DemoNode {
     id: u64,
     data_dir: PathBuf,
+    /// This demo created the cluster and has not started the node yet: its first start
+    /// initializes its data directory (`--bootstrap`).
+    bootstrap: bool,
     process: Option<(Child, ChildStdout)>,
 }
 
@@ -101,7 +104,8 @@ impl Demo {
     async fn start(dir: PathBuf, nodes: u64) -> Result<Self> {
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create demo directory {}", dir.display()))?;
         let config_path = dir.join("cluster.toml");
-        let config = if config_path.exists() {
+        let new = !config_path.exists();
+        let config = if !new {
             println!("Chorus demo: reusing the cluster in {}", dir.display());
             let text = std::fs::read_to_string(&config_path)?;
             ClusterConfig::from_toml(&text).with_context(|| format!("in {}", config_path.display()))?
@@ -119,7 +123,7 @@ impl Demo {
                 .iter()
                 .map(|m| {
                     let data_dir = m.data_dir.clone().unwrap_or_else(|| dir.join(format!("node-{}", m.id)));
-                    (m.id, DemoNode { id: m.id, data_dir, process: None })
+                    (m.id, DemoNode { id: m.id, data_dir, bootstrap: new, process: None })
                 })
                 .collect(),
             dir,
@@ -400,6 +404,7 @@ async fn start_node(node: &mut DemoNode, config: &Path) -> Result<()> {
         .args(["--id", &node.id.to_string()])
         .arg("--config")
         .arg(config)
+        .args(node.bootstrap.then_some("--bootstrap"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)
@@ -424,6 +429,7 @@ async fn start_node(node: &mut DemoNode, config: &Path) -> Result<()> {
         Err(_) => bail!("node {} did not start within {NODE_START_TIMEOUT:?}; see {}", node.id, log_path.display()),
     };
     println!("node {} up on {address} (pid {})", node.id, child.id().unwrap_or(0));
+    node.bootstrap = false;
     // Keep the pipe open: a node writing to a closed stdout would fail.
     node.process = Some((child, lines.into_inner().into_inner()));
     Ok(())

@@ -43,6 +43,12 @@ pub struct NodeArgs {
     /// Hash passwords at Argon2's minimum cost. Only for tests: it makes stolen hashes cheap to crack.
     #[arg(long, hide = true)]
     pub insecure_fast_password_hashing: bool,
+    /// This member's first start in a new cluster: initialize its empty data directory.
+    /// Refused on a directory that holds data. Without it, a member of a cluster of several
+    /// refuses to start on an empty directory: a member whose data was lost must not
+    /// rejoin as the voter it was (it could make the cluster lose acknowledged writes).
+    #[arg(long)]
+    pub bootstrap: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -112,6 +118,8 @@ fn node_config(args: &NodeArgs) -> Result<NodeConfig> {
         password_hash_cost,
         observer: None,
         log_store: None,
+        bootstrap: args.bootstrap,
+        clock: chorus::seam::NodeClock::system(),
     })
 }
 

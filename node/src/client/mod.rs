@@ -25,7 +25,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 pub use chorus_proto::v1;
 pub use send_sequence::SendSequence;
-pub use subscription::Subscription;
+pub use subscription::{RawDelivery, Subscription};
 
 /// Calls one chat RPC through [`ClusterClient::call`] (leader-finding, failover, retries),
 /// cloning `$request` for each attempt: `cluster_call!(client, send_message, request)`.

@@ -12,11 +12,24 @@ pub struct Subscription<'a> {
     token: String,
     last_delivered: u64,
     stream: Option<Streaming<Message>>,
+    /// How many streams were opened so far (the current one's number).
+    streams_opened: u64,
+}
+
+/// A message exactly as a node's stream sent it, before the subscription drops repeats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawDelivery {
+    pub message: Message,
+    /// Which stream (1, 2, ...: one per node subscribed to) it came on.
+    pub stream: u64,
+    /// Whether it is news: its id is above everything delivered before. A server keeps its
+    /// streams in id order after `after_id`, so anything else is a server's fault.
+    pub fresh: bool,
 }
 
 impl<'a> Subscription<'a> {
     pub(super) fn new(client: &'a mut ClusterClient, token: String, after_id: u64) -> Self {
-        Self { client, token, last_delivered: after_id, stream: None }
+        Self { client, token, last_delivered: after_id, stream: None, streams_opened: 0 }
     }
 
     /// The id of the last message delivered.
@@ -28,6 +41,20 @@ impl<'a> Subscription<'a> {
     /// UNAVAILABLE only when no node could be subscribed to for the client's call deadline,
     /// and with the node's answer when it refuses (an ended session, say).
     pub async fn next(&mut self) -> Result<Message, Status> {
+        loop {
+            let raw = self.next_raw().await?;
+            // The server sends ids above `after_id` in order; a resumed stream starts after
+            // the last one delivered. Check it anyway: a repeat here would be a duplicate
+            // shown to a person.
+            if raw.fresh {
+                return Ok(raw.message);
+            }
+        }
+    }
+
+    /// The next message as the node sent it, repeats included (for checkers that judge the
+    /// server's streams, not the library's).
+    pub async fn next_raw(&mut self) -> Result<RawDelivery, Status> {
         let policy = self.client.policy();
         let mut backoff = policy.backoff_min;
         let mut give_up_at = crate::seam::monotonic_now() + policy.call_deadline;
@@ -45,7 +72,10 @@ impl<'a> Subscription<'a> {
                 let mut chat = self.client.chat_of(server);
                 let mut hint = None;
                 match tokio::time::timeout(policy.attempt_timeout, chat.subscribe(request)).await {
-                    Ok(Ok(response)) => self.stream = Some(response.into_inner()),
+                    Ok(Ok(response)) => {
+                        self.stream = Some(response.into_inner());
+                        self.streams_opened += 1;
+                    }
                     Ok(Err(status)) => match error_verdict(&status) {
                         ErrorVerdict::Final => return Err(status),
                         ErrorVerdict::Retry { leader, .. } => {
@@ -69,14 +99,9 @@ impl<'a> Subscription<'a> {
             let stream = self.stream.as_mut().expect("opened above");
             match stream.message().await {
                 Ok(Some(message)) => {
-                    // The server sends ids above `after_id` in order; a resumed stream
-                    // starts after the last one delivered. Check it anyway: a repeat here
-                    // would be a duplicate shown to a person.
-                    if message.id <= self.last_delivered {
-                        continue;
-                    }
-                    self.last_delivered = message.id;
-                    return Ok(message);
+                    let fresh = message.id > self.last_delivered;
+                    self.last_delivered = self.last_delivered.max(message.id);
+                    return Ok(RawDelivery { message, stream: self.streams_opened, fresh });
                 }
                 Ok(None) => {}
                 Err(status) if error_verdict(&status) == ErrorVerdict::Final => return Err(status),

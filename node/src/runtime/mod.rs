@@ -52,6 +52,9 @@ pub enum ProposeError {
     /// Certainly not applied: the node is stopping and never took the command.
     #[error("this node is shutting down")]
     ShuttingDown,
+    /// Certainly not applied: this node's log was found corrupt and it takes no part.
+    #[error("{0}")]
+    Quarantined(String),
 }
 
 /// The seam through which services change chat state.

@@ -20,10 +20,10 @@ use super::raft_node::{ReplicaSetup, ReplicationObserver, RuntimeError, start_ru
 use crate::chat::credentials::{CredentialError, PasswordHashCost, PasswordHasher};
 use crate::chat::{ChatStateMachine, StateMachineError};
 use crate::replication::{NodeId, ReplicaError};
-use crate::seam::os_seeded_rng;
-use crate::server::{ChatService, ClusterService, LeaderHints};
+use crate::seam::{NodeClock, os_seeded_rng};
+use crate::server::{ChatService, ClusterService, LeaderHints, StreamEnds};
 use crate::storage::{
-    ClusterIdentity, DataDir, DataDirError, LogStore, LogStoreError, LogStoreFactory, SharedLog, SqliteLog,
+    ClusterIdentity, Creation, DataDir, DataDirError, LogStore, LogStoreError, LogStoreFactory, SharedLog, SqliteLog,
 };
 use crate::transport::{GrpcTransport, RAFT_BATCH_BYTES_MAX, RaftService, peer_inbox};
 use crate::watch::Watch;
@@ -48,6 +48,12 @@ pub struct NodeConfig {
     pub observer: Option<Arc<dyn ReplicationObserver>>,
     /// Opens the replication log; `None`: SQLite in the data directory.
     pub log_store: Option<LogStoreFactory>,
+    /// This is the member's first start in a new cluster (`--bootstrap`): its data
+    /// directory must be empty, and is initialized. Otherwise a member of a cluster of
+    /// several refuses an empty one.
+    pub bootstrap: bool,
+    /// The node's clocks: the machine's, or a simulated node's own skewed ones.
+    pub clock: NodeClock,
 }
 
 /// The addresses a started node actually listens on.
@@ -89,9 +95,10 @@ pub async fn run_node(
     let data_dir = DataDir::open(&config.data_dir)?;
     let chat = ChatState::new(ChatStateMachine::open(&data_dir.chat_database())?)?;
     let identity = ClusterIdentity { cluster_id: cluster.cluster_id.clone(), node_id, members: cluster.member_ids() };
+    let creation = if config.bootstrap { Creation::Bootstrap } else { Creation::MemberOfExisting };
     let store: Box<dyn LogStore> = match &config.log_store {
-        Some(open) => open(&identity)?,
-        None => Box::new(SqliteLog::open(&data_dir.raft_database(), &identity)?),
+        Some(open) => open(&identity, creation)?,
+        None => Box::new(SqliteLog::open(&data_dir.raft_database(), &identity, creation)?),
     };
     let log = SharedLog::new(store);
     tracing::info!(
@@ -115,14 +122,23 @@ pub async fn run_node(
         config: cluster.replica_config(),
         rng_seed: rng.next_u64(),
         observer: config.observer.clone(),
+        clock: config.clock.clone(),
     };
     let (runtime, raft) = start_runtime(setup, log, Arc::clone(&chat), transport, inbox)?;
     let mut runtime_task = tokio::task::spawn(runtime.run(stopping.clone()));
 
     let hasher = PasswordHasher::new(config.password_hash_cost, &mut rng)?;
     let hints = LeaderHints::new(cluster.members.iter().map(|m| (m.id, m.client_address.clone())).collect());
-    let chat_service =
-        ChatService::new(Arc::clone(&chat), Arc::new(raft.clone()), hasher, rng, stopping.clone(), hints);
+    let stream_ends = StreamEnds { stopping: stopping.clone(), fault: raft.watch_fault() };
+    let chat_service = ChatService::new(
+        Arc::clone(&chat),
+        Arc::new(raft.clone()),
+        hasher,
+        rng,
+        stream_ends,
+        hints,
+        config.clock.clone(),
+    );
     let cluster_service = ClusterService::new(node_id, cluster.clone(), raft.clone(), Arc::clone(&chat));
     let client_router = tonic::transport::Server::builder()
         // A client that vanished without closing its connection (a dead machine, a cut
@@ -189,7 +205,12 @@ pub async fn run_node(
         () = shutdown => None,
         result = &mut runtime_task => Some(result),
         served = &mut servers => {
-            served?;
+            if let Err(error) = served {
+                // The servers failed (a port taken, say): the runtime and the transport
+                // must not outlive them.
+                stopping.set(true);
+                return Err(error.into());
+            }
             None
         }
     };

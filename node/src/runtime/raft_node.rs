@@ -21,7 +21,7 @@ use crate::chat::{Outcome, StateMachineError};
 use crate::replication::{
     self, Entry, LogIndex, NodeId, Payload, Ready, Replica, ReplicaStatus, Role, StorageError, Term,
 };
-use crate::seam::{MonotonicClock, run_blocking};
+use crate::seam::{MonotonicClock, NodeClock, run_blocking};
 use crate::storage::SharedLog;
 use crate::transport::{InboxReceiver, Transport};
 use crate::watch::Watch;
@@ -35,6 +35,10 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 const INPUT_QUEUE_MAX: usize = 4096;
 /// Inputs taken in one turn of the loop before the next `Ready` (bounds latency under load).
 const INPUTS_PER_TURN_MAX: usize = 1024;
+/// How often the background scrub verifies another stretch of the log, and how many
+/// records: a log of a million entries is verified about every seven minutes.
+const SCRUB_INTERVAL: Duration = Duration::from_millis(100);
+const SCRUB_RECORDS_PER_STEP: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -86,6 +90,8 @@ enum Input {
 pub struct RaftHandle {
     inputs: mpsc::Sender<Input>,
     status: Watch<NodeStatus>,
+    /// Why this node takes no part in replication, once its log was found corrupt.
+    fault: Watch<Option<String>>,
     clock: MonotonicClock,
 }
 
@@ -101,6 +107,17 @@ impl RaftHandle {
 
     pub fn watch_status(&self) -> Watch<NodeStatus> {
         self.status.clone()
+    }
+
+    /// Why this node takes no part in replication, if it does not (its log was found
+    /// corrupt while it ran).
+    pub fn fault(&self) -> Option<String> {
+        self.fault.get()
+    }
+
+    /// The fault, to wait on.
+    pub fn watch_fault(&self) -> Watch<Option<String>> {
+        self.fault.clone()
     }
 
     /// The replica's detailed status (per-follower progress on a leader).
@@ -163,6 +180,9 @@ pub struct RaftRuntime<T> {
     inbox: InboxReceiver,
     inputs: mpsc::Receiver<Input>,
     status: Watch<NodeStatus>,
+    fault: Watch<Option<String>>,
+    /// When the background scrub takes its next step.
+    next_scrub: tokio::time::Instant,
     /// Proposals waiting for their entry to be applied: index -> (term, reply).
     proposals: BTreeMap<LogIndex, (Term, oneshot::Sender<Result<Outcome, ProposeError>>)>,
     /// Reads waiting for the leader to confirm them, by context.
@@ -180,6 +200,8 @@ pub struct ReplicaSetup {
     pub config: replication::ReplicaConfig,
     pub rng_seed: u64,
     pub observer: Option<Arc<dyn ReplicationObserver>>,
+    /// The node's clocks; the replica is ticked by its monotonic one.
+    pub clock: NodeClock,
 }
 
 /// Builds the runtime around an opened log and chat state; returns the task's body and its
@@ -191,8 +213,8 @@ pub fn start_runtime<T: Transport>(
     transport: T,
     inbox: InboxReceiver,
 ) -> Result<(RaftRuntime<T>, RaftHandle), replication::ReplicaError> {
-    let ReplicaSetup { node_id, members, config, rng_seed, observer } = setup;
-    let clock = MonotonicClock::start();
+    let ReplicaSetup { node_id, members, config, rng_seed, observer, clock } = setup;
+    let clock = clock.monotonic();
     let tick_interval = Duration::from_millis((config.heartbeat_interval_ms / 5).clamp(1, 20));
     let applied = chat.last_applied();
     let mut replica = Replica::new(node_id, members, config, log.clone(), applied, rng_seed, clock.now_ms())?;
@@ -208,29 +230,46 @@ pub fn start_runtime<T: Transport>(
         last_log_index: replica.last_index(),
     };
     let status = Watch::new(initial);
+    let fault = Watch::new(None);
     let runtime = RaftRuntime {
         replica,
         log,
         chat,
         transport,
-        clock,
+        clock: clock.clone(),
         tick_interval,
         inbox,
         inputs,
         status: status.clone(),
+        fault: fault.clone(),
+        next_scrub: crate::seam::monotonic_now() + SCRUB_INTERVAL,
         proposals: BTreeMap::new(),
         reads_unconfirmed: BTreeMap::new(),
         reads_confirmed: Vec::new(),
         next_read_context: 1,
         observer,
     };
-    Ok((runtime, RaftHandle { inputs: inputs_tx, status, clock }))
+    Ok((runtime, RaftHandle { inputs: inputs_tx, status, fault, clock }))
 }
 
 impl<T: Transport> RaftRuntime<T> {
-    /// Runs until `shutdown` turns true or storage fails (the node must stop then: it
-    /// cannot go on without its disk).
+    /// Runs until `stopping` turns true or storage fails (the node must stop then: it
+    /// cannot go on without its disk). A log found corrupt (a record failing its checksum,
+    /// read to serve a follower, to apply, or by the background scrub) is not such a
+    /// failure: the node stops taking part, records the fault so that it refuses to start
+    /// again, says why in its status, and answers every request with a refusal, so that
+    /// the others elect a leader without it instead of it leading and crashing in a loop.
     pub async fn run(mut self, stopping: Watch<bool>) -> Result<(), RuntimeError> {
+        match self.serve(&stopping).await {
+            Err(RuntimeError::Storage(StorageError::Corrupt(detail))) => {
+                self.quarantine(detail, &stopping).await;
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    async fn serve(&mut self, stopping: &Watch<bool>) -> Result<(), RuntimeError> {
         let mut next_tick = crate::seam::monotonic_now() + self.tick_interval;
         loop {
             // One `Ready` per turn at most (its committed entries are bounded too), and
@@ -247,6 +286,9 @@ impl<T: Transport> RaftRuntime<T> {
                 () = tokio::time::sleep_until(next_tick) => {
                     self.replica.tick(self.clock.now_ms())?;
                     next_tick = crate::seam::monotonic_now() + self.tick_interval;
+                    if crate::seam::monotonic_now() >= self.next_scrub {
+                        self.scrub_step().await?;
+                    }
                 }
                 input = self.inputs.recv() => {
                     if let Some(input) = input {
@@ -266,6 +308,84 @@ impl<T: Transport> RaftRuntime<T> {
                 self.handle_ready(ready).await?;
                 self.replica.advance()?;
                 self.publish_status();
+            }
+        }
+    }
+
+    /// Verifies another stretch of the log (see [`crate::storage::LogStore::scrub`]).
+    async fn scrub_step(&mut self) -> Result<(), StorageError> {
+        self.next_scrub = crate::seam::monotonic_now() + SCRUB_INTERVAL;
+        let log = self.log.clone();
+        let progress = run_blocking(move || log.lock().scrub(SCRUB_RECORDS_PER_STEP)).await?;
+        if progress.pass_completed {
+            tracing::debug!(node = self.replica.id(), "the scrub verified the whole log once more");
+        }
+        Ok(())
+    }
+
+    /// Takes no more part in replication: see [`RaftRuntime::run`].
+    async fn quarantine(&mut self, detail: String, stopping: &Watch<bool>) {
+        let node = self.replica.id();
+        tracing::error!(
+            node,
+            %detail,
+            "the replication log is corrupt: this node stops leading and voting, takes no part until its data directory is replaced, and will refuse to start"
+        );
+        let log = self.log.clone();
+        let record = detail.clone();
+        if let Err(error) = run_blocking(move || log.lock().record_fault(&record)).await {
+            tracing::error!(node, %error, "could not record the fault; the log may open again after a restart");
+        }
+        let refusal = format!("this node's replication log is corrupt ({detail}); it takes no part");
+        self.fault.set(Some(refusal.clone()));
+        let last_log_index = self.replica.last_index();
+        let status = NodeStatus {
+            role: Role::Follower,
+            term: self.replica.term(),
+            leader: None,
+            commit_index: self.replica.commit_index(),
+            applied_index: self.chat.last_applied(),
+            last_log_index,
+        };
+        self.status.set(status);
+        for (_, (_, reply)) in std::mem::take(&mut self.proposals) {
+            let _ = reply.send(Err(ProposeError::OutcomeUnknown(refusal.clone())));
+        }
+        let reads = std::mem::take(&mut self.reads_unconfirmed).into_values();
+        for reply in reads.chain(std::mem::take(&mut self.reads_confirmed).into_iter().map(|(_, reply)| reply)) {
+            let _ = reply.send(Err(ProposeError::ReadUnconfirmed(refusal.clone())));
+        }
+        loop {
+            // `biased`: a fixed polling order keeps simulations replayable.
+            tokio::select! {
+                biased;
+                _ = stopping.wait_for(|stopping| *stopping) => return,
+                input = self.inputs.recv() => match input {
+                    Some(Input::Propose { reply, .. }) => {
+                        let _ = reply.send(Err(ProposeError::Quarantined(refusal.clone())));
+                    }
+                    Some(Input::ReadFence { reply }) => {
+                        let _ = reply.send(Err(ProposeError::Quarantined(refusal.clone())));
+                    }
+                    Some(Input::HandOver { reply }) => {
+                        let _ = reply.send(None);
+                    }
+                    Some(Input::Status { reply }) => {
+                        let _ = reply.send(ReplicaStatus {
+                            id: node,
+                            role: Role::Follower,
+                            term: status.term,
+                            leader: None,
+                            commit_index: status.commit_index,
+                            last_index: last_log_index,
+                            persisted_index: last_log_index,
+                            followers: BTreeMap::new(),
+                        });
+                    }
+                    None => return,
+                },
+                // Peers' messages are dropped unread: this node takes no part.
+                message = self.inbox.recv() => if message.is_none() { return },
             }
         }
     }
@@ -458,7 +578,7 @@ mod tests {
     use super::*;
     use crate::chat::ChatStateMachine;
     use crate::replication::{COMMITTED_ENTRIES_PER_READY_MAX, HardState, Message, ReplicaConfig};
-    use crate::storage::{ClusterIdentity, SqliteLog};
+    use crate::storage::{ClusterIdentity, Creation, SqliteLog};
     use crate::transport::peer_inbox;
 
     /// A cluster of one has no peers to send to.
@@ -477,7 +597,7 @@ mod tests {
     async fn a_long_backlog_is_applied_in_turns_that_leave_room_for_the_clock_and_requests() {
         let dir = tempfile::tempdir().unwrap();
         let identity = ClusterIdentity { cluster_id: "c".into(), node_id: 1, members: BTreeSet::from([1]) };
-        let mut log = SqliteLog::open(&dir.path().join("raft.sqlite3"), &identity).unwrap();
+        let mut log = SqliteLog::open(&dir.path().join("raft.sqlite3"), &identity, Creation::Bootstrap).unwrap();
         const BACKLOG: u64 = 40 * COMMITTED_ENTRIES_PER_READY_MAX as u64;
         let entries: Vec<Entry> = (1..=BACKLOG).map(|index| Entry { term: 1, index, payload: Payload::Noop }).collect();
         log.persist(Some(HardState { term: 1, vote: Some(1) }), &entries).unwrap();
@@ -488,6 +608,7 @@ mod tests {
             config: ReplicaConfig::default(),
             rng_seed: 1,
             observer: None,
+            clock: NodeClock::system(),
         };
         let (_inbox_sender, inbox) = peer_inbox();
         let (runtime, handle) =

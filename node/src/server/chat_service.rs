@@ -20,13 +20,12 @@ use tonic::{Request, Response, Status};
 
 use super::password_pool::PasswordPool;
 use super::status::{self, LeaderHints};
-use super::subscription::{self, SubscriptionStream, Subscriptions};
+use super::subscription::{self, StreamEnds, SubscriptionStream, Subscriptions};
 use crate::chat::credentials::{self, PasswordHasher};
 use crate::chat::limits::{REPLY_BYTES_MAX, TOKEN_LEN_MAX};
 use crate::chat::{Outcome, SessionUser, validate};
 use crate::runtime::{ChatState, Proposer};
-use crate::seam::unix_time_ms;
-use crate::watch::Watch;
+use crate::seam::NodeClock;
 
 pub struct ChatService<P> {
     state: Arc<ChatState>,
@@ -34,10 +33,12 @@ pub struct ChatService<P> {
     passwords: PasswordPool,
     /// Draws session tokens and password salts; seeded once through the seam.
     rng: Arc<Mutex<StdRng>>,
-    /// Becomes true when the node starts shutting down; ends live subscriptions.
-    stopping: Watch<bool>,
+    /// End live subscriptions: the node stops, or its log was found corrupt.
+    stream_ends: StreamEnds,
     hints: LeaderHints,
     subscriptions: Arc<Subscriptions>,
+    /// Stamps what people see (message and session times); decides nothing.
+    clock: NodeClock,
 }
 
 impl<P: Proposer> ChatService<P> {
@@ -46,8 +47,9 @@ impl<P: Proposer> ChatService<P> {
         proposer: Arc<P>,
         hasher: PasswordHasher,
         rng: StdRng,
-        stopping: Watch<bool>,
+        stream_ends: StreamEnds,
         hints: LeaderHints,
+        clock: NodeClock,
     ) -> Self {
         Self {
             state,
@@ -56,9 +58,10 @@ impl<P: Proposer> ChatService<P> {
             // other members, on a small shared machine) room to heartbeat.
             passwords: PasswordPool::new(hasher, (crate::seam::cpu_count() / 2).max(1)),
             rng: Arc::new(Mutex::new(rng)),
-            stopping,
+            stream_ends,
             hints,
             subscriptions: Arc::default(),
+            clock,
         }
     }
 
@@ -137,7 +140,7 @@ impl<P: Proposer> Chat for ChatService<P> {
             .propose(command::Kind::CreateAccount(CreateAccountCommand {
                 username,
                 password_hash,
-                created_at_ms: unix_time_ms(),
+                created_at_ms: self.clock.unix_time_ms(),
             }))
             .await?;
         match outcome {
@@ -177,7 +180,7 @@ impl<P: Proposer> Chat for ChatService<P> {
             .propose(command::Kind::OpenSession(OpenSessionCommand {
                 user_id: credentials.user_id,
                 token_hash: credentials::token_hash(&token),
-                opened_at_ms: unix_time_ms(),
+                opened_at_ms: self.clock.unix_time_ms(),
             }))
             .await?;
         match outcome {
@@ -237,7 +240,7 @@ impl<P: Proposer> Chat for ChatService<P> {
                 to,
                 body: request.body,
                 // For display only: no decision depends on this clock.
-                sent_at_ms: unix_time_ms(),
+                sent_at_ms: self.clock.unix_time_ms(),
                 sequence: request.sequence,
                 acknowledged_through: request.acknowledged_through,
             }))
@@ -262,7 +265,7 @@ impl<P: Proposer> Chat for ChatService<P> {
             .propose(command::Kind::ReadMessages(ReadMessagesCommand {
                 token_hash,
                 limit: validate::page_size(request.limit),
-                read_at_ms: unix_time_ms(),
+                read_at_ms: self.clock.unix_time_ms(),
                 request_id: request.request_id,
             }))
             .await?;
@@ -352,7 +355,7 @@ impl<P: Proposer> Chat for ChatService<P> {
             .propose(command::Kind::DeleteAccount(DeleteAccountCommand {
                 token_hash,
                 password_hash: credentials.password_hash,
-                deleted_at_ms: unix_time_ms(),
+                deleted_at_ms: self.clock.unix_time_ms(),
             }))
             .await?;
         match outcome {
@@ -370,6 +373,10 @@ impl<P: Proposer> Chat for ChatService<P> {
     async fn subscribe(&self, request: Request<SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
         let request = request.into_inner();
         let token_hash = token_hash(&request.token)?;
+        if let Some(fault) = self.stream_ends.fault.get() {
+            // A node that takes no part will never deliver anything new.
+            return Err(status::error(tonic::Code::Unavailable, chorus_proto::wire::NOT_APPLIED, fault));
+        }
         // No read fence as a rule: a subscription is served from whatever this node has
         // applied and catches up as it applies more; resuming by after_id makes that safe
         // on any node. But a session this node does not know yet may be one it has not
@@ -388,7 +395,7 @@ impl<P: Proposer> Chat for ChatService<P> {
             token_hash,
             user.user_id,
             request.after_id,
-            self.stopping.clone(),
+            self.stream_ends.clone(),
             slot,
         );
         Ok(Response::new(stream))

@@ -78,6 +78,7 @@ impl Cluster for ClusterService {
             last_log_index: replica.last_index,
             members,
             state_digest,
+            fault: self.raft.fault().unwrap_or_default(),
         }))
     }
 }

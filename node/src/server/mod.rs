@@ -9,3 +9,4 @@ mod subscription;
 pub use chat_service::ChatService;
 pub use cluster_service::ClusterService;
 pub use status::LeaderHints;
+pub use subscription::StreamEnds;

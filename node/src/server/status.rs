@@ -101,7 +101,10 @@ impl LeaderHints {
                 BTreeMap::new(),
                 Some(RETRY_NOT_APPLIED),
             ),
-            ProposeError::TransferInProgress | ProposeError::Superseded | ProposeError::ReadUnconfirmed(_) => {
+            ProposeError::TransferInProgress
+            | ProposeError::Superseded
+            | ProposeError::ReadUnconfirmed(_)
+            | ProposeError::Quarantined(_) => {
                 with_details(Code::Unavailable, wire::NOT_APPLIED, message, BTreeMap::new(), Some(RETRY_NOT_APPLIED))
             }
             ProposeError::Overloaded => overloaded(message),
@@ -150,6 +153,7 @@ mod tests {
             hints.propose_error(ProposeError::ReadUnconfirmed("x".into())),
             hints.propose_error(ProposeError::OutcomeUnknown("x".into())),
             hints.propose_error(ProposeError::ShuttingDown),
+            hints.propose_error(ProposeError::Quarantined("x".into())),
             rejection(Rejection::SequenceReused { sequence: 3, message_id: 9 }),
             rejection(Rejection::SequenceAcknowledged { sequence: 3, acknowledged_through: 4 }),
             rejection(Rejection::TooManyUnacknowledgedSends { count: 1024 }),
@@ -168,6 +172,6 @@ mod tests {
         assert_eq!(statuses[6].get_details_error_info().unwrap().reason, wire::OUTCOME_UNKNOWN);
         assert_eq!(statuses[4].get_details_error_info().unwrap().reason, wire::NOT_APPLIED);
         assert!(statuses[3].get_details_retry_info().and_then(|r| r.retry_delay).is_some());
-        assert_eq!(statuses[8].get_details_error_info().unwrap().metadata[wire::MESSAGE_ID], "9");
+        assert_eq!(statuses[9].get_details_error_info().unwrap().metadata[wire::MESSAGE_ID], "9");
     }
 }

@@ -98,8 +98,17 @@ struct Cursor {
     user_id: u64,
     last_delivered: u64,
     mailbox: MailboxWatch,
-    stopping: Watch<bool>,
+    ends: StreamEnds,
     _slot: SubscriptionSlot,
+}
+
+/// What ends every live stream of a node: it stops, or it stops taking part (its log was
+/// found corrupt, so it will never apply anything again). Either way the client resumes on
+/// another node.
+#[derive(Clone)]
+pub struct StreamEnds {
+    pub stopping: Watch<bool>,
+    pub fault: Watch<Option<String>>,
 }
 
 /// What the next fetch produced.
@@ -136,14 +145,18 @@ async fn fetch(mut cursor: Cursor) -> (Cursor, Fetched) {
             return (cursor, Fetched::Messages(page.messages));
         }
         // `biased`: a fixed polling order keeps simulations replayable.
-        let stopping = tokio::select! {
+        let end = tokio::select! {
             biased;
-            _ = cursor.mailbox.watch().changed_since(seen) => false,
-            _ = cursor.stopping.wait_for(|stopping| *stopping) => true,
+            _ = cursor.mailbox.watch().changed_since(seen) => None,
+            _ = cursor.ends.stopping.wait_for(|stopping| *stopping) => {
+                Some(status::error(Code::Unavailable, wire::SHUTTING_DOWN, "this node is shutting down"))
+            }
+            fault = cursor.ends.fault.wait_for(Option::is_some) => {
+                Some(status::error(Code::Unavailable, wire::NOT_APPLIED, fault.unwrap_or_default()))
+            }
         };
-        if stopping {
-            let shutting_down = status::error(Code::Unavailable, wire::SHUTTING_DOWN, "this node is shutting down");
-            return (cursor, Fetched::End(shutting_down));
+        if let Some(end) = end {
+            return (cursor, Fetched::End(end));
         }
     }
 }
@@ -167,11 +180,11 @@ pub fn start(
     token_hash: Vec<u8>,
     user_id: u64,
     after_id: u64,
-    stopping: Watch<bool>,
+    ends: StreamEnds,
     slot: SubscriptionSlot,
 ) -> SubscriptionStream {
     let mailbox = state.watch_mailbox(user_id);
-    let cursor = Cursor { state, token_hash, user_id, last_delivered: after_id, mailbox, stopping, _slot: slot };
+    let cursor = Cursor { state, token_hash, user_id, last_delivered: after_id, mailbox, ends, _slot: slot };
     SubscriptionStream { buffered: VecDeque::new(), cursor: Some(cursor), pending: None, ended: false }
 }
 

@@ -6,6 +6,26 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::raft_log::{ClusterIdentity, LogStoreError};
 use crate::replication::{Entry, HardState, LogIndex, Storage, StorageError, Term};
 
+/// Whether opening a log may initialize an empty one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Creation {
+    /// The operator says this is a member's first start in a new cluster (`--bootstrap`):
+    /// the log must be empty, and is initialized.
+    Bootstrap,
+    /// An ordinary start: the log must already belong to this member, unless the cluster
+    /// is a cluster of one (whose empty log endangers nobody else).
+    MemberOfExisting,
+}
+
+/// How far a scrub step got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScrubProgress {
+    /// Records through this index were verified by this step (its pass's position).
+    pub verified_through: LogIndex,
+    /// This step started a new pass, the previous one having reached the end.
+    pub pass_completed: bool,
+}
+
 /// Durable storage of the term, the vote and the log. Reads go through [`Storage`].
 pub trait LogStore: Storage + Send + 'static {
     /// Writes the hard state and the entries (stored entries at or after the first new
@@ -15,10 +35,23 @@ pub trait LogStore: Storage + Send + 'static {
     /// Makes everything written so far durable. Nothing that depends on a write may leave
     /// the node before the `sync` after it has returned.
     fn sync(&mut self) -> Result<(), StorageError>;
+
+    /// Verifies up to `records_max` more records of the log, going round and round; a bad
+    /// one is `StorageError::Corrupt`. A store that verifies everything when it opens (and
+    /// keeps it in memory) has nothing to do.
+    fn scrub(&mut self, records_max: usize) -> Result<ScrubProgress, StorageError> {
+        let _ = records_max;
+        Ok(ScrubProgress { verified_through: self.last_index()?, pass_completed: false })
+    }
+
+    /// Records, durably if it can, that the log was found faulty: it must refuse to open
+    /// from now on, so that the node never takes part with it again.
+    fn record_fault(&mut self, detail: &str) -> Result<(), StorageError>;
 }
 
 /// Opens the log store of a node; for simulations that bring their own disk.
-pub type LogStoreFactory = Arc<dyn Fn(&ClusterIdentity) -> Result<Box<dyn LogStore>, LogStoreError> + Send + Sync>;
+pub type LogStoreFactory =
+    Arc<dyn Fn(&ClusterIdentity, Creation) -> Result<Box<dyn LogStore>, LogStoreError> + Send + Sync>;
 
 /// The log shared between the replica, which reads it, and the runtime, which writes it
 /// from a blocking thread. The two never run at once: the runtime awaits each write before

@@ -7,6 +7,6 @@ mod raft_log;
 mod sqlite;
 
 pub use data_dir::{DataDir, DataDirError};
-pub use log_store::{LogStore, LogStoreFactory, SharedLog};
+pub use log_store::{Creation, LogStore, LogStoreFactory, ScrubProgress, SharedLog};
 pub use raft_log::{ClusterIdentity, LogStoreError, SqliteLog};
 pub use sqlite::{Sharing, SqliteError, migrate, open_database, open_read_only};

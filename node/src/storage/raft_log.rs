@@ -2,9 +2,13 @@
 //! with the identity of the cluster the directory belongs to.
 //!
 //! Every record carries a CRC-32C; a record that fails it is reported as corruption, never
-//! served. `persist` commits with `synchronous=FULL`: when it returns, the term, vote and
-//! entries are fsynced, and only then may the runtime send the messages that depend on
-//! them.
+//! served. At open the term and vote record and the last `RECENT_ENTRIES_MAX` records are
+//! verified (they are loaded to serve the tail); every record is verified whenever it is
+//! read, and a background scrub ([`LogStore::scrub`]) goes over the whole log again and
+//! again, from a persisted position, so that an old bad record is found before a lagging
+//! follower needs it. A fault found is persisted, and the log refuses to open after it.
+//! `persist` commits with `synchronous=FULL`: when it returns, the term, vote and entries
+//! are fsynced, and only then may the runtime send the messages that depend on them.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -12,7 +16,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::log_store::LogStore;
+use super::log_store::{Creation, LogStore, ScrubProgress};
 use super::sqlite::{Sharing, SqliteError, migrate, open_database};
 use crate::replication::{Entry, HardState, LogIndex, NodeId, Payload, Storage, StorageError, Term};
 
@@ -44,9 +48,22 @@ pub enum LogStoreError {
     MembershipChanged { stored: Vec<NodeId>, configured: Vec<NodeId> },
     #[error("replication log {path} is corrupt: {detail}")]
     Corrupt { path: PathBuf, detail: String },
+    #[error(
+        "replication log {path} holds no data, but node {node_id} is a member of a {members}-member cluster: if this is the cluster's first start, pass --bootstrap; if this member's data was lost or replaced, it must not rejoin as the voter it was (it could make the cluster lose acknowledged writes) and can only come back as a new member (membership changes, not yet supported)"
+    )]
+    Uninitialized { path: PathBuf, node_id: NodeId, members: usize },
+    #[error(
+        "--bootstrap is only for a member's first start, and {path} already belongs to cluster '{cluster_id}': start without it (so that a data directory lost later is never silently started empty)"
+    )]
+    AlreadyInitialized { path: PathBuf, cluster_id: String },
+    #[error(
+        "replication log {path} was found corrupt ({detail}) while this node ran; it takes no part until its data directory is replaced (membership changes), and refuses to start meanwhile"
+    )]
+    FaultRecorded { path: PathBuf, detail: String },
 }
 
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE raft_identity (
     singleton  INTEGER PRIMARY KEY CHECK (singleton = 1),
     cluster_id TEXT    NOT NULL,
@@ -66,10 +83,25 @@ CREATE TABLE raft_log (
     payload      BLOB    NOT NULL,
     checksum     INTEGER NOT NULL    -- CRC-32C of index, term, kind and payload
 );
-"];
+",
+    "
+-- The background scrub: where its pass over the log stands, and the first fault it (or a
+-- read) ever found, after which the log refuses to open.
+CREATE TABLE raft_scrub (
+    singleton     INTEGER PRIMARY KEY CHECK (singleton = 1),
+    next_index    INTEGER NOT NULL,
+    passes        INTEGER NOT NULL,
+    fault         TEXT
+);
+INSERT INTO raft_scrub VALUES (1, 1, 0, NULL);
+",
+];
 
 /// Recent entries kept in memory: followers mostly ask for the tail of the log.
 const RECENT_ENTRIES_MAX: usize = 4096;
+/// Scrub steps between two saves of the scrub's position: a crash repeats at most this
+/// many steps of verification.
+const SCRUB_STEPS_PER_SAVE: u64 = 64;
 
 pub struct SqliteLog {
     conn: Connection,
@@ -81,19 +113,31 @@ pub struct SqliteLog {
     /// The last entries, starting at `recent_start`.
     recent: VecDeque<Entry>,
     recent_start: LogIndex,
+    /// The next record the scrub verifies, and steps since its position was saved.
+    scrub_next: LogIndex,
+    scrub_steps_unsaved: u64,
 }
 
 impl SqliteLog {
-    /// Opens the log in `path`, creating it for `identity` if new, and refusing it if it
-    /// belongs to another cluster, node or membership.
-    pub fn open(path: &Path, identity: &ClusterIdentity) -> Result<Self, LogStoreError> {
+    /// Opens the log in `path`, refusing it if it belongs to another cluster, node or
+    /// membership, or if a fault was recorded in it. An empty log is initialized for
+    /// `identity` only as `creation` allows.
+    pub fn open(path: &Path, identity: &ClusterIdentity, creation: Creation) -> Result<Self, LogStoreError> {
         let mut conn = open_database(path, Sharing::Exclusive)?;
         migrate(&mut conn, path, MIGRATIONS)?;
         let sql_error = |source| LogStoreError::Sqlite { path: path.to_owned(), source };
-        check_identity(&conn, identity).map_err(|e| match e {
+        check_identity(&conn, path, identity, creation).map_err(|e| match e {
             IdentityCheck::Sqlite(source) => sql_error(source),
             IdentityCheck::Mismatch(error) => error,
         })?;
+        let (scrub_next, fault): (i64, Option<String>) = conn
+            .query_row("SELECT next_index, fault FROM raft_scrub WHERE singleton = 1", [], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .map_err(sql_error)?;
+        if let Some(detail) = fault {
+            return Err(LogStoreError::FaultRecorded { path: path.to_owned(), detail });
+        }
         let corrupt = |detail: String| LogStoreError::Corrupt { path: path.to_owned(), detail };
         let hard_state = match conn
             .query_row("SELECT term, vote, checksum FROM raft_hard_state WHERE singleton = 1", [], |row| {
@@ -134,7 +178,16 @@ impl SqliteLog {
                 terms.push(term as u64);
             }
         }
-        let mut log = Self { conn, path: path.to_owned(), hard_state, terms, recent: VecDeque::new(), recent_start: 1 };
+        let mut log = Self {
+            conn,
+            path: path.to_owned(),
+            hard_state,
+            terms,
+            recent: VecDeque::new(),
+            recent_start: 1,
+            scrub_next: (scrub_next as u64).max(1),
+            scrub_steps_unsaved: 0,
+        };
         let last = log.terms.len() as LogIndex;
         let start = last.saturating_sub(RECENT_ENTRIES_MAX as LogIndex) + 1;
         let recent = log.read_entries(start, last + 1, usize::MAX).map_err(|e| match e {
@@ -276,7 +329,12 @@ enum IdentityCheck {
     Mismatch(LogStoreError),
 }
 
-fn check_identity(conn: &Connection, identity: &ClusterIdentity) -> Result<(), IdentityCheck> {
+fn check_identity(
+    conn: &Connection,
+    path: &Path,
+    identity: &ClusterIdentity,
+    creation: Creation,
+) -> Result<(), IdentityCheck> {
     let members: Vec<String> = identity.members.iter().map(|id| id.to_string()).collect();
     let members = members.join(",");
     let stored: Option<(String, i64, String)> = conn
@@ -286,6 +344,16 @@ fn check_identity(conn: &Connection, identity: &ClusterIdentity) -> Result<(), I
         .optional()
         .map_err(IdentityCheck::Sqlite)?;
     let Some((cluster_id, node_id, stored_members)) = stored else {
+        // A member of a cluster of several starts empty only when the operator says this is
+        // the cluster's first start: a member whose data was lost must not come back as the
+        // voter it was, with an empty log (acknowledged writes could be lost).
+        if creation == Creation::MemberOfExisting && identity.members.len() > 1 {
+            return Err(IdentityCheck::Mismatch(LogStoreError::Uninitialized {
+                path: path.to_owned(),
+                node_id: identity.node_id,
+                members: identity.members.len(),
+            }));
+        }
         conn.execute(
             "INSERT INTO raft_identity (singleton, cluster_id, node_id, members) VALUES (1, ?1, ?2, ?3)",
             params![identity.cluster_id, identity.node_id as i64, members],
@@ -293,6 +361,9 @@ fn check_identity(conn: &Connection, identity: &ClusterIdentity) -> Result<(), I
         .map_err(IdentityCheck::Sqlite)?;
         return Ok(());
     };
+    if creation == Creation::Bootstrap {
+        return Err(IdentityCheck::Mismatch(LogStoreError::AlreadyInitialized { path: path.to_owned(), cluster_id }));
+    }
     if cluster_id != identity.cluster_id {
         return Err(IdentityCheck::Mismatch(LogStoreError::WrongCluster {
             stored: cluster_id,
@@ -386,7 +457,64 @@ impl LogStore for SqliteLog {
     fn sync(&mut self) -> Result<(), StorageError> {
         Ok(())
     }
+
+    fn scrub(&mut self, records_max: usize) -> Result<ScrubProgress, StorageError> {
+        let last = self.terms.len() as LogIndex;
+        let io = |e: rusqlite::Error| StorageError::Io(format!("{}: {e}", self.path.display()));
+        let mut pass_done = false;
+        if self.scrub_next > last {
+            // The end of a pass (or a log truncated meanwhile): start over.
+            self.scrub_next = 1;
+            pass_done = true;
+        }
+        let low = self.scrub_next;
+        let high = (low + records_max as LogIndex).min(last + 1);
+        // read_entries verifies every record it reads; the byte bound only limits memory,
+        // so read in as many rounds as it takes.
+        let mut next = low;
+        while next < high {
+            let entries = self.read_entries(next, high, SCRUB_BYTES_MAX)?;
+            let Some(last_read) = entries.last() else {
+                return Err(StorageError::Corrupt(format!(
+                    "{}: entries {next}..{high} are missing",
+                    self.path.display()
+                )));
+            };
+            for (offset, entry) in entries.iter().enumerate() {
+                let expected = next + offset as LogIndex;
+                if entry.index != expected || self.terms.get(expected as usize - 1) != Some(&entry.term) {
+                    return Err(StorageError::Corrupt(format!(
+                        "{}: entry {expected} does not match the log's index of terms",
+                        self.path.display()
+                    )));
+                }
+            }
+            next = last_read.index + 1;
+        }
+        self.scrub_next = high;
+        self.scrub_steps_unsaved += 1;
+        if pass_done || self.scrub_steps_unsaved >= SCRUB_STEPS_PER_SAVE {
+            self.conn
+                .execute(
+                    "UPDATE raft_scrub SET next_index = ?1, passes = passes + ?2 WHERE singleton = 1",
+                    params![self.scrub_next as i64, i64::from(pass_done)],
+                )
+                .map_err(io)?;
+            self.scrub_steps_unsaved = 0;
+        }
+        Ok(ScrubProgress { verified_through: high - 1, pass_completed: pass_done })
+    }
+
+    fn record_fault(&mut self, detail: &str) -> Result<(), StorageError> {
+        self.conn
+            .execute("UPDATE raft_scrub SET fault = ?1 WHERE singleton = 1 AND fault IS NULL", [detail])
+            .map_err(|e| StorageError::Io(format!("{}: {e}", self.path.display())))?;
+        Ok(())
+    }
 }
+
+/// Bytes the scrub holds in memory at once.
+const SCRUB_BYTES_MAX: usize = 1024 * 1024;
 
 #[cfg(test)]
 mod tests {
@@ -406,7 +534,7 @@ mod tests {
         let path = dir.path().join("raft.sqlite3");
         let id = identity("c", 1, &[1, 2, 3]);
         {
-            let mut log = SqliteLog::open(&path, &id).unwrap();
+            let mut log = SqliteLog::open(&path, &id, Creation::Bootstrap).unwrap();
             log.persist(
                 Some(HardState { term: 2, vote: Some(3) }),
                 &[entry(1, 1, "a"), entry(2, 2, "b"), entry(3, 2, "c")],
@@ -420,7 +548,7 @@ mod tests {
             .unwrap();
             assert_eq!(log.last_index().unwrap(), 2);
         }
-        let log = SqliteLog::open(&path, &id).unwrap();
+        let log = SqliteLog::open(&path, &id, Creation::MemberOfExisting).unwrap();
         assert_eq!(log.hard_state().unwrap(), HardState { term: 3, vote: None });
         assert_eq!(log.term(2).unwrap(), Some(3));
         assert_eq!(log.term(3).unwrap(), None);
@@ -434,18 +562,41 @@ mod tests {
     fn another_cluster_node_or_membership_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raft.sqlite3");
-        drop(SqliteLog::open(&path, &identity("alpha", 1, &[1, 2, 3])).unwrap());
+        let existing = Creation::MemberOfExisting;
+        drop(SqliteLog::open(&path, &identity("alpha", 1, &[1, 2, 3]), Creation::Bootstrap).unwrap());
         assert!(matches!(
-            SqliteLog::open(&path, &identity("beta", 1, &[1, 2, 3])),
+            SqliteLog::open(&path, &identity("beta", 1, &[1, 2, 3]), existing),
             Err(LogStoreError::WrongCluster { .. })
         ));
         assert!(matches!(
-            SqliteLog::open(&path, &identity("alpha", 2, &[1, 2, 3])),
+            SqliteLog::open(&path, &identity("alpha", 2, &[1, 2, 3]), existing),
             Err(LogStoreError::WrongNode { .. })
         ));
-        let err = SqliteLog::open(&path, &identity("alpha", 1, &[1, 2, 3, 4, 5])).err().unwrap();
+        let err = SqliteLog::open(&path, &identity("alpha", 1, &[1, 2, 3, 4, 5]), existing).err().unwrap();
         assert!(matches!(err, LogStoreError::MembershipChanged { .. }), "{err}");
-        SqliteLog::open(&path, &identity("alpha", 1, &[1, 2, 3])).unwrap();
+        SqliteLog::open(&path, &identity("alpha", 1, &[1, 2, 3]), existing).unwrap();
+    }
+
+    /// A member of a cluster of several starts on an empty log only with --bootstrap (its
+    /// data may have been lost: it must not come back as the voter it was), and --bootstrap
+    /// is refused once the log holds data (so that it is never left on for good). A cluster
+    /// of one needs neither.
+    #[test]
+    fn an_empty_log_is_initialized_only_when_the_operator_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.sqlite3");
+        let member = identity("c", 2, &[1, 2, 3]);
+        let error = SqliteLog::open(&path, &member, Creation::MemberOfExisting).err().unwrap();
+        assert!(matches!(error, LogStoreError::Uninitialized { node_id: 2, members: 3, .. }), "{error}");
+        assert!(error.to_string().contains("--bootstrap"), "{error}");
+        let error = SqliteLog::open(&path, &member, Creation::MemberOfExisting).err().unwrap();
+        assert!(matches!(error, LogStoreError::Uninitialized { .. }), "a refused start leaves nothing behind: {error}");
+        drop(SqliteLog::open(&path, &member, Creation::Bootstrap).unwrap());
+        let error = SqliteLog::open(&path, &member, Creation::Bootstrap).err().unwrap();
+        assert!(matches!(error, LogStoreError::AlreadyInitialized { .. }), "{error}");
+        SqliteLog::open(&path, &member, Creation::MemberOfExisting).unwrap();
+        let alone = dir.path().join("single.sqlite3");
+        drop(SqliteLog::open(&alone, &identity("one", 1, &[1]), Creation::MemberOfExisting).unwrap());
     }
 
     #[test]
@@ -453,12 +604,57 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raft.sqlite3");
         let id = identity("c", 1, &[1]);
-        let mut log = SqliteLog::open(&path, &id).unwrap();
+        let mut log = SqliteLog::open(&path, &id, Creation::Bootstrap).unwrap();
         log.persist(Some(HardState { term: 1, vote: Some(1) }), &[entry(1, 1, "hello")]).unwrap();
         log.conn.execute("UPDATE raft_log SET payload = x'68656c6c70' WHERE log_index = 1", []).unwrap();
         assert!(matches!(log.read_entries(1, 2, usize::MAX), Err(StorageError::Corrupt(_))));
         drop(log);
-        let err = SqliteLog::open(&path, &id).err().unwrap();
+        let err = SqliteLog::open(&path, &id, Creation::MemberOfExisting).err().unwrap();
         assert!(err.to_string().contains("fails its checksum"), "{err}");
+    }
+
+    /// A bad record older than what the log verifies at open is found by the scrub, which
+    /// goes round the whole log from a saved position; once the fault is recorded the log
+    /// refuses to open. (Before, only the last 4,096 records were ever checked up front; an
+    /// older bad one stopped whichever node led when a lagging follower needed it.)
+    #[test]
+    fn the_scrub_finds_an_old_bad_record_and_the_fault_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.sqlite3");
+        let id = identity("c", 1, &[1]);
+        let count = RECENT_ENTRIES_MAX as LogIndex + 500;
+        {
+            let mut log = SqliteLog::open(&path, &id, Creation::Bootstrap).unwrap();
+            let entries: Vec<Entry> = (1..=count).map(|index| entry(index, 1, "payload")).collect();
+            log.persist(Some(HardState { term: 1, vote: Some(1) }), &entries).unwrap();
+            log.conn.execute("UPDATE raft_log SET payload = x'00' WHERE log_index = 300", []).unwrap();
+        }
+        let mut log = SqliteLog::open(&path, &id, Creation::MemberOfExisting).expect("open checks only the tail");
+        let first = log.scrub(256).unwrap();
+        assert_eq!(first.verified_through, 256);
+        let error = log.scrub(256).unwrap_err();
+        assert!(matches!(&error, StorageError::Corrupt(detail) if detail.contains("entry 300")), "{error}");
+        log.record_fault(&error.to_string()).unwrap();
+        drop(log);
+        let error = SqliteLog::open(&path, &id, Creation::MemberOfExisting).err().unwrap();
+        assert!(matches!(error, LogStoreError::FaultRecorded { .. }), "{error}");
+    }
+
+    /// A whole pass goes round again; the position survives a reopen (within a save).
+    #[test]
+    fn the_scrub_goes_round_and_resumes_where_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.sqlite3");
+        let id = identity("c", 1, &[1]);
+        let mut log = SqliteLog::open(&path, &id, Creation::Bootstrap).unwrap();
+        let entries: Vec<Entry> = (1..=1000).map(|index| entry(index, 1, "x")).collect();
+        log.persist(Some(HardState { term: 1, vote: Some(1) }), &entries).unwrap();
+        let steps: Vec<ScrubProgress> = (0..5).map(|_| log.scrub(300).unwrap()).collect();
+        let through: Vec<LogIndex> = steps.iter().map(|p| p.verified_through).collect();
+        assert_eq!(through, [300, 600, 900, 1000, 300]);
+        assert!(steps[4].pass_completed && !steps[3].pass_completed);
+        drop(log);
+        let mut log = SqliteLog::open(&path, &id, Creation::MemberOfExisting).unwrap();
+        assert_eq!(log.scrub(300).unwrap().verified_through, 600, "the end of a pass saved the position");
     }
 }

@@ -17,6 +17,8 @@ pub struct ClusterNode {
     pub id: u64,
     pub client_address: String,
     pub log_path: PathBuf,
+    /// Started before: later starts must not pass --bootstrap.
+    started: bool,
     child: Option<Child>,
     _stdout: Option<ChildStdout>,
 }
@@ -83,7 +85,7 @@ impl TestCluster {
             ));
             std::fs::create_dir_all(&data_dir).unwrap();
             let log_path = dir.join(format!("node-{id}.log"));
-            nodes.insert(id, ClusterNode { id, client_address, log_path, child: None, _stdout: None });
+            nodes.insert(id, ClusterNode { id, client_address, log_path, started: false, child: None, _stdout: None });
         }
         let config_path = dir.join("cluster.toml");
         std::fs::write(&config_path, config).unwrap();
@@ -103,6 +105,9 @@ impl TestCluster {
         if self.options.fast_password_hashing {
             command.arg("--insecure-fast-password-hashing");
         }
+        if !node.started {
+            command.arg("--bootstrap");
+        }
         let mut child = command
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -111,6 +116,7 @@ impl TestCluster {
             .spawn()
             .expect("start chorus node");
         let (_, stdout) = super::wait_for_ready_line(child.stdout.take().unwrap());
+        node.started = true;
         node.child = Some(child);
         node._stdout = Some(stdout);
     }

@@ -94,6 +94,27 @@ pub fn durability(history: &History) -> Vec<Violation> {
             ));
         }
     }
+    // What the servers sent, before the client library drops repeats: each stream resumes
+    // after the last message delivered, so the ids a user's streams send must rise
+    // strictly, across streams too. A server that repeats or reorders fails here even when
+    // the library hides it from the user.
+    let mut raw: BTreeMap<&str, Vec<(u64, u64)>> = BTreeMap::new();
+    for delivery in &history.raw_deliveries {
+        raw.entry(&delivery.user).or_default().push((delivery.stream, delivery.id));
+    }
+    for (user, sent) in &raw {
+        if let Some(pair) = sent.windows(2).find(|pair| pair[1].1 <= pair[0].1) {
+            let (first, second) = (pair[0], pair[1]);
+            let same = if first.0 == second.0 { "on the same stream" } else { "on the stream that resumed it" };
+            found.push(violation(
+                "subscription streams",
+                format!(
+                    "a server sent {user} message {} after message {} {same} (a repeat or out of order)",
+                    second.1, first.1
+                ),
+            ));
+        }
+    }
     for (user, messages) in &history.final_mailboxes {
         let delivered: BTreeSet<u64> = streams.get(user.as_str()).into_iter().flatten().copied().collect();
         let missing: Vec<u64> = messages.iter().map(|m| m.id).filter(|id| !delivered.contains(id)).collect();
@@ -301,8 +322,30 @@ mod tests {
                 Delivery { user: "b".into(), message: message(1, "x"), at: at(11) },
                 Delivery { user: "b".into(), message: message(2, "y"), at: at(31) },
             ],
+            raw_deliveries: vec![raw(1, 1, 11), raw(2, 2, 31)],
             final_mailboxes: vec![("b".into(), vec![message(1, "x"), message(2, "y")])],
         }
+    }
+
+    fn raw(id: u64, stream: u64, ms: u64) -> crate::history::RawDelivery {
+        crate::history::RawDelivery { user: "b".into(), id, stream, at: at(ms) }
+    }
+
+    /// A server that repeats a message, or sends one out of order, is caught from the raw
+    /// streams even when the client library drops the repeat before the user sees it.
+    #[test]
+    fn a_server_side_repeat_or_reordering_is_caught() {
+        let mut history = healthy();
+        history.raw_deliveries.push(raw(2, 2, 40));
+        let found = durability(&history);
+        assert!(
+            found.iter().any(|v| v.checker == "subscription streams" && v.detail.contains("same stream")),
+            "{found:?}"
+        );
+        let mut history = healthy();
+        history.raw_deliveries = vec![raw(2, 1, 11), raw(1, 2, 31)];
+        let found = durability(&history);
+        assert!(found.iter().any(|v| v.detail.contains("resumed it")), "{found:?}");
     }
 
     #[test]
