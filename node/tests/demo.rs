@@ -50,19 +50,38 @@ impl DemoShell {
     /// Waits for a line containing `expected`; returns it.
     #[track_caller]
     fn expect(&mut self, expected: &str) -> String {
+        self.expect_line(expected, |line| line.contains(expected))
+    }
+
+    /// Waits for a line that `matches` (described by `what`); returns it.
+    #[track_caller]
+    fn expect_line(&mut self, what: &str, matches: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + ANSWER_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) => {
                     self.transcript.push(line.clone());
-                    if line.contains(expected) {
+                    if matches(&line) {
                         return line;
                     }
                 }
-                Err(_) => panic!("{expected:?} did not appear; transcript:\n{}", self.transcript.join("\n")),
+                Err(_) => panic!("{what:?} did not appear; transcript:\n{}", self.transcript.join("\n")),
             }
         }
+    }
+
+    /// Runs `status` and waits for the row of a node whose role is `role` (not the header,
+    /// which names the column); returns that node's number.
+    #[track_caller]
+    fn status_row_with_role(&mut self, role: &str) -> u64 {
+        self.type_line("status");
+        self.expect("> status");
+        let row = self.expect_line(&format!("a status row with role {role}"), |line| {
+            let mut columns = line.split_whitespace();
+            columns.next().is_some_and(|node| node.parse::<u64>().is_ok()) && columns.next() == Some(role)
+        });
+        row.split_whitespace().next().unwrap().parse().unwrap()
     }
 
     /// Waits until a line containing each of `expected` has appeared, in any order (a
@@ -109,7 +128,7 @@ fn demo_cluster_survives_two_failures_refuses_writes_without_a_majority_and_reco
     shell.run("login alice password1", "logged in as 'alice': 0 unread");
     shell.type_line("send bob hello from alice");
     shell.expect_all(&["sent message 1 to bob", "[watch bob] #1 "]);
-    shell.run("status", &format!("{leader}     leader"));
+    assert_eq!(shell.status_row_with_role("leader"), leader, "status shows the leader the demo announced");
 
     // The leader dies: a new one is elected and writes go on.
     shell.run(&format!("kill {leader}"), &format!("node {leader} killed (SIGKILL)"));
@@ -129,7 +148,8 @@ fn demo_cluster_survives_two_failures_refuses_writes_without_a_majority_and_reco
     shell.run("send bob back to a majority", "sent message");
     shell.run(&format!("restart {leader}"), "up on 127.0.0.1:");
     shell.run(&format!("restart {second}"), "up on 127.0.0.1:");
-    shell.run("status", "leader");
+    let new_leader = shell.status_row_with_role("leader");
+    assert!((1..=5).contains(&new_leader), "a member leads again");
 
     shell.run("login bob password2", "logged in as 'bob'");
     shell.run("read", "alice -> bob: hello from alice");

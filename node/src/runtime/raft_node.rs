@@ -630,3 +630,79 @@ mod tests {
         task.await.unwrap().unwrap();
     }
 }
+
+#[cfg(test)]
+mod quarantine_tests {
+    use std::collections::BTreeSet;
+
+    use chorus_proto::v1::{CreateAccountCommand, command};
+
+    use super::*;
+    use crate::chat::ChatStateMachine;
+    use crate::replication::{HardState, ReplicaConfig};
+    use crate::storage::{ClusterIdentity, Creation, LogStoreError, SqliteLog};
+    use crate::transport::peer_inbox;
+
+    struct NoPeers;
+
+    impl Transport for NoPeers {
+        fn send(&self, _messages: Vec<crate::replication::Message>) {}
+    }
+
+    /// A bad record found while running (here: to apply it) quarantines the node instead of
+    /// stopping it with an error: it reports the fault, refuses proposals and reads as
+    /// certainly not applied, keeps running until told to stop, and its log refuses to open
+    /// afterwards. (Before, the error stopped the node, and a restarted node that opened
+    /// fine, the bad record being old, led again and crashed again.)
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_bad_record_found_while_running_quarantines_the_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.sqlite3");
+        let identity = ClusterIdentity { cluster_id: "c".into(), node_id: 1, members: BTreeSet::from([1]) };
+        let entries: Vec<Entry> = (1..=6000).map(|index| Entry { term: 1, index, payload: Payload::Noop }).collect();
+        {
+            let mut log = SqliteLog::open(&path, &identity, Creation::Bootstrap).unwrap();
+            log.persist(Some(HardState { term: 1, vote: Some(1) }), &entries).unwrap();
+        }
+        // A bit flips in an old record, outside what the log verifies at open.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute("UPDATE raft_log SET checksum = checksum + 1 WHERE log_index = 7", []).unwrap();
+        drop(conn);
+        let log = SqliteLog::open(&path, &identity, Creation::MemberOfExisting).expect("the bad record is old");
+        let chat = ChatState::new(ChatStateMachine::open(&dir.path().join("chat.sqlite3")).unwrap()).unwrap();
+        let setup = ReplicaSetup {
+            node_id: 1,
+            members: BTreeSet::from([1]),
+            config: ReplicaConfig::default(),
+            rng_seed: 1,
+            observer: None,
+            clock: NodeClock::system(),
+        };
+        let (_peers, inbox) = peer_inbox();
+        let (runtime, handle) =
+            start_runtime(setup, SharedLog::new(Box::new(log)), Arc::clone(&chat), NoPeers, inbox).unwrap();
+        let stopping = Watch::new(false);
+        let task = tokio::task::spawn(runtime.run(stopping.clone()));
+        let fault = tokio::time::timeout(Duration::from_secs(10), handle.watch_fault().wait_for(Option::is_some))
+            .await
+            .expect("the node reports the fault")
+            .unwrap();
+        assert!(fault.contains("entry 7"), "{fault}");
+        let create = Command {
+            kind: Some(command::Kind::CreateAccount(CreateAccountCommand {
+                username: "alice".into(),
+                password_hash: "h".into(),
+                created_at_ms: 1,
+            })),
+        };
+        assert!(matches!(handle.propose(create).await, Err(ProposeError::Quarantined(_))));
+        assert!(matches!(handle.read_fence().await, Err(ProposeError::Quarantined(_))));
+        let status = handle.replica_status().await.expect("a quarantined node still answers status");
+        assert_eq!((status.role, status.leader), (Role::Follower, None), "it leads no more");
+        assert!(chat.last_applied() < 7, "nothing from the bad record on was applied");
+        stopping.set(true);
+        task.await.unwrap().expect("a quarantine is not an error that stops the node");
+        let error = SqliteLog::open(&path, &identity, Creation::MemberOfExisting).err().unwrap();
+        assert!(matches!(error, LogStoreError::FaultRecorded { .. }), "{error}");
+    }
+}
