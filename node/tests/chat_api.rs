@@ -187,6 +187,9 @@ async fn send_message_rejects_bad_input() {
     }
     // Exactly 64 KiB is fine.
     client.send_message(send(&alice, "bob", &"x".repeat(64 * 1024), 1)).await.unwrap();
+    // A request far beyond any valid one is refused before the node decodes it.
+    let huge = client.send_message(send(&alice, "bob", &"x".repeat(1024 * 1024), 2)).await.unwrap_err();
+    assert!(matches!(huge.code(), Code::OutOfRange | Code::ResourceExhausted), "{huge:?}");
 }
 
 /// A retry (same session, same sequence) gets the first message's id and stores nothing; a

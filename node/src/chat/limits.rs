@@ -22,6 +22,10 @@ pub const PATTERN_LEN_MAX: usize = 64;
 /// large the messages. Decided inside apply for ReadMessages, so every replica cuts a read
 /// at the same message.
 pub const PAGE_BYTES_MAX: usize = 1024 * 1024;
+/// Largest request a node decodes: the largest valid one (a 64 KiB message body, or a
+/// thousand ids to delete) with room to spare. Anything bigger is refused before it is
+/// decoded, so a request cannot make a node hold more than this per call in flight.
+pub const REQUEST_BYTES_MAX: usize = 256 * 1024;
 /// Largest reply a node sends, encoded. Clients accept 4 MiB (tonic's default, which the
 /// client library sets explicitly); a node stays at half of it.
 pub const REPLY_BYTES_MAX: usize = 2 * 1024 * 1024;

@@ -18,6 +18,7 @@ use super::ChatState;
 use super::cluster_config::ClusterConfig;
 use super::raft_node::{ReplicaSetup, ReplicationObserver, RuntimeError, start_runtime};
 use crate::chat::credentials::{CredentialError, PasswordHashCost, PasswordHasher};
+use crate::chat::limits::REQUEST_BYTES_MAX;
 use crate::chat::{ChatStateMachine, StateMachineError};
 use crate::replication::{NodeId, ReplicaError};
 use crate::seam::{NodeClock, os_seeded_rng};
@@ -145,7 +146,7 @@ pub async fn run_node(
         // link) is found within a minute, and its live subscriptions freed with it.
         .http2_keepalive_interval(Some(CLIENT_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(CLIENT_KEEPALIVE_TIMEOUT))
-        .add_service(ChatServer::new(chat_service))
+        .add_service(ChatServer::new(chat_service).max_decoding_message_size(REQUEST_BYTES_MAX))
         .add_service(ClusterServer::new(cluster_service));
     let raft_service = RaftService::new(cluster.cluster_id.clone(), node_id, cluster.member_ids(), inbox_tx);
     let peer_router = tonic::transport::Server::builder()
