@@ -271,6 +271,10 @@ impl<T: Transport> RaftRuntime<T> {
 
     async fn serve(&mut self, stopping: &Watch<bool>) -> Result<(), RuntimeError> {
         let mut next_tick = crate::seam::monotonic_now() + self.tick_interval;
+        // A closed channel answers `None` at once, every time: its branch is switched off
+        // rather than polled in a busy loop. The node keeps its part in the cluster
+        // without local callers (inputs) or without peers' messages (inbox).
+        let (mut inputs_open, mut inbox_open) = (true, true);
         loop {
             // One `Ready` per turn at most (its committed entries are bounded too), and
             // when more is ready the next turn does not wait: it goes round again at once,
@@ -290,16 +294,14 @@ impl<T: Transport> RaftRuntime<T> {
                         self.scrub_step().await?;
                     }
                 }
-                input = self.inputs.recv() => {
-                    if let Some(input) = input {
-                        self.handle_input(input);
-                    }
-                }
-                message = self.inbox.recv() => {
-                    if let Some(message) = message {
-                        self.replica.step(message)?;
-                    }
-                }
+                input = self.inputs.recv(), if inputs_open => match input {
+                    Some(input) => self.handle_input(input),
+                    None => inputs_open = false,
+                },
+                message = self.inbox.recv(), if inbox_open => match message {
+                    Some(message) => self.replica.step(message)?,
+                    None => inbox_open = false,
+                },
                 () = std::future::ready(()), if more_ready => {}
             }
             self.take_queued_inputs()?;
@@ -355,6 +357,7 @@ impl<T: Transport> RaftRuntime<T> {
         for reply in reads.chain(std::mem::take(&mut self.reads_confirmed).into_iter().map(|(_, reply)| reply)) {
             let _ = reply.send(Err(ProposeError::ReadUnconfirmed(refusal.clone())));
         }
+        let mut inbox_open = true;
         loop {
             // `biased`: a fixed polling order keeps simulations replayable.
             tokio::select! {
@@ -385,7 +388,9 @@ impl<T: Transport> RaftRuntime<T> {
                     None => return,
                 },
                 // Peers' messages are dropped unread: this node takes no part.
-                message = self.inbox.recv() => if message.is_none() { return },
+                // A closed inbox only means no more messages to drop; the node still
+                // answers its callers until it is stopped.
+                message = self.inbox.recv(), if inbox_open => if message.is_none() { inbox_open = false },
             }
         }
     }
@@ -575,10 +580,12 @@ fn propose_error(error: replication::ProposeError) -> ProposeError {
 mod tests {
     use std::collections::BTreeSet;
 
+    use chorus_proto::v1::{CreateAccountCommand, command};
+
     use super::*;
     use crate::chat::ChatStateMachine;
     use crate::replication::{COMMITTED_ENTRIES_PER_READY_MAX, HardState, Message, ReplicaConfig};
-    use crate::storage::{ClusterIdentity, Creation, SqliteLog};
+    use crate::storage::{ClusterIdentity, Creation, LogStoreError, SqliteLog};
     use crate::transport::peer_inbox;
 
     /// A cluster of one has no peers to send to.
@@ -590,18 +597,37 @@ mod tests {
         }
     }
 
-    /// A node with a long committed backlog to apply (a restart whose chat database lags
-    /// its log, say) answers in between the batches, instead of draining the whole backlog
-    /// first, during which it would not tick, heartbeat or vote.
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_long_backlog_is_applied_in_turns_that_leave_room_for_the_clock_and_requests() {
-        let dir = tempfile::tempdir().unwrap();
-        let identity = ClusterIdentity { cluster_id: "c".into(), node_id: 1, members: BTreeSet::from([1]) };
-        let mut log = SqliteLog::open(&dir.path().join("raft.sqlite3"), &identity, Creation::Bootstrap).unwrap();
-        const BACKLOG: u64 = 40 * COMMITTED_ENTRIES_PER_READY_MAX as u64;
-        let entries: Vec<Entry> = (1..=BACKLOG).map(|index| Entry { term: 1, index, payload: Payload::Noop }).collect();
-        log.persist(Some(HardState { term: 1, vote: Some(1) }), &entries).unwrap();
-        let chat = ChatState::new(ChatStateMachine::open(&dir.path().join("chat.sqlite3")).unwrap()).unwrap();
+    fn identity() -> ClusterIdentity {
+        ClusterIdentity { cluster_id: "c".into(), node_id: 1, members: BTreeSet::from([1]) }
+    }
+
+    /// A log in `dir` holding `count` no-ops of term 1, with `damage` done to it (SQL run
+    /// on the closed file), then reopened.
+    fn log_of_noops(dir: &std::path::Path, count: u64, damage: Option<&str>) -> SqliteLog {
+        let path = dir.join("raft.sqlite3");
+        {
+            let mut log = SqliteLog::open(&path, &identity(), Creation::Bootstrap).unwrap();
+            let entries: Vec<Entry> =
+                (1..=count).map(|index| Entry { term: 1, index, payload: Payload::Noop }).collect();
+            log.persist(Some(HardState { term: 1, vote: Some(1) }), &entries).unwrap();
+        }
+        if let Some(damage) = damage {
+            rusqlite::Connection::open(&path).unwrap().execute_batch(damage).unwrap();
+        }
+        SqliteLog::open(&path, &identity(), Creation::MemberOfExisting).unwrap()
+    }
+
+    /// A running single-node runtime, with a fresh chat state.
+    struct SingleNode {
+        handle: RaftHandle,
+        chat: Arc<ChatState>,
+        /// The switch that stops it.
+        stopping: Watch<bool>,
+        task: tokio::task::JoinHandle<Result<(), RuntimeError>>,
+    }
+
+    fn run_single_node(dir: &std::path::Path, log: SqliteLog) -> SingleNode {
+        let chat = ChatState::new(ChatStateMachine::open(&dir.join("chat.sqlite3")).unwrap()).unwrap();
         let setup = ReplicaSetup {
             node_id: 1,
             members: BTreeSet::from([1]),
@@ -615,6 +641,18 @@ mod tests {
             start_runtime(setup, SharedLog::new(Box::new(log)), Arc::clone(&chat), NoPeers, inbox).unwrap();
         let stopping = Watch::new(false);
         let task = tokio::task::spawn(runtime.run(stopping.clone()));
+        SingleNode { handle, chat, stopping, task }
+    }
+
+    /// A node with a long committed backlog to apply (a restart whose chat database lags
+    /// its log, say) answers in between the batches, instead of draining the whole backlog
+    /// first, during which it would not tick, heartbeat or vote.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_long_backlog_is_applied_in_turns_that_leave_room_for_the_clock_and_requests() {
+        let dir = tempfile::tempdir().unwrap();
+        const BACKLOG: u64 = 40 * COMMITTED_ENTRIES_PER_READY_MAX as u64;
+        let SingleNode { handle, chat, stopping, task } =
+            run_single_node(dir.path(), log_of_noops(dir.path(), BACKLOG, None));
         // The first answer comes at the first turn; the second one must come at most a turn
         // later, while most of the backlog is still to apply.
         handle.replica_status().await.expect("the runtime answers");
@@ -629,25 +667,6 @@ mod tests {
         stopping.set(true);
         task.await.unwrap().unwrap();
     }
-}
-
-#[cfg(test)]
-mod quarantine_tests {
-    use std::collections::BTreeSet;
-
-    use chorus_proto::v1::{CreateAccountCommand, command};
-
-    use super::*;
-    use crate::chat::ChatStateMachine;
-    use crate::replication::{HardState, ReplicaConfig};
-    use crate::storage::{ClusterIdentity, Creation, LogStoreError, SqliteLog};
-    use crate::transport::peer_inbox;
-
-    struct NoPeers;
-
-    impl Transport for NoPeers {
-        fn send(&self, _messages: Vec<crate::replication::Message>) {}
-    }
 
     /// A bad record found while running (here: to apply it) quarantines the node instead of
     /// stopping it with an error: it reports the fault, refuses proposals and reads as
@@ -657,32 +676,10 @@ mod quarantine_tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_bad_record_found_while_running_quarantines_the_node() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("raft.sqlite3");
-        let identity = ClusterIdentity { cluster_id: "c".into(), node_id: 1, members: BTreeSet::from([1]) };
-        let entries: Vec<Entry> = (1..=6000).map(|index| Entry { term: 1, index, payload: Payload::Noop }).collect();
-        {
-            let mut log = SqliteLog::open(&path, &identity, Creation::Bootstrap).unwrap();
-            log.persist(Some(HardState { term: 1, vote: Some(1) }), &entries).unwrap();
-        }
         // A bit flips in an old record, outside what the log verifies at open.
-        let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute("UPDATE raft_log SET checksum = checksum + 1 WHERE log_index = 7", []).unwrap();
-        drop(conn);
-        let log = SqliteLog::open(&path, &identity, Creation::MemberOfExisting).expect("the bad record is old");
-        let chat = ChatState::new(ChatStateMachine::open(&dir.path().join("chat.sqlite3")).unwrap()).unwrap();
-        let setup = ReplicaSetup {
-            node_id: 1,
-            members: BTreeSet::from([1]),
-            config: ReplicaConfig::default(),
-            rng_seed: 1,
-            observer: None,
-            clock: NodeClock::system(),
-        };
-        let (_peers, inbox) = peer_inbox();
-        let (runtime, handle) =
-            start_runtime(setup, SharedLog::new(Box::new(log)), Arc::clone(&chat), NoPeers, inbox).unwrap();
-        let stopping = Watch::new(false);
-        let task = tokio::task::spawn(runtime.run(stopping.clone()));
+        let damage = "UPDATE raft_log SET checksum = checksum + 1 WHERE log_index = 7";
+        let log = log_of_noops(dir.path(), 6000, Some(damage));
+        let SingleNode { handle, chat, stopping, task } = run_single_node(dir.path(), log);
         let fault = tokio::time::timeout(Duration::from_secs(10), handle.watch_fault().wait_for(Option::is_some))
             .await
             .expect("the node reports the fault")
@@ -702,7 +699,8 @@ mod quarantine_tests {
         assert!(chat.last_applied() < 7, "nothing from the bad record on was applied");
         stopping.set(true);
         task.await.unwrap().expect("a quarantine is not an error that stops the node");
-        let error = SqliteLog::open(&path, &identity, Creation::MemberOfExisting).err().unwrap();
+        let path = dir.path().join("raft.sqlite3");
+        let error = SqliteLog::open(&path, &identity(), Creation::MemberOfExisting).err().unwrap();
         assert!(matches!(error, LogStoreError::FaultRecorded { .. }), "{error}");
     }
 }
