@@ -13,8 +13,8 @@ use chorus::client::v1::cluster_client::ClusterClient as GrpcClusterClient;
 use chorus::client::v1::{StatusRequest, StatusResponse};
 use chorus::runtime::{ClusterConfig, MemberConfig, NodeConfig, NodeError, ReplicationObserver, Timing, run_node};
 use chorus::seam::{ClockSkew, NodeClock};
-use chorus::storage::DataDirError;
 use chorus::storage::LogStoreFactory;
+use chorus::storage::{DataDirError, LogStoreError};
 use madsim::runtime::{Handle, NodeHandle};
 
 use crate::disk::SimDisk;
@@ -92,16 +92,19 @@ impl SimCluster {
             let skew = Arc::new(ClockSkew::new());
             cluster.clocks.insert(id, Arc::clone(&skew));
             let node_config = cluster.node_config(id, disk, NodeClock::skewed(skew));
-            // Only the very first start initializes the node's data (as an operator passes
-            // --bootstrap once); every restart, even on a wiped disk, is an ordinary start.
-            let started = Arc::new(AtomicBool::new(false));
+            // Only the first start that gets as far as serving initializes the node's data
+            // (as an operator passes --bootstrap until a start succeeds); every later
+            // start, even on a wiped disk, is an ordinary start. A node killed before its
+            // first start served is started with --bootstrap again.
+            let initialized = Arc::new(AtomicBool::new(false));
             let node = handle
                 .create_node()
                 .name(format!("node-{id}"))
                 .ip(node_ip(id))
                 .init(move || {
                     let mut config = node_config.clone();
-                    config.bootstrap = !started.swap(true, Ordering::SeqCst);
+                    config.bootstrap = !initialized.load(Ordering::SeqCst);
+                    let initialized = Arc::clone(&initialized);
                     async move {
                         let id = config.node_id;
                         for attempt in 1.. {
@@ -110,8 +113,16 @@ impl SimCluster {
                             let shutdown = async {
                                 let _ = tokio::signal::ctrl_c().await;
                             };
-                            match run_node(config.clone(), shutdown, |_| {}).await {
+                            let serving = Arc::clone(&initialized);
+                            let on_ready = move |_| serving.store(true, Ordering::SeqCst);
+                            match run_node(config.clone(), shutdown, on_ready).await {
                                 Ok(()) => tracing::info!(node = id, "node stopped gracefully"),
+                                // A bootstrap start was killed after it created the log and
+                                // before it served: the operator starts it without the flag.
+                                Err(NodeError::Log(LogStoreError::AlreadyInitialized { .. })) if config.bootstrap => {
+                                    config.bootstrap = false;
+                                    continue;
+                                }
                                 // The previous process of this node (killed, its tasks not yet
                                 // dropped) still holds the data directory or its ports: a
                                 // supervisor would start it again a moment later.

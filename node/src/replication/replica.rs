@@ -410,9 +410,11 @@ impl<S: Storage> Replica<S> {
             let sticky = match message.body {
                 MessageBody::VoteRequest { leadership_transfer, .. } => !leadership_transfer,
                 // A transfer's pre-vote passes only while the leader announces that very
-                // transfer: a late TimeoutNow of an abandoned one is refused here.
+                // transfer (the leader itself: while it runs it): a late TimeoutNow of an
+                // abandoned one is refused here. The leader's grant counts like any other,
+                // so a transfer needs no majority without it (3 nodes, 1 down).
                 MessageBody::PreVoteRequest { leadership_transfer, .. } => {
-                    !leadership_transfer || self.announced_transfer != Some(message.from)
+                    !leadership_transfer || self.transfer_announced() != Some(message.from)
                 }
                 _ => false,
             };
@@ -717,6 +719,15 @@ impl<S: Storage> Replica<S> {
         self.election_deadline_ms = self.now_ms + timeout;
     }
 
+    /// The target of the leadership transfer under way: this leader's own, or the one its
+    /// leader announced last.
+    fn transfer_announced(&self) -> Option<NodeId> {
+        match &self.role {
+            RoleState::Leader(leader) => leader.transfer.as_ref().map(|transfer| transfer.target),
+            _ => self.announced_transfer,
+        }
+    }
+
     fn hears_from_leader(&self) -> bool {
         match self.role {
             RoleState::Leader(_) => true,
@@ -786,6 +797,22 @@ impl<S: Storage> Replica<S> {
         let last_log = self.log.last_position()?;
         for peer in self.peers() {
             self.send_in_term(peer, proposed_term, MessageBody::PreVoteRequest { last_log, leadership_transfer });
+        }
+        Ok(())
+    }
+
+    /// Asks again the voters that have not answered this transfer's pre-vote. A voter that
+    /// got it before the leader's announcement of the transfer ignored it without a word
+    /// (stickiness); asked once only, the transfer would fail for a heartbeat that came
+    /// second. Repeated at each append that announces the transfer, for as long as it runs.
+    fn repeat_transfer_pre_vote(&mut self) -> Result<(), StorageError> {
+        let RoleState::PreCandidate { ballot, leadership_transfer: true } = &self.role else { return Ok(()) };
+        let unanswered: Vec<NodeId> =
+            self.peers().filter(|peer| !ballot.granted.contains(peer) && !ballot.rejected.contains(peer)).collect();
+        let Some(proposed_term) = self.next_term() else { return Ok(()) };
+        let last_log = self.log.last_position()?;
+        for peer in unanswered {
+            self.send_in_term(peer, proposed_term, MessageBody::PreVoteRequest { last_log, leadership_transfer: true });
         }
         Ok(())
     }
@@ -967,6 +994,9 @@ impl<S: Storage> Replica<S> {
         self.last_leader_contact_ms = Some(self.now_ms);
         self.announced_transfer = transfer_target;
         self.reset_election_deadline();
+        if transfer_under_way {
+            self.repeat_transfer_pre_vote()?;
+        }
 
         if previous.index < self.log.committed() {
             // Already committed here: that part matches by definition. Acknowledge what is

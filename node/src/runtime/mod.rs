@@ -21,7 +21,7 @@ pub use chat_state::{ChatState, DigestBusy, MailboxWatch};
 pub use cluster_config::{ClusterConfig, ClusterConfigError, MemberConfig, Timing};
 pub use node::{BoundAddresses, NodeConfig, NodeError, run_node};
 pub use raft_node::{
-    NodeStatus, RaftHandle, RaftRuntime, ReplicaSetup, ReplicationObserver, RuntimeError, start_runtime,
+    HandOver, NodeStatus, RaftHandle, RaftRuntime, ReplicaSetup, ReplicationObserver, RuntimeError, start_runtime,
 };
 
 /// Why a proposal or a read fence did not go through. Each variant says whether the

@@ -16,7 +16,7 @@ use rand::RngCore;
 
 use super::ChatState;
 use super::cluster_config::ClusterConfig;
-use super::raft_node::{ReplicaSetup, ReplicationObserver, RuntimeError, start_runtime};
+use super::raft_node::{HandOver, ReplicaSetup, ReplicationObserver, RuntimeError, start_runtime};
 use crate::chat::credentials::{CredentialError, PasswordHashCost, PasswordHasher};
 use crate::chat::limits::REQUEST_BYTES_MAX;
 use crate::chat::{ChatStateMachine, StateMachineError};
@@ -208,8 +208,10 @@ pub async fn run_node(
         served = &mut servers => {
             if let Err(error) = served {
                 // The servers failed (a port taken, say): the runtime and the transport
-                // must not outlive them.
+                // must not outlive them, nor the data directory's lock (dropped on return)
+                // the runtime: a caller that retries would open a second writer.
                 stopping.set(true);
+                stop_runtime(node_id, runtime_task).await?;
                 return Err(error.into());
             }
             None
@@ -228,9 +230,13 @@ pub async fn run_node(
     }
 
     tracing::info!(node_id, "shutting down");
-    if let Some(target) = raft.hand_over_leadership(Duration::from_millis(cluster.timing.election_timeout_min_ms)).await
-    {
-        tracing::info!(node_id, target, "handed leadership over");
+    match raft.hand_over_leadership(Duration::from_millis(cluster.timing.election_timeout_min_ms)).await {
+        HandOver::NotLeader => {}
+        HandOver::Done { target } => tracing::info!(node_id, target, "handed leadership over"),
+        // The cluster elects a leader after an election timeout, as after a crash.
+        HandOver::NotTaken { target } => {
+            tracing::warn!(node_id, target, "leadership hand-over did not complete in time; stopping anyway")
+        }
     }
     // Live subscriptions never end on their own; this tells them, the servers and the
     // runtime to stop.
@@ -240,12 +246,23 @@ pub async fn run_node(
     if tokio::time::timeout(SHUTDOWN_GRACE_PERIOD, &mut servers).await.is_err() {
         tracing::warn!(node_id, "clients did not disconnect in time; stopping anyway");
     }
+    stop_runtime(node_id, runtime_task).await?;
+    tracing::info!(node_id, "stopped");
+    drop(data_dir);
+    Ok(())
+}
+
+/// Waits for the replication runtime, told to stop, to finish (what it was writing is
+/// then written), for at most the grace period: a runtime stuck on a disk that does not
+/// answer must not keep the process from exiting (everything acknowledged is durable).
+async fn stop_runtime(
+    node_id: NodeId,
+    runtime_task: tokio::task::JoinHandle<Result<(), RuntimeError>>,
+) -> Result<(), NodeError> {
     match tokio::time::timeout(SHUTDOWN_GRACE_PERIOD, runtime_task).await {
         Ok(Ok(result)) => result?,
         Ok(Err(join_error)) => panic!("the replication task failed: {join_error}"),
         Err(_) => tracing::warn!(node_id, "replication did not stop in time"),
     }
-    tracing::info!(node_id, "stopped");
-    drop(data_dir);
     Ok(())
 }

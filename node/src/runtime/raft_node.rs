@@ -129,13 +129,28 @@ impl RaftHandle {
 
     /// If leader, hands leadership to the most up-to-date follower and waits (at most
     /// `wait`) until it is gone. For a graceful shutdown.
-    pub async fn hand_over_leadership(&self, wait: Duration) -> Option<NodeId> {
+    pub async fn hand_over_leadership(&self, wait: Duration) -> HandOver {
         let (reply, answer) = oneshot::channel();
-        self.inputs.send(Input::HandOver { reply }).await.ok()?;
-        let target = answer.await.ok().flatten()?;
-        let _ = tokio::time::timeout(wait, self.status.wait_for(|s| s.role != Role::Leader)).await;
-        Some(target)
+        if self.inputs.send(Input::HandOver { reply }).await.is_err() {
+            return HandOver::NotLeader;
+        }
+        let Some(target) = answer.await.ok().flatten() else { return HandOver::NotLeader };
+        match tokio::time::timeout(wait, self.status.wait_for(|s| s.role != Role::Leader)).await {
+            Ok(_) => HandOver::Done { target },
+            Err(_) => HandOver::NotTaken { target },
+        }
     }
+}
+
+/// What became of a leadership hand-over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandOver {
+    /// This node did not lead (or had stopped): nothing to hand over.
+    NotLeader,
+    /// This node is leader no more: `target` was asked to take over (and normally did).
+    Done { target: NodeId },
+    /// `target` was asked, and this node still led when the wait ended.
+    NotTaken { target: NodeId },
 }
 
 impl Proposer for RaftHandle {
