@@ -8,6 +8,7 @@
 //! - [`client`]: the client library used by the CLI.
 //! - [`seam`]: the one place that reads the clock and the OS's randomness.
 
+pub mod blocking_pool;
 pub mod bugs;
 pub mod chat;
 pub mod client;

@@ -142,7 +142,10 @@ where
         match tokio::task::spawn_blocking(work).await {
             Ok(result) => result,
             // The closure panicked: that is a bug, and it must stay loud.
-            Err(join_error) => std::panic::resume_unwind(join_error.into_panic()),
+            Err(join_error) if join_error.is_panic() => std::panic::resume_unwind(join_error.into_panic()),
+            // Cancelled before it started: the runtime is shutting down, and drops this
+            // task too at its next await, which this is.
+            Err(_) => std::future::pending().await,
         }
     }
     #[cfg(madsim)]

@@ -29,6 +29,10 @@ pub enum InvalidInput {
     )]
     SequenceZero,
     #[error(
+        "sequence ({sequence}) is too large: a session's messages are numbered from 1, and the server keeps numbers up to {SEQUENCE_MAX}"
+    )]
+    SequenceTooLarge { sequence: u64 },
+    #[error(
         "acknowledged_through ({acknowledged_through}) must be below the message's sequence ({sequence}): it counts the sends whose answers you already have, and this one has none yet"
     )]
     AcknowledgedAhead { sequence: u64, acknowledged_through: u64 },
@@ -105,11 +109,18 @@ pub fn message_body(body: &str) -> Result<(), InvalidInput> {
     Ok(())
 }
 
+/// The largest send sequence: what SQLite's signed integers hold (above it, numbers
+/// would be stored clamped, and two sends would share one record).
+pub const SEQUENCE_MAX: u64 = i64::MAX as u64;
+
 /// Checks a send's place in its session: a message number of at least 1, and an
 /// acknowledgement of earlier sends only (see `SendMessageRequest` in chat.proto).
 pub fn send_sequence(sequence: u64, acknowledged_through: u64) -> Result<(), InvalidInput> {
     if sequence == 0 {
         return Err(InvalidInput::SequenceZero);
+    }
+    if sequence > SEQUENCE_MAX {
+        return Err(InvalidInput::SequenceTooLarge { sequence });
     }
     if acknowledged_through >= sequence {
         return Err(InvalidInput::AcknowledgedAhead { sequence, acknowledged_through });
@@ -240,7 +251,12 @@ mod tests {
     fn send_sequences_start_at_one_and_acknowledge_only_earlier_sends() {
         assert_eq!(send_sequence(1, 0), Ok(()));
         assert_eq!(send_sequence(9, 8), Ok(()));
-        assert_eq!(send_sequence(u64::MAX, u64::MAX - 1), Ok(()));
+        assert_eq!(send_sequence(SEQUENCE_MAX, SEQUENCE_MAX - 1), Ok(()));
+        assert_eq!(
+            send_sequence(SEQUENCE_MAX + 1, 0),
+            Err(InvalidInput::SequenceTooLarge { sequence: SEQUENCE_MAX + 1 })
+        );
+        assert_eq!(send_sequence(u64::MAX, u64::MAX - 1), Err(InvalidInput::SequenceTooLarge { sequence: u64::MAX }));
         assert_eq!(send_sequence(0, 0), Err(InvalidInput::SequenceZero));
         assert_eq!(send_sequence(5, 5), Err(InvalidInput::AcknowledgedAhead { sequence: 5, acknowledged_through: 5 }));
         assert!(send_sequence(5, 9).is_err());

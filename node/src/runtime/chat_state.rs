@@ -8,35 +8,66 @@
 //! the clients do.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chorus_proto::v1::Command;
 
+use crate::blocking_pool::{BlockingPool, PoolBusy};
 use crate::chat::{ChatReader, ChatStateMachine, Outcome, StateMachineError};
-use crate::seam::run_blocking;
 use crate::watch::Watch;
 
-/// Read-only connections serving client queries. Each query takes one (round robin) for
-/// its duration; with more queries at once than connections, they wait for one another,
-/// never for apply.
+/// Read-only connections serving client queries. Each query takes a free one for its
+/// duration; with more queries at once than connections, they wait for one another (as
+/// futures, holding no thread), never for apply.
 const READERS: usize = 4;
+
+/// Client queries waiting for a connection before new ones are refused (OVERLOADED): more
+/// than the node's live subscriptions (each fetch is a query) with room for requests.
+pub const READS_WAITING_MAX: usize = 8192;
 
 pub struct ChatState {
     writer: Mutex<ChatStateMachine>,
-    readers: Vec<Mutex<ChatReader>>,
-    next_reader: AtomicUsize,
+    readers: BlockingPool<ChatReader>,
     /// The state digest's own connection: a digest scans everything, so at most one runs at
-    /// a time, and it takes no connection from client queries.
-    digest_reader: Mutex<ChatReader>,
+    /// a time (another is refused, not queued), and it takes no connection from queries.
+    digest_reader: BlockingPool<ChatReader>,
+    digest_pacer: Mutex<DigestPacer>,
     applied: Watch<u64>,
     mailboxes: Mutex<BTreeMap<u64, (Watch<u64>, usize)>>,
 }
 
-/// A state digest is already being computed on this node.
+/// Why a client query did not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("chat queries on this node: {0}")]
+    Busy(#[from] PoolBusy),
+    #[error(transparent)]
+    Storage(#[from] StateMachineError),
+}
+
+/// A state digest is being computed on this node, or one just was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("a state digest is already being computed on this node; ask again when it is done")]
+#[error("a state digest is being computed on this node, or just was; ask again shortly")]
 pub struct DigestBusy;
+
+/// Keeps digests to at most half of the time: after a digest that took `d`, the next may
+/// start `d` after it ended. A digest is a read transaction over the whole state, and
+/// while one is open SQLite cannot checkpoint past it; back-to-back digests (any client
+/// may ask for one) would let the chat database's WAL grow without bound.
+#[derive(Debug)]
+struct DigestPacer {
+    not_before: Option<tokio::time::Instant>,
+}
+
+impl DigestPacer {
+    fn admits(&self, now: tokio::time::Instant) -> bool {
+        self.not_before.is_none_or(|not_before| now >= not_before)
+    }
+
+    fn finished(&mut self, started: tokio::time::Instant, now: tokio::time::Instant) {
+        self.not_before = Some(now + now.saturating_duration_since(started));
+    }
+}
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding a lock is an invariant failure inside apply or a query; the
@@ -49,13 +80,12 @@ impl ChatState {
     pub fn new(machine: ChatStateMachine) -> Result<Arc<Self>, StateMachineError> {
         let last_applied = machine.last_applied()?;
         let path = machine.path().to_owned();
-        let readers =
-            (0..READERS).map(|_| ChatReader::open_read_only(&path).map(Mutex::new)).collect::<Result<_, _>>()?;
+        let readers = (0..READERS).map(|_| ChatReader::open_read_only(&path)).collect::<Result<_, _>>()?;
         Ok(Arc::new(Self {
             writer: Mutex::new(machine),
-            readers,
-            next_reader: AtomicUsize::new(0),
-            digest_reader: Mutex::new(ChatReader::open_read_only(&path)?),
+            readers: BlockingPool::new(readers, READS_WAITING_MAX),
+            digest_reader: BlockingPool::new(vec![ChatReader::open_read_only(&path)?], 0),
+            digest_pacer: Mutex::new(DigestPacer { not_before: None }),
             applied: Watch::new(last_applied),
             mailboxes: Mutex::new(BTreeMap::new()),
         }))
@@ -63,29 +93,24 @@ impl ChatState {
 
     /// Runs a query against the applied state on a read-only connection, off the async
     /// workers. It reads everything applied before it started.
-    pub async fn read<R, F>(self: &Arc<Self>, query: F) -> R
+    pub async fn read<T, F>(&self, query: F) -> Result<T, ReadError>
     where
-        F: FnOnce(&ChatReader) -> R + Send + 'static,
-        R: Send + 'static,
+        F: FnOnce(&ChatReader) -> Result<T, StateMachineError> + Send + 'static,
+        T: Send + 'static,
     {
-        let state = Arc::clone(self);
-        let reader = self.next_reader.fetch_add(1, Ordering::Relaxed) % READERS;
-        run_blocking(move || query(&lock(&state.readers[reader]))).await
+        Ok(self.readers.run(move |reader| query(reader)).await??)
     }
 
     /// The applied index and a SHA-256 of the whole chat state at it, on the digest's own
-    /// connection; refused while another digest runs.
-    pub async fn digest(self: &Arc<Self>) -> Result<Result<(u64, [u8; 32]), StateMachineError>, DigestBusy> {
-        let state = Arc::clone(self);
-        run_blocking(move || {
-            let reader = match state.digest_reader.try_lock() {
-                Ok(reader) => reader,
-                Err(std::sync::TryLockError::WouldBlock) => return Err(DigestBusy),
-                Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            };
-            Ok(reader.state_digest_at_applied())
-        })
-        .await
+    /// connection; refused while another digest runs, or too soon after one.
+    pub async fn digest(&self) -> Result<Result<(u64, [u8; 32]), StateMachineError>, DigestBusy> {
+        let started = crate::seam::monotonic_now();
+        if !lock(&self.digest_pacer).admits(started) {
+            return Err(DigestBusy);
+        }
+        let digest = self.digest_reader.run(|reader| reader.state_digest_at_applied()).await.map_err(|_| DigestBusy)?;
+        lock(&self.digest_pacer).finished(started, crate::seam::monotonic_now());
+        Ok(digest)
     }
 
     /// Applies committed log entries (`None`: an entry that is not a chat command) in one
@@ -176,8 +201,6 @@ mod tests {
     /// one connection behind one lock, apply waited for each query in turn, inline in the
     /// replication loop.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    // The test holds the digest's connection across awaits on purpose: as a long digest would.
-    #[allow(clippy::await_holding_lock)]
     async fn apply_never_waits_for_a_client_query_or_a_digest() {
         let dir = tempfile::tempdir().unwrap();
         let state = ChatState::new(ChatStateMachine::open(&dir.path().join("chat.sqlite3")).unwrap()).unwrap();
@@ -191,13 +214,28 @@ mod tests {
                         let before = reader.user_id("alice").unwrap();
                         started.send(()).unwrap();
                         held.recv().unwrap();
-                        before
+                        Ok(before)
                     })
                     .await
             }
         });
         query_started.recv_timeout(Duration::from_secs(10)).unwrap();
-        let digest_held = state.digest_reader.lock().unwrap();
+        // The digest's connection held, as a long digest would.
+        let (digest_started, digest_running) = std::sync::mpsc::channel();
+        let (digest_release, digest_held) = std::sync::mpsc::channel::<()>();
+        let digest = tokio::task::spawn({
+            let state = Arc::clone(&state);
+            async move {
+                state
+                    .digest_reader
+                    .run(move |_| {
+                        digest_started.send(()).unwrap();
+                        digest_held.recv().unwrap();
+                    })
+                    .await
+            }
+        });
+        digest_running.recv_timeout(Duration::from_secs(10)).unwrap();
         let apply = tokio::task::spawn_blocking({
             let state = Arc::clone(&state);
             move || state.apply_blocking(&[(1, create("alice"))]).unwrap()
@@ -208,13 +246,74 @@ mod tests {
             .unwrap();
         assert!(matches!(outcomes[..], [Some(Outcome::AccountCreated { .. })]));
         assert!(matches!(state.digest().await, Err(DigestBusy)), "one digest at a time");
-        drop(digest_held);
+        digest_release.send(()).unwrap();
+        digest.await.unwrap().unwrap();
         release.send(()).unwrap();
-        assert_eq!(query.await.unwrap(), None, "the query read the state as of its start");
-        let after = state.read(|reader| reader.user_id("alice").unwrap()).await;
+        assert_eq!(query.await.unwrap().unwrap(), None, "the query read the state as of its start");
+        let after = state.read(|reader| reader.user_id("alice")).await.unwrap();
         assert!(after.is_some(), "a query started after the apply sees it");
         let (applied, _) = state.digest().await.unwrap().unwrap();
         assert_eq!(applied, 1);
+    }
+
+    /// Queries waiting for a connection hold no thread of the blocking pool, which the
+    /// replication loop's writes and apply share: with every connection busy and many more
+    /// queries waiting, other blocking work still runs at once. (Before, each waiting query sat in a blocking thread on a
+    /// connection's lock: a few hundred filled the pool and the loop's next fsync queued.)
+    #[test]
+    fn waiting_queries_hold_no_blocking_thread() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(READERS + 2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let state = ChatState::new(ChatStateMachine::open(&dir.path().join("chat.sqlite3")).unwrap()).unwrap();
+            let (release, held) = std::sync::mpsc::channel::<()>();
+            let held = Arc::new(Mutex::new(held));
+            let hold = |state: &Arc<ChatState>| {
+                let (state, held) = (Arc::clone(state), Arc::clone(&held));
+                tokio::task::spawn(async move {
+                    state
+                        .read(move |reader| {
+                            let _ = lock(&held).recv();
+                            reader.user_id("alice")
+                        })
+                        .await
+                })
+            };
+            let queries: Vec<_> = (0..READERS + 100).map(|_| hold(&state)).collect();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while state.readers.waiting() < 100 {
+                assert!(tokio::time::Instant::now() < deadline, "the queries never queued");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let other_work = crate::seam::run_blocking(|| 7);
+            let done = tokio::time::timeout(Duration::from_secs(10), other_work).await;
+            assert_eq!(done, Ok(7), "blocking work waited behind queued queries");
+            for _ in 0..queries.len() {
+                release.send(()).unwrap();
+            }
+            for query in queries {
+                assert_eq!(query.await.unwrap().unwrap(), None);
+            }
+        });
+    }
+
+    /// After a digest that took `d`, the next is refused until `d` after it ended.
+    #[test]
+    fn digests_take_at_most_half_of_the_time() {
+        let start = tokio::time::Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let mut pacer = DigestPacer { not_before: None };
+        assert!(pacer.admits(at(0)));
+        pacer.finished(at(0), at(300));
+        assert!(!pacer.admits(at(300)) && !pacer.admits(at(599)));
+        assert!(pacer.admits(at(600)));
+        pacer.finished(at(600), at(601));
+        assert!(pacer.admits(at(602)));
     }
 
     /// An apply wakes the subscriptions of the users it touched, and no one else's.

@@ -17,7 +17,7 @@ use chorus_proto::v1::Command;
 
 use crate::chat::Outcome;
 
-pub use chat_state::{ChatState, DigestBusy, MailboxWatch};
+pub use chat_state::{ChatState, DigestBusy, MailboxWatch, READS_WAITING_MAX, ReadError};
 pub use cluster_config::{ClusterConfig, ClusterConfigError, MemberConfig, Timing};
 pub use node::{BoundAddresses, NodeConfig, NodeError, run_node};
 pub use raft_node::{

@@ -26,7 +26,10 @@ use crate::server::{ChatService, ClusterService, LeaderHints, StreamEnds};
 use crate::storage::{
     ClusterIdentity, Creation, DataDir, DataDirError, LogStore, LogStoreError, LogStoreFactory, SharedLog, SqliteLog,
 };
-use crate::transport::{GrpcTransport, RAFT_BATCH_BYTES_MAX, RaftService, peer_inbox};
+use crate::transport::{
+    GrpcTransport, PEER_DELIVERIES_MAX, PEER_DELIVERIES_PER_CONNECTION_MAX, RAFT_BATCH_BYTES_MAX, RaftService,
+    peer_inbox,
+};
 use crate::watch::Watch;
 
 /// How long a stopping node waits for clients to finish before it stops regardless.
@@ -150,6 +153,9 @@ pub async fn run_node(
         .add_service(ClusterServer::new(cluster_service));
     let raft_service = RaftService::new(cluster.cluster_id.clone(), node_id, cluster.member_ids(), inbox_tx);
     let peer_router = tonic::transport::Server::builder()
+        .max_concurrent_streams(PEER_DELIVERIES_PER_CONNECTION_MAX as u32)
+        .concurrency_limit_per_connection(PEER_DELIVERIES_PER_CONNECTION_MAX)
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(PEER_DELIVERIES_MAX))
         .add_service(RaftServer::new(raft_service).max_decoding_message_size(RAFT_BATCH_BYTES_MAX));
 
     // Serving stops when `stopping` turns true; the peer server keeps running until then so

@@ -35,10 +35,15 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 const INPUT_QUEUE_MAX: usize = 4096;
 /// Inputs taken in one turn of the loop before the next `Ready` (bounds latency under load).
 const INPUTS_PER_TURN_MAX: usize = 1024;
-/// How often the background scrub verifies another stretch of the log, and how many
-/// records: a log of a million entries is verified about every seven minutes.
+/// How often the background scrub verifies another stretch of the log, and how much: at
+/// most 256 records and 1 MiB a step, so at most 10 MiB/s read from the disk (a log of a
+/// million small entries is verified in about seven minutes), each step a few
+/// milliseconds of the loop. Between whole passes it pauses: a small log is not re-read
+/// ten times a second.
 const SCRUB_INTERVAL: Duration = Duration::from_millis(100);
 const SCRUB_RECORDS_PER_STEP: usize = 256;
+const SCRUB_BYTES_PER_STEP: usize = 1024 * 1024;
+const SCRUB_PAUSE_BETWEEN_PASSES: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -331,12 +336,15 @@ impl<T: Transport> RaftRuntime<T> {
 
     /// Verifies another stretch of the log (see [`crate::storage::LogStore::scrub`]).
     async fn scrub_step(&mut self) -> Result<(), StorageError> {
-        self.next_scrub = crate::seam::monotonic_now() + SCRUB_INTERVAL;
         let log = self.log.clone();
-        let progress = run_blocking(move || log.lock().scrub(SCRUB_RECORDS_PER_STEP)).await?;
-        if progress.pass_completed {
+        let progress = run_blocking(move || log.lock().scrub(SCRUB_RECORDS_PER_STEP, SCRUB_BYTES_PER_STEP)).await?;
+        let pause = if progress.pass_completed {
             tracing::debug!(node = self.replica.id(), "the scrub verified the whole log once more");
-        }
+            SCRUB_PAUSE_BETWEEN_PASSES
+        } else {
+            SCRUB_INTERVAL
+        };
+        self.next_scrub = crate::seam::monotonic_now() + pause;
         Ok(())
     }
 

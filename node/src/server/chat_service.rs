@@ -82,7 +82,7 @@ impl<P: Proposer> ChatService<P> {
         let token_hash = token_hash(token)?;
         self.read_fence().await?;
         let lookup = token_hash.clone();
-        let user = self.state.read(move |reader| reader.session_user(&lookup)).await.map_err(status::storage)?;
+        let user = self.state.read(move |reader| reader.session_user(&lookup)).await.map_err(status::read)?;
         Ok((user.ok_or_else(status::session_invalid)?, token_hash))
     }
 }
@@ -159,7 +159,7 @@ impl<P: Proposer> Chat for ChatService<P> {
         validate::offered_password(&request.password).map_err(status::invalid)?;
         self.read_fence().await?;
         let lookup = username.clone();
-        let credentials = self.state.read(move |reader| reader.credentials(&lookup)).await.map_err(status::storage)?;
+        let credentials = self.state.read(move |reader| reader.credentials(&lookup)).await.map_err(status::read)?;
         let verified = self
             .passwords
             .run(move |hasher: &PasswordHasher, memory| match credentials {
@@ -215,7 +215,7 @@ impl<P: Proposer> Chat for ChatService<P> {
             .state
             .read(move |reader| reader.list_accounts(&pattern, after.as_deref(), page_size + 1))
             .await
-            .map_err(status::storage)?;
+            .map_err(status::read)?;
         let next_page_token = if usernames.len() > page_size as usize {
             usernames.truncate(page_size as usize);
             usernames.last().map(|last| validate::encode_page_token(last)).unwrap_or_default()
@@ -298,7 +298,7 @@ impl<P: Proposer> Chat for ChatService<P> {
                 reader.history(user.user_id, peer_id, before_id, limit).map(Ok)
             })
             .await
-            .map_err(status::storage)?
+            .map_err(status::read)?
             .map_err(|peer| {
                 status::error(
                     tonic::Code::NotFound,
@@ -339,7 +339,7 @@ impl<P: Proposer> Chat for ChatService<P> {
             .state
             .read(move |reader| reader.credentials(&lookup))
             .await
-            .map_err(status::storage)?
+            .map_err(status::read)?
             .ok_or_else(status::session_invalid)?;
         let stored_hash = credentials.password_hash.clone();
         let verified =
@@ -382,14 +382,14 @@ impl<P: Proposer> Chat for ChatService<P> {
         // on any node. But a session this node does not know yet may be one it has not
         // applied: only the leader, after a fence, may say it does not exist.
         let lookup = token_hash.clone();
-        let mut user = self.state.read(move |reader| reader.session_user(&lookup)).await.map_err(status::storage)?;
+        let mut user = self.state.read(move |reader| reader.session_user(&lookup)).await.map_err(status::read)?;
         if user.is_none() {
             self.read_fence().await?;
             let lookup = token_hash.clone();
-            user = self.state.read(move |reader| reader.session_user(&lookup)).await.map_err(status::storage)?;
+            user = self.state.read(move |reader| reader.session_user(&lookup)).await.map_err(status::read)?;
         }
         let user = user.ok_or_else(status::session_invalid)?;
-        let slot = self.subscriptions.open(&token_hash)?;
+        let slot = self.subscriptions.open(&token_hash, user.user_id)?;
         let stream = subscription::start(
             Arc::clone(&self.state),
             token_hash,

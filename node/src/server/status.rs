@@ -11,7 +11,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::chat::validate::InvalidInput;
 use crate::chat::{Rejection, StateMachineError};
 use crate::replication::NodeId;
-use crate::runtime::ProposeError;
+use crate::runtime::{ProposeError, ReadError};
 
 /// The one answer to a failed login, whichever part was wrong (no user enumeration).
 pub const LOGIN_FAILED: &str = "unknown username or wrong password";
@@ -122,6 +122,14 @@ pub fn overloaded(message: impl Into<String>) -> Status {
 pub fn storage(error: StateMachineError) -> Status {
     tracing::error!(%error, "storage failure while serving a read");
     self::error(Code::Unavailable, wire::STORAGE_FAILURE, format!("storage failure on this node: {error}"))
+}
+
+/// A client query that did not run: too many waiting (OVERLOADED), or a storage failure.
+pub fn read(error: ReadError) -> Status {
+    match error {
+        ReadError::Busy(busy) => overloaded(format!("{busy}; retry shortly")),
+        ReadError::Storage(error) => storage(error),
+    }
 }
 
 pub fn session_invalid() -> Status {

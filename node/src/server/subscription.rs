@@ -35,59 +35,87 @@ const FETCH_BYTES_MAX: usize = 64 * 1024;
 /// Live streams per session: a client needs one; a few allow reconnecting before the node
 /// notices that the old connection died.
 pub const SUBSCRIPTIONS_PER_SESSION_MAX: usize = 4;
+/// Live streams per account (all its sessions together): a person's few devices, and no
+/// more, so that a handful of accounts cannot take a node's every stream.
+pub const SUBSCRIPTIONS_PER_ACCOUNT_MAX: usize = 16;
 /// Live streams per node.
 pub const SUBSCRIPTIONS_PER_NODE_MAX: usize = 4096;
 
-/// The streams open on this node, by session.
+/// The streams open on this node, by session and by account.
 #[derive(Default)]
 pub struct Subscriptions {
-    by_session: Mutex<BTreeMap<Vec<u8>, usize>>,
+    open: Mutex<OpenStreams>,
+}
+
+#[derive(Default)]
+struct OpenStreams {
+    total: usize,
+    by_session: BTreeMap<Vec<u8>, usize>,
+    by_account: BTreeMap<u64, usize>,
 }
 
 /// One open stream's place in [`Subscriptions`]; freed when the stream is dropped.
 pub struct SubscriptionSlot {
     subscriptions: Arc<Subscriptions>,
     token_hash: Vec<u8>,
+    user_id: u64,
+}
+
+/// Counts one more stream under `key`.
+fn take<K: Ord>(counts: &mut BTreeMap<K, usize>, key: K) {
+    *counts.entry(key).or_insert(0) += 1;
+}
+
+/// Counts one stream fewer under `key`, forgetting it at zero.
+fn give_back<K: Ord>(counts: &mut BTreeMap<K, usize>, key: &K) {
+    let open = counts.get_mut(key).expect("an open stream has a slot");
+    assert!(*open > 0, "subscription slots went below zero");
+    *open -= 1;
+    if *open == 0 {
+        counts.remove(key);
+    }
 }
 
 impl Subscriptions {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Vec<u8>, usize>> {
-        self.by_session.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, OpenStreams> {
+        self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Takes a slot for a stream of `token_hash`'s session, if the bounds allow one.
-    pub fn open(self: &Arc<Self>, token_hash: &[u8]) -> Result<SubscriptionSlot, Status> {
-        let mut by_session = self.lock();
-        let total: usize = by_session.values().sum();
-        if total >= SUBSCRIPTIONS_PER_NODE_MAX {
+    /// Takes a slot for a stream of `user_id`'s session `token_hash`, if the bounds allow.
+    pub fn open(self: &Arc<Self>, token_hash: &[u8], user_id: u64) -> Result<SubscriptionSlot, Status> {
+        let mut open = self.lock();
+        if open.total >= SUBSCRIPTIONS_PER_NODE_MAX {
             return Err(status::overloaded(format!(
                 "this node serves {SUBSCRIPTIONS_PER_NODE_MAX} live subscriptions, its most; subscribe on another node or later"
             )));
         }
-        let open = by_session.entry(token_hash.to_vec()).or_insert(0);
-        if *open >= SUBSCRIPTIONS_PER_SESSION_MAX {
-            return Err(status::error(
+        let limit = |what: &str, most: usize| {
+            status::error(
                 Code::ResourceExhausted,
                 wire::SUBSCRIPTIONS_LIMIT,
-                format!(
-                    "this session already has {SUBSCRIPTIONS_PER_SESSION_MAX} live subscriptions on this node, its most: close one first"
-                ),
-            ));
+                format!("this {what} already has {most} live subscriptions on this node, its most: close one first"),
+            )
+        };
+        if open.by_session.get(token_hash).copied().unwrap_or(0) >= SUBSCRIPTIONS_PER_SESSION_MAX {
+            return Err(limit("session", SUBSCRIPTIONS_PER_SESSION_MAX));
         }
-        *open += 1;
-        Ok(SubscriptionSlot { subscriptions: Arc::clone(self), token_hash: token_hash.to_vec() })
+        if open.by_account.get(&user_id).copied().unwrap_or(0) >= SUBSCRIPTIONS_PER_ACCOUNT_MAX {
+            return Err(limit("account", SUBSCRIPTIONS_PER_ACCOUNT_MAX));
+        }
+        open.total += 1;
+        take(&mut open.by_session, token_hash.to_vec());
+        take(&mut open.by_account, user_id);
+        Ok(SubscriptionSlot { subscriptions: Arc::clone(self), token_hash: token_hash.to_vec(), user_id })
     }
 }
 
 impl Drop for SubscriptionSlot {
     fn drop(&mut self) {
-        let mut by_session = self.subscriptions.lock();
-        let open = by_session.get_mut(&self.token_hash).expect("an open stream has a slot");
-        assert!(*open > 0, "subscription slots went below zero");
-        *open -= 1;
-        if *open == 0 {
-            by_session.remove(&self.token_hash);
-        }
+        let mut open = self.subscriptions.lock();
+        assert!(open.total > 0, "subscription slots went below zero");
+        open.total -= 1;
+        give_back(&mut open.by_session, &self.token_hash);
+        give_back(&mut open.by_account, &self.user_id);
     }
 }
 
@@ -137,7 +165,7 @@ async fn fetch(mut cursor: Cursor) -> (Cursor, Fetched) {
         let page = match fetched {
             Ok(Some(page)) => page,
             Ok(None) => return (cursor, Fetched::End(status::session_invalid())),
-            Err(error) => return (cursor, Fetched::End(status::storage(error))),
+            Err(error) => return (cursor, Fetched::End(status::read(error))),
         };
         if let Some(last) = page.messages.last() {
             assert!(last.message_id > cursor.last_delivered, "subscription would go backwards");
@@ -239,17 +267,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_session_holds_a_bounded_number_of_streams_and_slots_free_on_drop() {
+    fn sessions_and_accounts_hold_a_bounded_number_of_streams_and_slots_free_on_drop() {
         use tonic_types::StatusExt;
         let subscriptions = Arc::new(Subscriptions::default());
-        let slots: Vec<_> = (0..SUBSCRIPTIONS_PER_SESSION_MAX).map(|_| subscriptions.open(b"a").unwrap()).collect();
-        let refused = subscriptions.open(b"a").err().unwrap();
-        assert_eq!(refused.code(), Code::ResourceExhausted);
-        assert_eq!(refused.get_details_error_info().unwrap().reason, wire::SUBSCRIPTIONS_LIMIT);
-        let other = subscriptions.open(b"b").unwrap();
+        let refused_for = |refused: Status, what: &str| {
+            assert_eq!(refused.code(), Code::ResourceExhausted);
+            assert_eq!(refused.get_details_error_info().unwrap().reason, wire::SUBSCRIPTIONS_LIMIT);
+            assert!(refused.message().contains(what), "{refused:?}");
+        };
+        // Account 1: sessions of four streams each, up to the account's bound.
+        let sessions: Vec<Vec<u8>> =
+            (0..=SUBSCRIPTIONS_PER_ACCOUNT_MAX / SUBSCRIPTIONS_PER_SESSION_MAX).map(|n| vec![n as u8]).collect();
+        let mut slots = Vec::new();
+        for session in &sessions[..sessions.len() - 1] {
+            for _ in 0..SUBSCRIPTIONS_PER_SESSION_MAX {
+                slots.push(subscriptions.open(session, 1).unwrap());
+            }
+        }
+        refused_for(subscriptions.open(&sessions[0], 1).err().unwrap(), "session");
+        refused_for(subscriptions.open(sessions.last().unwrap(), 1).err().unwrap(), "account");
+        // Another account is not held back by this one.
+        let other = subscriptions.open(b"other", 2).unwrap();
         drop(slots);
         drop(other);
-        assert!(subscriptions.lock().is_empty());
-        let _again = subscriptions.open(b"a").unwrap();
+        let open = subscriptions.lock();
+        assert!(open.total == 0 && open.by_session.is_empty() && open.by_account.is_empty());
+        drop(open);
+        let _again = subscriptions.open(sessions.last().unwrap(), 1).unwrap();
     }
 }

@@ -36,11 +36,12 @@ pub trait LogStore: Storage + Send + 'static {
     /// the node before the `sync` after it has returned.
     fn sync(&mut self) -> Result<(), StorageError>;
 
-    /// Verifies up to `records_max` more records of the log, going round and round; a bad
-    /// one is `StorageError::Corrupt`. A store that verifies everything when it opens (and
-    /// keeps it in memory) has nothing to do.
-    fn scrub(&mut self, records_max: usize) -> Result<ScrubProgress, StorageError> {
-        let _ = records_max;
+    /// Verifies more records of the log, up to `records_max` and about `bytes_max` (at
+    /// least one record), going round and round; a bad one is `StorageError::Corrupt`. A
+    /// store that verifies everything when it opens (and keeps it in memory) has nothing
+    /// to do.
+    fn scrub(&mut self, records_max: usize, bytes_max: usize) -> Result<ScrubProgress, StorageError> {
+        let _ = (records_max, bytes_max);
         Ok(ScrubProgress { verified_through: self.last_index()?, pass_completed: false })
     }
 

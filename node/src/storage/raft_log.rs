@@ -458,7 +458,7 @@ impl LogStore for SqliteLog {
         Ok(())
     }
 
-    fn scrub(&mut self, records_max: usize) -> Result<ScrubProgress, StorageError> {
+    fn scrub(&mut self, records_max: usize, bytes_max: usize) -> Result<ScrubProgress, StorageError> {
         let last = self.terms.len() as LogIndex;
         let io = |e: rusqlite::Error| StorageError::Io(format!("{}: {e}", self.path.display()));
         let mut pass_done = false;
@@ -469,28 +469,22 @@ impl LogStore for SqliteLog {
         }
         let low = self.scrub_next;
         let high = (low + records_max as LogIndex).min(last + 1);
-        // read_entries verifies every record it reads; the byte bound only limits memory,
-        // so read in as many rounds as it takes.
-        let mut next = low;
-        while next < high {
-            let entries = self.read_entries(next, high, SCRUB_BYTES_MAX)?;
-            let Some(last_read) = entries.last() else {
+        // read_entries verifies every record it reads, and stops at about `bytes_max` (after
+        // one record at least): a step of big records reads fewer of them.
+        let entries = self.read_entries(low, high, bytes_max)?;
+        let Some(last_read) = entries.last() else {
+            return Err(StorageError::Corrupt(format!("{}: entries {low}..{high} are missing", self.path.display())));
+        };
+        for (offset, entry) in entries.iter().enumerate() {
+            let expected = low + offset as LogIndex;
+            if entry.index != expected || self.terms.get(expected as usize - 1) != Some(&entry.term) {
                 return Err(StorageError::Corrupt(format!(
-                    "{}: entries {next}..{high} are missing",
+                    "{}: entry {expected} does not match the log's index of terms",
                     self.path.display()
                 )));
-            };
-            for (offset, entry) in entries.iter().enumerate() {
-                let expected = next + offset as LogIndex;
-                if entry.index != expected || self.terms.get(expected as usize - 1) != Some(&entry.term) {
-                    return Err(StorageError::Corrupt(format!(
-                        "{}: entry {expected} does not match the log's index of terms",
-                        self.path.display()
-                    )));
-                }
             }
-            next = last_read.index + 1;
         }
+        let high = last_read.index + 1;
         self.scrub_next = high;
         self.scrub_steps_unsaved += 1;
         if pass_done || self.scrub_steps_unsaved >= SCRUB_STEPS_PER_SAVE {
@@ -512,9 +506,6 @@ impl LogStore for SqliteLog {
         Ok(())
     }
 }
-
-/// Bytes the scrub holds in memory at once.
-const SCRUB_BYTES_MAX: usize = 1024 * 1024;
 
 #[cfg(test)]
 mod tests {
@@ -630,9 +621,9 @@ mod tests {
             log.conn.execute("UPDATE raft_log SET payload = x'00' WHERE log_index = 300", []).unwrap();
         }
         let mut log = SqliteLog::open(&path, &id, Creation::MemberOfExisting).expect("open checks only the tail");
-        let first = log.scrub(256).unwrap();
+        let first = log.scrub(256, usize::MAX).unwrap();
         assert_eq!(first.verified_through, 256);
-        let error = log.scrub(256).unwrap_err();
+        let error = log.scrub(256, usize::MAX).unwrap_err();
         assert!(matches!(&error, StorageError::Corrupt(detail) if detail.contains("entry 300")), "{error}");
         log.record_fault(&error.to_string()).unwrap();
         drop(log);
@@ -649,12 +640,15 @@ mod tests {
         let mut log = SqliteLog::open(&path, &id, Creation::Bootstrap).unwrap();
         let entries: Vec<Entry> = (1..=1000).map(|index| entry(index, 1, "x")).collect();
         log.persist(Some(HardState { term: 1, vote: Some(1) }), &entries).unwrap();
-        let steps: Vec<ScrubProgress> = (0..5).map(|_| log.scrub(300).unwrap()).collect();
+        let steps: Vec<ScrubProgress> = (0..5).map(|_| log.scrub(300, usize::MAX).unwrap()).collect();
         let through: Vec<LogIndex> = steps.iter().map(|p| p.verified_through).collect();
         assert_eq!(through, [300, 600, 900, 1000, 300]);
         assert!(steps[4].pass_completed && !steps[3].pass_completed);
         drop(log);
         let mut log = SqliteLog::open(&path, &id, Creation::MemberOfExisting).unwrap();
-        assert_eq!(log.scrub(300).unwrap().verified_through, 600, "the end of a pass saved the position");
+        assert_eq!(log.scrub(300, usize::MAX).unwrap().verified_through, 600, "the end of a pass saved the position");
+        let three_records = 3 * entry(1, 1, "x").size_bytes();
+        assert_eq!(log.scrub(300, three_records).unwrap().verified_through, 603, "a step reads about its bytes");
+        assert_eq!(log.scrub(300, 0).unwrap().verified_through, 604, "and at least one record");
     }
 }

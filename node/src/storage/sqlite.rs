@@ -41,6 +41,9 @@ pub enum Sharing {
 /// Under simulation every connection runs on one thread, so nothing ever waits.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The size a WAL file is truncated to after a checkpoint, if larger.
+const WAL_BYTES_KEPT_MAX: i64 = 64 * 1024 * 1024;
+
 /// Opens (creating if needed) a database with WAL and `synchronous=FULL`, and checks that
 /// it is readable SQLite.
 pub fn open_database(path: &Path, sharing: Sharing) -> Result<Connection, SqliteError> {
@@ -69,6 +72,10 @@ pub fn open_database(path: &Path, sharing: Sharing) -> Result<Connection, Sqlite
     #[cfg(madsim)]
     conn.pragma_update(None, "synchronous", "OFF").map_err(not_a_database)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(not_a_database)?;
+    // A WAL that grew while readers held back checkpoints (a long digest, a burst of
+    // queries) is cut back to this once a checkpoint gets through, instead of keeping its
+    // largest size on disk for good.
+    conn.pragma_update(None, "journal_size_limit", WAL_BYTES_KEPT_MAX).map_err(not_a_database)?;
     let check: String = conn.query_row("PRAGMA quick_check", [], |row| row.get(0)).map_err(not_a_database)?;
     if check != "ok" {
         return Err(SqliteError::Corrupt { path: path.to_owned(), detail: check });

@@ -2,6 +2,7 @@
 //! checks that every required field is present; what it cannot check (the protocol's own
 //! consistency) the core checks before acting.
 
+use bytes::Bytes;
 use chorus_proto::v1 as pb;
 
 use crate::replication::{AppendResult, Entry, LogPosition, Message, MessageBody, NodeId, Payload};
@@ -112,14 +113,18 @@ fn encode_entry(entry: &Entry) -> pb::LogEntry {
 fn decode_entry(entry: pb::LogEntry) -> Result<Entry, DecodeError> {
     let payload = match entry.payload.ok_or(DecodeError("log entry without a payload"))? {
         pb::log_entry::Payload::Noop(_) => Payload::Noop,
-        pb::log_entry::Payload::Command(bytes) => Payload::Command(bytes),
+        // Copied out of the frame: decoded without a copy, the payload would be a slice of
+        // the whole batch's buffer and keep all of it alive (a 1-byte command padded to
+        // 8 MiB with unknown fields) while it waits in the inbox or the log's cache, which
+        // count only the payload.
+        pb::log_entry::Payload::Command(bytes) => Payload::Command(Bytes::copy_from_slice(&bytes)),
     };
     Ok(Entry { term: entry.term, index: entry.index, payload })
 }
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
+    use prost::Message as _;
 
     use super::*;
 
@@ -165,5 +170,33 @@ mod tests {
             })),
         };
         assert!(decode_message(1, 2, no_position).is_err());
+    }
+
+    /// A decoded payload owns its bytes: it does not keep the frame it came in alive. (A
+    /// 1-byte command in an 8 MiB frame, counted as 1 byte by the inbox, pinned the whole
+    /// frame.)
+    #[test]
+    fn a_decoded_payload_does_not_hold_its_frame() {
+        let message = Message {
+            from: 1,
+            to: 2,
+            term: 1,
+            body: MessageBody::AppendRequest {
+                previous: LogPosition { term: 1, index: 0 },
+                entries: vec![Entry { term: 1, index: 1, payload: Payload::Command(Bytes::from_static(b"x")) }],
+                leader_commit: 0,
+                heartbeat_round: 0,
+                transfer_target: None,
+            },
+        };
+        let batch = pb::RaftBatch { cluster_id: "c".into(), from: 1, to: 2, messages: vec![encode_message(&message)] };
+        let frame = Bytes::from(batch.encode_to_vec());
+        let decoded = pb::RaftBatch::decode(frame.clone()).unwrap();
+        let decoded = decode_message(1, 2, decoded.messages.into_iter().next().unwrap()).unwrap();
+        let MessageBody::AppendRequest { entries, .. } = &decoded.body else { panic!("{decoded:?}") };
+        let Payload::Command(payload) = &entries[0].payload else { panic!("{entries:?}") };
+        assert_eq!(&payload[..], b"x");
+        let frame_range = frame.as_ptr_range();
+        assert!(!frame_range.contains(&payload.as_ptr()), "the payload is a slice of the frame");
     }
 }

@@ -21,6 +21,13 @@ pub const RAFT_BATCH_MESSAGES_MAX: usize = 64;
 /// Largest encoded batch a node accepts. Senders keep their batches under half of it
 /// (one append is at most about `append_bytes_max`, 1 MiB, plus one entry).
 pub const RAFT_BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Batches a node decodes at once, from all connections together: what decoding can take
+/// is bounded (16 × 8 MiB) whoever reaches the peer port, with room for every member's
+/// link (a link sends one batch at a time). Further ones wait, unread, in their streams'
+/// flow-control windows.
+pub const PEER_DELIVERIES_MAX: usize = 16;
+/// Batches one connection may have under way at once (a peer's link has one).
+pub const PEER_DELIVERIES_PER_CONNECTION_MAX: usize = 2;
 
 /// Sends the replication core's messages to their destinations.
 pub trait Transport: Send + Sync + 'static {

@@ -40,7 +40,7 @@ impl RaftService {
 #[tonic::async_trait]
 impl Raft for RaftService {
     async fn deliver(&self, request: Request<RaftBatch>) -> Result<Response<RaftBatchAck>, Status> {
-        let batch = request.into_inner();
+        let mut batch = request.into_inner();
         if batch.cluster_id != self.cluster_id {
             let message = format!("this node belongs to cluster '{}', not '{}'", self.cluster_id, batch.cluster_id);
             return Err(self.refuse(&batch, Status::failed_precondition(message)));
@@ -58,8 +58,9 @@ impl Raft for RaftService {
                 format!("a batch holds at most {RAFT_BATCH_MESSAGES_MAX} messages, this one {}", batch.messages.len());
             return Err(self.refuse(&batch, Status::invalid_argument(message)));
         }
-        let mut messages = Vec::with_capacity(batch.messages.len());
-        for message in batch.messages.iter().cloned() {
+        let encoded = std::mem::take(&mut batch.messages);
+        let mut messages = Vec::with_capacity(encoded.len());
+        for message in encoded {
             match decode_message(batch.from, batch.to, message) {
                 Ok(message) => messages.push(message),
                 Err(error) => return Err(self.refuse(&batch, Status::invalid_argument(error.to_string()))),
