@@ -15,7 +15,7 @@ pub enum Bug {
     SkipFsync = 2,
     /// Replicas apply entries they hold but that are not yet committed.
     ApplyBeforeCommit = 3,
-    /// Applying a send skips the client_msg_id lookup, so a retry stores a second copy.
+    /// Applying a send skips the session-sequence lookup, so a retry stores a second copy.
     ForgetDedup = 4,
     /// Reads skip ReadIndex: whichever node a client asks (a deposed leader, a lagging or
     /// partitioned follower) answers from what it has applied.

@@ -65,8 +65,8 @@ fn a_conversation_through_the_cli() {
     let session: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&alice).unwrap()).unwrap();
     assert_eq!(session["next_send_sequence"], 5, "{session}");
     assert_eq!(session["sends_awaiting"], serde_json::json!([]), "answered sends are not awaited");
-    assert_fails_with(&cli(&alice, &["send", "bob", "x", "--sequence", "9"], ""), "never given to a message");
-    assert_fails_with(&cli(&alice, &["send", "bob", "x", "--sequence", "1"], ""), "was acknowledged as answered");
+    assert_fails_with(&cli(&alice, &["send", "bob", "x", "--sequence", "9"], ""), "still awaiting its answer");
+    assert_fails_with(&cli(&alice, &["send", "bob", "x", "--sequence", "1"], ""), "still awaiting its answer");
 
     assert_fails_with(&cli(&bob, &["read"], ""), "not logged in");
     assert_fails_with(
@@ -96,6 +96,58 @@ fn a_conversation_through_the_cli() {
     );
     assert!(!alice.exists(), "the session file goes with the account");
     assert!(assert_ok(&cli(&bob, &["logout"], "")).contains("logged out 'bob'"));
+}
+
+/// A send whose outcome stays unknown (here: no node answered) keeps its sequence awaiting,
+/// and a retry under it goes through only as the same message; an awaiting send with a
+/// start time far ahead (a clock that was wrong) or 512 sends behind stops holding the
+/// session's acknowledgement back.
+#[test]
+fn unknown_outcomes_are_retried_by_sequence_as_the_same_message_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(&dir.path().join("node"));
+    let alice = dir.path().join("alice.json");
+    let cli = |args: &[&str], stdin: &str| run_cli(node.address, &alice, args, stdin);
+    assert_ok(&cli(&["account", "create", "alice", "--password-stdin"], "alice-pass\n"));
+    assert_ok(&cli(&["account", "create", "bob", "--password-stdin"], "bob-password\n"));
+    assert_ok(&cli(&["login", "alice", "--password-stdin"], "alice-pass\n"));
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let lost = run_cli(nobody, &alice, &["--timeout", "1", "send", "bob", "lost?"], "");
+    assert_fails_with(&lost, "run the same command with --sequence 1");
+    assert_fails_with(&cli(&["send", "bob", "found", "--sequence", "1"], ""), "given to a different message");
+    assert_fails_with(&cli(&["send", "carol", "lost?", "--sequence", "1"], ""), "given to a different message");
+    assert!(assert_ok(&cli(&["send", "bob", "lost?", "--sequence", "1"], "")).contains("sent message 1 to bob"));
+    assert_fails_with(&cli(&["send", "bob", "lost?", "--sequence", "1"], ""), "still awaiting its answer");
+
+    // Sends left awaiting 600 sends back, and by a clock set to 2100: neither holds back
+    // the acknowledgement of the next send, which then leaves the file with nothing awaiting.
+    let edit = |change: &dyn Fn(&mut serde_json::Value)| {
+        let mut session: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&alice).unwrap()).unwrap();
+        change(&mut session);
+        std::fs::write(&alice, session.to_string()).unwrap();
+    };
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    edit(&|session| {
+        session["next_send_sequence"] = 700.into();
+        session["sends_awaiting"] = serde_json::json!([
+            { "sequence": 100, "started_unix_ms": now_ms },
+            { "sequence": 699, "started_unix_ms": 4_102_444_800_000u64 },
+        ]);
+    });
+    assert_fails_with(&cli(&["send", "bob", "x", "--sequence", "100"], ""), "still awaiting its answer");
+    assert!(assert_ok(&cli(&["send", "bob", "again", "--sequence", "699"], "")).contains("sent message 2"));
+    let session: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&alice).unwrap()).unwrap();
+    assert_eq!(session["sends_awaiting"], serde_json::json!([]), "{session}");
+    edit(&|session| {
+        session["sends_awaiting"] = serde_json::json!([{ "sequence": 699, "started_unix_ms": 4_102_444_800_000u64 }]);
+    });
+    let session: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&alice).unwrap()).unwrap();
+    assert_eq!(session["next_send_sequence"], 700);
+    assert_ok(&cli(&["send", "bob", "new"], ""));
+    let session: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&alice).unwrap()).unwrap();
+    let kept = session["sends_awaiting"].as_array().unwrap();
+    let started = kept[0]["started_unix_ms"].as_u64().unwrap();
+    assert!(started < 4_102_444_800_000, "a start ahead of the clock is kept as now: {session}");
 }
 
 #[test]

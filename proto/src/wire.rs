@@ -68,7 +68,10 @@ pub const LEADER_ID: &str = "leader_id";
 pub const LEADER_ADDRESS: &str = "leader_address";
 /// `ErrorInfo.metadata` key of [`SEQUENCE_REUSED`]: the id of the message stored first.
 pub const MESSAGE_ID: &str = "message_id";
-/// `ErrorInfo.metadata` key of [`CLUSTER_UNREACHABLE`]: `unknown` or `not_applied`.
+/// `ErrorInfo.metadata` key of [`CLUSTER_UNREACHABLE`]: `unknown` or `not_applied`. The
+/// client library also sets it to `unknown` on any other error it returns after an earlier
+/// attempt of the same call may have taken effect (a retried send refused because its
+/// session ended meanwhile may still have been stored).
 pub const OUTCOME: &str = "outcome";
 
 /// Every reason above, for tests and clients that want to check they know them all.

@@ -523,7 +523,7 @@ fn canonical_exactly(username: &str) -> Result<String, Rejection> {
     Ok(canonical)
 }
 
-/// Identifies what a send asked for, to tell a retry from a client_msg_id reused for a
+/// Identifies what a send asked for, to tell a retry from a session sequence reused for a
 /// different message.
 fn request_digest(to: &str, body: &str) -> Vec<u8> {
     let mut hasher = Sha256::new();

@@ -50,7 +50,7 @@ async fn run_verb(options: &ClientOptions, verb: Verb) -> Result<()> {
             let password = password::obtain(password_stdin, &format!("password of '{username}': "))?;
             let response = call!(client, login, LoginRequest { username, password })?;
             let saved = SavedSession::new(response.username, response.token, client.current_server().to_owned());
-            session_file::save(&session_path, &saved)?;
+            session_file::replace(&session_path, &saved)?;
             println!("logged in as '{}': {} unread message(s)", saved.username, response.unread_count);
         }
         Verb::Logout => {
@@ -66,33 +66,49 @@ async fn run_verb(options: &ClientOptions, verb: Verb) -> Result<()> {
         Verb::Send { to, body, sequence } => {
             let body = if body.is_empty() { read_stdin_body()? } else { body.join(" ") };
             let request = numbered_send(&session_path, to.clone(), body, sequence)?;
-            let sequence = request.sequence;
+            let (sequence, token) = (request.sequence, request.token.clone());
             let result = chorus::cluster_call!(client, send_message, request);
             // Whether the answer is final: then the session acknowledges it with its next
             // send. An unknown outcome stays awaiting, so that a retry is still recognized.
             let answered = result.as_ref().err().is_none_or(|status| !chorus::client::outcome_unknown(status));
-            if answered {
-                session_file::update(&session_path, |session| {
-                    let mut sends = session.send_sequence(unix_time_ms());
-                    sends.finish(sequence);
-                    session.store_send_sequence(&sends, unix_time_ms());
-                })?;
-            }
-            let response = match result {
-                Ok(response) => response,
+            let outcome = match result {
+                Ok(response) if response.duplicate => {
+                    Ok(format!("already sent as message {} (not stored again)", response.message_id))
+                }
+                Ok(response) => Ok(format!("sent message {} to {}", response.message_id, to.to_ascii_lowercase())),
+                Err(status) if !answered && has_reason(&status, chorus_proto::wire::SESSION_INVALID) => {
+                    let error = rpc_error(client.current_server(), status);
+                    Err(error.context(
+                        "the session ended before this message's outcome was known: it may have been sent; \
+                         check `chorus history` (after logging in again) before sending it again",
+                    ))
+                }
                 Err(status) if !answered => {
                     let error = rpc_error(client.current_server(), status);
-                    return Err(error.context(format!(
+                    Err(error.context(format!(
                         "to retry this message safely, run the same command with --sequence {sequence}"
-                    )));
+                    )))
                 }
-                Err(status) => return Err(rpc_error(client.current_server(), status)),
+                Err(status) => Err(rpc_error(client.current_server(), status)),
             };
-            if response.duplicate {
-                println!("already sent as message {} (not stored again)", response.message_id);
-            } else {
-                println!("sent message {} to {}", response.message_id, to.to_ascii_lowercase());
+            // The outcome is told first: what the session file does next (it may be gone,
+            // or another session's, after a logout or login meanwhile) cannot hide it.
+            if let Ok(line) = &outcome {
+                println!("{line}");
             }
+            if answered {
+                let finished = session_file::update_if_still(&session_path, &token, |session| {
+                    let mut sends = session.send_sequence(unix_time_ms());
+                    sends.finish(sequence);
+                    session.store_send_sequence(&sends, unix_time_ms(), None);
+                });
+                match finished {
+                    Ok(true) => {}
+                    Ok(false) => eprintln!("note: the session changed meanwhile; its file was left as it is"),
+                    Err(error) => eprintln!("note: could not record the answer in the session file: {error:#}"),
+                }
+            }
+            outcome?;
         }
         Verb::Read { limit } => {
             let session = session_file::load(&session_path)?;
@@ -165,7 +181,8 @@ async fn run_verb(options: &ClientOptions, verb: Verb) -> Result<()> {
 }
 
 /// The request for one `chorus send`: a new sequence from the session file, or the one
-/// given (a retry), with the acknowledgement of every answer this session has.
+/// given (a retry of a send still awaiting its answer, of the same message), with the
+/// acknowledgement of every answer this session has.
 fn numbered_send(
     session_path: &std::path::Path,
     to: String,
@@ -175,26 +192,47 @@ fn numbered_send(
     session_file::update(session_path, |session| {
         let now = unix_time_ms();
         let mut sends = session.send_sequence(now);
-        let request = match sequence {
-            None => sends.request(session.token.clone(), to, body),
-            Some(sequence) if sequence == 0 || sequence >= sends.next() => {
-                bail!(
-                    "--sequence {sequence} was never given to a message of this session (the next is {})",
-                    sends.next()
-                )
+        let digest = session_file::message_digest(&to, &body);
+        let (request, begun) = match sequence {
+            None => {
+                let request = sends.request(session.token.clone(), to, body);
+                let begun = Some((request.sequence, digest));
+                (request, begun)
             }
-            Some(sequence) => SendMessageRequest {
-                token: session.token.clone(),
-                to,
-                body,
-                sequence,
-                // A retry acknowledges nothing new: its own answer is still awaited.
-                acknowledged_through: sends.acknowledged_through().min(sequence - 1),
-            },
+            Some(sequence) => {
+                let Some(awaiting) = session.awaiting_send(sequence, now) else {
+                    bail!(
+                        "--sequence {sequence} is not a send of this session still awaiting its answer (it was \
+                         answered, given up on after a day or 512 newer sends, or belongs to an earlier login): \
+                         check `chorus history` before sending the message again without --sequence"
+                    )
+                };
+                if !awaiting.message_digest.is_empty() && awaiting.message_digest != digest {
+                    bail!(
+                        "--sequence {sequence} was given to a different message (another recipient or body): \
+                         a retry must repeat the first command exactly"
+                    );
+                }
+                let request = SendMessageRequest {
+                    token: session.token.clone(),
+                    to,
+                    body,
+                    sequence,
+                    // A retry acknowledges nothing new: its own answer is still awaited.
+                    acknowledged_through: sends.acknowledged_through().min(sequence - 1),
+                };
+                (request, None)
+            }
         };
-        session.store_send_sequence(&sends, now);
+        session.store_send_sequence(&sends, now, begun);
         Ok(request)
     })?
+}
+
+/// Whether an error answer carries Chorus's `reason`.
+fn has_reason(status: &tonic::Status, reason: &str) -> bool {
+    use tonic_types::StatusExt;
+    status.get_details_error_info().is_some_and(|info| info.reason == reason)
 }
 
 fn read_stdin_body() -> Result<String> {

@@ -17,9 +17,15 @@ use serde::{Deserialize, Serialize};
 /// How long a send whose outcome stayed unknown is kept awaiting (so that a retry with
 /// `--sequence` is still recognized) before the session acknowledges it anyway. Judged by
 /// this machine's clock, which can only err safely: acknowledged too early, a late retry
-/// is refused (never stored twice); too late, the server refuses new sends past its bound
-/// of unacknowledged ones until this passes.
+/// is refused (never stored twice). A start time ahead of the clock (the clock was wrong,
+/// then corrected) counts as now, so that a send is never kept longer than this from when
+/// this machine first saw it kept.
 const AWAITING_SEND_KEPT: Duration = Duration::from_secs(24 * 60 * 60);
+/// How many newer sends a send may stay awaiting behind: a send left awaiting (its
+/// `chorus send` killed mid-call, say) holds back the session's acknowledgement, and the
+/// server takes at most 1,024 unacknowledged sends per session. Kept well below that, the
+/// session never reaches the server's bound, whatever is left awaiting.
+const AWAITING_SEND_NUMBERS_KEPT: u64 = 512;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SavedSession {
@@ -40,6 +46,21 @@ pub struct SavedSession {
 pub struct AwaitingSend {
     pub sequence: u64,
     pub started_unix_ms: u64,
+    /// What the send was (a digest of its recipient and body): a retry with `--sequence`
+    /// must be the same message, or it is refused before it reaches the server.
+    #[serde(default)]
+    pub message_digest: String,
+}
+
+/// The digest that ties a sequence to its message: a retry of another message under the
+/// same number (a typo in the number, or a number from an earlier session) is refused.
+pub fn message_digest(to: &str, body: &str) -> String {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(to.to_ascii_lowercase().as_bytes());
+    hasher.update([0]);
+    hasher.update(body.as_bytes());
+    hasher.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
 fn first_sequence() -> u64 {
@@ -51,24 +72,41 @@ impl SavedSession {
         Self { username, token, server, next_send_sequence: first_sequence(), sends_awaiting: Vec::new() }
     }
 
-    /// The numbering as the client library keeps it, without sends kept past their time.
+    /// The numbering as the client library keeps it, without sends kept past their time
+    /// or too far behind the newest.
     pub fn send_sequence(&self, now_unix_ms: u64) -> SendSequence {
-        let kept_ms = AWAITING_SEND_KEPT.as_millis() as u64;
-        let awaiting = self
-            .sends_awaiting
-            .iter()
-            .filter(|send| send.started_unix_ms.saturating_add(kept_ms) > now_unix_ms)
-            .map(|send| send.sequence);
+        let awaiting = self.sends_still_awaiting(now_unix_ms).map(|send| send.sequence);
         SendSequence::resume(self.next_send_sequence, awaiting)
     }
 
-    /// Stores `sends` back, keeping the start times of sends that were already awaiting.
-    pub fn store_send_sequence(&mut self, sends: &SendSequence, now_unix_ms: u64) {
-        let started = |sequence: u64| {
-            self.sends_awaiting.iter().find(|send| send.sequence == sequence).map_or(now_unix_ms, |s| s.started_unix_ms)
+    fn sends_still_awaiting(&self, now_unix_ms: u64) -> impl Iterator<Item = &AwaitingSend> {
+        let kept_ms = AWAITING_SEND_KEPT.as_millis() as u64;
+        let next = self.next_send_sequence;
+        self.sends_awaiting.iter().filter(move |send| {
+            send.started_unix_ms.min(now_unix_ms).saturating_add(kept_ms) > now_unix_ms
+                && next.saturating_sub(send.sequence) <= AWAITING_SEND_NUMBERS_KEPT
+        })
+    }
+
+    /// The send `sequence` of this session, if it still awaits its answer.
+    pub fn awaiting_send(&self, sequence: u64, now_unix_ms: u64) -> Option<&AwaitingSend> {
+        self.sends_still_awaiting(now_unix_ms).find(|send| send.sequence == sequence)
+    }
+
+    /// Stores `sends` back, keeping what was known of sends that were already awaiting
+    /// (their start, clamped to now, and their message); `begun` names the message of a
+    /// send just numbered.
+    pub fn store_send_sequence(&mut self, sends: &SendSequence, now_unix_ms: u64, begun: Option<(u64, String)>) {
+        let known = |sequence: u64| {
+            let kept = self.sends_awaiting.iter().find(|send| send.sequence == sequence);
+            let started_unix_ms = kept.map_or(now_unix_ms, |send| send.started_unix_ms.min(now_unix_ms));
+            let message_digest = match &begun {
+                Some((begun, digest)) if *begun == sequence => digest.clone(),
+                _ => kept.map(|send| send.message_digest.clone()).unwrap_or_default(),
+            };
+            AwaitingSend { sequence, started_unix_ms, message_digest }
         };
-        let awaiting =
-            sends.awaiting().map(|sequence| AwaitingSend { sequence, started_unix_ms: started(sequence) }).collect();
+        let awaiting = sends.awaiting().map(known).collect();
         self.next_send_sequence = sends.next();
         self.sends_awaiting = awaiting;
     }
@@ -118,10 +156,13 @@ pub fn save(path: &Path, session: &SavedSession) -> Result<()> {
     Ok(())
 }
 
-/// Loads the session, lets `change` change it, and saves it, all under the session's lock,
-/// so that concurrent `chorus send`s never hand out one sequence twice.
-pub fn update<R>(path: &Path, change: impl FnOnce(&mut SavedSession) -> R) -> Result<R> {
+/// The session's lock, held until dropped: every change of the session file is made
+/// under it, so that concurrent `chorus` commands never hand out one sequence twice nor
+/// write over one another's changes.
+fn lock(path: &Path) -> Result<std::fs::File> {
     let lock_path = path.with_extension("json.lock");
+    let parent = lock_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -129,11 +170,41 @@ pub fn update<R>(path: &Path, change: impl FnOnce(&mut SavedSession) -> R) -> Re
         .open(&lock_path)
         .with_context(|| format!("cannot open the session lock {}", lock_path.display()))?;
     lock.lock().with_context(|| format!("cannot lock {}", lock_path.display()))?;
+    Ok(lock)
+}
+
+/// Saves a new session (a login), under the session's lock.
+pub fn replace(path: &Path, session: &SavedSession) -> Result<()> {
+    let lock = lock(path)?;
+    save(path, session)?;
+    drop(lock);
+    Ok(())
+}
+
+/// Loads the session, lets `change` change it, and saves it, all under the session's lock.
+pub fn update<R>(path: &Path, change: impl FnOnce(&mut SavedSession) -> R) -> Result<R> {
+    let lock = lock(path)?;
     let mut session = load(path)?;
     let result = change(&mut session);
     save(path, &session)?;
     drop(lock);
     Ok(result)
+}
+
+/// Like [`update`], but only if the file still holds the session of `token`: a command
+/// that finishes after a logout, or after a login as someone (or something) else, leaves
+/// the new session alone. Returns whether it changed it.
+pub fn update_if_still(path: &Path, token: &str, change: impl FnOnce(&mut SavedSession)) -> Result<bool> {
+    let lock = lock(path)?;
+    let mut session = match load(path) {
+        Ok(session) if session.token == token => session,
+        // Logged out (no file), logged in again, or a damaged file: not this session's.
+        _ => return Ok(false),
+    };
+    change(&mut session);
+    save(path, &session)?;
+    drop(lock);
+    Ok(true)
 }
 
 pub fn remove(path: &Path) -> Result<()> {

@@ -223,7 +223,10 @@ impl ClusterClient {
                 Err(status) => status,
             };
             let ErrorVerdict::Retry { applied_maybe: maybe, leader, retry_after } = error_verdict(&status) else {
-                return Err(status);
+                // A definite answer to this attempt says nothing of an earlier one that
+                // may have taken effect (a send whose session ended in between is refused
+                // now, and may be stored): the call's outcome stays unknown.
+                return Err(if applied_maybe { outcome_left_unknown(status) } else { status });
             };
             applied_maybe |= maybe;
             last_failure = format!("{}: {}", self.servers[server], status.message());
@@ -283,14 +286,29 @@ impl ClusterClient {
 }
 
 /// Whether a call's error leaves open whether it took effect: the client library's own
-/// CLUSTER_UNREACHABLE when some attempt may have been applied. (A call returns other
-/// errors only when they are definite answers.)
+/// CLUSTER_UNREACHABLE when some attempt may have been applied, or any error after such an
+/// attempt (its `ErrorInfo` says `outcome = unknown`). Other errors are definite answers.
 pub fn outcome_unknown(status: &Status) -> bool {
     status.get_details_error_info().is_some_and(|info| {
+        let outcome = info.metadata.get(wire::OUTCOME).map(String::as_str);
         info.domain == wire::ERROR_DOMAIN
-            && info.reason == wire::CLUSTER_UNREACHABLE
-            && info.metadata.get(wire::OUTCOME).map(String::as_str) != Some("not_applied")
+            && (outcome == Some("unknown")
+                || (info.reason == wire::CLUSTER_UNREACHABLE && outcome != Some("not_applied")))
     })
+}
+
+/// `status`, the last answer of a call an earlier attempt of which may have taken effect:
+/// the same code and reason, marked `outcome = unknown`.
+fn outcome_left_unknown(status: Status) -> Status {
+    let info = status.get_details_error_info().filter(|info| info.domain == wire::ERROR_DOMAIN);
+    let (reason, mut metadata) = match info {
+        Some(info) => (info.reason, info.metadata),
+        None => (wire::OUTCOME_UNKNOWN.to_owned(), std::collections::HashMap::new()),
+    };
+    metadata.insert(wire::OUTCOME.to_owned(), "unknown".to_owned());
+    let message = format!("{}; an earlier attempt of this call may have taken effect", status.message());
+    let details = ErrorDetails::with_error_info(reason, wire::ERROR_DOMAIN, metadata);
+    Status::with_error_details(status.code(), message, details)
 }
 
 /// The client's own answer when no node served a call in time.
@@ -324,4 +342,45 @@ fn endpoint(server: &str) -> Result<Endpoint, ClientError> {
         return Err(bad("it has no port (expected HOST:PORT)".to_owned()));
     }
     Ok(endpoint.connect_timeout(CONNECT_TIMEOUT))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn answer(code: Code, reason: &str) -> Status {
+        let details = ErrorDetails::with_error_info(reason, wire::ERROR_DOMAIN, HashMap::new());
+        Status::with_error_details(code, format!("{reason} from the node"), details)
+    }
+
+    /// Runs one call whose attempts get `answers` in turn; returns its error.
+    async fn call_answered(answers: Vec<Status>) -> Status {
+        let policy = RetryPolicy { backoff_min: Duration::from_millis(1), ..RetryPolicy::default() };
+        let mut client = ClusterClient::new(&["127.0.0.1:9".to_owned()], policy).unwrap();
+        let mut answers = answers.into_iter();
+        let result: Result<(), Status> = client
+            .call(|_| {
+                let answer = answers.next().expect("no more attempts than answers");
+                async move { Err(answer) }
+            })
+            .await;
+        result.unwrap_err()
+    }
+
+    /// A definite refusal after an attempt that may have taken effect leaves the call's
+    /// outcome unknown (same code and reason, marked); without such an attempt it is the
+    /// definite answer it says.
+    #[tokio::test]
+    async fn a_refusal_after_a_maybe_applied_attempt_leaves_the_outcome_unknown() {
+        let refusal = || answer(Code::Unauthenticated, wire::SESSION_INVALID);
+        let after_unknown = call_answered(vec![answer(Code::Unavailable, wire::OUTCOME_UNKNOWN), refusal()]).await;
+        assert_eq!(after_unknown.code(), Code::Unauthenticated);
+        assert_eq!(after_unknown.get_details_error_info().unwrap().reason, wire::SESSION_INVALID);
+        assert!(outcome_unknown(&after_unknown), "{after_unknown:?}");
+        let after_not_applied = call_answered(vec![answer(Code::Unavailable, wire::NOT_APPLIED), refusal()]).await;
+        assert!(!outcome_unknown(&after_not_applied), "{after_not_applied:?}");
+        assert!(!outcome_unknown(&call_answered(vec![refusal()]).await));
+    }
 }

@@ -30,7 +30,10 @@ impl SendSequence {
 
     /// Resumes a numbering kept elsewhere (the CLI's session file).
     pub fn resume(next: u64, awaiting: impl IntoIterator<Item = u64>) -> Self {
-        let awaiting: BTreeSet<u64> = awaiting.into_iter().filter(|&sequence| sequence < next).collect();
+        // 0 is no send's number (a damaged file could hold it): kept, it would make the
+        // acknowledgement underflow.
+        let awaiting: BTreeSet<u64> =
+            awaiting.into_iter().filter(|&sequence| sequence >= 1 && sequence < next).collect();
         Self { next: next.max(1), awaiting }
     }
 
@@ -87,5 +90,7 @@ mod tests {
         assert_eq!(sends.begin(), (4, 3));
         let resumed = SendSequence::resume(sends.next(), sends.awaiting());
         assert_eq!(resumed, sends);
+        let damaged = SendSequence::resume(5, [0, 3, 9]);
+        assert_eq!((damaged.awaiting().collect::<Vec<_>>(), damaged.acknowledged_through()), (vec![3], 2));
     }
 }

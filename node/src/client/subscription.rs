@@ -59,13 +59,12 @@ impl<'a> Subscription<'a> {
         let mut backoff = policy.backoff_min;
         let mut give_up_at = crate::seam::monotonic_now() + policy.call_deadline;
         let mut last_failure = String::new();
+        let mut opened_at = crate::seam::monotonic_now();
         loop {
             if self.stream.is_none() {
                 if crate::seam::monotonic_now() >= give_up_at {
-                    return Err(Status::unavailable(format!(
-                        "no node could serve the subscription within {} s (last: {last_failure})",
-                        policy.call_deadline.as_secs()
-                    )));
+                    // Subscribing changes nothing: nothing was applied either way.
+                    return Err(super::cluster_unreachable(policy.call_deadline, &last_failure, false));
                 }
                 let server = self.client.preferred;
                 let request = SubscribeRequest { token: self.token.clone(), after_id: self.last_delivered };
@@ -75,6 +74,7 @@ impl<'a> Subscription<'a> {
                     Ok(Ok(response)) => {
                         self.stream = Some(response.into_inner());
                         self.streams_opened += 1;
+                        opened_at = crate::seam::monotonic_now();
                     }
                     Ok(Err(status)) => match error_verdict(&status) {
                         ErrorVerdict::Final => return Err(status),
@@ -107,11 +107,20 @@ impl<'a> Subscription<'a> {
                 Err(status) if error_verdict(&status) == ErrorVerdict::Final => return Err(status),
                 Err(status) => last_failure = status.message().to_owned(),
             }
-            // The stream ended or broke: resume elsewhere.
+            // The stream ended or broke: resume elsewhere, after a pause. One that lived a
+            // while was healthy, and the next starts afresh; one that ended at once (a node
+            // that takes the stream and ends it, as it shuts down) counts as a failed
+            // attempt, so that nodes all doing so are not subscribed to in a hot loop.
             self.stream = None;
             self.client.next_server();
-            backoff = policy.backoff_min;
-            give_up_at = crate::seam::monotonic_now() + policy.call_deadline;
+            let now = crate::seam::monotonic_now();
+            if now.saturating_duration_since(opened_at) >= policy.backoff_max {
+                backoff = policy.backoff_min;
+                give_up_at = now + policy.call_deadline;
+            }
+            let pause = self.client.jittered(backoff);
+            tokio::time::sleep(pause).await;
+            backoff = (backoff * 2).min(policy.backoff_max);
         }
     }
 }

@@ -375,7 +375,7 @@ impl<P: Proposer> Chat for ChatService<P> {
         let token_hash = token_hash(&request.token)?;
         if let Some(fault) = self.stream_ends.fault.get() {
             // A node that takes no part will never deliver anything new.
-            return Err(status::error(tonic::Code::Unavailable, chorus_proto::wire::NOT_APPLIED, fault));
+            return Err(status::not_applied(fault));
         }
         // No read fence as a rule: a subscription is served from whatever this node has
         // applied and catches up as it applies more; resuming by after_id makes that safe

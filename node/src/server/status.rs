@@ -104,9 +104,7 @@ impl LeaderHints {
             ProposeError::TransferInProgress
             | ProposeError::Superseded
             | ProposeError::ReadUnconfirmed(_)
-            | ProposeError::Quarantined(_) => {
-                with_details(Code::Unavailable, wire::NOT_APPLIED, message, BTreeMap::new(), Some(RETRY_NOT_APPLIED))
-            }
+            | ProposeError::Quarantined(_) => not_applied(message),
             ProposeError::Overloaded => overloaded(message),
             ProposeError::OutcomeUnknown(_) => self::error(Code::Unavailable, wire::OUTCOME_UNKNOWN, message),
             ProposeError::ShuttingDown => self::error(Code::Unavailable, wire::SHUTTING_DOWN, message),
@@ -115,6 +113,12 @@ impl LeaderHints {
 }
 
 /// RESOURCE_EXHAUSTED: the node is too busy for this now; nothing was applied.
+/// UNAVAILABLE, NOT_APPLIED: this node did not do it, and another may (a quarantined
+/// node's refusal, the end of its streams).
+pub fn not_applied(message: impl Into<String>) -> Status {
+    with_details(Code::Unavailable, wire::NOT_APPLIED, message, BTreeMap::new(), Some(RETRY_NOT_APPLIED))
+}
+
 pub fn overloaded(message: impl Into<String>) -> Status {
     with_details(Code::ResourceExhausted, wire::OVERLOADED, message, BTreeMap::new(), Some(RETRY_OVERLOADED))
 }

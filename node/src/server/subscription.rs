@@ -180,7 +180,7 @@ async fn fetch(mut cursor: Cursor) -> (Cursor, Fetched) {
                 Some(status::error(Code::Unavailable, wire::SHUTTING_DOWN, "this node is shutting down"))
             }
             fault = cursor.ends.fault.wait_for(Option::is_some) => {
-                Some(status::error(Code::Unavailable, wire::NOT_APPLIED, fault.unwrap_or_default()))
+                Some(status::not_applied(fault.unwrap_or_default()))
             }
         };
         if let Some(end) = end {
