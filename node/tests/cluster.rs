@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chorus::client::v1::{CreateAccountRequest, LoginRequest, ReadMessagesRequest, SendMessageRequest};
+use chorus::client::v1::{
+    CreateAccountRequest, LoginRequest, ReadMessagesRequest, SendMessageRequest, SubscribeRequest,
+};
 use chorus::client::{ClusterClient, SendSequence};
 use common::cluster::TestCluster;
 use tonic::Code;
@@ -314,6 +316,31 @@ async fn raw_grpc_call(address: &str, path: &'static str, body: Vec<u8>) -> toni
         Ok(_) => tonic::Status::ok(""),
         Err(status) => status,
     }
+}
+
+/// A node cut off from the majority (here: the other two are gone) ends its live streams
+/// with NOT_APPLIED once it has known no leader for two election timeouts, so that a client
+/// resumes elsewhere instead of waiting on a stream that will deliver nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_a_leader_ends_its_live_streams() {
+    use tonic_types::StatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = TestCluster::start(dir.path(), 3);
+    let mut client = cluster.client(Duration::from_secs(20));
+    let alice = create_and_login(&mut client, "alice").await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(30)).await;
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    let mut chat = client.chat_of(follower as usize - 1);
+    let request = SubscribeRequest { token: alice.token.clone(), after_id: 0 };
+    let mut stream = chat.subscribe(request).await.unwrap().into_inner();
+    for id in (1..=3).filter(|&id| id != follower) {
+        cluster.kill(id);
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(15), stream.message()).await.expect("the stream ended");
+    let status = ended.expect_err("an error ends it");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(status.get_details_error_info().unwrap().reason, chorus_proto::wire::NOT_APPLIED);
+    assert!(status.message().contains("known no leader"), "{status:?}");
 }
 
 /// A leader stopped with SIGTERM hands leadership to a follower before it exits, so the

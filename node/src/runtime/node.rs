@@ -133,7 +133,13 @@ pub async fn run_node(
 
     let hasher = PasswordHasher::new(config.password_hash_cost, &mut rng)?;
     let hints = LeaderHints::new(cluster.members.iter().map(|m| (m.id, m.client_address.clone())).collect());
-    let stream_ends = StreamEnds { stopping: stopping.clone(), fault: raft.watch_fault() };
+    let stream_ends = StreamEnds {
+        stopping: stopping.clone(),
+        fault: raft.watch_fault(),
+        status: raft.watch_status(),
+        // Two election timeouts: an election that was going to succeed is over by then.
+        leaderless_max: Duration::from_millis(2 * cluster.timing.election_timeout_max_ms),
+    };
     let chat_service = ChatService::new(
         Arc::clone(&chat),
         Arc::new(raft.clone()),

@@ -17,6 +17,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use chorus_proto::v1::Message;
 use chorus_proto::wire;
@@ -24,7 +25,7 @@ use tonic::{Code, Status};
 
 use super::status;
 use crate::chat::MessageView;
-use crate::runtime::{ChatState, MailboxWatch};
+use crate::runtime::{ChatState, MailboxWatch, NodeStatus};
 use crate::watch::Watch;
 
 /// Most messages fetched from the database at once.
@@ -130,13 +131,27 @@ struct Cursor {
     _slot: SubscriptionSlot,
 }
 
-/// What ends every live stream of a node: it stops, or it stops taking part (its log was
-/// found corrupt, so it will never apply anything again). Either way the client resumes on
-/// another node.
+/// What ends every live stream of a node: it stops, it stops taking part (its log was
+/// found corrupt, so it will never apply anything again), or it has known no leader for
+/// `leaderless_max` (it is cut off from the majority, which goes on without it: its
+/// streams would stay silent, however many messages the others store). Either way the
+/// client resumes on another node.
 #[derive(Clone)]
 pub struct StreamEnds {
     pub stopping: Watch<bool>,
     pub fault: Watch<Option<String>>,
+    pub status: Watch<NodeStatus>,
+    pub leaderless_max: Duration,
+}
+
+/// Returns once the node has known no leader for `max` on end.
+async fn leaderless_for(status: &Watch<NodeStatus>, max: Duration) {
+    loop {
+        status.wait_for(|status| status.leader.is_none()).await;
+        if tokio::time::timeout(max, status.wait_for(|status| status.leader.is_some())).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// What the next fetch produced.
@@ -181,6 +196,12 @@ async fn fetch(mut cursor: Cursor) -> (Cursor, Fetched) {
             }
             fault = cursor.ends.fault.wait_for(Option::is_some) => {
                 Some(status::not_applied(fault.unwrap_or_default()))
+            }
+            () = leaderless_for(&cursor.ends.status, cursor.ends.leaderless_max) => {
+                Some(status::not_applied(format!(
+                    "this node has known no leader for {} ms (it may be cut off from the cluster); resume on another node",
+                    cursor.ends.leaderless_max.as_millis()
+                )))
             }
         };
         if let Some(end) = end {

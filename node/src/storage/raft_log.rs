@@ -469,6 +469,10 @@ impl LogStore for SqliteLog {
         }
         let low = self.scrub_next;
         let high = (low + records_max as LogIndex).min(last + 1);
+        if low >= high {
+            // An empty log: nothing to verify.
+            return Ok(ScrubProgress { verified_through: last, pass_completed: pass_done });
+        }
         // read_entries verifies every record it reads, and stops at about `bytes_max` (after
         // one record at least): a step of big records reads fewer of them.
         let entries = self.read_entries(low, high, bytes_max)?;
@@ -638,6 +642,8 @@ mod tests {
         let path = dir.path().join("raft.sqlite3");
         let id = identity("c", 1, &[1]);
         let mut log = SqliteLog::open(&path, &id, Creation::Bootstrap).unwrap();
+        assert_eq!(log.scrub(300, usize::MAX).unwrap().verified_through, 0, "an empty log is no fault");
+        assert_eq!(log.scrub(300, usize::MAX).unwrap().verified_through, 0);
         let entries: Vec<Entry> = (1..=1000).map(|index| entry(index, 1, "x")).collect();
         log.persist(Some(HardState { term: 1, vote: Some(1) }), &entries).unwrap();
         let steps: Vec<ScrubProgress> = (0..5).map(|_| log.scrub(300, usize::MAX).unwrap()).collect();
