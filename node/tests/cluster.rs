@@ -343,6 +343,31 @@ async fn a_node_without_a_leader_ends_its_live_streams() {
     assert!(status.message().contains("known no leader"), "{status:?}");
 }
 
+/// With one of three nodes down, a leader stopped with SIGTERM still hands leadership to
+/// the live follower: it picks the follower it hears from (the dead one is as up to date,
+/// and has the higher id) and grants its pre-vote itself, the other vote there is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_leadership_to_the_live_follower_with_one_node_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = TestCluster::start(dir.path(), 3);
+    let mut client = cluster.client(Duration::from_secs(20));
+    create_and_login(&mut client, "alice").await;
+    cluster.wait_converged(CONVERGE_TIMEOUT).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(30)).await;
+    let followers: Vec<u64> = (1..=3).filter(|&id| id != leader).collect();
+    let (live, dead) = (followers[0], followers[1]);
+    cluster.kill(dead);
+    // Longer than an election timeout: the leader has stopped hearing from it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let exit = cluster.terminate(leader);
+    assert!(exit.success(), "the leader exited with {exit}");
+    let log = cluster.log_of(leader);
+    assert!(log.contains("handed leadership over"), "no completed hand-over in the log:\n{log}");
+    let status = cluster.status(live, false).await.expect("the live follower answers");
+    assert_eq!(status.node_id, live);
+    assert!(cluster.log_of(live).contains("became leader"), "{}", cluster.log_of(live));
+}
+
 /// A leader stopped with SIGTERM hands leadership to a follower before it exits, so the
 /// cluster has a new leader without waiting out an election timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

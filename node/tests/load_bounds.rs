@@ -23,6 +23,11 @@ use tonic::transport::Channel;
 /// The production minimum election timeout: a follower unheard for this long campaigns.
 const ELECTION_TIMEOUT_MIN: Duration = Duration::from_millis(1000);
 
+/// The load tests run one at a time: each measures how a cluster behaves under its own load
+/// on a small machine, and two at once measure neither (and starve each other past their
+/// deadlines: a sign-up burst beside the subscription test ran out of its 300 s).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Watches a cluster from outside while a load runs: every term and leader any node
 /// reports, and the longest a follower went unheard by the leader.
 struct StabilityWatch {
@@ -186,6 +191,7 @@ fn steady_sends(
 /// deposed the leader; and every apply woke every subscription to query under that lock.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn digests_and_a_thousand_subscriptions_do_not_stall_replication() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     const PHASE: Duration = Duration::from_secs(8);
     let dir = tempfile::tempdir().unwrap();
     let cluster = TestCluster::start_with(
@@ -305,6 +311,7 @@ async fn digests_and_a_thousand_subscriptions_do_not_stall_replication() {
 /// used: 200 sign-ups took a leader from 11 MB to 3.6 GB.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_of_sign_ups_and_logins_keeps_memory_bounded() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     const MEMORY_MAX: u64 = 200 * 1024 * 1024;
     let dir = tempfile::tempdir().unwrap();
     let cluster = TestCluster::start_with(dir.path(), 3, ClusterOptions::production());
@@ -340,6 +347,7 @@ async fn a_burst_of_sign_ups_and_logins_keeps_memory_bounded() {
 /// to 809 MB.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_slow_subscribers_keep_memory_flat() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let cluster = TestCluster::start(dir.path(), 3);
     let leader = cluster.wait_for_leader(Duration::from_secs(30)).await;

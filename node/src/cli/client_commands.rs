@@ -42,8 +42,8 @@ async fn run_verb(options: &ClientOptions, verb: Verb) -> Result<()> {
         Verb::Account(AccountVerb::Delete { password_stdin }) => {
             let session = session_file::load(&session_path)?;
             let password = password::obtain(password_stdin, &format!("password of '{}': ", session.username))?;
-            call!(client, delete_account, DeleteAccountRequest { token: session.token, password })?;
-            session_file::remove(&session_path)?;
+            call!(client, delete_account, DeleteAccountRequest { token: session.token.clone(), password })?;
+            session_file::remove_if_still(&session_path, &session.token)?;
             println!("deleted account '{}'", session.username);
         }
         Verb::Login { username, password_stdin } => {
@@ -55,9 +55,9 @@ async fn run_verb(options: &ClientOptions, verb: Verb) -> Result<()> {
         }
         Verb::Logout => {
             let session = session_file::load(&session_path)?;
-            let result = call!(client, logout, LogoutRequest { token: session.token });
+            let result = call!(client, logout, LogoutRequest { token: session.token.clone() });
             // The local copy goes whatever the server said: an expired session is over too.
-            session_file::remove(&session_path)?;
+            session_file::remove_if_still(&session_path, &session.token)?;
             match result {
                 Ok(_) => println!("logged out '{}'", session.username),
                 Err(_) => println!("logged out '{}' (the server did not confirm the session's end)", session.username),
@@ -232,7 +232,9 @@ fn numbered_send(
 /// Whether an error answer carries Chorus's `reason`.
 fn has_reason(status: &tonic::Status, reason: &str) -> bool {
     use tonic_types::StatusExt;
-    status.get_details_error_info().is_some_and(|info| info.reason == reason)
+    status
+        .get_details_error_info()
+        .is_some_and(|info| info.domain == chorus_proto::wire::ERROR_DOMAIN && info.reason == reason)
 }
 
 fn read_stdin_body() -> Result<String> {

@@ -83,7 +83,9 @@ impl SavedSession {
         let kept_ms = AWAITING_SEND_KEPT.as_millis() as u64;
         let next = self.next_send_sequence;
         self.sends_awaiting.iter().filter(move |send| {
-            send.started_unix_ms.min(now_unix_ms).saturating_add(kept_ms) > now_unix_ms
+            // Only numbers this session handed out (a damaged file could hold others).
+            (1..next).contains(&send.sequence)
+                && send.started_unix_ms.min(now_unix_ms).saturating_add(kept_ms) > now_unix_ms
                 && next.saturating_sub(send.sequence) <= AWAITING_SEND_NUMBERS_KEPT
         })
     }
@@ -207,7 +209,20 @@ pub fn update_if_still(path: &Path, token: &str, change: impl FnOnce(&mut SavedS
     Ok(true)
 }
 
-pub fn remove(path: &Path) -> Result<()> {
+/// Removes the session file if it still holds the session of `token` (a logout, an
+/// account deletion), under the session's lock: one that finishes after a new login
+/// leaves the new session alone. Returns whether it removed it.
+pub fn remove_if_still(path: &Path, token: &str) -> Result<bool> {
+    let lock = lock(path)?;
+    if !load(path).is_ok_and(|session| session.token == token) {
+        return Ok(false);
+    }
+    remove(path)?;
+    drop(lock);
+    Ok(true)
+}
+
+fn remove(path: &Path) -> Result<()> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -3,7 +3,9 @@
 //! message once, in order.
 
 use chorus_proto::v1::{Message, SubscribeRequest};
+use chorus_proto::wire;
 use tonic::{Status, Streaming};
+use tonic_types::StatusExt;
 
 use super::{ClusterClient, ErrorVerdict, error_verdict};
 
@@ -14,6 +16,17 @@ pub struct Subscription<'a> {
     stream: Option<Streaming<Message>>,
     /// How many streams were opened so far (the current one's number).
     streams_opened: u64,
+    /// When the current stream was opened.
+    opened_at: tokio::time::Instant,
+    /// Since when no stream could be opened and kept (none yet: since the first attempt),
+    /// and since when every stream kept was ended by a node that could not keep it current
+    /// (it knew no leader). The subscription gives up once either is the client's call
+    /// deadline ago.
+    failing_since: Option<tokio::time::Instant>,
+    behind_since: Option<tokio::time::Instant>,
+    /// The pause before the next attempt, doubled at each failure.
+    backoff: std::time::Duration,
+    last_failure: String,
 }
 
 /// A message exactly as a node's stream sent it, before the subscription drops repeats.
@@ -29,7 +42,19 @@ pub struct RawDelivery {
 
 impl<'a> Subscription<'a> {
     pub(super) fn new(client: &'a mut ClusterClient, token: String, after_id: u64) -> Self {
-        Self { client, token, last_delivered: after_id, stream: None, streams_opened: 0 }
+        let backoff = client.policy().backoff_min;
+        Self {
+            client,
+            token,
+            last_delivered: after_id,
+            stream: None,
+            streams_opened: 0,
+            opened_at: crate::seam::monotonic_now(),
+            failing_since: None,
+            behind_since: None,
+            backoff,
+            last_failure: String::new(),
+        }
     }
 
     /// The id of the last message delivered.
@@ -56,15 +81,15 @@ impl<'a> Subscription<'a> {
     /// server's streams, not the library's).
     pub async fn next_raw(&mut self) -> Result<RawDelivery, Status> {
         let policy = self.client.policy();
-        let mut backoff = policy.backoff_min;
-        let mut give_up_at = crate::seam::monotonic_now() + policy.call_deadline;
-        let mut last_failure = String::new();
-        let mut opened_at = crate::seam::monotonic_now();
         loop {
             if self.stream.is_none() {
-                if crate::seam::monotonic_now() >= give_up_at {
+                let now = crate::seam::monotonic_now();
+                let failing_since = *self.failing_since.get_or_insert(now);
+                let too_long =
+                    |since: tokio::time::Instant| now.saturating_duration_since(since) >= policy.call_deadline;
+                if too_long(failing_since) || self.behind_since.is_some_and(too_long) {
                     // Subscribing changes nothing: nothing was applied either way.
-                    return Err(super::cluster_unreachable(policy.call_deadline, &last_failure, false));
+                    return Err(super::cluster_unreachable(policy.call_deadline, &self.last_failure, false));
                 }
                 let server = self.client.preferred;
                 let request = SubscribeRequest { token: self.token.clone(), after_id: self.last_delivered };
@@ -74,53 +99,77 @@ impl<'a> Subscription<'a> {
                     Ok(Ok(response)) => {
                         self.stream = Some(response.into_inner());
                         self.streams_opened += 1;
-                        opened_at = crate::seam::monotonic_now();
+                        self.opened_at = crate::seam::monotonic_now();
                     }
                     Ok(Err(status)) => match error_verdict(&status) {
                         ErrorVerdict::Final => return Err(status),
                         ErrorVerdict::Retry { leader, .. } => {
                             hint = leader.and_then(|address| self.client.server_index(&address));
-                            last_failure = format!("{}: {}", self.client.servers[server], status.message());
+                            self.last_failure = format!("{}: {}", self.client.servers[server], status.message());
                         }
                     },
-                    Err(_) => last_failure = format!("{}: no answer", self.client.servers[server]),
+                    Err(_) => self.last_failure = format!("{}: no answer", self.client.servers[server]),
                 }
                 if self.stream.is_none() {
                     match hint {
                         Some(leader) => self.client.preferred = leader,
                         None => self.client.next_server(),
                     }
-                    let pause = self.client.jittered(backoff);
-                    tokio::time::sleep(pause).await;
-                    backoff = (backoff * 2).min(policy.backoff_max);
+                    self.pause().await;
                     continue;
                 }
             }
             let stream = self.stream.as_mut().expect("opened above");
+            let mut node_behind = false;
             match stream.message().await {
                 Ok(Some(message)) => {
+                    // Delivering is the proof of health: failures count afresh from here.
+                    self.failing_since = None;
+                    self.behind_since = None;
+                    self.backoff = policy.backoff_min;
                     let fresh = message.id > self.last_delivered;
                     self.last_delivered = self.last_delivered.max(message.id);
                     return Ok(RawDelivery { message, stream: self.streams_opened, fresh });
                 }
                 Ok(None) => {}
                 Err(status) if error_verdict(&status) == ErrorVerdict::Final => return Err(status),
-                Err(status) => last_failure = status.message().to_owned(),
+                Err(status) => {
+                    node_behind = status
+                        .get_details_error_info()
+                        .is_some_and(|info| info.domain == wire::ERROR_DOMAIN && info.reason == wire::NOT_APPLIED);
+                    let server = &self.client.servers[self.client.preferred];
+                    self.last_failure = format!("{server}: {}", status.message());
+                }
             }
             // The stream ended or broke: resume elsewhere, after a pause. One that lived a
-            // while was healthy, and the next starts afresh; one that ended at once (a node
-            // that takes the stream and ends it, as it shuts down) counts as a failed
-            // attempt, so that nodes all doing so are not subscribed to in a hot loop.
+            // while was kept: attempts count afresh from its end. One that ended at once (a
+            // node that takes the stream and ends it, as it shuts down) is a failed attempt,
+            // so that nodes all doing so are not subscribed to in a hot loop. One its node
+            // ended because it knew no leader starts (or continues) a time of being behind,
+            // so that a cluster without a majority is given up on after the call deadline.
             self.stream = None;
             self.client.next_server();
             let now = crate::seam::monotonic_now();
-            if now.saturating_duration_since(opened_at) >= policy.backoff_max {
-                backoff = policy.backoff_min;
-                give_up_at = now + policy.call_deadline;
+            if now.saturating_duration_since(self.opened_at) >= policy.backoff_max {
+                self.failing_since = Some(now);
+                if node_behind {
+                    self.behind_since.get_or_insert(now);
+                } else {
+                    self.behind_since = None;
+                    self.backoff = policy.backoff_min;
+                }
+            } else {
+                self.failing_since.get_or_insert(now);
             }
-            let pause = self.client.jittered(backoff);
-            tokio::time::sleep(pause).await;
-            backoff = (backoff * 2).min(policy.backoff_max);
+            self.pause().await;
         }
+    }
+
+    /// Waits before the next attempt, a little longer each time.
+    async fn pause(&mut self) {
+        let policy = self.client.policy();
+        let pause = self.client.jittered(self.backoff);
+        tokio::time::sleep(pause).await;
+        self.backoff = (self.backoff * 2).min(policy.backoff_max);
     }
 }

@@ -289,6 +289,10 @@ impl<S: Storage> Replica<S> {
         self.log.entries(low, high, usize::MAX)
     }
 
+    pub fn config(&self) -> &ReplicaConfig {
+        &self.config
+    }
+
     pub fn status(&self) -> ReplicaStatus {
         let followers = match &self.role {
             RoleState::Leader(leader) => leader

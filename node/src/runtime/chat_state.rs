@@ -31,7 +31,9 @@ pub struct ChatState {
     /// The state digest's own connection: a digest scans everything, so at most one runs at
     /// a time (another is refused, not queued), and it takes no connection from queries.
     digest_reader: BlockingPool<ChatReader>,
-    digest_pacer: Mutex<DigestPacer>,
+    /// Shared with the digest's computation, which records its own end: a caller that goes
+    /// away mid-digest (a short `grpc-timeout`) must not let the next digest start at once.
+    digest_pacer: Arc<Mutex<DigestPacer>>,
     applied: Watch<u64>,
     mailboxes: Mutex<BTreeMap<u64, (Watch<u64>, usize)>>,
 }
@@ -85,7 +87,7 @@ impl ChatState {
             writer: Mutex::new(machine),
             readers: BlockingPool::new(readers, READS_WAITING_MAX),
             digest_reader: BlockingPool::new(vec![ChatReader::open_read_only(&path)?], 0),
-            digest_pacer: Mutex::new(DigestPacer { not_before: None }),
+            digest_pacer: Arc::new(Mutex::new(DigestPacer { not_before: None })),
             applied: Watch::new(last_applied),
             mailboxes: Mutex::new(BTreeMap::new()),
         }))
@@ -108,9 +110,15 @@ impl ChatState {
         if !lock(&self.digest_pacer).admits(started) {
             return Err(DigestBusy);
         }
-        let digest = self.digest_reader.run(|reader| reader.state_digest_at_applied()).await.map_err(|_| DigestBusy)?;
-        lock(&self.digest_pacer).finished(started, crate::seam::monotonic_now());
-        Ok(digest)
+        let pacer = Arc::clone(&self.digest_pacer);
+        self.digest_reader
+            .run(move |reader| {
+                let digest = reader.state_digest_at_applied();
+                lock(&pacer).finished(started, crate::seam::monotonic_now());
+                digest
+            })
+            .await
+            .map_err(|_| DigestBusy)
     }
 
     /// Applies committed log entries (`None`: an entry that is not a chat command) in one

@@ -27,8 +27,8 @@ use crate::storage::{
     ClusterIdentity, Creation, DataDir, DataDirError, LogStore, LogStoreError, LogStoreFactory, SharedLog, SqliteLog,
 };
 use crate::transport::{
-    GrpcTransport, PEER_DELIVERIES_MAX, PEER_DELIVERIES_PER_CONNECTION_MAX, RAFT_BATCH_BYTES_MAX, RaftService,
-    peer_inbox,
+    GrpcTransport, PEER_DELIVERIES_MAX, PEER_DELIVERIES_PER_CONNECTION_MAX, PEER_DELIVERY_TIMEOUT,
+    PEER_KEEPALIVE_INTERVAL, PEER_KEEPALIVE_TIMEOUT, RAFT_BATCH_BYTES_MAX, RaftService, peer_inbox,
 };
 use crate::watch::Watch;
 
@@ -136,7 +136,7 @@ pub async fn run_node(
     let stream_ends = StreamEnds {
         stopping: stopping.clone(),
         fault: raft.watch_fault(),
-        status: raft.watch_status(),
+        leader_known: raft.watch_leader_known(),
         // Two election timeouts: an election that was going to succeed is over by then.
         leaderless_max: Duration::from_millis(2 * cluster.timing.election_timeout_max_ms),
     };
@@ -159,6 +159,9 @@ pub async fn run_node(
         .add_service(ClusterServer::new(cluster_service));
     let raft_service = RaftService::new(cluster.cluster_id.clone(), node_id, cluster.member_ids(), inbox_tx);
     let peer_router = tonic::transport::Server::builder()
+        .timeout(PEER_DELIVERY_TIMEOUT)
+        .http2_keepalive_interval(Some(PEER_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(PEER_KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(PEER_DELIVERIES_PER_CONNECTION_MAX as u32)
         .concurrency_limit_per_connection(PEER_DELIVERIES_PER_CONNECTION_MAX)
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(PEER_DELIVERIES_MAX))

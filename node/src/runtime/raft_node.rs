@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{ChatState, ProposeError, Proposer};
 use crate::chat::{Outcome, StateMachineError};
 use crate::replication::{
-    self, Entry, LogIndex, NodeId, Payload, Ready, Replica, ReplicaStatus, Role, StorageError, Term,
+    self, Entry, FollowerStatus, LogIndex, NodeId, Payload, Ready, Replica, ReplicaStatus, Role, StorageError, Term,
 };
 use crate::seam::{MonotonicClock, NodeClock, run_blocking};
 use crate::storage::SharedLog;
@@ -36,7 +36,7 @@ const INPUT_QUEUE_MAX: usize = 4096;
 /// Inputs taken in one turn of the loop before the next `Ready` (bounds latency under load).
 const INPUTS_PER_TURN_MAX: usize = 1024;
 /// How often the background scrub verifies another stretch of the log, and how much: at
-/// most 256 records and 1 MiB a step, so at most 10 MiB/s read from the disk (a log of a
+/// most 256 records and about 1 MiB a step, so about 10 MiB/s read from the disk at most (a log of a
 /// million small entries is verified in about seven minutes), each step a few
 /// milliseconds of the loop. Between whole passes it pauses: a small log is not re-read
 /// ten times a second.
@@ -95,6 +95,10 @@ enum Input {
 pub struct RaftHandle {
     inputs: mpsc::Sender<Input>,
     status: Watch<NodeStatus>,
+    /// Whether this node knows a leader: `status.leader.is_some()`, in a watch of its own
+    /// that changes only when that does (the status changes at nearly every step, and every
+    /// live stream waits on this).
+    leader_known: Watch<bool>,
     /// Why this node takes no part in replication, once its log was found corrupt.
     fault: Watch<Option<String>>,
     clock: MonotonicClock,
@@ -112,6 +116,11 @@ impl RaftHandle {
 
     pub fn watch_status(&self) -> Watch<NodeStatus> {
         self.status.clone()
+    }
+
+    /// Whether this node knows a leader, to wait on: it changes only when that does.
+    pub fn watch_leader_known(&self) -> Watch<bool> {
+        self.leader_known.clone()
     }
 
     /// Why this node takes no part in replication, if it does not (its log was found
@@ -200,6 +209,7 @@ pub struct RaftRuntime<T> {
     inbox: InboxReceiver,
     inputs: mpsc::Receiver<Input>,
     status: Watch<NodeStatus>,
+    leader_known: Watch<bool>,
     fault: Watch<Option<String>>,
     /// When the background scrub takes its next step.
     next_scrub: tokio::time::Instant,
@@ -249,6 +259,7 @@ pub fn start_runtime<T: Transport>(
         applied_index: applied,
         last_log_index: replica.last_index(),
     };
+    let leader_known = Watch::new(initial.leader.is_some());
     let status = Watch::new(initial);
     let fault = Watch::new(None);
     let runtime = RaftRuntime {
@@ -261,6 +272,7 @@ pub fn start_runtime<T: Transport>(
         inbox,
         inputs,
         status: status.clone(),
+        leader_known: leader_known.clone(),
         fault: fault.clone(),
         next_scrub: crate::seam::monotonic_now() + SCRUB_INTERVAL,
         proposals: BTreeMap::new(),
@@ -269,7 +281,7 @@ pub fn start_runtime<T: Transport>(
         next_read_context: 1,
         observer,
     };
-    Ok((runtime, RaftHandle { inputs: inputs_tx, status, fault, clock }))
+    Ok((runtime, RaftHandle { inputs: inputs_tx, status, leader_known, fault, clock }))
 }
 
 impl<T: Transport> RaftRuntime<T> {
@@ -373,6 +385,7 @@ impl<T: Transport> RaftRuntime<T> {
             last_log_index,
         };
         self.status.set(status);
+        self.leader_known.set_if(|known| std::mem::replace(known, false));
         for (_, (_, reply)) in std::mem::take(&mut self.proposals) {
             let _ = reply.send(Err(ProposeError::OutcomeUnknown(refusal.clone())));
         }
@@ -466,8 +479,17 @@ impl<T: Transport> RaftRuntime<T> {
                 }
             }
             Input::HandOver { reply } => {
+                // The most up-to-date of the followers heard from lately (a down one, even
+                // as up to date, would only make the cluster wait out the transfer).
                 let status = self.replica.status();
-                let target = status.followers.iter().max_by_key(|(id, f)| (f.match_index, **id)).map(|(id, _)| *id);
+                let now = self.clock.now_ms();
+                let recent = self.replica.config().election_timeout_min_ms;
+                let heard = |f: &FollowerStatus| f.last_contact_ms.is_some_and(|t| now.saturating_sub(t) < recent);
+                let target = status
+                    .followers
+                    .iter()
+                    .max_by_key(|(id, f)| (heard(f), f.match_index, f.last_contact_ms, **id))
+                    .map(|(id, _)| *id);
                 let target = target.filter(|&id| self.replica.transfer_leadership(id).is_ok());
                 let _ = reply.send(target);
             }
@@ -583,11 +605,13 @@ impl<T: Transport> RaftRuntime<T> {
             applied_index: self.chat.last_applied(),
             last_log_index: self.replica.last_index(),
         };
+        let leader_known = status.leader.is_some();
         self.status.set_if(|current| {
             let changed = *current != status;
             *current = status;
             changed
         });
+        self.leader_known.set_if(|known| std::mem::replace(known, leader_known) != leader_known);
     }
 }
 

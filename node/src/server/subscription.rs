@@ -25,7 +25,7 @@ use tonic::{Code, Status};
 
 use super::status;
 use crate::chat::MessageView;
-use crate::runtime::{ChatState, MailboxWatch, NodeStatus};
+use crate::runtime::{ChatState, MailboxWatch};
 use crate::watch::Watch;
 
 /// Most messages fetched from the database at once.
@@ -140,15 +140,16 @@ struct Cursor {
 pub struct StreamEnds {
     pub stopping: Watch<bool>,
     pub fault: Watch<Option<String>>,
-    pub status: Watch<NodeStatus>,
+    /// Whether the node knows a leader (it changes only when that does).
+    pub leader_known: Watch<bool>,
     pub leaderless_max: Duration,
 }
 
 /// Returns once the node has known no leader for `max` on end.
-async fn leaderless_for(status: &Watch<NodeStatus>, max: Duration) {
+async fn leaderless_for(leader_known: &Watch<bool>, max: Duration) {
     loop {
-        status.wait_for(|status| status.leader.is_none()).await;
-        if tokio::time::timeout(max, status.wait_for(|status| status.leader.is_some())).await.is_err() {
+        leader_known.wait_for(|known| !known).await;
+        if tokio::time::timeout(max, leader_known.wait_for(|known| *known)).await.is_err() {
             return;
         }
     }
@@ -197,7 +198,7 @@ async fn fetch(mut cursor: Cursor) -> (Cursor, Fetched) {
             fault = cursor.ends.fault.wait_for(Option::is_some) => {
                 Some(status::not_applied(fault.unwrap_or_default()))
             }
-            () = leaderless_for(&cursor.ends.status, cursor.ends.leaderless_max) => {
+            () = leaderless_for(&cursor.ends.leader_known, cursor.ends.leaderless_max) => {
                 Some(status::not_applied(format!(
                     "this node has known no leader for {} ms (it may be cut off from the cluster); resume on another node",
                     cursor.ends.leaderless_max.as_millis()

@@ -28,6 +28,14 @@ pub const RAFT_BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
 pub const PEER_DELIVERIES_MAX: usize = 16;
 /// Batches one connection may have under way at once (a peer's link has one).
 pub const PEER_DELIVERIES_PER_CONNECTION_MAX: usize = 2;
+/// Longest a node spends on one batch, reading included: a sender whose body stalls (a
+/// machine that died mid-send, or someone holding the port's slots) frees its slot by
+/// then. Senders give up after 2 s themselves.
+pub const PEER_DELIVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Peer connections that answer no HTTP/2 ping within the timeout are closed: a dead
+/// machine's half-open connection does not linger.
+pub const PEER_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+pub const PEER_KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Sends the replication core's messages to their destinations.
 pub trait Transport: Send + Sync + 'static {
