@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use super::limits::PAGE_BYTES_MAX;
 use super::outcome::{MessagePage, MessageView};
 use super::state_machine::StateMachineError;
-use crate::storage;
+use crate::sqlite;
 
 /// The account a session token belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,7 +86,7 @@ impl ChatReader {
     /// A read-only connection to the chat database at `path`, which the writer has already
     /// opened (and migrated).
     pub fn open_read_only(path: &Path) -> Result<Self, StateMachineError> {
-        let conn = storage::open_read_only(path)?;
+        let conn = sqlite::open_read_only(path)?;
         Ok(Self { conn, path: path.to_owned() })
     }
 

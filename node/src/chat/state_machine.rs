@@ -21,7 +21,7 @@ use super::queries::{
 };
 use super::schema::MIGRATIONS;
 use super::validate;
-use crate::storage::{self, SqliteError};
+use crate::sqlite::{self, SqliteError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateMachineError {
@@ -56,8 +56,8 @@ impl ChatStateMachine {
     /// Opens (creating if needed) the chat database at `path` and brings its schema up to
     /// date. Read-only connections ([`ChatReader::open_read_only`]) may be opened beside it.
     pub fn open(path: &Path) -> Result<Self, StateMachineError> {
-        let mut conn = storage::open_database(path, storage::Sharing::WithReaders)?;
-        storage::migrate(&mut conn, path, MIGRATIONS)?;
+        let mut conn = sqlite::open_database(path, sqlite::Sharing::WithReaders)?;
+        sqlite::migrate(&mut conn, path, MIGRATIONS)?;
         Ok(Self { db: ChatReader::over(conn, path) })
     }
 
@@ -546,8 +546,8 @@ mod tests {
         let path = dir.path().join("chat.sqlite3");
         let token_hash = vec![7u8; TOKEN_HASH_BYTES];
         {
-            let mut conn = storage::open_database(&path, storage::Sharing::WithReaders).unwrap();
-            storage::migrate(&mut conn, &path, &MIGRATIONS[..3]).unwrap();
+            let mut conn = sqlite::open_database(&path, sqlite::Sharing::WithReaders).unwrap();
+            sqlite::migrate(&mut conn, &path, &MIGRATIONS[..3]).unwrap();
             conn.execute_batch(
                 "INSERT INTO users (user_id, username, password_hash, created_at_ms, dedup_records) VALUES (1, 'al', 'h', 5, 1);
                  INSERT INTO users (user_id, username, password_hash, created_at_ms) VALUES (2, 'bo', 'h', 5);

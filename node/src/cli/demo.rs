@@ -18,7 +18,7 @@ use chorus::client::v1::{
     ReadMessagesRequest, Role, SendMessageRequest, StatusRequest,
 };
 use chorus::client::{ClusterClient, RetryPolicy, SendSequence, new_request_id};
-use chorus::runtime::{ClusterConfig, MemberConfig, Timing};
+use chorus::cluster_config::{ClusterConfig, MemberConfig, Timing};
 use clap::Args;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use chorus::chat::credentials::PasswordHashCost;
-use chorus::runtime::{ClusterConfig, NodeConfig, run_node};
+use chorus::cluster_config::ClusterConfig;
+use chorus::node::{NodeConfig, run_node};
 use clap::{Args, ValueEnum};
 
 #[derive(Debug, Args)]

@@ -7,9 +7,7 @@
 //! log ([`RaftHandle`], [`RaftRuntime`]); a single node is a cluster of one.
 
 mod chat_state;
-mod cluster_config;
-mod node;
-mod raft_node;
+mod raft_runtime;
 
 use std::future::Future;
 
@@ -18,9 +16,7 @@ use chorus_proto::v1::Command;
 use crate::chat::Outcome;
 
 pub use chat_state::{ChatState, DigestBusy, MailboxWatch, READS_WAITING_MAX, ReadError};
-pub use cluster_config::{ClusterConfig, ClusterConfigError, MemberConfig, Timing};
-pub use node::{BoundAddresses, NodeConfig, NodeError, run_node};
-pub use raft_node::{
+pub use raft_runtime::{
     HandOver, NodeStatus, RaftHandle, RaftRuntime, ReplicaSetup, ReplicationObserver, RuntimeError, start_runtime,
 };
 

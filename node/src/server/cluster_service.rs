@@ -7,8 +7,9 @@ use chorus_proto::v1::{self as pb, StatusRequest, StatusResponse};
 use tonic::{Request, Response, Status};
 
 use super::status;
+use crate::cluster_config::ClusterConfig;
 use crate::replication::Role;
-use crate::runtime::{ChatState, ClusterConfig, RaftHandle};
+use crate::runtime::{ChatState, RaftHandle};
 
 pub struct ClusterService {
     node_id: u64,

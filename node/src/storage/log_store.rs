@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::raft_log::{ClusterIdentity, LogStoreError};
+use super::sqlite_log::{ClusterIdentity, LogStoreError};
 use crate::replication::{Entry, HardState, LogIndex, Storage, StorageError, Term};
 
 /// Whether opening a log may initialize an empty one.

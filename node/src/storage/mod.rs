@@ -3,10 +3,8 @@
 
 mod data_dir;
 mod log_store;
-mod raft_log;
-mod sqlite;
+mod sqlite_log;
 
 pub use data_dir::{DataDir, DataDirError};
 pub use log_store::{Creation, LogStore, LogStoreFactory, ScrubProgress, SharedLog};
-pub use raft_log::{ClusterIdentity, LogStoreError, SqliteLog};
-pub use sqlite::{Sharing, SqliteError, migrate, open_database, open_read_only};
+pub use sqlite_log::{ClusterIdentity, LogStoreError, SqliteLog};

@@ -14,13 +14,12 @@ use chorus_proto::v1::cluster_server::ClusterServer;
 use chorus_proto::v1::raft_server::RaftServer;
 use rand::RngCore;
 
-use super::ChatState;
-use super::cluster_config::ClusterConfig;
-use super::raft_node::{HandOver, ReplicaSetup, ReplicationObserver, RuntimeError, start_runtime};
 use crate::chat::credentials::{CredentialError, PasswordHashCost, PasswordHasher};
 use crate::chat::limits::REQUEST_BYTES_MAX;
 use crate::chat::{ChatStateMachine, StateMachineError};
+use crate::cluster_config::ClusterConfig;
 use crate::replication::{NodeId, ReplicaError};
+use crate::runtime::{ChatState, HandOver, ReplicaSetup, ReplicationObserver, RuntimeError, start_runtime};
 use crate::seam::{NodeClock, os_seeded_rng};
 use crate::server::{ChatService, ClusterService, LeaderHints, StreamEnds};
 use crate::storage::{

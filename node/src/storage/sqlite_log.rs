@@ -17,8 +17,8 @@ use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::log_store::{Creation, LogStore, ScrubProgress};
-use super::sqlite::{Sharing, SqliteError, migrate, open_database};
 use crate::replication::{Entry, HardState, LogIndex, NodeId, Payload, Storage, StorageError, Term};
+use crate::sqlite::{Sharing, SqliteError, migrate, open_database};
 
 /// What a data directory belongs to: checked at every start.
 #[derive(Debug, Clone, PartialEq, Eq)]
