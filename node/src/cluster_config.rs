@@ -19,11 +19,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::replication::{ConfigError, NodeId, ReplicaConfig};
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     pub cluster_id: String,
@@ -32,7 +32,7 @@ pub struct ClusterConfig {
     pub members: Vec<MemberConfig>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Timing {
     #[serde(default = "defaults::heartbeat_interval_ms")]
@@ -65,13 +65,13 @@ mod defaults {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemberConfig {
     pub id: NodeId,
     pub peer_address: String,
     pub client_address: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
 }
 
@@ -97,6 +97,8 @@ pub enum ClusterConfigError {
     NotAMember { id: NodeId, members: String },
     #[error("timing: {0}")]
     Timing(#[from] ConfigError),
+    #[error("cannot write the configuration as TOML: {0}")]
+    Unwritable(String),
 }
 
 impl ClusterConfig {
@@ -105,6 +107,16 @@ impl ClusterConfig {
         let config: Self = toml::from_str(text).map_err(|e| ClusterConfigError::Syntax(e.to_string()))?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The configuration as `cluster.toml` text that [`ClusterConfig::from_toml`] reads back
+    /// unchanged, under `header` (comment lines, each starting with `#`). Strings and
+    /// paths are escaped as TOML wants them.
+    /// A path that is not UTF-8 cannot be written.
+    pub fn to_toml(&self, header: &str) -> Result<String, ClusterConfigError> {
+        assert!(header.lines().all(|line| line.starts_with('#')), "a header is comment lines");
+        let body = toml::to_string(self).map_err(|e| ClusterConfigError::Unwritable(e.to_string()))?;
+        Ok(if header.is_empty() { body } else { format!("{header}\n\n{body}") })
     }
 
     /// A cluster of one node, for running without a configuration file.
@@ -223,6 +235,16 @@ data_dir = "/tmp/x"
         assert_eq!(config.timing.election_timeout_min_ms, 1000);
         assert_eq!(config.member(2).unwrap().data_dir, Some(PathBuf::from("/tmp/x")));
         assert!(matches!(config.member(3), Err(ClusterConfigError::NotAMember { id: 3, .. })));
+    }
+
+    #[test]
+    fn the_written_file_reads_back_the_same_whatever_the_paths_hold() {
+        let mut config = ClusterConfig::from_toml(GOOD).unwrap();
+        // Quotes, backslashes, a newline and non-ASCII: Rust's Debug quoting is not TOML's.
+        config.members[0].data_dir = Some(PathBuf::from("/tmp/a \"quoted\" \\ dir\n\u{e9}t\u{e9}"));
+        let text = config.to_toml("# written by a test\n# second line").unwrap();
+        assert!(text.starts_with("# written by a test\n"), "{text}");
+        assert_eq!(ClusterConfig::from_toml(&text).unwrap(), config);
     }
 
     #[test]

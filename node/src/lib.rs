@@ -5,7 +5,8 @@
 //!
 //! - [`seam`]: the one place that reads the clock and the OS's randomness; [`bugs`]: the
 //!   planted mistakes the simulation must catch (off unless asked for).
-//! - [`watch`], [`blocking_pool`], [`sqlite`]: small tools the layers above share.
+//! - [`watch`], [`blocking_pool`], [`sqlite`], [`backoff`]: small tools the layers above
+//!   share.
 //! - [`replication`]: the Raft core (knows nothing of chat, gRPC or SQLite).
 //! - [`cluster_config`]: the `cluster.toml` format: the members and the timing.
 //! - [`chat`]: the chat state machine (knows nothing of replication).
@@ -16,10 +17,13 @@
 //! - [`server`]: the gRPC services clients call.
 //! - [`node`]: the composition root, a running node made of all of the above.
 //! - [`client`]: the client library the CLI uses; it knows only the protocol.
+//! - [`supervisor`]: a cluster of node processes on this machine (`chorus demo`, the
+//!   end-to-end tests).
 
 pub mod bugs;
 pub mod seam;
 
+pub mod backoff;
 pub mod blocking_pool;
 pub mod sqlite;
 pub mod watch;
@@ -38,3 +42,6 @@ pub mod server;
 pub mod node;
 
 pub mod client;
+
+#[cfg(not(madsim))]
+pub mod supervisor;

@@ -237,7 +237,7 @@ async fn garbage_and_wrong_cluster_raft_messages_are_refused_and_logged() {
     let mut client = cluster.client(Duration::from_secs(20));
     let alice = create_and_login(&mut client, "alice").await;
     create_and_login(&mut client, "bob").await;
-    let config = std::fs::read_to_string(&cluster.config_path).unwrap();
+    let config = std::fs::read_to_string(cluster.config_path()).unwrap();
     let peer_address = config
         .lines()
         .find_map(|line| line.strip_prefix("peer_address = \""))

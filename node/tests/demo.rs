@@ -77,11 +77,16 @@ impl DemoShell {
     fn status_row_with_role(&mut self, role: &str) -> u64 {
         self.type_line("status");
         self.expect("> status");
+        // A table row: cells between `│` borders and `┆` separators.
+        let cells = |line: &str| -> Vec<String> {
+            line.split(['│', '┆']).map(str::trim).filter(|cell| !cell.is_empty()).map(str::to_owned).collect()
+        };
         let row = self.expect_line(&format!("a status row with role {role}"), |line| {
-            let mut columns = line.split_whitespace();
-            columns.next().is_some_and(|node| node.parse::<u64>().is_ok()) && columns.next() == Some(role)
+            let cells = cells(line);
+            cells.first().is_some_and(|node| node.parse::<u64>().is_ok())
+                && cells.get(1).map(String::as_str) == Some(role)
         });
-        row.split_whitespace().next().unwrap().parse().unwrap()
+        cells(&row)[0].parse().unwrap()
     }
 
     /// Waits until a line containing each of `expected` has appeared, in any order (a

@@ -200,7 +200,7 @@ async fn digests_and_a_thousand_subscriptions_do_not_stall_replication() {
         ClusterOptions { fast_password_hashing: true, ..ClusterOptions::production() },
     );
     let leader = cluster.wait_for_leader(Duration::from_secs(30)).await;
-    let leader_address = cluster.nodes[&leader].client_address.clone();
+    let leader_address = cluster.client_address(leader);
     let mut client = cluster.client(Duration::from_secs(30));
     // 63 accounts of 16 live streams each (an account's most on a node): 1,008 streams.
     let users: Vec<String> = (0..63).map(|n| format!("user{n}")).collect();
@@ -352,7 +352,7 @@ async fn a_thousand_slow_subscribers_keep_memory_flat() {
     let cluster = TestCluster::start(dir.path(), 3);
     let leader = cluster.wait_for_leader(Duration::from_secs(30)).await;
     let follower = (1..=3).find(|&id| id != leader).unwrap();
-    let follower_address = cluster.nodes[&follower].client_address.clone();
+    let follower_address = cluster.client_address(follower);
     let mut client = cluster.client(Duration::from_secs(60));
     // 125 accounts of 8 streams each.
     let users: Vec<String> = (0..125).map(|n| format!("slow{n}")).collect();

@@ -13,16 +13,18 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("watch", &[]),
     ("blocking_pool", &["seam"]),
     ("sqlite", &[]),
+    ("backoff", &[]),
     ("replication", &["bugs"]),
     ("cluster_config", &["replication"]),
     ("chat", &["bugs", "seam", "sqlite"]),
     ("storage", &["bugs", "replication", "sqlite"]),
-    ("transport", &["bugs", "replication", "seam", "watch"]),
+    ("transport", &["backoff", "bugs", "replication", "seam", "watch"]),
     ("runtime", &["blocking_pool", "bugs", "chat", "replication", "seam", "sqlite", "storage", "transport", "watch"]),
     ("server", &["blocking_pool", "chat", "cluster_config", "replication", "runtime", "seam", "watch"]),
     (
         "node",
         &[
+            "backoff",
             "blocking_pool",
             "bugs",
             "chat",
@@ -38,7 +40,9 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     // The client knows the protocol (the proto crate) and nothing of the node.
-    ("client", &["seam"]),
+    ("client", &["backoff", "seam"]),
+    // Starts node processes; knows the configuration format and the protocol.
+    ("supervisor", &["cluster_config", "replication", "seam"]),
 ];
 
 /// External crates a module must not name: the core runs in any runtime and under any

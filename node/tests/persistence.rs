@@ -3,7 +3,11 @@
 
 mod common;
 
+use std::time::Duration;
+
 use chorus::client::v1::{LoginRequest, ReadMessagesRequest, SendMessageRequest, SubscribeRequest};
+use chorus::cluster_config::{ClusterConfig, MemberConfig, Timing};
+use chorus::supervisor::NodeProcess;
 use common::{TestNode, account, login};
 use tonic::Code;
 
@@ -117,17 +121,20 @@ fn a_corrupt_database_is_refused_with_a_clear_error() {
 fn a_node_refuses_data_or_configs_that_do_not_fit() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    // Written unchecked: some of these configurations are wrong on purpose.
     let write_config = |name: &str, cluster_id: &str, ids: &[u64]| {
-        let mut text = format!("cluster_id = \"{cluster_id}\"\n");
-        for id in ids {
-            text.push_str(&format!(
-                "[[members]]\nid = {id}\npeer_address = \"127.0.0.1:{}\"\nclient_address = \"127.0.0.1:{}\"\n",
-                17100 + id,
-                17200 + id
-            ));
-        }
+        let members = ids
+            .iter()
+            .map(|&id| MemberConfig {
+                id,
+                peer_address: format!("127.0.0.1:{}", 17100 + id),
+                client_address: format!("127.0.0.1:{}", 17200 + id),
+                data_dir: None,
+            })
+            .collect();
+        let config = ClusterConfig { cluster_id: cluster_id.to_owned(), timing: Timing::default(), members };
         let path = dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
+        std::fs::write(&path, config.to_toml("").unwrap()).unwrap();
         path
     };
     let run = |config: &std::path::Path, id: u64| {
@@ -143,19 +150,9 @@ fn a_node_refuses_data_or_configs_that_do_not_fit() {
     };
     // Create the data directory as member 1 of cluster "alpha", then stop.
     let alpha = write_config("alpha.toml", "alpha", &[1]);
-    let mut node = std::process::Command::new(common::BINARY)
-        .args(["node", "--id", "1", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&alpha)
-        .arg("--data-dir")
-        .arg(&data)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(node.stdout.take().unwrap()), &mut line).unwrap();
-    assert!(line.contains("listening on"), "{line}");
-    node.kill().unwrap();
-    node.wait().unwrap();
+    let mut node = std::process::Command::new(common::BINARY);
+    node.args(["node", "--id", "1", "--listen", "127.0.0.1:0", "--config"]).arg(&alpha).arg("--data-dir").arg(&data);
+    NodeProcess::start(node, Duration::from_secs(30)).unwrap().kill().unwrap();
 
     let cases = [
         (write_config("beta.toml", "beta", &[1]), 1, "belongs to cluster 'alpha'"),

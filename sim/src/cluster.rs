@@ -282,10 +282,8 @@ impl SimCluster {
                 .iter()
                 .map(|(id, view)| match view {
                     Some((applied, commit, digest)) => {
-                        format!(
-                            "node {id}: applied {applied}, commit {commit}, digest {:02x?}",
-                            &digest[..4.min(digest.len())]
-                        )
+                        let digest = hex::encode(&digest[..4.min(digest.len())]);
+                        format!("node {id}: applied {applied}, commit {commit}, digest {digest}")
                     }
                     None => format!("node {id}: no answer"),
                 })

@@ -226,7 +226,7 @@ fn trace_hash(history: &History, nemesis: &Nemesis) -> String {
     hasher.update(format!("{:?}", history.raw_deliveries));
     hasher.update(format!("{:?}", history.final_mailboxes));
     hasher.update(nemesis.timeline_text());
-    hasher.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
+    hex::encode(&hasher.finalize()[..8])
 }
 
 /// Runs seed `seed` of the first power-loss scenario under madsim's own determinism check,

@@ -185,7 +185,7 @@ const TOKEN_BYTES: usize = 32;
 pub fn new_session_token(rng: &mut impl RngCore) -> String {
     let mut secret = [0u8; TOKEN_BYTES];
     rng.fill_bytes(&mut secret);
-    secret.iter().map(|byte| format!("{byte:02x}")).collect()
+    hex::encode(secret)
 }
 
 /// The SHA-256 of a token as the client presents it: what the database stores and what

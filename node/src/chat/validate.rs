@@ -187,12 +187,7 @@ pub fn message_ids(ids: &[u64]) -> Result<Vec<u64>, InvalidInput> {
 
 /// Encodes the last name of a page as an opaque continuation token.
 pub fn encode_page_token(last_username: &str) -> String {
-    let mut token = String::with_capacity(3 + 2 * last_username.len());
-    token.push_str("p1.");
-    for byte in last_username.bytes() {
-        token.push_str(&format!("{byte:02x}"));
-    }
-    token
+    format!("p1.{}", hex::encode(last_username))
 }
 
 /// Decodes a token made by [`encode_page_token`]; `None` for the empty (first-page) token.
@@ -201,19 +196,15 @@ pub fn decode_page_token(token: &str) -> Result<Option<String>, InvalidInput> {
         return Ok(None);
     }
     let hex = token.strip_prefix("p1.").ok_or(InvalidInput::PageTokenInvalid)?;
-    let bytes = decode_hex(hex).ok_or(InvalidInput::PageTokenInvalid)?;
+    if hex.len() > 2 * USERNAME_LEN_MAX {
+        return Err(InvalidInput::PageTokenInvalid);
+    }
+    let bytes = hex::decode(hex).map_err(|_| InvalidInput::PageTokenInvalid)?;
     let name = String::from_utf8(bytes).map_err(|_| InvalidInput::PageTokenInvalid)?;
     match canonical_username(&name) {
         Ok(canonical) if canonical == name => Ok(Some(name)),
         _ => Err(InvalidInput::PageTokenInvalid),
     }
-}
-
-fn decode_hex(hex: &str) -> Option<Vec<u8>> {
-    if !hex.len().is_multiple_of(2) || hex.len() > 2 * USERNAME_LEN_MAX {
-        return None;
-    }
-    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect()
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@ use std::time::Duration;
 use anyhow::Result;
 use chorus::client::ClusterClient;
 use chorus::client::v1::{Role, StatusRequest, StatusResponse};
+use comfy_table::presets::UTF8_FULL_CONDENSED;
+use comfy_table::{CellAlignment, Table};
 
 /// How long one node may take to answer.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -56,10 +58,6 @@ pub async fn print(client: &mut ClusterClient) -> Result<()> {
     if let Some(cluster_id) = answers.values().flatten().map(|a| a.cluster_id.clone()).next() {
         println!("cluster {cluster_id}");
     }
-    println!(
-        "{:<5} {:<13} {:>5} {:>6} {:>8} {:>8} {:>8} {:>8} {:>10}  address",
-        "node", "role", "term", "leader", "commit", "applied", "last", "match", "contact"
-    );
     let mut rows: Vec<(u64, String, Option<&StatusResponse>)> = Vec::new();
     for (address, answer) in &answers {
         let id = answer
@@ -70,13 +68,32 @@ pub async fn print(client: &mut ClusterClient) -> Result<()> {
         rows.push((id, address.clone(), answer.as_ref()));
     }
     rows.sort_by_key(|(id, address, _)| (*id, address.clone()));
+    let mut table = Table::new();
+    table.load_style(UTF8_FULL_CONDENSED).set_header([
+        "node", "role", "term", "leader", "commit", "applied", "last", "match", "contact", "address", "note",
+    ]);
+    for column in 2..=8 {
+        if let Some(column) = table.column_mut(column) {
+            column.set_cell_alignment(CellAlignment::Right);
+        }
+    }
     for (id, address, answer) in rows {
         let node = if id == 0 { "?".to_owned() } else { id.to_string() };
         let Some(a) = answer else {
-            println!(
-                "{node:<5} {:<13} {:>5} {:>6} {:>8} {:>8} {:>8} {:>8} {:>10}  {address}  UNREACHABLE",
-                "-", "-", "-", "-", "-", "-", "-", "-"
-            );
+            let dash = || "-".to_owned();
+            table.add_row([
+                node,
+                dash(),
+                dash(),
+                dash(),
+                dash(),
+                dash(),
+                dash(),
+                dash(),
+                dash(),
+                address,
+                "UNREACHABLE".to_owned(),
+            ]);
             continue;
         };
         let role = match a.role() {
@@ -90,11 +107,21 @@ pub async fn print(client: &mut ClusterClient) -> Result<()> {
         let (matched, contact) = leader_view.get(&a.node_id).copied().unwrap_or((None, None));
         let matched = matched.map_or("-".to_owned(), |m| m.to_string());
         let contact = contact.map_or("-".to_owned(), |ms| format!("{ms} ms"));
-        let fault = if a.fault.is_empty() { String::new() } else { format!("  FAULT: {}", a.fault) };
-        println!(
-            "{node:<5} {role:<13} {:>5} {leader:>6} {:>8} {:>8} {:>8} {matched:>8} {contact:>10}  {address}{fault}",
-            a.term, a.commit_index, a.applied_index, a.last_log_index
-        );
+        let note = if a.fault.is_empty() { String::new() } else { format!("FAULT: {}", a.fault) };
+        table.add_row([
+            node,
+            role.to_owned(),
+            a.term.to_string(),
+            leader,
+            a.commit_index.to_string(),
+            a.applied_index.to_string(),
+            a.last_log_index.to_string(),
+            matched,
+            contact,
+            address,
+            note,
+        ]);
     }
+    println!("{table}");
     Ok(())
 }

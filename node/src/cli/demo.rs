@@ -6,22 +6,21 @@
 //! one, so a script (or a test) drives the demo exactly as a person would.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use chorus::client::v1::{
     CreateAccountRequest, DeleteMessagesRequest, HistoryRequest, ListAccountsRequest, LoginRequest,
-    ReadMessagesRequest, Role, SendMessageRequest, StatusRequest,
+    ReadMessagesRequest, SendMessageRequest,
 };
 use chorus::client::{ClusterClient, RetryPolicy, SendSequence, new_request_id};
-use chorus::cluster_config::{ClusterConfig, MemberConfig, Timing};
+use chorus::cluster_config::Timing;
+use chorus::supervisor::{Launch, LocalCluster};
 use clap::Args;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, ChildStdout, Command};
+use rustyline::DefaultEditor;
+use rustyline::error::ReadlineError;
 use tokio::task::JoinHandle;
 
 use super::format::message_line;
@@ -66,124 +65,87 @@ commands:
 
 pub fn run(args: DemoArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let dir = match args.dir {
             Some(dir) => dir,
             None => std::env::temp_dir().join(format!("chorus-demo-{}", chorus::seam::unix_time_ms())),
         };
         let mut demo = Demo::start(dir, args.nodes).await?;
         let result = demo.shell().await;
-        demo.stop_all().await;
+        demo.stop_all();
         result
-    })
-}
-
-/// One node process the demo manages.
-struct DemoNode {
-    id: u64,
-    data_dir: PathBuf,
-    /// This demo created the cluster and has not started the node yet: its first start
-    /// initializes its data directory (`--bootstrap`).
-    bootstrap: bool,
-    process: Option<(Child, ChildStdout)>,
+    });
+    // A line being read when the shell ended (Ctrl-C) is not waited for.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    result
 }
 
 struct Demo {
-    dir: PathBuf,
-    config_path: PathBuf,
-    nodes: BTreeMap<u64, DemoNode>,
+    cluster: LocalCluster,
     client: ClusterClient,
     /// Sessions of the users logged in during this demo: token and send numbering.
     sessions: BTreeMap<String, (String, SendSequence)>,
     current_user: Option<String>,
     watches: Vec<JoinHandle<()>>,
-    echo_commands: bool,
+    /// Where commands come from: a line editor on a terminal, else stdin, echoed.
+    input: Option<ShellInput>,
 }
 
 impl Demo {
     async fn start(dir: PathBuf, nodes: u64) -> Result<Self> {
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create demo directory {}", dir.display()))?;
-        let config_path = dir.join("cluster.toml");
-        let new = !config_path.exists();
-        let config = if !new {
+        let launch = Launch { start_timeout: NODE_START_TIMEOUT, ..Launch::new(std::env::current_exe()?) };
+        let cluster = if dir.join("cluster.toml").exists() {
             println!("Chorus demo: reusing the cluster in {}", dir.display());
-            let text = std::fs::read_to_string(&config_path)?;
-            ClusterConfig::from_toml(&text).with_context(|| format!("in {}", config_path.display()))?
+            LocalCluster::open(&dir, launch)?
         } else {
             println!("Chorus demo: a new {nodes}-node cluster in {}", dir.display());
-            let config = new_cluster(&dir, nodes)?;
-            std::fs::write(&config_path, render(&config))?;
-            config
+            LocalCluster::create(&dir, "chorus-demo", nodes, Timing::default(), CONFIG_HEADER, launch)?
         };
-        let servers: Vec<String> = config.members.iter().map(|m| m.client_address.clone()).collect();
         let policy = RetryPolicy { call_deadline: CALL_DEADLINE, ..RetryPolicy::default() };
+        let input = ShellInput::new(&dir);
         let mut demo = Self {
-            nodes: config
-                .members
-                .iter()
-                .map(|m| {
-                    let data_dir = m.data_dir.clone().unwrap_or_else(|| dir.join(format!("node-{}", m.id)));
-                    (m.id, DemoNode { id: m.id, data_dir, bootstrap: new, process: None })
-                })
-                .collect(),
-            dir,
-            config_path,
-            client: ClusterClient::new(&servers, policy)?,
+            client: ClusterClient::new(&cluster.client_addresses(), policy)?,
+            cluster,
             sessions: BTreeMap::new(),
             current_user: None,
             watches: Vec::new(),
-            echo_commands: !std::io::stdin().is_terminal(),
+            input: Some(input),
         };
-        for node in demo.nodes.values_mut() {
-            start_node(node, &demo.config_path).await?;
+        for id in demo.cluster.ids() {
+            demo.start_node(id)?;
         }
-        let leader = demo.wait_for_leader().await?;
-        println!("{} nodes up; node {leader} is the leader. Type 'help' for commands.", demo.nodes.len());
+        let leader = demo.cluster.wait_for_leader(LEADER_TIMEOUT).await?;
+        println!("{} nodes up; node {leader} is the leader. Type 'help' for commands.", demo.cluster.ids().len());
         Ok(demo)
     }
 
-    async fn wait_for_leader(&mut self) -> Result<u64> {
-        let deadline = chorus::seam::monotonic_now() + LEADER_TIMEOUT;
-        while chorus::seam::monotonic_now() < deadline {
-            for server in 0..self.client.servers().len() {
-                let request = StatusRequest { include_state_digest: false };
-                let answer =
-                    tokio::time::timeout(Duration::from_millis(500), self.client.cluster_of(server).status(request))
-                        .await;
-                if let Ok(Ok(status)) = answer
-                    && status.get_ref().role() == Role::Leader
-                {
-                    return Ok(status.get_ref().node_id);
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        bail!("no leader was elected within {LEADER_TIMEOUT:?}; see the node.log files under {}", self.dir.display())
+    /// Starts a node process and waits for it to say that it listens.
+    fn start_node(&mut self, id: u64) -> Result<()> {
+        // The wait blocks; the watches meanwhile run on the runtime's other threads.
+        let address = tokio::task::block_in_place(|| self.cluster.start(id))?;
+        println!("node {id} up on {address} (pid {})", self.cluster.pid(id).unwrap_or(0));
+        Ok(())
     }
 
     async fn shell(&mut self) -> Result<()> {
-        let mut lines = BufReader::new(tokio::io::stdin()).lines();
         loop {
-            if !self.echo_commands {
-                print_prompt();
-            }
+            let mut input = self.input.take().context("the shell has no input")?;
+            let reading = tokio::task::spawn_blocking(move || {
+                let line = input.read_line();
+                (input, line)
+            });
             let line = tokio::select! {
-                line = lines.next_line() => line.context("cannot read stdin")?,
+                read = reading => {
+                    let (input, line) = read.context("the shell's input reader failed")?;
+                    self.input = Some(input);
+                    line?
+                }
                 _ = tokio::signal::ctrl_c() => None,
             };
-            let Some(line) = line else {
-                if !self.echo_commands {
-                    // Ctrl-D leaves the cursor after the prompt.
-                    println!();
-                }
-                break;
-            };
+            let Some(line) = line else { break };
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
-            }
-            if self.echo_commands {
-                println!("> {line}");
             }
             let words: Vec<&str> = line.split_whitespace().collect();
             if matches!(words[0], "quit" | "exit") {
@@ -207,18 +169,18 @@ impl Demo {
             ["help"] => println!("{HELP}"),
             ["status"] => super::cluster_status::print(&mut self.client).await?,
             ["kill", id] => {
-                let node = self.node(id)?;
-                let Some((mut child, _)) = node.process.take() else { bail!("node {} is not running", node.id) };
-                child.kill().await.context("cannot kill the node")?;
-                println!("node {} killed (SIGKILL)", node.id);
+                let id = self.node(id)?;
+                if !self.cluster.kill(id)? {
+                    bail!("node {id} is not running");
+                }
+                println!("node {id} killed (SIGKILL)");
             }
             ["restart", id] => {
-                let config_path = self.config_path.clone();
-                let node = self.node(id)?;
-                if node.process.is_some() {
-                    bail!("node {} is running; kill it first", node.id);
+                let id = self.node(id)?;
+                if self.cluster.is_running(id) {
+                    bail!("node {id} is running; kill it first");
                 }
-                start_node(node, &config_path).await?;
+                self.start_node(id)?;
             }
             ["create", name, password] => {
                 let response = call!(
@@ -316,10 +278,14 @@ impl Demo {
         Ok(())
     }
 
-    fn node(&mut self, id: &str) -> Result<&mut DemoNode> {
+    /// The node a command names, checked to be a member.
+    fn node(&self, id: &str) -> Result<u64> {
         let id: u64 = id.parse().with_context(|| format!("'{id}' is not a node number"))?;
-        let count = self.nodes.len();
-        self.nodes.get_mut(&id).with_context(|| format!("there is no node {id}: nodes are 1-{count}"))
+        let ids = self.cluster.ids();
+        if !ids.contains(&id) {
+            bail!("there is no node {id}: nodes are {}", ids.iter().map(u64::to_string).collect::<Vec<_>>().join(", "));
+        }
+        Ok(id)
     }
 
     fn token(&self) -> Result<String> {
@@ -334,115 +300,78 @@ impl Demo {
         Ok((token.clone(), sends))
     }
 
-    async fn stop_all(&mut self) {
+    fn stop_all(&mut self) {
         for watch in self.watches.drain(..) {
             watch.abort();
         }
-        for node in self.nodes.values_mut() {
-            if let Some((mut child, _stdout)) = node.process.take() {
-                stop_gracefully(&mut child).await;
+        for id in self.cluster.ids() {
+            if let Err(error) = self.cluster.terminate(id, NODE_STOP_TIMEOUT) {
+                println!("error: {error:#}");
             }
         }
-        println!("all nodes stopped; the data stays in {}", self.dir.display());
-        println!("to see it survived: chorus demo --dir {}", self.dir.display());
-    }
-}
-
-fn print_prompt() {
-    use std::io::Write;
-    print!("chorus> ");
-    let _ = std::io::stdout().flush();
-}
-
-/// A configuration for `nodes` nodes on loopback, on ports free right now.
-fn new_cluster(dir: &Path, nodes: u64) -> Result<ClusterConfig> {
-    // Holding every listener until all ports are chosen keeps them distinct.
-    let listeners = (0..2 * nodes)
-        .map(|_| TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))))
-        .collect::<std::io::Result<Vec<_>>>()
-        .context("cannot find free ports on 127.0.0.1")?;
-    let ports: Vec<u16> = listeners.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<Result<_, _>>()?;
-    drop(listeners);
-    let members = (1..=nodes)
-        .map(|id| MemberConfig {
-            id,
-            client_address: format!("127.0.0.1:{}", ports[2 * (id as usize - 1)]),
-            peer_address: format!("127.0.0.1:{}", ports[2 * (id as usize - 1) + 1]),
-            data_dir: Some(dir.join(format!("node-{id}"))),
-        })
-        .collect();
-    let config = ClusterConfig { cluster_id: "chorus-demo".to_owned(), timing: Timing::default(), members };
-    config.validate()?;
-    Ok(config)
-}
-
-/// The configuration as a `cluster.toml` a person can read and reuse.
-fn render(config: &ClusterConfig) -> String {
-    let mut text = format!(
-        "# Written by `chorus demo`; `chorus node --id N --config <this file>` runs member N.\ncluster_id = \"{}\"\n",
-        config.cluster_id
-    );
-    for member in &config.members {
-        text.push_str(&format!(
-            "\n[[members]]\nid = {}\nclient_address = \"{}\"\npeer_address = \"{}\"\n",
-            member.id, member.client_address, member.peer_address
-        ));
-        if let Some(dir) = &member.data_dir {
-            text.push_str(&format!("data_dir = {:?}\n", dir.display().to_string()));
+        if let Some(input) = &mut self.input {
+            input.save_history();
         }
+        let dir = self.cluster.dir().display();
+        println!("all nodes stopped; the data stays in {dir}");
+        println!("to see it survived: chorus demo --dir {dir}");
     }
-    text
 }
 
-/// Starts a node process and waits for it to report that it listens.
-async fn start_node(node: &mut DemoNode, config: &Path) -> Result<()> {
-    std::fs::create_dir_all(&node.data_dir)?;
-    let log_path = node.data_dir.join("node.log");
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
-    let mut child = Command::new(std::env::current_exe()?)
-        .arg("node")
-        .args(["--id", &node.id.to_string()])
-        .arg("--config")
-        .arg(config)
-        .args(node.bootstrap.then_some("--bootstrap"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .context("cannot start a node process")?;
-    let stdout = child.stdout.take().context("node has no stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let ready = tokio::time::timeout(NODE_START_TIMEOUT, async {
-        while let Some(line) = lines.next_line().await? {
-            if let Some(address) = line.split(" listening on ").nth(1) {
-                return Ok(Some(address.trim().to_owned()));
+/// The top of the `cluster.toml` a demo writes.
+const CONFIG_HEADER: &str = "# Written by `chorus demo`; `chorus node --id N --config <this file>` runs member N.";
+/// Lines of shell history kept in the demo's directory.
+const HISTORY_LINES_MAX: usize = 1000;
+
+/// Where the shell's commands come from.
+enum ShellInput {
+    /// A person at a terminal: line editing and history (kept in the demo's directory).
+    Terminal { editor: Box<DefaultEditor>, history: PathBuf },
+    /// A script on stdin: each command is echoed, so the output reads like a session.
+    Script(std::io::Stdin),
+}
+
+impl ShellInput {
+    fn new(dir: &std::path::Path) -> Self {
+        if std::io::stdin().is_terminal() {
+            let config = rustyline::Config::builder().max_history_size(HISTORY_LINES_MAX);
+            if let Ok(mut editor) = config.and_then(|c| DefaultEditor::with_config(c.auto_add_history(true).build())) {
+                let history = dir.join("shell-history");
+                // No history yet is the normal first start.
+                let _ = editor.load_history(&history);
+                return Self::Terminal { editor: Box::new(editor), history };
             }
         }
-        Ok::<_, anyhow::Error>(None)
-    })
-    .await;
-    let address = match ready {
-        Ok(Ok(Some(address))) => address,
-        Ok(Ok(None)) => bail!("node {} exited while starting; see {}", node.id, log_path.display()),
-        Ok(Err(error)) => return Err(error.context(format!("node {} did not start", node.id))),
-        Err(_) => bail!("node {} did not start within {NODE_START_TIMEOUT:?}; see {}", node.id, log_path.display()),
-    };
-    println!("node {} up on {address} (pid {})", node.id, child.id().unwrap_or(0));
-    node.bootstrap = false;
-    // Keep the pipe open: a node writing to a closed stdout would fail.
-    node.process = Some((child, lines.into_inner().into_inner()));
-    Ok(())
-}
+        Self::Script(std::io::stdin())
+    }
 
-async fn stop_gracefully(child: &mut Child) {
-    if let Some(pid) = child.id() {
-        // SAFETY: kill(2) with a pid this process spawned and has not yet reaped.
-        unsafe {
-            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+    /// The next command line; `None` at the end of input (Ctrl-D) or on Ctrl-C.
+    fn read_line(&mut self) -> Result<Option<String>> {
+        match self {
+            Self::Terminal { editor, .. } => match editor.readline("chorus> ") {
+                Ok(line) => Ok(Some(line)),
+                Err(ReadlineError::Eof | ReadlineError::Interrupted) => Ok(None),
+                Err(error) => Err(error).context("cannot read the terminal"),
+            },
+            Self::Script(stdin) => {
+                let mut line = String::new();
+                if stdin.lock().read_line(&mut line).context("cannot read stdin")? == 0 {
+                    return Ok(None);
+                }
+                let command = line.trim();
+                if !command.is_empty() && !command.starts_with('#') {
+                    println!("> {command}");
+                }
+                Ok(Some(line))
+            }
         }
     }
-    if tokio::time::timeout(NODE_STOP_TIMEOUT, child.wait()).await.is_err() {
-        let _ = child.kill().await;
+
+    fn save_history(&mut self) {
+        if let Self::Terminal { editor, history } = self
+            && let Err(error) = editor.save_history(history)
+        {
+            println!("(the shell history was not saved to {}: {error})", history.display());
+        }
     }
 }

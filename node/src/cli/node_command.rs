@@ -66,7 +66,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
     runtime
         .block_on(run_node(config, shutdown_signal(), move |bound| {
             // Lines on stdout that scripts and tests wait for: the node is up, and where.
-            println!("node {node_id} listening on {}", bound.client);
+            println!("{}", chorus::supervisor::listening_line(node_id, bound.client));
             if let Some(peer) = bound.peer {
                 println!("node {node_id} peers on {peer}");
             }

@@ -60,7 +60,7 @@ pub fn message_digest(to: &str, body: &str) -> String {
     hasher.update(to.to_ascii_lowercase().as_bytes());
     hasher.update([0]);
     hasher.update(body.as_bytes());
-    hasher.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()
+    hex::encode(&hasher.finalize()[..16])
 }
 
 fn first_sequence() -> u64 {
@@ -145,16 +145,17 @@ pub fn load(path: &Path) -> Result<SavedSession> {
 pub fn save(path: &Path, session: &SavedSession) -> Result<()> {
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-    let temporary = path.with_extension("json.tmp");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file =
-        options.open(&temporary).with_context(|| format!("cannot write session file {}", temporary.display()))?;
+    // A temporary file of its own (readable by this user only, 0600), renamed over the
+    // session file: a reader sees the old session or the new one, never half of one, and
+    // two writers never share a temporary file.
+    let mut file = tempfile::Builder::new()
+        .prefix(".session-")
+        .suffix(".tmp")
+        .tempfile_in(parent)
+        .with_context(|| format!("cannot write a session file in {}", parent.display()))?;
     file.write_all(serde_json::to_string_pretty(session)?.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path).with_context(|| format!("cannot write session file {}", path.display()))?;
+    file.as_file().sync_all()?;
+    file.persist(path).with_context(|| format!("cannot write session file {}", path.display()))?;
     Ok(())
 }
 

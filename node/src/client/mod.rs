@@ -17,11 +17,13 @@ use std::time::Duration;
 use chorus_proto::v1::chat_client::ChatClient as GrpcChatClient;
 use chorus_proto::v1::cluster_client::ClusterClient as GrpcClusterClient;
 use chorus_proto::wire;
+use rand::RngCore;
 use rand::rngs::StdRng;
-use rand::{Rng, RngCore};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::backoff::Backoff;
 
 pub use chorus_proto::v1;
 pub use send_sequence::SendSequence;
@@ -200,7 +202,7 @@ impl ClusterClient {
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let deadline = crate::seam::monotonic_now() + self.policy.call_deadline;
-        let mut backoff = self.policy.backoff_min;
+        let mut backoff = self.backoff();
         let mut tried_since_pause = 0;
         let mut last_failure = String::new();
         let mut applied_maybe = false;
@@ -241,11 +243,7 @@ impl ClusterClient {
                 Some(delay) => Some(delay.min(self.policy.backoff_max)),
                 // As many refusals in a row as there are nodes (an election is probably
                 // under way, or hints are stale): wait a little before going round again.
-                None if tried_since_pause >= self.servers.len() => {
-                    let pause = self.jittered(backoff);
-                    backoff = (backoff * 2).min(self.policy.backoff_max);
-                    Some(pause)
-                }
+                None if tried_since_pause >= self.servers.len() => Some(backoff.next_pause()),
                 None => None,
             };
             if let Some(pause) = pause {
@@ -278,10 +276,9 @@ impl ClusterClient {
         self.preferred = (self.preferred + 1) % self.servers.len();
     }
 
-    /// A pause of `backoff` plus up to half of it again, at random.
-    fn jittered(&mut self, backoff: Duration) -> Duration {
-        let jitter_ms = self.rng.random_range(0..=backoff.as_millis() as u64 / 2);
-        backoff + Duration::from_millis(jitter_ms)
+    /// A fresh backoff of the policy's delays, its jitter drawn from this client's seed.
+    fn backoff(&mut self) -> Backoff {
+        Backoff::new(self.policy.backoff_min, self.policy.backoff_max, self.rng.next_u64())
     }
 }
 
@@ -331,7 +328,7 @@ fn cluster_unreachable(deadline: Duration, last_failure: &str, applied_maybe: bo
 pub fn new_request_id() -> String {
     let mut bytes = [0u8; 12];
     crate::seam::os_seeded_rng().fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(bytes)
 }
 
 fn endpoint(server: &str) -> Result<Endpoint, ClientError> {

@@ -8,6 +8,7 @@ use tonic::{Status, Streaming};
 use tonic_types::StatusExt;
 
 use super::{ClusterClient, ErrorVerdict, error_verdict};
+use crate::backoff::Backoff;
 
 pub struct Subscription<'a> {
     client: &'a mut ClusterClient,
@@ -25,7 +26,7 @@ pub struct Subscription<'a> {
     failing_since: Option<tokio::time::Instant>,
     behind_since: Option<tokio::time::Instant>,
     /// The pause before the next attempt, doubled at each failure.
-    backoff: std::time::Duration,
+    backoff: Backoff,
     last_failure: String,
 }
 
@@ -42,7 +43,7 @@ pub struct RawDelivery {
 
 impl<'a> Subscription<'a> {
     pub(super) fn new(client: &'a mut ClusterClient, token: String, after_id: u64) -> Self {
-        let backoff = client.policy().backoff_min;
+        let backoff = client.backoff();
         Self {
             client,
             token,
@@ -126,7 +127,7 @@ impl<'a> Subscription<'a> {
                     // Delivering is the proof of health: failures count afresh from here.
                     self.failing_since = None;
                     self.behind_since = None;
-                    self.backoff = policy.backoff_min;
+                    self.backoff.reset();
                     let fresh = message.id > self.last_delivered;
                     self.last_delivered = self.last_delivered.max(message.id);
                     return Ok(RawDelivery { message, stream: self.streams_opened, fresh });
@@ -156,7 +157,7 @@ impl<'a> Subscription<'a> {
                     self.behind_since.get_or_insert(now);
                 } else {
                     self.behind_since = None;
-                    self.backoff = policy.backoff_min;
+                    self.backoff.reset();
                 }
             } else {
                 self.failing_since.get_or_insert(now);
@@ -167,9 +168,6 @@ impl<'a> Subscription<'a> {
 
     /// Waits before the next attempt, a little longer each time.
     async fn pause(&mut self) {
-        let policy = self.client.policy();
-        let pause = self.client.jittered(self.backoff);
-        tokio::time::sleep(pause).await;
-        self.backoff = (self.backoff * 2).min(policy.backoff_max);
+        tokio::time::sleep(self.backoff.next_pause()).await;
     }
 }

@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use chorus_proto::v1::RaftBatch;
 use chorus_proto::v1::raft_client::RaftClient;
+use rand::RngCore;
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 
 use super::codec::encode_message;
 use super::{RAFT_BATCH_BYTES_MAX, RAFT_BATCH_MESSAGES_MAX, Transport, message_cost};
+use crate::backoff::Backoff;
 use crate::replication::{Message, NodeId};
 use crate::watch::Watch;
 
@@ -23,7 +25,8 @@ const BATCH_BYTES_MAX: usize = RAFT_BATCH_BYTES_MAX / 2;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long one batch RPC may take.
 const DELIVER_TIMEOUT: Duration = Duration::from_secs(2);
-/// Reconnection backoff: doubles from the minimum to the maximum while a peer is down.
+/// Reconnection backoff: doubles from the minimum to the maximum while a peer is down
+/// (plus jitter, so that the links of a restarted node's peers do not all come at once).
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -91,7 +94,7 @@ impl PeerLink {
             }
         };
         let mut client: Option<RaftClient<Channel>> = None;
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX, crate::seam::os_seeded_rng().next_u64());
         // A message that would have overflowed the last batch starts the next one.
         let mut carried: Option<Message> = None;
         loop {
@@ -142,7 +145,7 @@ impl PeerLink {
             };
             let rpc = client.as_mut().expect("connected above").deliver(request);
             match rpc.await {
-                Ok(_) => backoff = BACKOFF_MIN,
+                Ok(_) => backoff.reset(),
                 Err(status) => {
                     tracing::debug!(peer = self.to, %status, "delivery failed");
                     self.dropped.fetch_add(count, Ordering::Relaxed);
@@ -153,8 +156,7 @@ impl PeerLink {
         }
     }
 
-    async fn pause(&self, backoff: &mut Duration) {
-        tokio::time::sleep(*backoff).await;
-        *backoff = (*backoff * 2).min(BACKOFF_MAX);
+    async fn pause(&self, backoff: &mut Backoff) {
+        tokio::time::sleep(backoff.next_pause()).await;
     }
 }

@@ -1,33 +1,21 @@
 //! A cluster of real `chorus node` processes on loopback for end-to-end tests: start,
-//! SIGKILL, SIGTERM and restart members, and ask each for its status.
+//! SIGKILL, SIGTERM and restart members, and ask each for its status. The processes are
+//! `chorus::supervisor`'s, as the demo's are; dropping the cluster kills them.
 
-use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
-use chorus::client::v1::cluster_client::ClusterClient as GrpcClusterClient;
-use chorus::client::v1::{Role, StatusRequest, StatusResponse};
+use chorus::client::v1::StatusResponse;
 use chorus::client::{ClusterClient, RetryPolicy};
+use chorus::cluster_config::Timing;
+use chorus::supervisor::{Launch, LocalCluster};
 
 use super::BINARY;
 
-pub struct ClusterNode {
-    pub id: u64,
-    pub client_address: String,
-    pub log_path: PathBuf,
-    /// Started before: later starts must not pass --bootstrap.
-    started: bool,
-    child: Option<Child>,
-    _stdout: Option<ChildStdout>,
-}
-
+/// A [`LocalCluster`] whose calls panic on failure (a test's failure), with the waits
+/// tests need.
 pub struct TestCluster {
-    pub dir: PathBuf,
-    pub config_path: PathBuf,
-    pub nodes: BTreeMap<u64, ClusterNode>,
-    options: ClusterOptions,
+    pub cluster: LocalCluster,
 }
 
 /// How a test cluster runs.
@@ -65,87 +53,56 @@ impl TestCluster {
     }
 
     pub fn start_with(dir: &Path, size: u64, options: ClusterOptions) -> Self {
-        let cluster_id = options.cluster_id.clone();
-        let (heartbeat, election_min, election_max) = options.timing_ms;
-        let listeners: Vec<TcpListener> =
-            (0..2 * size).map(|_| TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap()).collect();
-        let ports: Vec<u16> = listeners.iter().map(|l| l.local_addr().unwrap().port()).collect();
-        drop(listeners);
-        let mut config = format!(
-            "cluster_id = \"{cluster_id}\"\n[timing]\nheartbeat_interval_ms = {heartbeat}\nelection_timeout_min_ms = {election_min}\nelection_timeout_max_ms = {election_max}\n"
-        );
-        let mut nodes = BTreeMap::new();
-        for id in 1..=size {
-            let client_address = format!("127.0.0.1:{}", ports[2 * (id as usize - 1)]);
-            let peer_address = format!("127.0.0.1:{}", ports[2 * (id as usize - 1) + 1]);
-            let data_dir = dir.join(format!("node-{id}"));
-            config.push_str(&format!(
-                "\n[[members]]\nid = {id}\nclient_address = \"{client_address}\"\npeer_address = \"{peer_address}\"\ndata_dir = {:?}\n",
-                data_dir.display().to_string()
-            ));
-            std::fs::create_dir_all(&data_dir).unwrap();
-            let log_path = dir.join(format!("node-{id}.log"));
-            nodes.insert(id, ClusterNode { id, client_address, log_path, started: false, child: None, _stdout: None });
-        }
-        let config_path = dir.join("cluster.toml");
-        std::fs::write(&config_path, config).unwrap();
-        let mut cluster = Self { dir: dir.to_owned(), config_path, nodes, options };
+        let (heartbeat_interval_ms, election_timeout_min_ms, election_timeout_max_ms) = options.timing_ms;
+        let timing = Timing { heartbeat_interval_ms, election_timeout_min_ms, election_timeout_max_ms };
+        let launch = Launch {
+            fast_password_hashing: options.fast_password_hashing,
+            log_filter: Some("info".to_owned()),
+            ..Launch::new(BINARY)
+        };
+        let cluster = LocalCluster::create(dir, &options.cluster_id, size, timing, "", launch).unwrap();
+        let mut cluster = Self { cluster };
         for id in 1..=size {
             cluster.start_node(id);
         }
         cluster
     }
 
+    pub fn config_path(&self) -> &Path {
+        self.cluster.config_path()
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.cluster.ids()
+    }
+
+    pub fn client_address(&self, id: u64) -> String {
+        self.cluster.client_address(id).unwrap()
+    }
+
     pub fn start_node(&mut self, id: u64) {
-        let node = self.nodes.get_mut(&id).unwrap();
-        assert!(node.child.is_none(), "node {id} is running");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log_path).unwrap();
-        let mut command = Command::new(BINARY);
-        command.args(["node", "--id", &id.to_string(), "--config"]).arg(&self.config_path);
-        if self.options.fast_password_hashing {
-            command.arg("--insecure-fast-password-hashing");
-        }
-        if !node.started {
-            command.arg("--bootstrap");
-        }
-        let mut child = command
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("start chorus node");
-        let (_, stdout) = super::wait_for_ready_line(child.stdout.take().unwrap());
-        node.started = true;
-        node.child = Some(child);
-        node._stdout = Some(stdout);
+        self.cluster.start(id).unwrap_or_else(|error| panic!("{error}"));
     }
 
     /// SIGKILL: no chance to clean up or hand over.
     pub fn kill(&mut self, id: u64) {
-        let node = self.nodes.get_mut(&id).unwrap();
-        if let Some(mut child) = node.child.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
+        self.cluster.kill(id).unwrap();
     }
 
     /// SIGTERM, then waits for the process to exit.
     pub fn terminate(&mut self, id: u64) -> std::process::ExitStatus {
-        let node = self.nodes.get_mut(&id).unwrap();
-        let mut child = node.child.take().expect("node is running");
-        // SAFETY: kill(2) on a child we spawned and have not reaped.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        child.wait().unwrap()
+        let (status, in_time) = self.cluster.terminate(id, Duration::from_secs(60)).unwrap().expect("node is running");
+        assert!(in_time, "node {id} did not stop within a minute of SIGTERM");
+        status
     }
 
     pub fn is_up(&self, id: u64) -> bool {
-        self.nodes[&id].child.is_some()
+        self.cluster.is_running(id)
     }
 
     /// A running node's memory, from /proc: (resident now, peak resident), in bytes.
     pub fn memory_of(&self, id: u64) -> (u64, u64) {
-        let pid = self.nodes[&id].child.as_ref().expect("node is running").id();
+        let pid = self.cluster.pid(id).expect("node is running");
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc is readable");
         let field = |name: &str| {
             status
@@ -159,7 +116,7 @@ impl TestCluster {
     }
 
     pub fn servers(&self) -> Vec<String> {
-        self.nodes.values().map(|n| n.client_address.clone()).collect()
+        self.cluster.client_addresses()
     }
 
     pub fn client(&self, call_deadline: Duration) -> ClusterClient {
@@ -167,29 +124,12 @@ impl TestCluster {
     }
 
     pub async fn status(&self, id: u64, include_state_digest: bool) -> Option<StatusResponse> {
-        let address = format!("http://{}", self.nodes[&id].client_address);
-        let attempt = async {
-            let mut client = GrpcClusterClient::connect(address).await.ok()?;
-            client.status(StatusRequest { include_state_digest }).await.ok().map(|r| r.into_inner())
-        };
-        tokio::time::timeout(Duration::from_secs(5), attempt).await.ok().flatten()
+        self.cluster.status(id, include_state_digest).await
     }
 
     /// Waits for a live node to report itself leader; returns it.
     pub async fn wait_for_leader(&self, timeout: Duration) -> u64 {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while tokio::time::Instant::now() < deadline {
-            for &id in self.nodes.keys() {
-                if self.is_up(id)
-                    && let Some(status) = self.status(id, false).await
-                    && status.role() == Role::Leader
-                {
-                    return id;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("no leader within {timeout:?}");
+        self.cluster.wait_for_leader(timeout).await.unwrap_or_else(|error| panic!("{error}"))
     }
 
     /// Waits until every live node has applied the same index and holds the same chat
@@ -199,7 +139,7 @@ impl TestCluster {
         let mut last = Vec::new();
         while tokio::time::Instant::now() < deadline {
             let mut views = Vec::new();
-            for &id in self.nodes.keys().filter(|id| self.is_up(**id)) {
+            for id in self.ids().into_iter().filter(|&id| self.is_up(id)) {
                 match self.status(id, true).await {
                     Some(status) => views.push((id, status.applied_index, status.commit_index, status.state_digest)),
                     None => views.push((id, 0, u64::MAX, Vec::new())),
@@ -215,22 +155,16 @@ impl TestCluster {
         let summary: Vec<String> = last
             .iter()
             .map(|(id, applied, commit, digest)| {
-                format!("node {id}: applied {applied} commit {commit} digest {:02x?}", &digest[..digest.len().min(4)])
+                format!(
+                    "node {id}: applied {applied} commit {commit} digest {}",
+                    hex::encode(&digest[..digest.len().min(4)])
+                )
             })
             .collect();
         panic!("replicas did not converge within {timeout:?}:\n{}", summary.join("\n"));
     }
 
     pub fn log_of(&self, id: u64) -> String {
-        std::fs::read_to_string(&self.nodes[&id].log_path).unwrap_or_default()
-    }
-}
-
-impl Drop for TestCluster {
-    fn drop(&mut self) {
-        let ids: Vec<u64> = self.nodes.keys().copied().collect();
-        for id in ids {
-            self.kill(id);
-        }
+        std::fs::read_to_string(self.cluster.log_path(id).unwrap()).unwrap_or_default()
     }
 }

@@ -1,0 +1,284 @@
+//! A cluster of `chorus node` processes on this machine, as `chorus demo` and the
+//! end-to-end tests run it: ports claimed, `cluster.toml` written, each member started,
+//! killed, stopped and restarted on its own data directory, every process killed when the
+//! cluster is dropped.
+//!
+//! It supervises real OS processes and reads the real clock, so it is not part of a node
+//! and is not built for the simulation.
+
+mod ports;
+mod process;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use chorus_proto::v1::cluster_client::ClusterClient as GrpcClusterClient;
+use chorus_proto::v1::{Role, StatusRequest, StatusResponse};
+
+pub use ports::{PortClaim, PortError, claim_loopback_ports};
+pub use process::{NodeProcess, ProcessError, listening_line, parse_listening_line};
+
+use crate::cluster_config::{ClusterConfig, ClusterConfigError, MemberConfig, Timing};
+use crate::replication::NodeId;
+
+/// How long one status call may take before a node counts as not answering.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Config { path: PathBuf, source: ClusterConfigError },
+    #[error(transparent)]
+    Ports(#[from] PortError),
+    #[error("node {id}: {source}; its log is {log}")]
+    Node { id: NodeId, log: PathBuf, source: ProcessError },
+    #[error("node {0} is not a member of this cluster")]
+    NotAMember(NodeId),
+    #[error("node {0} is already running")]
+    AlreadyRunning(NodeId),
+    #[error("no node reported itself leader within {timeout:?}; the logs are under {dir}")]
+    NoLeader { timeout: Duration, dir: PathBuf },
+}
+
+/// How member processes are started.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// The `chorus` binary.
+    pub binary: PathBuf,
+    /// Argon2 at its minimum cost (`--insecure-fast-password-hashing`): tests only.
+    pub fast_password_hashing: bool,
+    /// `RUST_LOG` for the nodes; `None` leaves the environment's.
+    pub log_filter: Option<String>,
+    /// How long a node may take to say it listens.
+    pub start_timeout: Duration,
+}
+
+impl Launch {
+    pub fn new(binary: impl Into<PathBuf>) -> Self {
+        Self {
+            binary: binary.into(),
+            fast_password_hashing: false,
+            log_filter: None,
+            start_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+struct Member {
+    data_dir: PathBuf,
+    log_path: PathBuf,
+    /// Not started yet in a cluster this supervisor created: the first start initializes
+    /// the data directory (`--bootstrap`).
+    bootstrap: bool,
+    process: Option<NodeProcess>,
+}
+
+pub struct LocalCluster {
+    dir: PathBuf,
+    config_path: PathBuf,
+    config: ClusterConfig,
+    launch: Launch,
+    members: BTreeMap<NodeId, Member>,
+    /// The ports of a cluster created here, held for as long as it runs.
+    _ports: Vec<PortClaim>,
+}
+
+impl LocalCluster {
+    /// A new cluster of `size` members on claimed loopback ports, its `cluster.toml` and
+    /// data directories under `dir`. Nothing is started yet.
+    pub fn create(
+        dir: &Path,
+        cluster_id: &str,
+        size: u64,
+        timing: Timing,
+        header: &str,
+        launch: Launch,
+    ) -> Result<Self, SupervisorError> {
+        let ports = claim_loopback_ports(2 * size as usize)?;
+        let members = (1..=size)
+            .zip(ports.chunks(2))
+            .map(|(id, pair)| MemberConfig {
+                id,
+                client_address: pair[0].address().to_string(),
+                peer_address: pair[1].address().to_string(),
+                data_dir: Some(dir.join(format!("node-{id}"))),
+            })
+            .collect();
+        let config = ClusterConfig { cluster_id: cluster_id.to_owned(), timing, members };
+        let config_path = dir.join("cluster.toml");
+        let config_error = |source| SupervisorError::Config { path: config_path.clone(), source };
+        config.validate().map_err(config_error)?;
+        let text = config.to_toml(header).map_err(config_error)?;
+        create_dir(dir)?;
+        std::fs::write(&config_path, text)
+            .map_err(|source| SupervisorError::Io { path: config_path.clone(), source })?;
+        Self::with_config(dir, config_path, config, launch, true, ports)
+    }
+
+    /// The cluster whose `cluster.toml` is in `dir` (made by [`LocalCluster::create`]
+    /// earlier, perhaps by another process). Nothing is started yet.
+    pub fn open(dir: &Path, launch: Launch) -> Result<Self, SupervisorError> {
+        let config_path = dir.join("cluster.toml");
+        let text = std::fs::read_to_string(&config_path)
+            .map_err(|source| SupervisorError::Io { path: config_path.clone(), source })?;
+        let config = ClusterConfig::from_toml(&text)
+            .map_err(|source| SupervisorError::Config { path: config_path.clone(), source })?;
+        Self::with_config(dir, config_path, config, launch, false, Vec::new())
+    }
+
+    fn with_config(
+        dir: &Path,
+        config_path: PathBuf,
+        config: ClusterConfig,
+        launch: Launch,
+        bootstrap: bool,
+        ports: Vec<PortClaim>,
+    ) -> Result<Self, SupervisorError> {
+        let mut members = BTreeMap::new();
+        for member in &config.members {
+            let data_dir = member.data_dir.clone().unwrap_or_else(|| dir.join(format!("node-{}", member.id)));
+            create_dir(&data_dir)?;
+            // Beside the data directory, not in it: a data directory starts empty.
+            let log_path = dir.join(format!("node-{}.log", member.id));
+            members.insert(member.id, Member { data_dir, log_path, bootstrap, process: None });
+        }
+        Ok(Self { dir: dir.to_owned(), config_path, config, launch, members, _ports: ports })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.members.keys().copied().collect()
+    }
+
+    /// Every member's client address, in id order (what a client is given).
+    pub fn client_addresses(&self) -> Vec<String> {
+        self.config.members.iter().map(|m| m.client_address.clone()).collect()
+    }
+
+    pub fn client_address(&self, id: NodeId) -> Result<String, SupervisorError> {
+        Ok(self.config.member(id).map_err(|_| SupervisorError::NotAMember(id))?.client_address.clone())
+    }
+
+    pub fn data_dir(&self, id: NodeId) -> Result<&Path, SupervisorError> {
+        Ok(&self.member(id)?.data_dir)
+    }
+
+    pub fn log_path(&self, id: NodeId) -> Result<&Path, SupervisorError> {
+        Ok(&self.member(id)?.log_path)
+    }
+
+    pub fn is_running(&self, id: NodeId) -> bool {
+        self.members.get(&id).is_some_and(|m| m.process.is_some())
+    }
+
+    pub fn pid(&self, id: NodeId) -> Option<u32> {
+        self.members.get(&id)?.process.as_ref().map(NodeProcess::pid)
+    }
+
+    /// Starts member `id` and waits until it serves clients; returns its client address.
+    pub fn start(&mut self, id: NodeId) -> Result<SocketAddr, SupervisorError> {
+        let (config_path, launch) = (self.config_path.clone(), self.launch.clone());
+        let member = self.members.get_mut(&id).ok_or(SupervisorError::NotAMember(id))?;
+        if member.process.is_some() {
+            return Err(SupervisorError::AlreadyRunning(id));
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&member.log_path)
+            .map_err(|source| SupervisorError::Io { path: member.log_path.clone(), source })?;
+        let mut command = Command::new(&launch.binary);
+        command.args(["node", "--id", &id.to_string(), "--config"]).arg(&config_path).stderr(Stdio::from(log));
+        if launch.fast_password_hashing {
+            command.arg("--insecure-fast-password-hashing");
+        }
+        if member.bootstrap {
+            command.arg("--bootstrap");
+        }
+        if let Some(filter) = &launch.log_filter {
+            command.env("RUST_LOG", filter);
+        }
+        let process = NodeProcess::start(command, launch.start_timeout).map_err(|source| SupervisorError::Node {
+            id,
+            log: member.log_path.clone(),
+            source,
+        })?;
+        let address = process.client_address();
+        member.bootstrap = false;
+        member.process = Some(process);
+        Ok(address)
+    }
+
+    /// SIGKILL member `id` if it runs; returns whether it did.
+    pub fn kill(&mut self, id: NodeId) -> Result<bool, SupervisorError> {
+        let member = self.member_mut(id)?;
+        let Some(process) = member.process.take() else { return Ok(false) };
+        let log = member.log_path.clone();
+        process.kill().map_err(|source| SupervisorError::Node { id, log, source })?;
+        Ok(true)
+    }
+
+    /// SIGTERM member `id`, waits up to `grace` for it to exit and kills it after that.
+    /// Returns its exit status and whether it exited in time; `None` if it was not running.
+    pub fn terminate(&mut self, id: NodeId, grace: Duration) -> Result<Option<(ExitStatus, bool)>, SupervisorError> {
+        let member = self.member_mut(id)?;
+        let Some(process) = member.process.take() else { return Ok(None) };
+        let log = member.log_path.clone();
+        process.terminate(grace).map(Some).map_err(|source| SupervisorError::Node { id, log, source })
+    }
+
+    /// A running member's answer to `Cluster/Status`, or `None` if it does not answer soon.
+    pub async fn status(&self, id: NodeId, include_state_digest: bool) -> Option<StatusResponse> {
+        let address = format!("http://{}", self.client_address(id).ok()?);
+        let attempt = async {
+            let mut client = GrpcClusterClient::connect(address).await.ok()?;
+            client.status(StatusRequest { include_state_digest }).await.ok().map(|r| r.into_inner())
+        };
+        tokio::time::timeout(STATUS_TIMEOUT, attempt).await.ok().flatten()
+    }
+
+    /// Waits for a running member to report itself leader; returns it.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId, SupervisorError> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            for id in self.ids() {
+                if self.is_running(id)
+                    && let Some(status) = self.status(id, false).await
+                    && status.role() == Role::Leader
+                {
+                    return Ok(id);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(SupervisorError::NoLeader { timeout, dir: self.dir.clone() })
+    }
+
+    fn member(&self, id: NodeId) -> Result<&Member, SupervisorError> {
+        self.members.get(&id).ok_or(SupervisorError::NotAMember(id))
+    }
+
+    fn member_mut(&mut self, id: NodeId) -> Result<&mut Member, SupervisorError> {
+        self.members.get_mut(&id).ok_or(SupervisorError::NotAMember(id))
+    }
+}
+
+fn create_dir(dir: &Path) -> Result<(), SupervisorError> {
+    std::fs::create_dir_all(dir).map_err(|source| SupervisorError::Io { path: dir.to_owned(), source })
+}
