@@ -78,7 +78,7 @@ pub struct MemberConfig {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClusterConfigError {
     #[error("{0}")]
-    Syntax(String),
+    Syntax(#[from] toml::de::Error),
     #[error("cluster_id {0:?} must be 1-64 characters of letters, digits, '.', '_' and '-'")]
     BadClusterId(String),
     #[error("members: a cluster needs 1 to 7 members (5 tolerates 2 failures), found {0}")]
@@ -98,13 +98,13 @@ pub enum ClusterConfigError {
     #[error("timing: {0}")]
     Timing(#[from] ConfigError),
     #[error("cannot write the configuration as TOML: {0}")]
-    Unwritable(String),
+    Unwritable(#[from] toml::ser::Error),
 }
 
 impl ClusterConfig {
     /// Parses and checks a configuration file's text.
     pub fn from_toml(text: &str) -> Result<Self, ClusterConfigError> {
-        let config: Self = toml::from_str(text).map_err(|e| ClusterConfigError::Syntax(e.to_string()))?;
+        let config: Self = toml::from_str(text)?;
         config.validate()?;
         Ok(config)
     }
@@ -115,7 +115,7 @@ impl ClusterConfig {
     /// A path that is not UTF-8 cannot be written.
     pub fn to_toml(&self, header: &str) -> Result<String, ClusterConfigError> {
         assert!(header.lines().all(|line| line.starts_with('#')), "a header is comment lines");
-        let body = toml::to_string(self).map_err(|e| ClusterConfigError::Unwritable(e.to_string()))?;
+        let body = toml::to_string(self)?;
         Ok(if header.is_empty() { body } else { format!("{header}\n\n{body}") })
     }
 

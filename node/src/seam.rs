@@ -139,7 +139,9 @@ where
 {
     #[cfg(not(madsim))]
     {
-        match tokio::task::spawn_blocking(work).await {
+        // What the work logs stays inside the caller's span (the node's).
+        let span = tracing::Span::current();
+        match tokio::task::spawn_blocking(move || span.in_scope(work)).await {
             Ok(result) => result,
             // The closure panicked: that is a bug, and it must stay loud.
             Err(join_error) if join_error.is_panic() => std::panic::resume_unwind(join_error.into_panic()),

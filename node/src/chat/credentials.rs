@@ -65,10 +65,12 @@ impl HashMemory {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
-    #[error("password hash cost is out of range (memory {memory_kib} KiB, {iterations} iterations): {reason}")]
-    BadCost { memory_kib: u32, iterations: u32, reason: String },
+    #[error("password hash cost is out of range (memory {memory_kib} KiB, {iterations} iterations): {source}")]
+    BadCost { memory_kib: u32, iterations: u32, source: argon2::Error },
     #[error("password hashing failed: {0}")]
-    Hashing(String),
+    Hashing(#[from] argon2::Error),
+    #[error("a password hash could not be encoded: {0}")]
+    Encoding(#[from] argon2::password_hash::Error),
 }
 
 /// Hashes and verifies passwords at a fixed cost, in memory the caller provides.
@@ -83,14 +85,10 @@ pub struct PasswordHasher {
 const SALT_BYTES: usize = 16;
 const OUTPUT_BYTES: usize = Params::DEFAULT_OUTPUT_LEN;
 
-fn hashing_error(error: impl std::fmt::Display) -> CredentialError {
-    CredentialError::Hashing(error.to_string())
-}
-
 impl PasswordHasher {
     pub fn new(cost: PasswordHashCost, rng: &mut impl RngCore) -> Result<Self, CredentialError> {
-        let params = Params::new(cost.memory_kib, cost.iterations, Params::DEFAULT_P_COST, None).map_err(|e| {
-            CredentialError::BadCost { memory_kib: cost.memory_kib, iterations: cost.iterations, reason: e.to_string() }
+        let params = Params::new(cost.memory_kib, cost.iterations, Params::DEFAULT_P_COST, None).map_err(|source| {
+            CredentialError::BadCost { memory_kib: cost.memory_kib, iterations: cost.iterations, source }
         })?;
         let mut hasher = Self { params, decoy_hash: String::new() };
         let mut decoy_password = [0u8; 32];
@@ -125,16 +123,19 @@ impl PasswordHasher {
         rng.fill_bytes(&mut salt);
         let mut output = [0u8; OUTPUT_BYTES];
         let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone());
-        argon2
-            .hash_password_into_with_memory(password, &salt, &mut output, memory.blocks(self.params.block_count()))
-            .map_err(hashing_error)?;
-        let salt = SaltString::encode_b64(&salt).map_err(hashing_error)?;
+        argon2.hash_password_into_with_memory(
+            password,
+            &salt,
+            &mut output,
+            memory.blocks(self.params.block_count()),
+        )?;
+        let salt = SaltString::encode_b64(&salt)?;
         let hash = PasswordHash {
             algorithm: Algorithm::Argon2id.ident(),
             version: Some(Version::V0x13.into()),
-            params: ParamsString::try_from(&self.params).map_err(hashing_error)?,
+            params: ParamsString::try_from(&self.params)?,
             salt: Some(salt.as_salt()),
-            hash: Some(Output::new(&output).map_err(hashing_error)?),
+            hash: Some(Output::new(&output)?),
         };
         Ok(hash.to_string())
     }

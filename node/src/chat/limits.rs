@@ -1,7 +1,7 @@
 //! Named bounds on every input and every per-user collection of the chat service.
 
 /// Longest username, in characters (all ASCII, so also bytes).
-pub const USERNAME_LEN_MAX: usize = 32;
+pub const USERNAME_CHARS_MAX: usize = 32;
 /// Shortest accepted password, in bytes.
 pub const PASSWORD_BYTES_MIN: usize = 8;
 /// Longest accepted password, in bytes; bounds the work of hashing one.
@@ -9,13 +9,13 @@ pub const PASSWORD_BYTES_MAX: usize = 1024;
 /// Largest message body, in bytes of UTF-8.
 pub const BODY_BYTES_MAX: usize = 64 * 1024;
 /// Longest client-chosen read request id, in characters.
-pub const REQUEST_ID_LEN_MAX: usize = 64;
+pub const REQUEST_ID_CHARS_MAX: usize = 64;
 /// Most sends per session whose answers the client has not acknowledged yet. Each is
 /// remembered (so that a retry gets the first answer) until the client acknowledges it;
 /// beyond this a new send is refused until it does, which bounds the dedup state per session.
 pub const SENDS_UNACKNOWLEDGED_PER_SESSION_MAX: u64 = 1024;
 /// Longest account-listing pattern, in characters.
-pub const PATTERN_LEN_MAX: usize = 64;
+pub const PATTERN_CHARS_MAX: usize = 64;
 /// Most bytes of messages in one page (ReadMessages, History, one fetch of a subscription),
 /// counted by `MessageView::page_bytes`, which is at least a message's encoded size: a page
 /// stops before it would pass this, so its reply stays under [`REPLY_BYTES_MAX`] however
@@ -38,5 +38,5 @@ pub const DELETE_IDS_MAX: usize = 1000;
 /// Most open sessions per account; opening one more closes the oldest, so logins that
 /// never log out cannot grow the session table without bound.
 pub const SESSIONS_PER_USER_MAX: u64 = 64;
-/// Longest session token accepted on the wire; real tokens are 64 hex characters.
-pub const TOKEN_LEN_MAX: usize = 128;
+/// Longest session token accepted on the wire, in bytes; real tokens are 64 hex characters.
+pub const TOKEN_BYTES_MAX: usize = 128;

@@ -114,11 +114,9 @@ impl ChatReader {
 
     /// The index of the last command applied; 0 for a new database.
     pub fn last_applied(&self) -> Result<u64, StateMachineError> {
-        let index: i64 = self
-            .conn
-            .query_row("SELECT last_applied FROM chat_state WHERE singleton = 1", [], |row| row.get(0))
-            .map_err(self.sql_error())?;
-        Ok(to_u64(index))
+        self.conn
+            .query_row("SELECT last_applied FROM chat_state WHERE singleton = 1", [], |row| row.get::<_, u64>(0))
+            .map_err(self.sql_error())
     }
 
     /// The account and password hash of a live user, for checking a password.
@@ -127,7 +125,7 @@ impl ChatReader {
             .query_row(
                 "SELECT user_id, password_hash FROM users WHERE username = ?1 AND deleted_at_ms IS NULL",
                 [username],
-                |row| Ok(Credentials { user_id: to_u64(row.get(0)?), password_hash: row.get(1)? }),
+                |row| Ok(Credentials { user_id: row.get::<_, u64>(0)?, password_hash: row.get(1)? }),
             )
             .optional()
             .map_err(self.sql_error())
@@ -141,9 +139,8 @@ impl ChatReader {
     /// The id of any account ever created under `username`, deleted or not.
     pub fn user_id(&self, username: &str) -> Result<Option<u64>, StateMachineError> {
         self.conn
-            .query_row("SELECT user_id FROM users WHERE username = ?1", [username], |row| row.get::<_, i64>(0))
+            .query_row("SELECT user_id FROM users WHERE username = ?1", [username], |row| row.get::<_, u64>(0))
             .optional()
-            .map(|id| id.map(to_u64))
             .map_err(self.sql_error())
     }
 
@@ -179,12 +176,12 @@ impl ChatReader {
         before_id: u64,
         limit: u32,
     ) -> Result<MessagePage, StateMachineError> {
-        let user = to_i64(user_id);
-        let before = to_i64(before_id.min(i64::MAX as u64));
+        let user = user_id;
+        let before = before_id.min(i64::MAX as u64);
         let sql_error = self.sql_error();
         let page = match peer_id {
             Some(peer_id) => {
-                let peer = to_i64(peer_id);
+                let peer = peer_id;
                 let mut statement = self.conn.prepare_cached(HISTORY_WITH_PEER).map_err(&sql_error)?;
                 let rows = statement
                     .query_map(params![user.min(peer), user.max(peer), before, limit], message_view)
@@ -210,9 +207,8 @@ impl ChatReader {
         bytes_max: usize,
     ) -> Result<MessagePage, StateMachineError> {
         let mut statement = self.conn.prepare_cached(RECEIVED_AFTER).map_err(self.sql_error())?;
-        let after = to_i64(after_id.min(i64::MAX as u64));
-        let rows =
-            statement.query_map(params![to_i64(user_id), after, limit], message_view).map_err(self.sql_error())?;
+        let after = after_id.min(i64::MAX as u64);
+        let rows = statement.query_map(params![user_id, after, limit], message_view).map_err(self.sql_error())?;
         bounded_page(rows, limit, bytes_max).map_err(self.sql_error())
     }
 
@@ -271,11 +267,9 @@ impl ChatReader {
     /// How many messages wait unread in the mailbox of `user_id`.
     pub fn unread_count(&self, user_id: u64) -> Result<u64, StateMachineError> {
         self.conn
-            .query_row("SELECT unread_count FROM users WHERE user_id = ?1", [to_i64(user_id)], |row| {
-                row.get::<_, i64>(0)
-            })
+            .query_row("SELECT unread_count FROM users WHERE user_id = ?1", [user_id], |row| row.get::<_, u64>(0))
             .optional()
-            .map(|count| count.map_or(0, to_u64))
+            .map(|count| count.unwrap_or(0))
             .map_err(self.sql_error())
     }
 }
@@ -295,7 +289,7 @@ pub(super) fn session_user(conn: &Connection, token_hash: &[u8]) -> Result<Optio
         "SELECT u.user_id, u.username FROM sessions s JOIN users u ON u.user_id = s.user_id
          WHERE s.token_hash = ?1 AND u.deleted_at_ms IS NULL",
     )?
-    .query_row([token_hash], |row| Ok(SessionUser { user_id: to_u64(row.get(0)?), username: row.get(1)? }))
+    .query_row([token_hash], |row| Ok(SessionUser { user_id: row.get::<_, u64>(0)?, username: row.get(1)? }))
     .optional()
 }
 
@@ -322,22 +316,13 @@ pub(super) fn bounded_page(
 
 pub(super) fn message_view(row: &rusqlite::Row<'_>) -> rusqlite::Result<MessageView> {
     Ok(MessageView {
-        message_id: to_u64(row.get(0)?),
+        message_id: row.get::<_, u64>(0)?,
         from: row.get(1)?,
         to: row.get(2)?,
         body: row.get(3)?,
-        sent_at_ms: to_u64(row.get(4)?),
+        sent_at_ms: row.get::<_, u64>(4)?,
         read: row.get(5)?,
     })
-}
-
-/// SQLite integers are i64; ids, indices and timestamps are u64 below 2^63.
-pub(super) fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-pub(super) fn to_u64(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -377,5 +362,26 @@ mod tests {
                 assert!(!text.contains("TEMP B-TREE FOR ORDER BY"), "{name} sorts its result:\n{text}");
             }
         }
+    }
+
+    /// A stored number that no valid state holds (a negative index, id or time: damage,
+    /// or a bug) is an error, never read as 0 or a huge value.
+    #[test]
+    fn a_negative_stored_number_is_an_error_not_a_clamped_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.sqlite3");
+        let machine = ChatStateMachine::open(&path).unwrap();
+        let damage = Connection::open(&path).unwrap();
+        damage.execute("UPDATE chat_state SET last_applied = -3", []).unwrap();
+        let error = machine.queries().last_applied().unwrap_err().to_string();
+        assert!(error.contains("out of range"), "{error}");
+        damage
+            .execute(
+                "INSERT INTO users (user_id, username, password_hash, created_at_ms) VALUES (-7, 'ghost', 'x', 0)",
+                [],
+            )
+            .unwrap();
+        assert!(machine.queries().user_id("ghost").is_err());
+        assert!(machine.queries().credentials("ghost").is_err());
     }
 }

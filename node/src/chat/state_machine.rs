@@ -16,8 +16,7 @@ use sha2::{Digest, Sha256};
 use super::limits::{PAGE_BYTES_MAX, SENDS_UNACKNOWLEDGED_PER_SESSION_MAX, SESSIONS_PER_USER_MAX};
 use super::outcome::{MessagePage, Outcome, Rejection};
 use super::queries::{
-    ChatReader, SessionUser, TOKEN_HASH_BYTES, bounded_page, message_view, message_view_select, session_user, to_i64,
-    to_u64,
+    ChatReader, SessionUser, TOKEN_HASH_BYTES, bounded_page, message_view, message_view_select, session_user,
 };
 use super::schema::MIGRATIONS;
 use super::validate;
@@ -96,10 +95,9 @@ impl ChatStateMachine {
         let sql_error = |source| StateMachineError::Sqlite { path: path.clone(), source };
         let tx =
             self.db.connection_mut().transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql_error)?;
-        let last_applied: i64 = tx
+        let mut previous: u64 = tx
             .query_row("SELECT last_applied FROM chat_state WHERE singleton = 1", [], |row| row.get(0))
             .map_err(sql_error)?;
-        let mut previous = to_u64(last_applied);
         let mut outcomes = Vec::with_capacity(batch.len());
         let touched = RefCell::new(BTreeSet::new());
         for &(index, command) in batch {
@@ -112,7 +110,7 @@ impl ChatStateMachine {
             outcomes.push(outcome);
         }
         tx.prepare_cached("UPDATE chat_state SET last_applied = ?1 WHERE singleton = 1")
-            .and_then(|mut statement| statement.execute([to_i64(last_index)]))
+            .and_then(|mut statement| statement.execute([last_index]))
             .map_err(sql_error)?;
         // COMMIT under synchronous=FULL returns after the WAL is fsynced: from here on the
         // outcomes survive a crash, and only now may anyone be told about them.
@@ -174,26 +172,26 @@ impl Apply<'_> {
             Some(Some(_)) => return Ok(Outcome::Rejected(Rejection::UsernameRetired { username })),
             None => {}
         }
-        let user_id: i64 =
+        let user_id: u64 =
             self.tx.prepare_cached("SELECT next_user_id FROM chat_state")?.query_row([], |row| row.get(0))?;
         self.tx
             .prepare_cached(
                 "INSERT INTO users (user_id, username, password_hash, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
             )?
-            .execute(params![user_id, username, c.password_hash, to_i64(c.created_at_ms)])?;
+            .execute(params![user_id, username, c.password_hash, c.created_at_ms])?;
         self.tx.prepare_cached("UPDATE chat_state SET next_user_id = next_user_id + 1")?.execute([])?;
-        Ok(Outcome::AccountCreated { user_id: to_u64(user_id), username })
+        Ok(Outcome::AccountCreated { user_id, username })
     }
 
     fn open_session(&self, c: &chorus_proto::v1::OpenSessionCommand) -> Result<Outcome, rusqlite::Error> {
         if c.token_hash.len() != TOKEN_HASH_BYTES {
             return Ok(Outcome::Rejected(Rejection::SessionInvalid));
         }
-        let user: Option<(String, i64)> = self
+        let user: Option<(String, u64)> = self
             .tx
             .query_row(
                 "SELECT username, unread_count FROM users WHERE user_id = ?1 AND deleted_at_ms IS NULL",
-                [to_i64(c.user_id)],
+                [c.user_id],
                 |row| Ok((row.get(0)?, row.get(1)?)),
             )
             .optional()?;
@@ -201,7 +199,7 @@ impl Apply<'_> {
             return Ok(Outcome::Rejected(Rejection::AccountGone));
         };
         let inserted = self.tx.prepare_cached("INSERT OR IGNORE INTO sessions (token_hash, user_id, opened_index, opened_at_ms) VALUES (?1, ?2, ?3, ?4)")?.execute(
-            params![c.token_hash, to_i64(c.user_id), to_i64(self.index), to_i64(c.opened_at_ms)],
+            params![c.token_hash, c.user_id, self.index, c.opened_at_ms],
         )?;
         if inserted == 0 {
             return Ok(Outcome::Rejected(Rejection::TokenCollision));
@@ -209,24 +207,24 @@ impl Apply<'_> {
         // Keep the newest SESSIONS_PER_USER_MAX sessions; the oldest logins are closed.
         const BEYOND_THE_CAP: &str = "user_id = ?1 AND opened_index NOT IN (
                  SELECT opened_index FROM sessions WHERE user_id = ?1 ORDER BY opened_index DESC LIMIT ?2)";
-        let cap = params![to_i64(c.user_id), to_i64(SESSIONS_PER_USER_MAX)];
+        let cap = params![c.user_id, SESSIONS_PER_USER_MAX];
         self.forget_sends_of_sessions(BEYOND_THE_CAP, cap)?;
         let closed = self.tx.prepare_cached(&format!("DELETE FROM sessions WHERE {BEYOND_THE_CAP}"))?.execute(cap)?;
         if closed > 0 {
             // A subscription of a closed session must end.
             self.touch(c.user_id);
         }
-        Ok(Outcome::SessionOpened { username, unread_count: to_u64(unread_count) })
+        Ok(Outcome::SessionOpened { username, unread_count })
     }
 
     fn close_session(&self, c: &chorus_proto::v1::CloseSessionCommand) -> Result<Outcome, rusqlite::Error> {
-        let owner: Option<i64> = self
+        let owner: Option<u64> = self
             .tx
             .prepare_cached("SELECT user_id FROM sessions WHERE token_hash = ?1")?
             .query_row([&c.token_hash], |row| row.get(0))
             .optional()?;
         if let Some(owner) = owner {
-            self.touch(to_u64(owner));
+            self.touch(owner);
         }
         self.forget_sends_of_sessions("token_hash = ?1", [&c.token_hash])?;
         let deleted = self.tx.prepare_cached("DELETE FROM sessions WHERE token_hash = ?1")?.execute([&c.token_hash])?;
@@ -248,7 +246,7 @@ impl Apply<'_> {
             let forgotten = self
                 .tx
                 .prepare_cached("DELETE FROM session_sends WHERE token_hash = ?1 AND sequence <= ?2")?
-                .execute(params![c.token_hash, to_i64(c.acknowledged_through)])? as u64;
+                .execute(params![c.token_hash, c.acknowledged_through])? as u64;
             assert!(forgotten <= remembered, "forgot {forgotten} sends of a session that remembered {remembered}");
             acknowledged_through = c.acknowledged_through;
             remembered -= forgotten;
@@ -256,19 +254,18 @@ impl Apply<'_> {
                 .prepare_cached(
                     "UPDATE sessions SET sends_acknowledged_through = ?1, sends_remembered = ?2 WHERE token_hash = ?3",
                 )?
-                .execute(params![to_i64(acknowledged_through), to_i64(remembered), c.token_hash])?;
+                .execute(params![acknowledged_through, remembered, c.token_hash])?;
         }
         let digest = request_digest(&to, &c.body);
-        let first: Option<(i64, Vec<u8>)> = self
+        let first: Option<(u64, Vec<u8>)> = self
             .tx
             .prepare_cached(
                 "SELECT message_id, request_digest FROM session_sends WHERE token_hash = ?1 AND sequence = ?2",
             )?
-            .query_row(params![c.token_hash, to_i64(c.sequence)], |row| Ok((row.get(0)?, row.get(1)?)))
+            .query_row(params![c.token_hash, c.sequence], |row| Ok((row.get(0)?, row.get(1)?)))
             .optional()?;
         let first = if crate::bugs::active(crate::bugs::Bug::ForgetDedup) { None } else { first };
         if let Some((message_id, first_digest)) = first {
-            let message_id = to_u64(message_id);
             return Ok(if first_digest == digest {
                 Outcome::MessageSent { message_id, duplicate: true }
             } else {
@@ -286,7 +283,7 @@ impl Apply<'_> {
         if remembered >= SENDS_UNACKNOWLEDGED_PER_SESSION_MAX {
             return Ok(Outcome::Rejected(Rejection::TooManyUnacknowledgedSends { count: remembered }));
         }
-        let recipient: Option<i64> = self
+        let recipient: Option<u64> = self
             .tx
             .query_row("SELECT user_id FROM users WHERE username = ?1 AND deleted_at_ms IS NULL", [&to], |row| {
                 row.get(0)
@@ -295,8 +292,8 @@ impl Apply<'_> {
         let Some(recipient) = recipient else {
             return Ok(Outcome::Rejected(Rejection::RecipientNotFound { username: to }));
         };
-        let sender_id = to_i64(sender.user_id);
-        let message_id: i64 =
+        let sender_id = sender.user_id;
+        let message_id: u64 =
             self.tx.prepare_cached("SELECT next_message_id FROM chat_state")?.query_row([], |row| row.get(0))?;
         self.tx
             .prepare_cached(
@@ -310,12 +307,12 @@ impl Apply<'_> {
                 sender_id.min(recipient),
                 sender_id.max(recipient),
                 c.body,
-                to_i64(c.sent_at_ms)
+                c.sent_at_ms
             ])?;
         self.tx
             .prepare_cached("UPDATE users SET unread_count = unread_count + 1 WHERE user_id = ?1")?
             .execute([recipient])?;
-        self.touch(to_u64(recipient));
+        self.touch(recipient);
         // Under the planted ForgetDedup bug the record may exist already; otherwise a
         // conflict here would be a bug to fail loudly on.
         let insert = if crate::bugs::active(crate::bugs::Bug::ForgetDedup) { "INSERT OR REPLACE" } else { "INSERT" };
@@ -323,19 +320,19 @@ impl Apply<'_> {
             .prepare_cached(&format!(
                 "{insert} INTO session_sends (token_hash, sequence, message_id, request_digest) VALUES (?1, ?2, ?3, ?4)"
             ))?
-            .execute(params![c.token_hash, to_i64(c.sequence), message_id, digest])?;
+            .execute(params![c.token_hash, c.sequence, message_id, digest])?;
         self.tx
             .prepare_cached("UPDATE sessions SET sends_remembered = sends_remembered + 1 WHERE token_hash = ?1")?
             .execute([&c.token_hash])?;
         self.tx.prepare_cached("UPDATE chat_state SET next_message_id = next_message_id + 1")?.execute([])?;
-        Ok(Outcome::MessageSent { message_id: to_u64(message_id), duplicate: false })
+        Ok(Outcome::MessageSent { message_id, duplicate: false })
     }
 
     /// A session's acknowledged point and how many of its sends are remembered.
     fn session_sends(&self, token_hash: &[u8]) -> Result<(u64, u64), rusqlite::Error> {
         self.tx
             .prepare_cached("SELECT sends_acknowledged_through, sends_remembered FROM sessions WHERE token_hash = ?1")?
-            .query_row([token_hash], |row| Ok((to_u64(row.get(0)?), to_u64(row.get(1)?))))
+            .query_row([token_hash], |row| Ok((row.get::<_, u64>(0)?, row.get::<_, u64>(1)?)))
     }
 
     /// Forgets the remembered sends of the sessions that `sessions_where` selects, before
@@ -357,7 +354,7 @@ impl Apply<'_> {
         let reader = check!(self.session(&c.token_hash)?);
         check!(validate::request_id(&c.request_id));
         let limit = validate::page_size(c.limit);
-        let user_id = to_i64(reader.user_id);
+        let user_id = reader.user_id;
         if !c.request_id.is_empty() {
             let last: (Option<String>, Option<Vec<u8>>) = self
                 .tx
@@ -386,11 +383,11 @@ impl Apply<'_> {
                     "UPDATE messages SET read_at_ms = ?1
                  WHERE recipient_id = ?2 AND read_at_ms IS NULL AND message_id <= ?3",
                 )?
-                .execute(params![to_i64(c.read_at_ms), user_id, to_i64(last.message_id)])?;
+                .execute(params![c.read_at_ms, user_id, last.message_id])?;
             assert_eq!(marked, messages.len(), "read marked a different set of messages than it selected");
             self.tx
                 .prepare_cached("UPDATE users SET unread_count = unread_count - ?1 WHERE user_id = ?2")?
-                .execute(params![to_i64(marked as u64), user_id])?;
+                .execute(params![marked as u64, user_id])?;
         }
         for message in &mut messages {
             message.read = true;
@@ -406,22 +403,20 @@ impl Apply<'_> {
         Ok(Outcome::MessagesRead { messages, unread_remaining: self.unread_remaining(user_id)? })
     }
 
-    fn unread_remaining(&self, user_id: i64) -> Result<u64, rusqlite::Error> {
-        let count: i64 = self
-            .tx
+    fn unread_remaining(&self, user_id: u64) -> Result<u64, rusqlite::Error> {
+        self.tx
             .prepare_cached("SELECT unread_count FROM users WHERE user_id = ?1")?
-            .query_row([user_id], |row| row.get(0))?;
-        Ok(to_u64(count))
+            .query_row([user_id], |row| row.get(0))
     }
 
     /// The messages of an earlier read (`ids`: big-endian u64s) that still exist.
-    fn repeat_read(&self, user_id: i64, ids: &[u8]) -> Result<Outcome, rusqlite::Error> {
+    fn repeat_read(&self, user_id: u64, ids: &[u8]) -> Result<Outcome, rusqlite::Error> {
         let sql = concat!(message_view_select!(), "WHERE m.message_id = ?1 AND m.recipient_id = ?2");
         let mut statement = self.tx.prepare_cached(sql)?;
         let mut messages = Vec::new();
         for chunk in ids.chunks_exact(8) {
             let id = u64::from_be_bytes(chunk.try_into().expect("chunks of 8 bytes"));
-            if let Some(message) = statement.query_row(params![to_i64(id), user_id], message_view).optional()? {
+            if let Some(message) = statement.query_row(params![id, user_id], message_view).optional()? {
                 messages.push(message);
             }
         }
@@ -431,15 +426,15 @@ impl Apply<'_> {
     fn delete_messages(&self, c: &chorus_proto::v1::DeleteMessagesCommand) -> Result<Outcome, rusqlite::Error> {
         let caller = check!(self.session(&c.token_hash)?);
         let ids = check!(validate::message_ids(&c.ids));
-        let caller_id = to_i64(caller.user_id);
+        let caller_id = caller.user_id;
         // Check every id before deleting any, so the request is all or nothing.
         let mut doomed = Vec::with_capacity(ids.len());
         for &message_id in &ids {
-            let row: Option<(i64, i64, bool)> = self
+            let row: Option<(u64, u64, bool)> = self
                 .tx
                 .query_row(
                     "SELECT sender_id, recipient_id, read_at_ms IS NULL FROM messages WHERE message_id = ?1",
-                    [to_i64(message_id)],
+                    [message_id],
                     |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
                 )
                 .optional()?;
@@ -454,7 +449,7 @@ impl Apply<'_> {
             }
         }
         for &(message_id, recipient, unread) in &doomed {
-            self.tx.prepare_cached("DELETE FROM messages WHERE message_id = ?1")?.execute([to_i64(message_id)])?;
+            self.tx.prepare_cached("DELETE FROM messages WHERE message_id = ?1")?.execute([message_id])?;
             if unread {
                 self.tx
                     .prepare_cached("UPDATE users SET unread_count = unread_count - 1 WHERE user_id = ?1")?
@@ -466,7 +461,7 @@ impl Apply<'_> {
 
     fn delete_account(&self, c: &chorus_proto::v1::DeleteAccountCommand) -> Result<Outcome, rusqlite::Error> {
         let user = check!(self.session(&c.token_hash)?);
-        let user_id = to_i64(user.user_id);
+        let user_id = user.user_id;
         let stored: Option<String> = self
             .tx
             .prepare_cached("SELECT password_hash FROM users WHERE user_id = ?1")?
@@ -497,7 +492,7 @@ impl Apply<'_> {
             .prepare_cached(
                 "UPDATE users SET password_hash = NULL, deleted_at_ms = ?1, unread_count = 0 WHERE user_id = ?2",
             )?
-            .execute(params![to_i64(c.deleted_at_ms), user_id])?;
+            .execute(params![c.deleted_at_ms, user_id])?;
         Ok(Outcome::AccountDeleted)
     }
 

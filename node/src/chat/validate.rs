@@ -4,7 +4,7 @@
 
 use super::limits::{
     BODY_BYTES_MAX, DELETE_IDS_MAX, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, PASSWORD_BYTES_MAX, PASSWORD_BYTES_MIN,
-    PATTERN_LEN_MAX, REQUEST_ID_LEN_MAX, USERNAME_LEN_MAX,
+    PATTERN_CHARS_MAX, REQUEST_ID_CHARS_MAX, USERNAME_CHARS_MAX,
 };
 
 /// Why a piece of client input is unacceptable. Messages say what to do instead.
@@ -12,7 +12,7 @@ use super::limits::{
 pub enum InvalidInput {
     #[error("username is empty: choose 1-32 characters of a-z, 0-9, '_', '.' and '-'")]
     UsernameEmpty,
-    #[error("username is {len} characters long: at most {USERNAME_LEN_MAX} are allowed")]
+    #[error("username is {len} characters long: at most {USERNAME_CHARS_MAX} are allowed")]
     UsernameTooLong { len: usize },
     #[error("username {name:?} contains {found:?}: only a-z, 0-9, '_', '.' and '-' are allowed")]
     UsernameBadCharacter { name: String, found: char },
@@ -36,11 +36,11 @@ pub enum InvalidInput {
         "acknowledged_through ({acknowledged_through}) must be below the message's sequence ({sequence}): it counts the sends whose answers you already have, and this one has none yet"
     )]
     AcknowledgedAhead { sequence: u64, acknowledged_through: u64 },
-    #[error("request_id is {len} characters: at most {REQUEST_ID_LEN_MAX} are allowed")]
+    #[error("request_id is {len} characters: at most {REQUEST_ID_CHARS_MAX} are allowed")]
     RequestIdTooLong { len: usize },
     #[error("request_id contains {found:?}: only printable ASCII without spaces is allowed")]
     RequestIdBadCharacter { found: char },
-    #[error("pattern is {len} characters: at most {PATTERN_LEN_MAX} are allowed")]
+    #[error("pattern is {len} characters: at most {PATTERN_CHARS_MAX} are allowed")]
     PatternTooLong { len: usize },
     #[error(
         "pattern contains {found:?}: use username characters (a-z, 0-9, '_', '.', '-') and the wildcards '*' and '?'"
@@ -63,7 +63,7 @@ pub fn canonical_username(raw: &str) -> Result<String, InvalidInput> {
         return Err(InvalidInput::UsernameEmpty);
     }
     let len = raw.chars().count();
-    if len > USERNAME_LEN_MAX {
+    if len > USERNAME_CHARS_MAX {
         return Err(InvalidInput::UsernameTooLong { len });
     }
     if let Some(found) = raw.chars().find(|c| !is_username_char(c.to_ascii_lowercase())) {
@@ -131,7 +131,7 @@ pub fn send_sequence(sequence: u64, acknowledged_through: u64) -> Result<(), Inv
 /// Checks the optional id of a read (empty: none).
 pub fn request_id(id: &str) -> Result<(), InvalidInput> {
     let len = id.chars().count();
-    if len > REQUEST_ID_LEN_MAX {
+    if len > REQUEST_ID_CHARS_MAX {
         return Err(InvalidInput::RequestIdTooLong { len });
     }
     if let Some(found) = id.chars().find(|c| !c.is_ascii_graphic()) {
@@ -148,7 +148,7 @@ pub fn account_pattern(raw: &str) -> Result<String, InvalidInput> {
         return Ok("*".to_owned());
     }
     let len = raw.chars().count();
-    if len > PATTERN_LEN_MAX {
+    if len > PATTERN_CHARS_MAX {
         return Err(InvalidInput::PatternTooLong { len });
     }
     let pattern = raw.to_ascii_lowercase();
@@ -196,7 +196,7 @@ pub fn decode_page_token(token: &str) -> Result<Option<String>, InvalidInput> {
         return Ok(None);
     }
     let hex = token.strip_prefix("p1.").ok_or(InvalidInput::PageTokenInvalid)?;
-    if hex.len() > 2 * USERNAME_LEN_MAX {
+    if hex.len() > 2 * USERNAME_CHARS_MAX {
         return Err(InvalidInput::PageTokenInvalid);
     }
     let bytes = hex::decode(hex).map_err(|_| InvalidInput::PageTokenInvalid)?;

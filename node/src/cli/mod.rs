@@ -32,8 +32,8 @@ pub struct ClientOptions {
     pub servers: Vec<String>,
     /// How long a command keeps trying (following the leader, failing over between nodes)
     /// before it gives up, in seconds.
-    #[arg(long, global = true, env = "CHORUS_TIMEOUT", default_value_t = 30)]
-    pub timeout: u64,
+    #[arg(long = "timeout", global = true, env = "CHORUS_TIMEOUT", default_value_t = 30)]
+    pub timeout_secs: u64,
     /// Where the login session is kept [default: ~/.config/chorus/session.json].
     #[arg(long, global = true, env = "CHORUS_SESSION_FILE")]
     pub session_file: Option<PathBuf>,

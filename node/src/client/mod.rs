@@ -122,8 +122,10 @@ impl Default for RetryPolicy {
 pub enum ClientError {
     #[error("no servers given: pass --servers HOST:PORT[,HOST:PORT...]")]
     NoServers,
-    #[error("server address {address:?} is not valid: {reason}")]
-    BadAddress { address: String, reason: String },
+    #[error("server address {address:?} is not valid: {source}")]
+    BadAddress { address: String, source: tonic::transport::Error },
+    #[error("server address {address:?} has no port (expected HOST:PORT)")]
+    NoPort { address: String },
 }
 
 /// A client of the whole cluster.
@@ -333,10 +335,10 @@ pub fn new_request_id() -> String {
 
 fn endpoint(server: &str) -> Result<Endpoint, ClientError> {
     let url = if server.contains("://") { server.to_owned() } else { format!("http://{server}") };
-    let bad = |reason: String| ClientError::BadAddress { address: server.to_owned(), reason };
-    let endpoint = Endpoint::from_shared(url).map_err(|e| bad(e.to_string()))?;
+    let address = server.to_owned();
+    let endpoint = Endpoint::from_shared(url).map_err(|source| ClientError::BadAddress { address, source })?;
     if endpoint.uri().port_u16().is_none() {
-        return Err(bad("it has no port (expected HOST:PORT)".to_owned()));
+        return Err(ClientError::NoPort { address: server.to_owned() });
     }
     Ok(endpoint.connect_timeout(CONNECT_TIMEOUT))
 }

@@ -56,8 +56,12 @@ impl SendSequence {
     pub fn begin(&mut self) -> (u64, u64) {
         let sequence = self.next;
         self.next = self.next.checked_add(1).expect("2^64 messages in one session");
-        self.awaiting.insert(sequence);
-        (sequence, self.acknowledged_through())
+        let fresh = self.awaiting.insert(sequence);
+        let acknowledged_through = self.acknowledged_through();
+        // The acknowledgement tells the server it may forget sends: it must never cover
+        // this one, or its retry would be refused as acknowledged and the message lost.
+        assert!(fresh && acknowledged_through < sequence, "send {sequence} numbered twice or acknowledged early");
+        (sequence, acknowledged_through)
     }
 
     /// The request for a new message, numbered.

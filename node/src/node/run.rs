@@ -13,6 +13,7 @@ use chorus_proto::v1::chat_server::ChatServer;
 use chorus_proto::v1::cluster_server::ClusterServer;
 use chorus_proto::v1::raft_server::RaftServer;
 use rand::RngCore;
+use tracing::Instrument;
 
 use crate::chat::credentials::{CredentialError, PasswordHashCost, PasswordHasher};
 use crate::chat::limits::REQUEST_BYTES_MAX;
@@ -93,6 +94,18 @@ pub async fn run_node(
     shutdown: impl Future<Output = ()> + Send,
     on_ready: impl FnOnce(BoundAddresses) + Send,
 ) -> Result<(), NodeError> {
+    // Everything the node logs is inside this span (the tasks it spawns too, through
+    // `in_current_span`), so no event needs to say which node it is from.
+    let span = tracing::info_span!("node", id = config.node_id);
+    serve(config, shutdown, on_ready, span.clone()).instrument(span).await
+}
+
+async fn serve(
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()> + Send,
+    on_ready: impl FnOnce(BoundAddresses) + Send,
+    node_span: tracing::Span,
+) -> Result<(), NodeError> {
     let node_id = config.node_id;
     let cluster = &config.cluster;
     let data_dir = DataDir::open(&config.data_dir)?;
@@ -105,7 +118,6 @@ pub async fn run_node(
     };
     let log = SharedLog::new(store);
     tracing::info!(
-        node_id,
         cluster = %cluster.cluster_id,
         data_dir = %data_dir.path().display(),
         last_applied = chat.last_applied(),
@@ -128,7 +140,10 @@ pub async fn run_node(
         clock: config.clock.clone(),
     };
     let (runtime, raft) = start_runtime(setup, log, Arc::clone(&chat), transport, inbox)?;
-    let mut runtime_task = tokio::task::spawn(runtime.run(stopping.clone()));
+    let mut runtime_task = tokio::task::spawn(runtime.run(stopping.clone()).in_current_span());
+    // One span per call, under the node's: the server runs each connection in a task of
+    // its own, outside the node's span, so the parent is named.
+    let rpc_span = move |request: &tonic::codegen::http::Request<()>| tracing::info_span!(parent: &node_span, "rpc", method = %request.uri().path());
 
     let hasher = PasswordHasher::new(config.password_hash_cost, &mut rng)?;
     let hints = LeaderHints::new(cluster.members.iter().map(|m| (m.id, m.client_address.clone())).collect());
@@ -150,6 +165,7 @@ pub async fn run_node(
     );
     let cluster_service = ClusterService::new(node_id, cluster.clone(), raft.clone(), Arc::clone(&chat));
     let client_router = tonic::transport::Server::builder()
+        .trace_fn(rpc_span.clone())
         // A client that vanished without closing its connection (a dead machine, a cut
         // link) is found within a minute, and its live subscriptions freed with it.
         .http2_keepalive_interval(Some(CLIENT_KEEPALIVE_INTERVAL))
@@ -158,6 +174,7 @@ pub async fn run_node(
         .add_service(ClusterServer::new(cluster_service));
     let raft_service = RaftService::new(cluster.cluster_id.clone(), node_id, cluster.member_ids(), inbox_tx);
     let peer_router = tonic::transport::Server::builder()
+        .trace_fn(rpc_span)
         .timeout(PEER_DELIVERY_TIMEOUT)
         .http2_keepalive_interval(Some(PEER_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(PEER_KEEPALIVE_TIMEOUT))
@@ -209,7 +226,7 @@ pub async fn run_node(
         let peer = clustered.then_some(config.peer_listen);
         (client_server, peer_server, BoundAddresses { client: config.client_listen, peer })
     };
-    tracing::info!(node_id, client = %bound.client, peer = ?bound.peer, "serving");
+    tracing::info!(client = %bound.client, peer = ?bound.peer, "serving");
     on_ready(bound);
 
     let servers = async { tokio::try_join!(client_server, peer_server) };
@@ -225,7 +242,7 @@ pub async fn run_node(
                 // must not outlive them, nor the data directory's lock (dropped on return)
                 // the runtime: a caller that retries would open a second writer.
                 stopping.set(true);
-                stop_runtime(node_id, runtime_task).await?;
+                stop_runtime(runtime_task).await?;
                 return Err(error.into());
             }
             None
@@ -236,20 +253,20 @@ pub async fn run_node(
         return match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => {
-                tracing::error!(node_id, %error, "replication failed; stopping");
+                tracing::error!(%error, "replication failed; stopping");
                 Err(error.into())
             }
             Err(join_error) => panic!("the replication task failed: {join_error}"),
         };
     }
 
-    tracing::info!(node_id, "shutting down");
+    tracing::info!("shutting down");
     match raft.hand_over_leadership(Duration::from_millis(cluster.timing.election_timeout_min_ms)).await {
         HandOver::NotLeader => {}
-        HandOver::Done { target } => tracing::info!(node_id, target, "handed leadership over"),
+        HandOver::Done { target } => tracing::info!(target, "handed leadership over"),
         // The cluster elects a leader after an election timeout, as after a crash.
         HandOver::NotTaken { target } => {
-            tracing::warn!(node_id, target, "leadership hand-over did not complete in time; stopping anyway")
+            tracing::warn!(target, "leadership hand-over did not complete in time; stopping anyway")
         }
     }
     // Live subscriptions never end on their own; this tells them, the servers and the
@@ -258,10 +275,10 @@ pub async fn run_node(
     // A client that stops reading can hold a graceful shutdown open indefinitely; past the
     // grace period the node stops anyway (everything acknowledged is already durable).
     if tokio::time::timeout(SHUTDOWN_GRACE_PERIOD, &mut servers).await.is_err() {
-        tracing::warn!(node_id, "clients did not disconnect in time; stopping anyway");
+        tracing::warn!("clients did not disconnect in time; stopping anyway");
     }
-    stop_runtime(node_id, runtime_task).await?;
-    tracing::info!(node_id, "stopped");
+    stop_runtime(runtime_task).await?;
+    tracing::info!("stopped");
     drop(data_dir);
     Ok(())
 }
@@ -269,14 +286,11 @@ pub async fn run_node(
 /// Waits for the replication runtime, told to stop, to finish (what it was writing is
 /// then written), for at most the grace period: a runtime stuck on a disk that does not
 /// answer must not keep the process from exiting (everything acknowledged is durable).
-async fn stop_runtime(
-    node_id: NodeId,
-    runtime_task: tokio::task::JoinHandle<Result<(), RuntimeError>>,
-) -> Result<(), NodeError> {
+async fn stop_runtime(runtime_task: tokio::task::JoinHandle<Result<(), RuntimeError>>) -> Result<(), NodeError> {
     match tokio::time::timeout(SHUTDOWN_GRACE_PERIOD, runtime_task).await {
         Ok(Ok(result)) => result?,
         Ok(Err(join_error)) => panic!("the replication task failed: {join_error}"),
-        Err(_) => tracing::warn!(node_id, "replication did not stop in time"),
+        Err(_) => tracing::warn!("replication did not stop in time"),
     }
     Ok(())
 }

@@ -126,6 +126,8 @@ impl ChatState {
     /// watching the applied index. Blocking: call it from a blocking context.
     pub fn apply_blocking(&self, batch: &[(u64, Option<Command>)]) -> Result<Vec<Option<Outcome>>, StateMachineError> {
         let Some(&(last_index, _)) = batch.last() else { return Ok(Vec::new()) };
+        let applied_before = self.applied.get();
+        assert!(last_index > applied_before, "the applied index only grows: {applied_before} to {last_index}");
         let borrowed: Vec<(u64, Option<&Command>)> = batch.iter().map(|(index, c)| (*index, c.as_ref())).collect();
         let applied = lock(&self.writer).apply_batch(&borrowed)?;
         self.applied.set(last_index);

@@ -351,7 +351,7 @@ impl<T: Transport> RaftRuntime<T> {
         let log = self.log.clone();
         let progress = run_blocking(move || log.lock().scrub(SCRUB_RECORDS_PER_STEP, SCRUB_BYTES_PER_STEP)).await?;
         let pause = if progress.pass_completed {
-            tracing::debug!(node = self.replica.id(), "the scrub verified the whole log once more");
+            tracing::debug!("the scrub verified the whole log once more");
             SCRUB_PAUSE_BETWEEN_PASSES
         } else {
             SCRUB_INTERVAL
@@ -362,16 +362,14 @@ impl<T: Transport> RaftRuntime<T> {
 
     /// Takes no more part in replication: see [`RaftRuntime::run`].
     async fn quarantine(&mut self, detail: String, stopping: &Watch<bool>) {
-        let node = self.replica.id();
         tracing::error!(
-            node,
             %detail,
             "the replication log is corrupt: this node stops leading and voting, takes no part until its data directory is replaced, and will refuse to start"
         );
         let log = self.log.clone();
         let record = detail.clone();
         if let Err(error) = run_blocking(move || log.lock().record_fault(&record)).await {
-            tracing::error!(node, %error, "could not record the fault; the log may open again after a restart");
+            tracing::error!(%error, "could not record the fault; the log may open again after a restart");
         }
         let refusal = format!("this node's replication log is corrupt ({detail}); it takes no part");
         self.fault.set(Some(refusal.clone()));
@@ -411,7 +409,7 @@ impl<T: Transport> RaftRuntime<T> {
                     }
                     Some(Input::Status { reply }) => {
                         let _ = reply.send(ReplicaStatus {
-                            id: node,
+                            id: self.replica.id(),
                             role: Role::Follower,
                             term: status.term,
                             leader: None,
@@ -456,7 +454,10 @@ impl<T: Transport> RaftRuntime<T> {
                 let bytes = Bytes::from(command.encode_to_vec());
                 match self.replica.propose(bytes) {
                     Ok(position) => {
-                        self.proposals.insert(position.index, (position.term, reply));
+                        // Waiters are failed whenever this node stops leading, and a leader
+                        // appends each index once: an index still awaited is a bug.
+                        let replaced = self.proposals.insert(position.index, (position.term, reply));
+                        assert!(replaced.is_none(), "a proposal waiter at index {} was replaced", position.index);
                     }
                     Err(error) => {
                         let _ = reply.send(Err(propose_error(error)));
@@ -555,6 +556,14 @@ impl<T: Transport> RaftRuntime<T> {
     /// Applies committed entries to the chat state in one transaction and answers the
     /// proposals waiting on them.
     async fn apply(&mut self, entries: Vec<Entry>) -> Result<(), RuntimeError> {
+        let applied = self.chat.last_applied();
+        for (offset, entry) in (1..).zip(&entries) {
+            assert_eq!(
+                entry.index,
+                applied + offset,
+                "committed entries must arrive in order from applied index {applied} + 1, without gaps"
+            );
+        }
         let batch: Vec<(LogIndex, Option<Command>)> = entries
             .iter()
             .map(|entry| {

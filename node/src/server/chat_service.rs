@@ -22,7 +22,7 @@ use super::password_pool::PasswordPool;
 use super::status::{self, LeaderHints};
 use super::subscription::{self, StreamEnds, SubscriptionStream, Subscriptions};
 use crate::chat::credentials::{self, PasswordHasher};
-use crate::chat::limits::{REPLY_BYTES_MAX, TOKEN_LEN_MAX};
+use crate::chat::limits::{REPLY_BYTES_MAX, TOKEN_BYTES_MAX};
 use crate::chat::{Outcome, SessionUser, validate};
 use crate::runtime::{ChatState, Proposer};
 use crate::seam::NodeClock;
@@ -96,7 +96,7 @@ fn token_hash(token: &str) -> Result<Vec<u8>, Status> {
             "no session token given: log in first",
         ));
     }
-    if token.len() > TOKEN_LEN_MAX {
+    if token.len() > TOKEN_BYTES_MAX {
         return Err(status::session_invalid());
     }
     Ok(credentials::token_hash(token))

@@ -89,18 +89,18 @@ pub struct LocalCluster {
 }
 
 impl LocalCluster {
-    /// A new cluster of `size` members on claimed loopback ports, its `cluster.toml` and
+    /// A new cluster of `members` members on claimed loopback ports, its `cluster.toml` and
     /// data directories under `dir`. Nothing is started yet.
     pub fn create(
         dir: &Path,
         cluster_id: &str,
-        size: u64,
+        members: u64,
         timing: Timing,
         header: &str,
         launch: Launch,
     ) -> Result<Self, SupervisorError> {
-        let ports = claim_loopback_ports(2 * size as usize)?;
-        let members = (1..=size)
+        let ports = claim_loopback_ports(2 * members as usize)?;
+        let members = (1..=members)
             .zip(ports.chunks(2))
             .map(|(id, pair)| MemberConfig {
                 id,

@@ -10,6 +10,7 @@ use chorus_proto::v1::raft_client::RaftClient;
 use rand::RngCore;
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
+use tracing::Instrument;
 
 use super::codec::encode_message;
 use super::{RAFT_BATCH_BYTES_MAX, RAFT_BATCH_MESSAGES_MAX, Transport, message_cost};
@@ -51,7 +52,7 @@ impl GrpcTransport {
                 address,
                 dropped: Arc::clone(&dropped),
             };
-            tokio::task::spawn(link.run(receiver, stopping.clone()));
+            tokio::task::spawn(link.run(receiver, stopping.clone()).in_current_span());
         }
         Self { queues, dropped }
     }
@@ -137,6 +138,13 @@ impl PeerLink {
                     }
                 }
             }
+            // The queue is this link's: every message on it is from this node to its peer,
+            // and the receiver drops a batch whose messages say otherwise.
+            assert!(
+                batch.iter().all(|message| message.from == self.from && message.to == self.to),
+                "a message for another link was queued to node {}",
+                self.to
+            );
             let request = RaftBatch {
                 cluster_id: self.cluster_id.clone(),
                 from: self.from,

@@ -27,7 +27,6 @@ impl RaftService {
 
     fn refuse(&self, batch: &RaftBatch, status: Status) -> Status {
         tracing::warn!(
-            node = self.node_id,
             from = batch.from,
             cluster = %batch.cluster_id,
             reason = %status.message(),
@@ -70,7 +69,7 @@ impl Raft for RaftService {
             // A full inbox means the runtime is behind; dropping is what the network would
             // do, and Raft retransmits.
             if !self.inbox.try_send(message) {
-                tracing::debug!(node = self.node_id, from = batch.from, "inbox full; message dropped");
+                tracing::debug!(from = batch.from, "inbox full; message dropped");
             }
         }
         Ok(Response::new(RaftBatchAck {}))
