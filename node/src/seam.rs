@@ -156,6 +156,48 @@ where
     }
 }
 
+/// Runs `future` on a thread of its own, with its own single-threaded async runtime, and
+/// returns a handle to await its output on the caller's runtime (a panic in it resumes
+/// there). The replication runtime runs so: the core reads log entries older than the
+/// log's cache from SQLite synchronously, and those reads then block only the Raft loop's
+/// own thread, never a worker that serves clients. Under madsim it is an ordinary task:
+/// a thread would break replay, and blocking costs no simulated time.
+pub fn spawn_dedicated<F>(name: &str, future: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    use tracing::Instrument;
+    let future = future.in_current_span();
+    #[cfg(not(madsim))]
+    {
+        let (done, output) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("an async runtime for a dedicated thread");
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(future)));
+                let _ = done.send(outcome);
+            })
+            .expect("the system refused to start a thread");
+        tokio::task::spawn(async move {
+            match output.await {
+                Ok(Ok(output)) => output,
+                Ok(Err(panic)) => std::panic::resume_unwind(panic),
+                Err(_) => panic!("the thread ended without finishing its work"),
+            }
+        })
+    }
+    #[cfg(madsim)]
+    {
+        let _ = name;
+        tokio::task::spawn(future)
+    }
+}
+
 /// How many cores this machine has: how many CPU-heavy computations (password hashing) a
 /// node runs at once. Under madsim such work runs inline, so the number changes nothing.
 pub fn cpu_count() -> usize {

@@ -32,6 +32,8 @@ use crate::transport::{
 };
 use crate::watch::Watch;
 
+/// The thread the replication runtime runs on (see [`crate::seam::spawn_dedicated`]).
+pub const RAFT_THREAD_NAME: &str = "chorus-raft";
 /// How long a stopping node waits for clients to finish before it stops regardless.
 const SHUTDOWN_GRACE_PERIOD: Duration = Duration::from_secs(5);
 /// How often a node pings an idle client connection, and how long it waits for the answer.
@@ -140,7 +142,7 @@ async fn serve(
         clock: config.clock.clone(),
     };
     let (runtime, raft) = start_runtime(setup, log, Arc::clone(&chat), transport, inbox)?;
-    let mut runtime_task = tokio::task::spawn(runtime.run(stopping.clone()).in_current_span());
+    let mut runtime_task = crate::seam::spawn_dedicated(RAFT_THREAD_NAME, runtime.run(stopping.clone()));
     // One span per call, under the node's: the server runs each connection in a task of
     // its own, outside the node's span, so the parent is named.
     let rpc_span = move |request: &tonic::codegen::http::Request<()>| tracing::info_span!(parent: &node_span, "rpc", method = %request.uri().path());
@@ -293,4 +295,51 @@ async fn stop_runtime(runtime_task: tokio::task::JoinHandle<Result<(), RuntimeEr
         Err(_) => tracing::warn!("replication did not stop in time"),
     }
     Ok(())
+}
+
+#[cfg(all(test, not(madsim)))]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::replication::{Entry, Role, Term};
+
+    /// Records the thread each applied entry was applied on.
+    #[derive(Default)]
+    struct ThreadNames(Mutex<Vec<Option<String>>>, tokio::sync::Notify);
+
+    impl ReplicationObserver for ThreadNames {
+        fn role_changed(&self, _: NodeId, _: Term, _: Role) {}
+        fn entry_applied(&self, _: NodeId, _: &Entry) {
+            self.0.lock().unwrap().push(std::thread::current().name().map(str::to_owned));
+            self.1.notify_one();
+        }
+    }
+
+    /// The Raft loop, which reads old log entries synchronously, runs on its own thread,
+    /// not on the workers that serve clients.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_replication_runtime_runs_on_its_own_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let observer = Arc::new(ThreadNames::default());
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let config = NodeConfig {
+            node_id: 1,
+            cluster: ClusterConfig::single(1, loopback.to_string()),
+            data_dir: dir.path().to_owned(),
+            client_listen: loopback,
+            peer_listen: loopback,
+            password_hash_cost: PasswordHashCost::MINIMUM,
+            observer: Some(observer.clone()),
+            log_store: None,
+            bootstrap: true,
+            clock: NodeClock::system(),
+        };
+        // A single node elects itself and applies its no-op: one applied entry.
+        let applied = observer.1.notified();
+        run_node(config, applied, |_| {}).await.unwrap();
+        let names = observer.0.lock().unwrap().clone();
+        assert!(!names.is_empty(), "the no-op was applied");
+        assert!(names.iter().all(|name| name.as_deref() == Some(RAFT_THREAD_NAME)), "{names:?}");
+    }
 }
