@@ -1,0 +1,107 @@
+//! Leadership transfer (§3.10): the leader pauses proposals, brings the target up to date
+//! and tells it to campaign at once (`TimeoutNow`); the target runs a pre-vote that the
+//! others grant only while the leader announces this very transfer.
+
+use super::leader::{LeaderContext, LeaderState};
+use super::message::MessageBody;
+use super::replica::{Replica, RoleState};
+use super::storage::{Storage, StorageError};
+use super::types::NodeId;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransferError {
+    #[error("not the leader (leader: {leader_hint:?})")]
+    NotLeader { leader_hint: Option<NodeId> },
+    #[error("node {0} is not a member of the cluster")]
+    UnknownMember(NodeId),
+    #[error("this node is already the leader")]
+    ToSelf,
+}
+
+/// A transfer under way, on its leader.
+pub(super) struct Transfer {
+    target: NodeId,
+    deadline_ms: u64,
+    timeout_now_sent: bool,
+}
+
+impl<S: Storage> Replica<S> {
+    /// Hands leadership to `target` (§3.10): proposals pause, the target is brought up to
+    /// date, then told to campaign at once. Gives up after an election timeout.
+    pub fn transfer_leadership(&mut self, target: NodeId) -> Result<(), TransferError> {
+        if !self.members.contains(&target) {
+            return Err(TransferError::UnknownMember(target));
+        }
+        if target == self.id {
+            return Err(TransferError::ToSelf);
+        }
+        let leader_hint = self.leader;
+        let Some((leader, cx)) = self.leader_parts() else {
+            return Err(TransferError::NotLeader { leader_hint });
+        };
+        let deadline_ms = cx.now_ms + cx.config.election_timeout_min_ms;
+        tracing::info!(node = cx.id, term = cx.term, target, "transferring leadership");
+        leader.transfer = Some(Transfer { target, deadline_ms, timeout_now_sent: false });
+        // The followers must hear of the transfer before the target's pre-vote reaches them
+        // (they grant it only then): a heartbeat round announcing it leaves with the next
+        // `Ready`, one hop ahead of the target's two; the TimeoutNow follows in the same
+        // `Ready` if the target is up to date, else once it is.
+        leader.heartbeat_requested = true;
+        leader.broadcast_needed = true;
+        Ok(())
+    }
+
+    /// The target of the leadership transfer under way: this leader's own, or the one its
+    /// leader announced last.
+    pub(super) fn transfer_announced(&self) -> Option<NodeId> {
+        match &self.role {
+            RoleState::Leader(leader) => leader.transfer_target(),
+            _ => self.announced_transfer,
+        }
+    }
+
+    /// Asks again the voters that have not answered this transfer's pre-vote. A voter that
+    /// got it before the leader's announcement of the transfer ignored it without a word
+    /// (stickiness); asked once only, the transfer would fail for a heartbeat that came
+    /// second. Repeated at each append that announces the transfer, for as long as it runs.
+    pub(super) fn repeat_transfer_pre_vote(&mut self) -> Result<(), StorageError> {
+        let RoleState::PreCandidate { ballot, leadership_transfer: true } = &self.role else { return Ok(()) };
+        let unanswered: Vec<NodeId> = self.peers().filter(|&peer| !ballot.has_answered(peer)).collect();
+        let Some(proposed_term) = self.next_term() else { return Ok(()) };
+        let last_log = self.log.last_position()?;
+        for peer in unanswered {
+            self.send_in_term(peer, proposed_term, MessageBody::PreVoteRequest { last_log, leadership_transfer: true });
+        }
+        Ok(())
+    }
+}
+
+impl LeaderState {
+    /// The member leadership is being handed to, while it is.
+    pub fn transfer_target(&self) -> Option<NodeId> {
+        self.transfer.as_ref().map(|transfer| transfer.target)
+    }
+
+    /// Abandons the transfer once its deadline has passed: proposals resume.
+    pub fn expire_transfer<S: Storage>(&mut self, cx: &LeaderContext<'_, S>) {
+        if let Some(transfer) = &self.transfer
+            && cx.now_ms >= transfer.deadline_ms
+        {
+            tracing::info!(node = cx.id, target = transfer.target, "leadership transfer timed out");
+            self.transfer = None;
+        }
+    }
+
+    /// Tells the transfer target to campaign, once it holds the leader's whole log (it
+    /// would lose the election otherwise). Called with every `Ready`.
+    pub fn maybe_send_timeout_now<S: Storage>(&mut self, cx: &mut LeaderContext<'_, S>) -> Result<(), StorageError> {
+        let last_log = cx.log.last_position()?;
+        let Some(transfer) = self.transfer.as_mut() else { return Ok(()) };
+        if transfer.timeout_now_sent || self.progress[&transfer.target].match_index != last_log.index {
+            return Ok(());
+        }
+        transfer.timeout_now_sent = true;
+        cx.send(transfer.target, MessageBody::TimeoutNow { last_log });
+        Ok(())
+    }
+}
