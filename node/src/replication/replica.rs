@@ -379,9 +379,11 @@ impl<S: Storage> Replica<S> {
         let hard_state = self.hard_state();
         let soft_state = self.soft_state();
         let outbox = std::mem::take(&mut self.outbox);
+        let (truncate_from, entries) = self.log.take_to_persist();
         let ready = Ready {
             hard_state: (hard_state != self.persisted_hard_state).then_some(hard_state),
-            entries: self.log.unstable_entries().to_vec(),
+            truncate_from,
+            entries,
             messages: outbox.messages,
             messages_after_persist: outbox.messages_after_persist,
             committed_entries: self

@@ -56,17 +56,29 @@ impl MemoryStorage {
         self.hard_state = hard_state;
     }
 
-    /// Appends `entries`, first discarding every stored entry at or after the first one's
-    /// index (a conflicting suffix the leader overwrote).
-    pub fn append(&mut self, entries: &[Entry]) {
-        let Some(first) = entries.first() else { return };
-        assert!(
-            first.index >= 1 && first.index <= self.entries.len() as LogIndex + 1,
-            "append at {} would leave a gap after {}",
-            first.index,
-            self.entries.len()
-        );
-        self.entries.truncate(first.index as usize - 1);
+    /// Writes a `Ready`'s entries: removes every stored entry at or after `truncate_from`
+    /// (a conflicting suffix the leader overwrote), if set, then appends `entries`, which
+    /// must start exactly there, or else right after the last stored entry.
+    pub fn append(&mut self, truncate_from: Option<LogIndex>, entries: &[Entry]) {
+        let last = self.entries.len() as LogIndex;
+        let start = match truncate_from {
+            Some(index) => {
+                assert!(
+                    index >= 1 && index <= last,
+                    "truncation at {index} removes nothing from a log ending at {last}"
+                );
+                self.entries.truncate(index as usize - 1);
+                index
+            }
+            None => last + 1,
+        };
+        for (offset, entry) in entries.iter().enumerate() {
+            assert_eq!(
+                entry.index,
+                start + offset as LogIndex,
+                "entries must be contiguous from {start} (truncation {truncate_from:?}, last stored {last})"
+            );
+        }
         self.entries.extend(entries.iter().cloned());
     }
 
