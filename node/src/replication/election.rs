@@ -231,3 +231,137 @@ impl<S: Storage> Replica<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::ready::{Ready, SoftState};
+    use super::super::test_support::*;
+    use super::super::types::{HardState, Role};
+    use super::*;
+
+    fn pre_vote_request(last_log: LogPosition) -> MessageBody {
+        MessageBody::PreVoteRequest { last_log, leadership_transfer: false }
+    }
+
+    fn vote_request(last_log: LogPosition) -> MessageBody {
+        MessageBody::VoteRequest { last_log, leadership_transfer: false }
+    }
+
+    /// §9.6: a replica whose election timer fires asks every peer for a pre-vote in the
+    /// term it would campaign in, without adopting that term (nothing to persist).
+    #[test]
+    fn election_timeout_asks_every_peer_for_a_pre_vote_without_changing_term() {
+        let mut replica = replica(1, 3, 1, &[1, 1]);
+        replica.tick(ELECTION_TIMEOUT_MAX_MS).unwrap();
+        let request = pre_vote_request(position(2, 1));
+        assert_eq!(
+            replica.ready().unwrap(),
+            Ready {
+                messages_after_persist: vec![message(1, 2, 2, request.clone()), message(1, 3, 2, request)],
+                soft_state: Some(SoftState { role: Role::PreCandidate, term: 1, leader: None }),
+                ..Ready::default()
+            }
+        );
+    }
+
+    /// §9.6 then §3.4: a majority of pre-votes (the candidate's own and one more of three)
+    /// starts the real election: term + 1 and the self-vote go to disk, and the vote
+    /// requests wait in `messages_after_persist` until they are durable. That order is what
+    /// makes the self-vote safe: no grant can come back, and so no election be won, on a
+    /// vote that a crash could make the candidate forget and cast again for a rival.
+    #[test]
+    fn pre_vote_majority_persists_term_and_self_vote_before_the_vote_requests_leave() {
+        let mut replica = replica(1, 3, 1, &[1, 1]);
+        replica.tick(ELECTION_TIMEOUT_MAX_MS).unwrap();
+        handle_ready(&mut replica);
+        replica.step(message(2, 1, 2, MessageBody::PreVoteResponse { granted: true })).unwrap();
+        let request = vote_request(position(2, 1));
+        assert_eq!(
+            replica.ready().unwrap(),
+            Ready {
+                hard_state: Some(HardState { term: 2, vote: Some(1) }),
+                messages_after_persist: vec![message(1, 2, 2, request.clone()), message(1, 3, 2, request)],
+                soft_state: Some(SoftState { role: Role::Candidate, term: 2, leader: None }),
+                ..Ready::default()
+            }
+        );
+    }
+
+    /// §9.6: a pre-candidate refused by a majority goes back to following, still in its
+    /// term: a partitioned node that keeps timing out never raises it.
+    #[test]
+    fn pre_vote_refused_by_a_majority_returns_to_follower_in_the_same_term() {
+        let mut replica = replica(1, 3, 1, &[1]);
+        replica.tick(ELECTION_TIMEOUT_MAX_MS).unwrap();
+        handle_ready(&mut replica);
+        replica.step(message(2, 1, 1, MessageBody::PreVoteResponse { granted: false })).unwrap();
+        assert!(!replica.has_ready(), "one refusal of three decides nothing");
+        replica.step(message(3, 1, 1, MessageBody::PreVoteResponse { granted: false })).unwrap();
+        assert_eq!(
+            replica.ready().unwrap(),
+            Ready { soft_state: Some(SoftState { role: Role::Follower, term: 1, leader: None }), ..Ready::default() }
+        );
+    }
+
+    /// §9.6: granting a pre-vote changes nothing here: the grant answers in the proposed
+    /// term, which the voter does not adopt.
+    #[test]
+    fn pre_vote_grant_answers_in_the_proposed_term_without_adopting_it() {
+        let mut replica = replica(1, 3, 1, &[1]);
+        replica.step(message(2, 1, 2, pre_vote_request(position(1, 1)))).unwrap();
+        assert_eq!(
+            replica.ready().unwrap(),
+            Ready {
+                messages_after_persist: vec![message(1, 2, 2, MessageBody::PreVoteResponse { granted: true })],
+                ..Ready::default()
+            }
+        );
+    }
+
+    /// Figure 3.1 ("updated on stable storage before responding"): a vote is granted in
+    /// `messages_after_persist`, with the new term and the vote persisted in the same
+    /// `Ready`, so it never leaves before it is durable.
+    #[test]
+    fn vote_grant_leaves_after_the_vote_it_promises_is_persisted() {
+        let mut replica = replica(1, 3, 1, &[1]);
+        replica.step(message(2, 1, 2, vote_request(position(1, 1)))).unwrap();
+        assert_eq!(
+            replica.ready().unwrap(),
+            Ready {
+                hard_state: Some(HardState { term: 2, vote: Some(2) }),
+                messages_after_persist: vec![message(1, 2, 2, MessageBody::VoteResponse { granted: true })],
+                soft_state: Some(SoftState { role: Role::Follower, term: 2, leader: None }),
+                ..Ready::default()
+            }
+        );
+    }
+
+    /// §3.6.1: a candidate whose log is less up to date is refused, even with a longer log:
+    /// last terms are compared first. The voter still adopts the candidate's term.
+    #[test]
+    fn candidate_with_a_less_up_to_date_log_is_refused() {
+        let mut replica = replica(1, 3, 2, &[1, 2]);
+        replica.step(message(2, 1, 3, vote_request(position(3, 1)))).unwrap();
+        assert_eq!(
+            replica.ready().unwrap(),
+            Ready {
+                hard_state: Some(HardState { term: 3, vote: None }),
+                messages_after_persist: vec![message(1, 2, 3, MessageBody::VoteResponse { granted: false })],
+                soft_state: Some(SoftState { role: Role::Follower, term: 3, leader: None }),
+                ..Ready::default()
+            }
+        );
+    }
+
+    /// §4.2.3: a replica that heard from its leader within the minimum election timeout
+    /// ignores a vote request of a higher term entirely: no answer, no term change.
+    #[test]
+    fn vote_request_is_ignored_while_the_leader_is_heard_from() {
+        let mut replica = replica(1, 3, 1, &[1]);
+        replica.step(message(2, 1, 1, append(position(1, 1), vec![], 0))).unwrap();
+        handle_ready(&mut replica);
+        replica.step(message(3, 1, 2, vote_request(position(1, 1)))).unwrap();
+        assert!(!replica.has_ready());
+        assert_eq!(replica.term(), 1);
+    }
+}

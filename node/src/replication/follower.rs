@@ -199,3 +199,200 @@ impl<S: Storage> Replica<S> {
         self.start_pre_vote(true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::ready::{Ready, SoftState};
+    use super::super::test_support::*;
+    use super::super::types::{HardState, Role, Term};
+    use super::*;
+
+    fn following(leader: NodeId, term: Term) -> Option<SoftState> {
+        Some(SoftState { role: Role::Follower, term, leader: Some(leader) })
+    }
+
+    fn rejected(
+        rejected_previous: LogIndex,
+        conflict_term: Option<Term>,
+        first_index_of_term: LogIndex,
+    ) -> MessageBody {
+        let result = AppendResult::Rejected { rejected_previous, conflict_term, first_index_of_term };
+        MessageBody::AppendResponse { result, heartbeat_round: 0 }
+    }
+
+    /// §3.5, figure 3.1: entries after a matching entry are appended, and acknowledged in
+    /// `messages_after_persist`: the leader counts the acknowledgement toward commitment,
+    /// so it must not leave before the entries are durable.
+    #[test]
+    fn append_after_a_matching_entry_is_persisted_then_acknowledged() {
+        let mut replica = replica(1, 3, 1, &[1]);
+        replica.step(message(2, 1, 1, append(position(1, 1), vec![entry(2, 1)], 0))).unwrap();
+        assert_eq!(
+            replica.ready().unwrap(),
+            Ready {
+                entries: vec![entry(2, 1)],
+                messages_after_persist: vec![message(1, 2, 1, accepted(2, 0))],
+                soft_state: following(2, 1),
+                ..Ready::default()
+            }
+        );
+    }
+
+    /// §3.5, figure 3.1 rule 3: entries that agree are kept, the stored suffix from the
+    /// first conflicting entry is removed (`truncate_from`), and the leader's entries
+    /// replace it.
+    #[test]
+    fn conflicting_suffix_is_truncated_from_its_first_conflicting_index() {
+        let mut replica = replica(1, 3, 1, &[1, 1, 1]);
+        replica.step(message(2, 1, 2, append(position(1, 1), vec![entry(2, 1), entry(3, 2)], 0))).unwrap();
+        let ready = replica.ready().unwrap();
+        assert_eq!(
+            ready,
+            Ready {
+                hard_state: Some(HardState { term: 2, vote: None }),
+                truncate_from: Some(3),
+                entries: vec![entry(3, 2)],
+                messages_after_persist: vec![message(1, 2, 2, accepted(3, 0))],
+                soft_state: following(2, 2),
+                ..Ready::default()
+            }
+        );
+        persist(&mut replica, &ready);
+        assert_eq!(replica.storage().all_entries().cloned().collect::<Vec<_>>(), log(&[1, 1, 2]));
+    }
+
+    /// Entries handed out in a `Ready` that a new leader overwrites before `advance` are
+    /// stored by then: the next `Ready` removes them from the first entry it writes again.
+    #[test]
+    fn entries_superseded_before_advance_are_truncated_from_the_first_unstable_index() {
+        let mut replica = replica(1, 3, 1, &[]);
+        replica.step(message(2, 1, 1, append(position(0, 0), log(&[1, 1, 1]), 0))).unwrap();
+        let first = replica.ready().unwrap();
+        replica.storage_mut().append(first.truncate_from, &first.entries);
+        replica.step(message(3, 1, 2, append(position(1, 1), vec![entry(2, 2)], 0))).unwrap();
+        replica.advance().unwrap();
+        let ready = replica.ready().unwrap();
+        assert_eq!(
+            ready,
+            Ready {
+                hard_state: Some(HardState { term: 2, vote: None }),
+                truncate_from: Some(1),
+                entries: vec![entry(1, 1), entry(2, 2)],
+                messages_after_persist: vec![message(1, 3, 2, accepted(2, 0))],
+                soft_state: following(3, 2),
+                ..Ready::default()
+            }
+        );
+        persist(&mut replica, &ready);
+        assert_eq!(replica.storage().all_entries().cloned().collect::<Vec<_>>(), log(&[1, 2]));
+    }
+
+    /// §3.5 (and its optimization in §5.3 of the Raft paper): an append whose previous
+    /// entry this log lacks is refused with the term held there and the first index of that
+    /// term, and nothing is written.
+    #[test]
+    fn append_after_a_mismatching_entry_is_refused_with_the_conflict_hint() {
+        let mut replica = replica(1, 3, 3, &[1, 1, 2, 2]);
+        replica.step(message(2, 1, 3, append(position(4, 3), vec![entry(5, 3)], 0))).unwrap();
+        assert_eq!(
+            replica.ready().unwrap(),
+            Ready {
+                messages_after_persist: vec![message(1, 2, 3, rejected(4, Some(2), 3))],
+                soft_state: following(2, 3),
+                ..Ready::default()
+            }
+        );
+    }
+
+    /// Figure 3.1 rule 1 (§3.3): an append of an older term is refused with the current
+    /// term, so that a deposed leader learns of it and steps down.
+    #[test]
+    fn append_of_an_older_term_is_answered_with_the_current_term() {
+        let mut replica = replica(1, 3, 3, &[1]);
+        replica.step(message(2, 1, 2, append(position(1, 1), vec![entry(2, 2)], 1))).unwrap();
+        assert_eq!(
+            replica.ready().unwrap(),
+            Ready { messages_after_persist: vec![message(1, 2, 3, rejected(1, None, 0))], ..Ready::default() }
+        );
+    }
+
+    /// A message no correct replica sends is dropped whole: no answer, no write, not even
+    /// its higher term adopted.
+    #[test]
+    fn malformed_append_is_dropped_with_an_empty_ready() {
+        let mut replica = replica(1, 3, 1, &[1]);
+        for entries in [vec![entry(3, 5)], vec![entry(2, 6)], vec![entry(2, 4), entry(3, 2)]] {
+            replica.step(message(2, 1, 5, append(position(1, 1), entries, 0))).unwrap();
+        }
+        replica.step(message(2, 1, 5, append(position(1, 6), vec![], 0))).unwrap();
+        assert!(!replica.has_ready());
+        assert_eq!(replica.ready().unwrap(), Ready::default());
+        assert_eq!(replica.term(), 1);
+    }
+
+    /// §3.5: a follower learns the commit index from the leader and hands the newly
+    /// committed entries out to be applied.
+    #[test]
+    fn leader_commit_hands_out_the_newly_committed_entries() {
+        let mut replica = replica(1, 3, 1, &[1, 1]);
+        replica.step(message(2, 1, 1, append(position(2, 1), vec![], 2))).unwrap();
+        assert_eq!(
+            replica.ready().unwrap(),
+            Ready {
+                messages_after_persist: vec![message(1, 2, 1, accepted(2, 0))],
+                committed_entries: log(&[1, 1]),
+                soft_state: following(2, 1),
+                ..Ready::default()
+            }
+        );
+    }
+
+    /// §3.5 (commit up to min(leaderCommit, index of last new entry)): entries this append
+    /// does not show to match the leader's log stay uncommitted, whatever the leader's
+    /// commit index.
+    #[test]
+    fn commit_stops_at_what_the_append_shows_to_match() {
+        let mut replica = replica(1, 3, 1, &[1, 1]);
+        replica.step(message(2, 1, 1, append(position(1, 1), vec![], 2))).unwrap();
+        assert_eq!(
+            replica.ready().unwrap(),
+            Ready {
+                messages_after_persist: vec![message(1, 2, 1, accepted(1, 0))],
+                committed_entries: log(&[1]),
+                soft_state: following(2, 1),
+                ..Ready::default()
+            }
+        );
+    }
+
+    /// §3.10: a `TimeoutNow` from the leader, naming where this log ends, starts a
+    /// transfer pre-vote at once; the replica keeps following that leader meanwhile.
+    #[test]
+    fn timeout_now_from_the_leader_starts_a_transfer_pre_vote() {
+        let mut replica = replica(1, 3, 1, &[1]);
+        replica.step(message(2, 1, 1, append(position(1, 1), vec![], 0))).unwrap();
+        handle_ready(&mut replica);
+        replica.step(message(2, 1, 1, MessageBody::TimeoutNow { last_log: position(1, 1) })).unwrap();
+        let request = MessageBody::PreVoteRequest { last_log: position(1, 1), leadership_transfer: true };
+        assert_eq!(
+            replica.ready().unwrap(),
+            Ready {
+                messages_after_persist: vec![message(1, 2, 2, request.clone()), message(1, 3, 2, request)],
+                soft_state: Some(SoftState { role: Role::PreCandidate, term: 1, leader: Some(2) }),
+                ..Ready::default()
+            }
+        );
+    }
+
+    /// A `TimeoutNow` naming a log end this log no longer has belongs to an abandoned
+    /// transfer: it changes nothing.
+    #[test]
+    fn timeout_now_for_another_log_end_is_ignored() {
+        let mut replica = replica(1, 3, 1, &[1]);
+        replica.step(message(2, 1, 1, append(position(1, 1), vec![], 0))).unwrap();
+        handle_ready(&mut replica);
+        replica.step(message(2, 1, 1, MessageBody::TimeoutNow { last_log: position(2, 1) })).unwrap();
+        assert!(!replica.has_ready());
+        assert_eq!(replica.role(), Role::Follower);
+    }
+}

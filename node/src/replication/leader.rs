@@ -374,3 +374,116 @@ impl LeaderState {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::ready::{Ready, SoftState};
+    use super::super::test_support::*;
+    use super::super::types::Role;
+    use super::*;
+
+    fn noop(index: LogIndex, term: Term) -> Entry {
+        Entry { term, index, payload: Payload::Noop }
+    }
+
+    /// §3.6.2 and §6.4: a candidate that wins appends a no-op of its term and sends it to
+    /// every follower at once, in `messages`: a leader's appends need nothing of its own
+    /// durable (it counts its own log toward commitment only once durable, §10.2.1).
+    #[test]
+    fn new_leader_appends_a_noop_and_sends_it_before_persisting() {
+        let mut replica = replica(1, 3, 1, &[1]);
+        replica.tick(ELECTION_TIMEOUT_MAX_MS).unwrap();
+        handle_ready(&mut replica);
+        replica.step(message(2, 1, 2, MessageBody::PreVoteResponse { granted: true })).unwrap();
+        handle_ready(&mut replica);
+        replica.step(message(2, 1, 2, MessageBody::VoteResponse { granted: true })).unwrap();
+        let append = append(position(1, 1), vec![noop(2, 2)], 0);
+        assert_eq!(
+            replica.ready().unwrap(),
+            Ready {
+                entries: vec![noop(2, 2)],
+                messages: vec![message(1, 2, 2, append.clone()), message(1, 3, 2, append)],
+                soft_state: Some(SoftState { role: Role::Leader, term: 2, leader: Some(1) }),
+                ..Ready::default()
+            }
+        );
+    }
+
+    /// §3.6.2, figure 3.7: an entry of an earlier term stored on a majority is not
+    /// committed by counting; it commits with the first entry of the current term that
+    /// reaches a majority.
+    #[test]
+    fn earlier_term_entries_commit_only_with_a_current_term_entry() {
+        let mut replica = leader(2, &[1, 2]);
+        replica.step(message(2, 1, 3, accepted(2, 0))).unwrap();
+        assert_eq!(
+            replica.ready().unwrap(),
+            Ready { messages: vec![message(1, 2, 3, append(position(2, 2), vec![noop(3, 3)], 0))], ..Ready::default() },
+            "entry 2 (term 2) is on a majority, but not committed"
+        );
+        replica.advance().unwrap();
+        replica.step(message(2, 1, 3, accepted(3, 0))).unwrap();
+        assert_eq!(
+            replica.ready().unwrap(),
+            Ready {
+                messages: vec![message(1, 2, 3, append(position(3, 3), vec![], 3))],
+                committed_entries: vec![entry(1, 1), entry(2, 2), noop(3, 3)],
+                ..Ready::default()
+            }
+        );
+    }
+
+    /// §3.5 (the optimization of §5.3 of the Raft paper): a rejection naming the
+    /// follower's conflicting term, which the leader does not have, sends the next probe
+    /// to the first index of that term: the whole term is skipped in one round trip.
+    #[test]
+    fn rejection_hint_skips_the_followers_whole_conflicting_term() {
+        let mut replica = leader(3, &[1, 3, 3]);
+        let result = AppendResult::Rejected { rejected_previous: 3, conflict_term: Some(2), first_index_of_term: 2 };
+        replica.step(message(2, 1, 4, MessageBody::AppendResponse { result, heartbeat_round: 0 })).unwrap();
+        let entries = vec![entry(2, 3), entry(3, 3), noop(4, 4)];
+        assert_eq!(
+            replica.ready().unwrap(),
+            Ready { messages: vec![message(1, 2, 4, append(position(1, 1), entries, 0))], ..Ready::default() }
+        );
+    }
+
+    /// §3.4: a leader sends a round of heartbeats every heartbeat interval, each after the
+    /// follower's known match point and carrying the commit index and the round number.
+    #[test]
+    fn heartbeats_go_to_every_follower_each_interval() {
+        let mut replica = leader_with_followers_caught_up(1, &[1]);
+        let now = ELECTION_TIMEOUT_MAX_MS;
+        replica.tick(now).unwrap();
+        handle_ready(&mut replica);
+        replica.tick(now + HEARTBEAT_INTERVAL_MS - 1).unwrap();
+        assert!(!replica.has_ready(), "no heartbeat before the interval is up");
+        replica.tick(now + HEARTBEAT_INTERVAL_MS).unwrap();
+        let heartbeat = MessageBody::AppendRequest {
+            previous: position(2, 2),
+            entries: vec![],
+            leader_commit: 2,
+            heartbeat_round: 2,
+            transfer_target: None,
+        };
+        assert_eq!(
+            replica.ready().unwrap(),
+            Ready {
+                messages: vec![message(1, 2, 2, heartbeat.clone()), message(1, 3, 2, heartbeat)],
+                ..Ready::default()
+            }
+        );
+    }
+
+    /// §6.2 (CheckQuorum): a leader that heard from no majority within an election timeout
+    /// steps down, in its term, knowing no leader.
+    #[test]
+    fn leader_that_hears_from_no_majority_steps_down() {
+        let mut replica = leader(1, &[1]);
+        replica.tick(ELECTION_TIMEOUT_MAX_MS + ELECTION_TIMEOUT_MIN_MS).unwrap();
+        assert_eq!(
+            replica.ready().unwrap(),
+            Ready { soft_state: Some(SoftState { role: Role::Follower, term: 2, leader: None }), ..Ready::default() }
+        );
+    }
+}

@@ -25,6 +25,8 @@ mod ready;
 mod replica;
 mod rng;
 mod storage;
+#[cfg(test)]
+mod test_support;
 mod transfer;
 mod types;
 

@@ -12,7 +12,7 @@
 use super::message::Message;
 use super::types::{Entry, HardState, LogIndex, NodeId, Role, Term};
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Ready {
     pub hard_state: Option<HardState>,
     /// Remove every stored entry at or after this index before appending `entries`, in the

@@ -479,3 +479,50 @@ impl<S: Storage> Replica<S> {
         self.members.clone().into_iter().filter(move |&member| member != id)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use super::*;
+
+    /// A replica that was given nothing to do hands out an empty `Ready`.
+    #[test]
+    fn a_replica_with_no_inputs_has_nothing_to_hand_out() {
+        let mut replica = replica(1, 3, 1, &[1]);
+        assert!(!replica.has_ready());
+        assert_eq!(replica.ready().unwrap(), Ready::default());
+    }
+
+    /// Messages to another node, from this node itself or from a non-member are ignored
+    /// before anything else looks at them.
+    #[test]
+    fn misaddressed_messages_are_ignored() {
+        let mut replica = replica(1, 3, 1, &[1]);
+        let request = MessageBody::VoteRequest { last_log: position(1, 1), leadership_transfer: false };
+        for (from, to) in [(2, 3), (1, 1), (4, 1)] {
+            replica.step(message(from, to, 2, request.clone())).unwrap();
+        }
+        assert!(!replica.has_ready());
+        assert_eq!(replica.term(), 1);
+    }
+
+    /// One `Ready` at a time: asking for the next before `advance` is a caller's bug.
+    #[test]
+    #[should_panic(expected = "ready() called again before advance()")]
+    fn ready_again_before_advance_panics() {
+        let mut replica = replica(1, 3, 1, &[1]);
+        replica.ready().unwrap();
+        replica.ready().unwrap();
+    }
+
+    /// `advance` checks that the storage holds what the `Ready` asked it to write: a caller
+    /// that acknowledged unwritten entries would let the leader count them.
+    #[test]
+    #[should_panic(expected = "not where the last Ready left it")]
+    fn advance_without_writing_the_entries_panics() {
+        let mut replica = replica(1, 3, 1, &[1]);
+        replica.step(message(2, 1, 1, append(position(1, 1), vec![entry(2, 1)], 0))).unwrap();
+        replica.ready().unwrap();
+        replica.advance().unwrap();
+    }
+}

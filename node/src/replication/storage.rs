@@ -117,3 +117,55 @@ impl Storage for MemoryStorage {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::replication::types::Payload;
+
+    fn entry(index: LogIndex, term: Term) -> Entry {
+        Entry { term, index, payload: Payload::Command(Bytes::from(format!("{index}@{term}"))) }
+    }
+
+    fn stored(storage: &MemoryStorage) -> Vec<(LogIndex, Term)> {
+        storage.all_entries().map(|e| (e.index, e.term)).collect()
+    }
+
+    /// Entries go right after the last one, or exactly where a truncation removed the
+    /// suffix from.
+    #[test]
+    fn appends_after_the_last_entry_or_at_the_truncation_point() {
+        let mut storage = MemoryStorage::new();
+        storage.append(None, &[entry(1, 1), entry(2, 1), entry(3, 1)]);
+        storage.append(Some(2), &[entry(2, 2)]);
+        assert_eq!(stored(&storage), [(1, 1), (2, 2)]);
+        storage.append(None, &[entry(3, 2)]);
+        assert_eq!(stored(&storage), [(1, 1), (2, 2), (3, 2)]);
+    }
+
+    /// A gap after the last entry would be a log with a hole in it.
+    #[test]
+    #[should_panic(expected = "entries must be contiguous from 2")]
+    fn an_append_that_leaves_a_gap_panics() {
+        let mut storage = MemoryStorage::with_log(HardState::default(), vec![entry(1, 1)]);
+        storage.append(None, &[entry(3, 1)]);
+    }
+
+    /// Without the truncation the storage would have kept its own entry 2.
+    #[test]
+    #[should_panic(expected = "entries must be contiguous from 3")]
+    fn an_overwrite_without_its_truncation_panics() {
+        let mut storage = MemoryStorage::with_log(HardState::default(), vec![entry(1, 1), entry(2, 1)]);
+        storage.append(None, &[entry(2, 2)]);
+    }
+
+    /// A truncation that removes nothing means the core's view of this storage is wrong.
+    #[test]
+    #[should_panic(expected = "removes nothing")]
+    fn a_truncation_beyond_the_last_entry_panics() {
+        let mut storage = MemoryStorage::with_log(HardState::default(), vec![entry(1, 1)]);
+        storage.append(Some(2), &[entry(2, 2)]);
+    }
+}

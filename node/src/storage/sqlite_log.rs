@@ -582,6 +582,17 @@ mod tests {
         assert_eq!(log.read_entries(1, 10, usize::MAX).unwrap(), entries);
     }
 
+    /// An overwrite must come with its truncation: the log would otherwise keep both.
+    #[test]
+    #[should_panic(expected = "persisting entries not contiguous from 3")]
+    fn an_overwrite_without_its_truncation_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.sqlite3");
+        let mut log = SqliteLog::open(&path, &identity("c", 1, &[1]), Creation::Bootstrap).unwrap();
+        log.persist(Some(HardState { term: 1, vote: Some(1) }), None, &[entry(1, 1, "a"), entry(2, 1, "b")]).unwrap();
+        log.persist(Some(HardState { term: 2, vote: None }), None, &[entry(2, 2, "c")]).unwrap();
+    }
+
     #[test]
     fn another_cluster_node_or_membership_is_refused() {
         let dir = tempfile::tempdir().unwrap();
