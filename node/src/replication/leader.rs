@@ -435,16 +435,32 @@ mod tests {
 
     /// §3.5 (the optimization of §5.3 of the Raft paper): a rejection naming the
     /// follower's conflicting term, which the leader does not have, sends the next probe
-    /// to the first index of that term: the whole term is skipped in one round trip.
+    /// to the first index of that term: the whole term is skipped in one round trip. (Here
+    /// the follower holds term 2 from index 2 on; the leader's last entry of a term up to 2
+    /// is entry 2, so resuming after it would send one entry too few.)
     #[test]
     fn rejection_hint_skips_the_followers_whole_conflicting_term() {
-        let mut replica = leader(3, &[1, 3, 3]);
-        let result = AppendResult::Rejected { rejected_previous: 3, conflict_term: Some(2), first_index_of_term: 2 };
+        let mut replica = leader(3, &[1, 1, 3, 3]);
+        let result = AppendResult::Rejected { rejected_previous: 4, conflict_term: Some(2), first_index_of_term: 2 };
         replica.step(message(2, 1, 4, MessageBody::AppendResponse { result, heartbeat_round: 0 })).unwrap();
-        let entries = vec![entry(2, 3), entry(3, 3), noop(4, 4)];
+        let entries = vec![entry(2, 1), entry(3, 3), entry(4, 3), noop(5, 4)];
         assert_eq!(
             replica.ready().unwrap(),
             Ready { messages: vec![message(1, 2, 4, append(position(1, 1), entries, 0))], ..Ready::default() }
+        );
+    }
+
+    /// §3.5: when the leader does hold entries of the follower's conflicting term, the
+    /// next probe resumes right after its last one, where the two logs may still agree.
+    #[test]
+    fn rejection_hint_resumes_after_the_leaders_last_entry_of_the_conflicting_term() {
+        let mut replica = leader(3, &[1, 2, 2, 3]);
+        let result = AppendResult::Rejected { rejected_previous: 4, conflict_term: Some(2), first_index_of_term: 2 };
+        replica.step(message(2, 1, 4, MessageBody::AppendResponse { result, heartbeat_round: 0 })).unwrap();
+        let entries = vec![entry(4, 3), noop(5, 4)];
+        assert_eq!(
+            replica.ready().unwrap(),
+            Ready { messages: vec![message(1, 2, 4, append(position(3, 2), entries, 0))], ..Ready::default() }
         );
     }
 
