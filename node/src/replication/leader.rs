@@ -140,7 +140,7 @@ impl<S: Storage> Replica<S> {
 
 impl LeaderState {
     /// The state of a replica that just won an election, with the no-op of its term
-    /// appended: §3.6.2 / §6.4: a no-op of the new term lets earlier entries commit and
+    /// appended (§3.6.2 / §6.4): a no-op of the new term lets earlier entries commit and
     /// tells the leader when its commit index is current.
     pub fn new<S: Storage>(cx: &mut LeaderContext<'_, S>, peers: Vec<NodeId>) -> Box<Self> {
         let next_index = cx.log.last_index() + 1;
