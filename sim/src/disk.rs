@@ -18,9 +18,14 @@ use rand::Rng;
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Body {
     HardState(HardState),
-    /// An entry; replaying it discards any stored entries at or after its index (a
-    /// conflicting suffix it replaces).
-    Entry(Entry),
+    /// An entry. The first entry of a write that truncates carries the truncation
+    /// (`truncate_from`, its own index): replaying it first removes every stored entry from
+    /// there on. In the entry's own record, a power loss keeps the truncation exactly when
+    /// it keeps the first entry that replaces the suffix.
+    Entry {
+        entry: Entry,
+        truncate_from: Option<LogIndex>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -48,8 +53,9 @@ fn checksum(body: &Body) -> u32 {
             bytes.extend(hard_state.term.to_be_bytes());
             bytes.extend(hard_state.vote.unwrap_or(u64::MAX).to_be_bytes());
         }
-        Body::Entry(entry) => {
+        Body::Entry { entry, truncate_from } => {
             bytes.push(2);
+            bytes.extend(truncate_from.unwrap_or(0).to_be_bytes());
             bytes.extend(entry.index.to_be_bytes());
             bytes.extend(entry.term.to_be_bytes());
             match &entry.payload {
@@ -187,7 +193,7 @@ impl SimDiskLog {
     fn replay(&mut self, body: &Body) {
         match body {
             Body::HardState(hard_state) => self.view.set_hard_state(*hard_state),
-            Body::Entry(entry) => self.view.append(std::slice::from_ref(entry)),
+            Body::Entry { entry, truncate_from } => self.view.append(*truncate_from, std::slice::from_ref(entry)),
         }
     }
 }
@@ -211,12 +217,26 @@ impl Storage for SimDiskLog {
 }
 
 impl LogStore for SimDiskLog {
-    fn write(&mut self, hard_state: Option<HardState>, entries: &[Entry]) -> Result<(), StorageError> {
+    fn write(
+        &mut self,
+        hard_state: Option<HardState>,
+        truncate_from: Option<LogIndex>,
+        entries: &[Entry],
+    ) -> Result<(), StorageError> {
+        // A truncation comes with the entries that replace the suffix (see `Ready`): it
+        // rides in the first one's record.
+        assert!(
+            truncate_from.is_none() || entries.first().map(|e| e.index) == truncate_from,
+            "truncation at {truncate_from:?} without an entry there to carry it"
+        );
         let mut records = Vec::new();
         if let Some(hard_state) = hard_state {
             records.push(Record::new(Body::HardState(hard_state)));
         }
-        records.extend(entries.iter().cloned().map(|entry| Record::new(Body::Entry(entry))));
+        records.extend(entries.iter().enumerate().map(|(offset, entry)| {
+            let truncate_from = if offset == 0 { truncate_from } else { None };
+            Record::new(Body::Entry { entry: entry.clone(), truncate_from })
+        }));
         for record in &records {
             self.replay(&record.body);
         }
@@ -279,9 +299,9 @@ mod tests {
     fn synced_writes_survive_power_loss_and_unsynced_ones_may_not() {
         let disk = SimDisk::new();
         let mut log = disk.open(&identity(), Creation::Bootstrap).unwrap();
-        log.write(Some(HardState { term: 1, vote: Some(1) }), &[entry(1, 1), entry(2, 1)]).unwrap();
+        log.write(Some(HardState { term: 1, vote: Some(1) }), None, &[entry(1, 1), entry(2, 1)]).unwrap();
         log.sync().unwrap();
-        log.write(None, &[entry(3, 1)]).unwrap();
+        log.write(None, None, &[entry(3, 1)]).unwrap();
         let mut rng = StdRng::seed_from_u64(1);
         disk.power_loss(&mut rng);
         let log = disk.open(&identity(), Creation::MemberOfExisting).unwrap();
@@ -294,9 +314,9 @@ mod tests {
         for seed in 0..20 {
             let disk = SimDisk::new();
             let mut log = disk.open(&identity(), Creation::Bootstrap).unwrap();
-            log.write(Some(HardState { term: 2, vote: None }), &[entry(1, 2)]).unwrap();
+            log.write(Some(HardState { term: 2, vote: None }), None, &[entry(1, 2)]).unwrap();
             log.sync().unwrap();
-            log.write(None, &[entry(2, 2), entry(3, 2)]).unwrap();
+            log.write(None, None, &[entry(2, 2), entry(3, 2)]).unwrap();
             let mut rng = StdRng::seed_from_u64(seed);
             disk.power_loss(&mut rng);
             let log = disk.open(&identity(), Creation::MemberOfExisting).expect("a torn tail is not corruption");
@@ -304,7 +324,7 @@ mod tests {
         }
         let disk = SimDisk::new();
         let mut log = disk.open(&identity(), Creation::Bootstrap).unwrap();
-        log.write(Some(HardState { term: 1, vote: None }), &[entry(1, 1), entry(2, 1)]).unwrap();
+        log.write(Some(HardState { term: 1, vote: None }), None, &[entry(1, 1), entry(2, 1)]).unwrap();
         log.sync().unwrap();
         assert!(disk.flip_bit(&mut StdRng::seed_from_u64(3)));
         let error = disk.open(&identity(), Creation::MemberOfExisting).err().expect("corruption is refused");
@@ -315,8 +335,8 @@ mod tests {
     fn overwritten_suffixes_replay_correctly() {
         let disk = SimDisk::new();
         let mut log = disk.open(&identity(), Creation::Bootstrap).unwrap();
-        log.write(Some(HardState { term: 1, vote: None }), &[entry(1, 1), entry(2, 1), entry(3, 1)]).unwrap();
-        log.write(Some(HardState { term: 2, vote: None }), &[entry(2, 2)]).unwrap();
+        log.write(Some(HardState { term: 1, vote: None }), None, &[entry(1, 1), entry(2, 1), entry(3, 1)]).unwrap();
+        log.write(Some(HardState { term: 2, vote: None }), Some(2), &[entry(2, 2)]).unwrap();
         log.sync().unwrap();
         let log = disk.open(&identity(), Creation::MemberOfExisting).unwrap();
         assert_eq!(log.entries(1, 10, usize::MAX).unwrap(), vec![entry(1, 1), entry(2, 2)]);

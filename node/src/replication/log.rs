@@ -10,6 +10,11 @@ pub(crate) struct RaftLog<S> {
     /// `unstable_start` are superseded (a conflicting suffix awaiting overwrite).
     unstable: Vec<Entry>,
     unstable_start: LogIndex,
+    /// The last index the caller's storage holds once it has written every `Ready` handed
+    /// out. Entries in `unstable_start..=stored_last_index` are stored but superseded: the
+    /// conflicting suffix `truncate_from` dropped, which the next `Ready` tells the caller
+    /// to remove.
+    stored_last_index: LogIndex,
     /// The highest index known committed. Never decreases.
     committed: LogIndex,
     /// The last committed index handed to the caller for applying.
@@ -29,7 +34,14 @@ impl<S: Storage> RaftLog<S> {
         }
         // Applied entries are committed by definition; the rest of the commit index is
         // learned again from the leader.
-        Ok(Self { storage, unstable: Vec::new(), unstable_start: last + 1, committed: applied, handed_out: applied })
+        Ok(Self {
+            storage,
+            unstable: Vec::new(),
+            unstable_start: last + 1,
+            stored_last_index: last,
+            committed: applied,
+            handed_out: applied,
+        })
     }
 
     pub fn storage(&self) -> &S {
@@ -136,6 +148,8 @@ impl<S: Storage> RaftLog<S> {
     }
 
     /// Drops every entry at or after `index` (a suffix that conflicts with the leader's).
+    /// Entries the caller has stored there stay in its storage until the next `Ready`,
+    /// whose `truncate_from` says to remove them (see [`RaftLog::take_to_persist`]).
     fn truncate_from(&mut self, index: LogIndex) {
         // raft-rs `raft_log.rs`: overwriting a committed entry is the bug that must never
         // pass silently (State Machine Safety).
@@ -195,18 +209,50 @@ impl<S: Storage> RaftLog<S> {
         &self.unstable
     }
 
+    /// What the next `Ready` asks the caller to write: the unstable entries and, when its
+    /// storage holds entries at or after the first of them (a conflicting suffix this log
+    /// truncated, §3.5, or entries of an earlier `Ready` superseded before it was
+    /// advanced), the index from which to remove them first. That index is always the
+    /// first entry's: the caller's log then ends exactly where this one does.
+    pub fn take_to_persist(&mut self) -> (Option<LogIndex>, Vec<Entry>) {
+        assert!(
+            self.stored_last_index + 1 >= self.unstable_start,
+            "unstable entries start at {} but the storage ends at {}: a gap",
+            self.unstable_start,
+            self.stored_last_index
+        );
+        let Some(last) = self.unstable.last() else {
+            // A truncation always comes with the entries that replace it.
+            assert_eq!(
+                self.stored_last_index + 1,
+                self.unstable_start,
+                "stored entries are superseded, but nothing replaces them"
+            );
+            return (None, Vec::new());
+        };
+        let truncate_from = (self.unstable_start <= self.stored_last_index).then_some(self.unstable_start);
+        self.stored_last_index = last.index;
+        (truncate_from, self.unstable.clone())
+    }
+
     /// Marks entries through `position` durable, unless they were superseded meanwhile.
+    /// `position` is the last entry of the `Ready` the caller just wrote.
     pub fn stable_to(&mut self, position: LogPosition) -> Result<(), StorageError> {
+        // Checked where the storage was written, against what `take_to_persist` expected
+        // of it: a storage that ignored a truncation, or lost or invented entries, would
+        // let the leader count this replica for entries it does not hold.
+        assert_eq!(position.index, self.stored_last_index, "advance() for entries the last Ready did not hold");
+        let stored_last_index = self.storage.last_index()?;
+        assert_eq!(
+            stored_last_index, self.stored_last_index,
+            "the caller's storage ends at {stored_last_index}, not where the last Ready left it"
+        );
         if position.index < self.unstable_start || !self.matches(position)? {
             return Ok(());
         }
         let durable = (position.index - self.unstable_start + 1) as usize;
         self.unstable.drain(..durable);
         self.unstable_start = position.index + 1;
-        debug_assert!(
-            self.storage.last_index()? >= position.index,
-            "caller reported entries durable that storage lacks"
-        );
         Ok(())
     }
 

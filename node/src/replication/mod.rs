@@ -14,20 +14,28 @@
 //! log is never compacted.
 
 mod config;
+mod election;
+mod follower;
+mod leader;
 mod log;
 mod message;
 mod progress;
+mod read_index;
 mod ready;
 mod replica;
 mod rng;
 mod storage;
+#[cfg(test)]
+mod test_support;
+mod transfer;
 mod types;
 
 pub use config::{ConfigError, ReplicaConfig};
 pub use message::{AppendResult, Message, MessageBody};
 pub use ready::{ReadAborted, ReadOutcome, Ready, SoftState};
 pub use replica::{
-    COMMITTED_ENTRIES_PER_READY_MAX, FollowerStatus, ProposeError, Replica, ReplicaError, ReplicaStatus, TransferError,
+    COMMITTED_ENTRIES_PER_READY_MAX, FollowerStatus, ProposeError, Replica, ReplicaError, ReplicaStatus,
 };
 pub use storage::{MemoryStorage, Storage, StorageError};
+pub use transfer::TransferError;
 pub use types::{Entry, HardState, INDEX_MAX, LogIndex, LogPosition, NodeId, Payload, Role, TERM_MAX, Term};

@@ -2,8 +2,8 @@
 //!
 //! The caller handles a `Ready` in this order:
 //! 1. send `messages` (they depend on nothing unpersisted);
-//! 2. make `hard_state` and `entries` durable (fsync), truncating any stored entries at or
-//!    after the first new entry's index;
+//! 2. make `hard_state`, `truncate_from` and `entries` durable in one write (fsync): first
+//!    remove the stored entries from `truncate_from` on, if set, then append `entries`;
 //! 3. send `messages_after_persist`: each depends on that state (a granted vote, an
 //!    acknowledged append) and must never leave before it is durable;
 //! 4. apply `committed_entries` in order; serve `reads` once applied through their index;
@@ -12,9 +12,15 @@
 use super::message::Message;
 use super::types::{Entry, HardState, LogIndex, NodeId, Role, Term};
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Ready {
     pub hard_state: Option<HardState>,
+    /// Remove every stored entry at or after this index before appending `entries`, in the
+    /// same durable write. Set only when the storage holds entries that the replica dropped
+    /// (a conflicting suffix, §3.5), and then equal to the index of the first of `entries`.
+    /// When unset, `entries` start right after the last stored entry.
+    pub truncate_from: Option<LogIndex>,
+    /// Entries to append, contiguous.
     pub entries: Vec<Entry>,
     pub messages: Vec<Message>,
     pub messages_after_persist: Vec<Message>,
@@ -27,6 +33,7 @@ pub struct Ready {
 impl Ready {
     pub fn is_empty(&self) -> bool {
         self.hard_state.is_none()
+            && self.truncate_from.is_none()
             && self.entries.is_empty()
             && self.messages.is_empty()
             && self.messages_after_persist.is_empty()

@@ -56,17 +56,29 @@ impl MemoryStorage {
         self.hard_state = hard_state;
     }
 
-    /// Appends `entries`, first discarding every stored entry at or after the first one's
-    /// index (a conflicting suffix the leader overwrote).
-    pub fn append(&mut self, entries: &[Entry]) {
-        let Some(first) = entries.first() else { return };
-        assert!(
-            first.index >= 1 && first.index <= self.entries.len() as LogIndex + 1,
-            "append at {} would leave a gap after {}",
-            first.index,
-            self.entries.len()
-        );
-        self.entries.truncate(first.index as usize - 1);
+    /// Writes a `Ready`'s entries: removes every stored entry at or after `truncate_from`
+    /// (a conflicting suffix the leader overwrote), if set, then appends `entries`, which
+    /// must start exactly there, or else right after the last stored entry.
+    pub fn append(&mut self, truncate_from: Option<LogIndex>, entries: &[Entry]) {
+        let last = self.entries.len() as LogIndex;
+        let start = match truncate_from {
+            Some(index) => {
+                assert!(
+                    index >= 1 && index <= last,
+                    "truncation at {index} removes nothing from a log ending at {last}"
+                );
+                self.entries.truncate(index as usize - 1);
+                index
+            }
+            None => last + 1,
+        };
+        for (offset, entry) in entries.iter().enumerate() {
+            assert_eq!(
+                entry.index,
+                start + offset as LogIndex,
+                "entries must be contiguous from {start} (truncation {truncate_from:?}, last stored {last})"
+            );
+        }
         self.entries.extend(entries.iter().cloned());
     }
 
@@ -103,5 +115,57 @@ impl Storage for MemoryStorage {
             out.push(entry.clone());
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::replication::types::Payload;
+
+    fn entry(index: LogIndex, term: Term) -> Entry {
+        Entry { term, index, payload: Payload::Command(Bytes::from(format!("{index}@{term}"))) }
+    }
+
+    fn stored(storage: &MemoryStorage) -> Vec<(LogIndex, Term)> {
+        storage.all_entries().map(|e| (e.index, e.term)).collect()
+    }
+
+    /// Entries go right after the last one, or exactly where a truncation removed the
+    /// suffix from.
+    #[test]
+    fn appends_after_the_last_entry_or_at_the_truncation_point() {
+        let mut storage = MemoryStorage::new();
+        storage.append(None, &[entry(1, 1), entry(2, 1), entry(3, 1)]);
+        storage.append(Some(2), &[entry(2, 2)]);
+        assert_eq!(stored(&storage), [(1, 1), (2, 2)]);
+        storage.append(None, &[entry(3, 2)]);
+        assert_eq!(stored(&storage), [(1, 1), (2, 2), (3, 2)]);
+    }
+
+    /// A gap after the last entry would be a log with a hole in it.
+    #[test]
+    #[should_panic(expected = "entries must be contiguous from 2")]
+    fn an_append_that_leaves_a_gap_panics() {
+        let mut storage = MemoryStorage::with_log(HardState::default(), vec![entry(1, 1)]);
+        storage.append(None, &[entry(3, 1)]);
+    }
+
+    /// Without the truncation the storage would have kept its own entry 2.
+    #[test]
+    #[should_panic(expected = "entries must be contiguous from 3")]
+    fn an_overwrite_without_its_truncation_panics() {
+        let mut storage = MemoryStorage::with_log(HardState::default(), vec![entry(1, 1), entry(2, 1)]);
+        storage.append(None, &[entry(2, 2)]);
+    }
+
+    /// A truncation that removes nothing means the core's view of this storage is wrong.
+    #[test]
+    #[should_panic(expected = "removes nothing")]
+    fn a_truncation_beyond_the_last_entry_panics() {
+        let mut storage = MemoryStorage::with_log(HardState::default(), vec![entry(1, 1)]);
+        storage.append(Some(2), &[entry(2, 2)]);
     }
 }

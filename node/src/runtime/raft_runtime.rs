@@ -502,11 +502,12 @@ impl<T: Transport> RaftRuntime<T> {
 
     async fn handle_ready(&mut self, mut ready: Ready) -> Result<(), RuntimeError> {
         self.transport.send(std::mem::take(&mut ready.messages));
-        if ready.hard_state.is_some() || !ready.entries.is_empty() {
+        if ready.hard_state.is_some() || ready.truncate_from.is_some() || !ready.entries.is_empty() {
             let log = self.log.clone();
             let hard_state = ready.hard_state;
+            let truncate_from = ready.truncate_from;
             let entries = ready.entries.clone();
-            run_blocking(move || log.lock().write(hard_state, &entries)).await?;
+            run_blocking(move || log.lock().write(hard_state, truncate_from, &entries)).await?;
             // A power loss may strike between the write and its sync; under simulation this
             // yield is where it can.
             tokio::task::yield_now().await;
@@ -665,7 +666,7 @@ mod tests {
             let mut log = SqliteLog::open(&path, &identity(), Creation::Bootstrap).unwrap();
             let entries: Vec<Entry> =
                 (1..=count).map(|index| Entry { term: 1, index, payload: Payload::Noop }).collect();
-            log.persist(Some(HardState { term: 1, vote: Some(1) }), &entries).unwrap();
+            log.persist(Some(HardState { term: 1, vote: Some(1) }), None, &entries).unwrap();
         }
         if let Some(damage) = damage {
             rusqlite::Connection::open(&path).unwrap().execute_batch(damage).unwrap();

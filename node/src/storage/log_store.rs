@@ -28,9 +28,16 @@ pub struct ScrubProgress {
 
 /// Durable storage of the term, the vote and the log. Reads go through [`Storage`].
 pub trait LogStore: Storage + Send + 'static {
-    /// Writes the hard state and the entries (stored entries at or after the first new
-    /// one's index are replaced). What is written may not be durable until `sync`.
-    fn write(&mut self, hard_state: Option<HardState>, entries: &[Entry]) -> Result<(), StorageError>;
+    /// Writes a `Ready`'s hard state, truncation and entries as one write: removes the
+    /// stored entries at or after `truncate_from`, if set, and appends `entries` (which start
+    /// exactly there, or else right after the last stored entry). What is written may not be
+    /// durable until `sync`.
+    fn write(
+        &mut self,
+        hard_state: Option<HardState>,
+        truncate_from: Option<LogIndex>,
+        entries: &[Entry],
+    ) -> Result<(), StorageError>;
 
     /// Makes everything written so far durable. Nothing that depends on a write may leave
     /// the node before the `sync` after it has returned.

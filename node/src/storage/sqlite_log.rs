@@ -203,22 +203,36 @@ impl SqliteLog {
         &self.path
     }
 
-    /// Makes `hard_state` and `entries` durable in one transaction: stored entries at or
-    /// after the first new one are replaced. Returns once fsynced.
-    pub fn persist(&mut self, hard_state: Option<HardState>, entries: &[Entry]) -> Result<(), StorageError> {
-        if hard_state.is_none() && entries.is_empty() {
+    /// Makes `hard_state`, the removal of the stored entries from `truncate_from` on (if
+    /// set) and `entries` durable in one transaction, so that a crash leaves either all of
+    /// it or none (never a log truncated but not appended). `entries` must start exactly at
+    /// `truncate_from`, or else right after the last stored entry. Returns once fsynced.
+    pub fn persist(
+        &mut self,
+        hard_state: Option<HardState>,
+        truncate_from: Option<LogIndex>,
+        entries: &[Entry],
+    ) -> Result<(), StorageError> {
+        if hard_state.is_none() && truncate_from.is_none() && entries.is_empty() {
             return Ok(());
         }
-        if let Some(first) = entries.first() {
-            assert!(
-                first.index >= 1 && first.index <= self.terms.len() as LogIndex + 1,
-                "persisting entry {} would leave a gap after {}",
-                first.index,
-                self.terms.len()
-            );
-            for (offset, entry) in entries.iter().enumerate() {
-                assert_eq!(entry.index, first.index + offset as LogIndex, "persisting non-contiguous entries");
+        let last = self.terms.len() as LogIndex;
+        let start = match truncate_from {
+            Some(index) => {
+                assert!(
+                    index >= 1 && index <= last,
+                    "truncation at {index} removes nothing from a log ending at {last}"
+                );
+                index
             }
+            None => last + 1,
+        };
+        for (offset, entry) in entries.iter().enumerate() {
+            assert_eq!(
+                entry.index,
+                start + offset as LogIndex,
+                "persisting entries not contiguous from {start} (truncation {truncate_from:?}, last stored {last})"
+            );
         }
         let io = |e: rusqlite::Error| StorageError::Io(format!("{}: {e}", self.path.display()));
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(io)?;
@@ -234,8 +248,10 @@ impl SqliteLog {
             )
             .map_err(io)?;
         }
-        if let Some(first) = entries.first() {
-            tx.execute("DELETE FROM raft_log WHERE log_index >= ?1", [first.index as i64]).map_err(io)?;
+        if let Some(index) = truncate_from {
+            tx.execute("DELETE FROM raft_log WHERE log_index >= ?1", [index as i64]).map_err(io)?;
+        }
+        if !entries.is_empty() {
             let mut insert = tx
                 .prepare_cached(
                     "INSERT INTO raft_log (log_index, term, payload_kind, payload, checksum) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -261,21 +277,27 @@ impl SqliteLog {
         if let Some(hard_state) = hard_state {
             self.hard_state = hard_state;
         }
-        if let Some(first) = entries.first() {
-            self.terms.truncate(first.index as usize - 1);
-            self.terms.extend(entries.iter().map(|e| e.term));
-            if first.index < self.recent_start {
+        if let Some(index) = truncate_from {
+            self.terms.truncate(index as usize - 1);
+            if index < self.recent_start {
                 self.recent.clear();
-                self.recent_start = first.index;
+                self.recent_start = index;
             } else {
-                self.recent.truncate((first.index - self.recent_start) as usize);
-            }
-            self.recent.extend(entries.iter().cloned());
-            while self.recent.len() > RECENT_ENTRIES_MAX {
-                self.recent.pop_front();
-                self.recent_start += 1;
+                self.recent.truncate((index - self.recent_start) as usize);
             }
         }
+        self.terms.extend(entries.iter().map(|e| e.term));
+        self.recent.extend(entries.iter().cloned());
+        while self.recent.len() > RECENT_ENTRIES_MAX {
+            self.recent.pop_front();
+            self.recent_start += 1;
+        }
+        // The cache of recent entries ends where the log does.
+        assert_eq!(
+            self.recent_start + self.recent.len() as LogIndex,
+            self.terms.len() as LogIndex + 1,
+            "the recent-entry cache does not end with the log"
+        );
         Ok(())
     }
 
@@ -449,8 +471,13 @@ impl Storage for SqliteLog {
 }
 
 impl LogStore for SqliteLog {
-    fn write(&mut self, hard_state: Option<HardState>, entries: &[Entry]) -> Result<(), StorageError> {
-        self.persist(hard_state, entries)
+    fn write(
+        &mut self,
+        hard_state: Option<HardState>,
+        truncate_from: Option<LogIndex>,
+        entries: &[Entry],
+    ) -> Result<(), StorageError> {
+        self.persist(hard_state, truncate_from, entries)
     }
 
     /// Nothing to do: SQLite's COMMIT in `write` already fsynced (synchronous=FULL).
@@ -532,12 +559,14 @@ mod tests {
             let mut log = SqliteLog::open(&path, &id, Creation::Bootstrap).unwrap();
             log.persist(
                 Some(HardState { term: 2, vote: Some(3) }),
+                None,
                 &[entry(1, 1, "a"), entry(2, 2, "b"), entry(3, 2, "c")],
             )
             .unwrap();
             // A new leader overwrites the suffix from index 2.
             log.persist(
                 Some(HardState { term: 3, vote: None }),
+                Some(2),
                 &[Entry { index: 2, term: 3, payload: Payload::Noop }],
             )
             .unwrap();
@@ -551,6 +580,17 @@ mod tests {
         assert_eq!(entries, vec![entry(1, 1, "a"), Entry { index: 2, term: 3, payload: Payload::Noop }]);
         // The on-disk path (not the cache) returns the same.
         assert_eq!(log.read_entries(1, 10, usize::MAX).unwrap(), entries);
+    }
+
+    /// An overwrite must come with its truncation: the log would otherwise keep both.
+    #[test]
+    #[should_panic(expected = "persisting entries not contiguous from 3")]
+    fn an_overwrite_without_its_truncation_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.sqlite3");
+        let mut log = SqliteLog::open(&path, &identity("c", 1, &[1]), Creation::Bootstrap).unwrap();
+        log.persist(Some(HardState { term: 1, vote: Some(1) }), None, &[entry(1, 1, "a"), entry(2, 1, "b")]).unwrap();
+        log.persist(Some(HardState { term: 2, vote: None }), None, &[entry(2, 2, "c")]).unwrap();
     }
 
     #[test]
@@ -600,7 +640,7 @@ mod tests {
         let path = dir.path().join("raft.sqlite3");
         let id = identity("c", 1, &[1]);
         let mut log = SqliteLog::open(&path, &id, Creation::Bootstrap).unwrap();
-        log.persist(Some(HardState { term: 1, vote: Some(1) }), &[entry(1, 1, "hello")]).unwrap();
+        log.persist(Some(HardState { term: 1, vote: Some(1) }), None, &[entry(1, 1, "hello")]).unwrap();
         log.conn.execute("UPDATE raft_log SET payload = x'68656c6c70' WHERE log_index = 1", []).unwrap();
         assert!(matches!(log.read_entries(1, 2, usize::MAX), Err(StorageError::Corrupt(_))));
         drop(log);
@@ -621,7 +661,7 @@ mod tests {
         {
             let mut log = SqliteLog::open(&path, &id, Creation::Bootstrap).unwrap();
             let entries: Vec<Entry> = (1..=count).map(|index| entry(index, 1, "payload")).collect();
-            log.persist(Some(HardState { term: 1, vote: Some(1) }), &entries).unwrap();
+            log.persist(Some(HardState { term: 1, vote: Some(1) }), None, &entries).unwrap();
             log.conn.execute("UPDATE raft_log SET payload = x'00' WHERE log_index = 300", []).unwrap();
         }
         let mut log = SqliteLog::open(&path, &id, Creation::MemberOfExisting).expect("open checks only the tail");
@@ -645,7 +685,7 @@ mod tests {
         assert_eq!(log.scrub(300, usize::MAX).unwrap().verified_through, 0, "an empty log is no fault");
         assert_eq!(log.scrub(300, usize::MAX).unwrap().verified_through, 0);
         let entries: Vec<Entry> = (1..=1000).map(|index| entry(index, 1, "x")).collect();
-        log.persist(Some(HardState { term: 1, vote: Some(1) }), &entries).unwrap();
+        log.persist(Some(HardState { term: 1, vote: Some(1) }), None, &entries).unwrap();
         let steps: Vec<ScrubProgress> = (0..5).map(|_| log.scrub(300, usize::MAX).unwrap()).collect();
         let through: Vec<LogIndex> = steps.iter().map(|p| p.verified_through).collect();
         assert_eq!(through, [300, 600, 900, 1000, 300]);

@@ -215,7 +215,7 @@ impl Cluster {
         if let Some(hard_state) = ready.hard_state {
             replica.storage_mut().set_hard_state(hard_state);
         }
-        replica.storage_mut().append(&ready.entries);
+        replica.storage_mut().append(ready.truncate_from, &ready.entries);
         self.network.extend(ready.messages_after_persist);
         for entry in ready.committed_entries {
             self.apply(id, entry)?;
