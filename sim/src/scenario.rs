@@ -1,6 +1,7 @@
 //! Scenarios: a family of faults, a storage model and a workload, run for one seed.
 
 use std::collections::BTreeSet;
+use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use chorus::bugs::{self, Bug};
@@ -109,7 +110,42 @@ impl RunReport {
 /// Each run gets a thread of its own, as madsim's own determinism check does: std seeds
 /// hash maps from per-thread state that advances with every map created, so two runs on
 /// one thread would iterate some maps differently.
+/// The runs under way in this process, by data directory name (`run_name` and seed).
+static RUNNING: Mutex<BTreeSet<(String, u64)>> = Mutex::new(BTreeSet::new());
+static RUN_ENDED: Condvar = Condvar::new();
+
+/// The name of a run's data directory: the same in every run of one seed, because paths
+/// appear in error messages, and those are part of the trace that must replay.
+fn run_name(scenario: Scenario, bug: Option<Bug>) -> String {
+    format!("{}-{}", scenario.name, bug.map_or("none".to_owned(), |b| format!("{b:?}")))
+}
+
+/// Held while a run uses its data directory. Two runs of one scenario, bug and seed at
+/// once (the determinism test replays a seed that a scenario test runs beside it) would
+/// trample each other's files, so they take turns.
+struct DirectoryTurn((String, u64));
+
+impl DirectoryTurn {
+    fn take(key: (String, u64)) -> Self {
+        let mut running = RUNNING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        while running.contains(&key) {
+            running = RUN_ENDED.wait(running).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        running.insert(key.clone());
+        Self(key)
+    }
+}
+
+impl Drop for DirectoryTurn {
+    fn drop(&mut self) {
+        RUNNING.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&self.0);
+        RUN_ENDED.notify_all();
+    }
+}
+
 pub fn run_seed(scenario: Scenario, seed: u64, bug: Option<Bug>) -> RunReport {
+    // Released when this function returns, however the run ended (its thread is joined).
+    let _turn = DirectoryTurn::take((run_name(scenario, bug), seed));
     let started = std::time::Instant::now();
     let outcome = std::thread::spawn(move || {
         let runtime = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
@@ -143,8 +179,7 @@ pub fn run_seed(scenario: Scenario, seed: u64, bug: Option<Bug>) -> RunReport {
 async fn run(scenario: Scenario, seed: u64, bug: Option<Bug>) -> RunReport {
     bugs::activate(bug);
     let begin = tokio::time::Instant::now();
-    let run_name = format!("{}-{}", scenario.name, bug.map_or("none".to_owned(), |b| format!("{b:?}")));
-    let mut cluster = SimCluster::start(&run_name, seed, 5, scenario.storage);
+    let mut cluster = SimCluster::start(&run_name(scenario, bug), seed, 5, scenario.storage);
     let recorder = Recorder::new();
     let clients = workload::start(scenario.clients, cluster.servers(), seed, &recorder);
     // The scenario's name is part of the nemesis's seed, so that one seed explores
@@ -232,12 +267,13 @@ fn trace_hash(history: &History, nemesis: &Nemesis) -> String {
 /// Runs seed `seed` of the first power-loss scenario under madsim's own determinism check,
 /// which compares every random draw of two runs and stops at the first that differs.
 pub fn check_determinism(seed: u64) {
-    madsim::runtime::Runtime::check_determinism(seed, madsim::Config::default(), || async {
-        let index: usize = std::env::var("PROBE_SCENARIO").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
-        let mut scenario = SCENARIOS[index];
-        if let Some(clients) = std::env::var("PROBE_CLIENTS").ok().and_then(|v| v.parse().ok()) {
-            scenario.clients = clients;
-        }
+    let index: usize = std::env::var("PROBE_SCENARIO").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let mut scenario = SCENARIOS[index];
+    if let Some(clients) = std::env::var("PROBE_CLIENTS").ok().and_then(|v| v.parse().ok()) {
+        scenario.clients = clients;
+    }
+    let _turn = DirectoryTurn::take((run_name(scenario, None), seed));
+    madsim::runtime::Runtime::check_determinism(seed, madsim::Config::default(), move || async move {
         let seed = madsim::runtime::Handle::current().seed();
         let _ = run(scenario, seed, None).await;
     });

@@ -100,7 +100,7 @@ impl<S: Storage> Replica<S> {
             self.leader = None;
         }
         self.role = RoleState::PreCandidate { ballot: Ballot::new(self.id), leadership_transfer };
-        tracing::debug!(node = self.id, term = self.term, leadership_transfer, "starting pre-vote");
+        tracing::debug!(term = self.term, leadership_transfer, "starting pre-vote");
         if self.quorum() == 1 {
             return self.start_election(leadership_transfer);
         }
@@ -117,7 +117,7 @@ impl<S: Storage> Replica<S> {
     pub(super) fn next_term(&self) -> Option<Term> {
         let next = self.term.checked_add(1).filter(|&next| next <= TERM_MAX);
         if next.is_none() {
-            tracing::error!(node = self.id, term = self.term, "at the largest term: cannot campaign");
+            tracing::error!(term = self.term, "at the largest term: cannot campaign");
         }
         next
     }
@@ -129,7 +129,7 @@ impl<S: Storage> Replica<S> {
         self.leader = None;
         self.role = RoleState::Candidate(Ballot::new(self.id));
         self.reset_election_deadline();
-        tracing::info!(node = self.id, term, leadership_transfer, "starting election");
+        tracing::info!(term, leadership_transfer, "starting election");
         if self.quorum() == 1 {
             return self.become_leader();
         }
@@ -151,7 +151,7 @@ impl<S: Storage> Replica<S> {
         let leader = LeaderState::new(&mut cx, peers);
         self.role = RoleState::Leader(leader);
         self.leader = Some(self.id);
-        tracing::info!(node = self.id, term = self.term, "became leader");
+        tracing::info!(term = self.term, "became leader");
         Ok(())
     }
 

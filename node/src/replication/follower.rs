@@ -118,7 +118,6 @@ impl<S: Storage> Replica<S> {
             // Election Safety says this cannot come from a correct replica: this node won
             // the term. Accepting would let two leaders write one log; refusing is safe.
             tracing::error!(
-                node = self.id,
                 term = self.term,
                 from,
                 "received an append from another leader of this node's own term; ignoring it"
@@ -190,10 +189,10 @@ impl<S: Storage> Replica<S> {
         if self.log.last_position()? != last_log {
             // The leader sent this when this log ended where it says; it has moved on since
             // (the transfer was abandoned and proposals resumed), or the message is a stray.
-            tracing::info!(node = self.id, term = self.term, from, "ignoring a stale TimeoutNow");
+            tracing::info!(term = self.term, from, "ignoring a stale TimeoutNow");
             return Ok(());
         }
-        tracing::info!(node = self.id, term = self.term, "asked to take over leadership");
+        tracing::info!(term = self.term, "asked to take over leadership");
         // A pre-vote the followers grant only while the leader announces this transfer,
         // then an election that passes their stickiness (§3.10).
         self.start_pre_vote(true)

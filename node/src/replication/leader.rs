@@ -182,7 +182,7 @@ impl LeaderState {
             // so that clients look for the real leader.
             let active = 1 + self.progress.values().filter(|p| p.recently_active).count();
             if active < cx.quorum {
-                tracing::info!(node = cx.id, term = cx.term, active, "lost contact with a majority; stepping down");
+                tracing::info!(term = cx.term, active, "lost contact with a majority; stepping down");
                 return Ok(Leadership::Lost);
             }
             for progress in self.progress.values_mut() {
@@ -203,7 +203,7 @@ impl LeaderState {
                     && progress.match_index < last_index
                     && now.saturating_sub(progress.last_progress_ms) >= stall_ms;
                 if stalled {
-                    tracing::debug!(node = cx.id, follower, "replication stalled; probing again");
+                    tracing::debug!(follower, "replication stalled; probing again");
                     progress.restart_probing();
                     progress.last_progress_ms = now;
                 }
@@ -249,7 +249,7 @@ impl LeaderState {
                     }
                 };
                 if progress.rejected(rejected_previous, new_next) {
-                    tracing::debug!(node = cx.id, follower = from, next = progress.next_index, "probing follower");
+                    tracing::debug!(follower = from, next = progress.next_index, "probing follower");
                 }
             }
         }

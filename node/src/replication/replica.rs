@@ -305,19 +305,13 @@ impl<S: Storage> Replica<S> {
     /// another node, are ignored.
     pub fn step(&mut self, message: Message) -> Result<(), StorageError> {
         if message.to != self.id || message.from == self.id || !self.members.contains(&message.from) {
-            tracing::warn!(node = self.id, from = message.from, to = message.to, "ignoring misaddressed message");
+            tracing::warn!(from = message.from, to = message.to, "ignoring misaddressed message");
             return Ok(());
         }
         if let Some(reason) = self.malformed(&message) {
             // A peer with a bug (or not a peer at all) must not be able to crash this replica
             // or corrupt its log: drop the message and say why.
-            tracing::warn!(
-                node = self.id,
-                from = message.from,
-                kind = message.body.kind(),
-                reason,
-                "ignoring malformed message"
-            );
+            tracing::warn!(from = message.from, kind = message.body.kind(), reason, "ignoring malformed message");
             return Ok(());
         }
         if message.term > self.term {
@@ -463,7 +457,7 @@ impl<S: Storage> Replica<S> {
         }
         self.reset_election_deadline();
         if was != Role::Follower {
-            tracing::info!(node = self.id, term, ?leader, from = ?was, "became follower");
+            tracing::info!(term, ?leader, from = ?was, "became follower");
         }
     }
 

@@ -40,7 +40,7 @@ impl<S: Storage> Replica<S> {
             return Err(TransferError::NotLeader { leader_hint });
         };
         let deadline_ms = cx.now_ms + cx.config.election_timeout_min_ms;
-        tracing::info!(node = cx.id, term = cx.term, target, "transferring leadership");
+        tracing::info!(term = cx.term, target, "transferring leadership");
         leader.transfer = Some(Transfer { target, deadline_ms, timeout_now_sent: false });
         // The followers must hear of the transfer before the target's pre-vote reaches them
         // (they grant it only then): a heartbeat round announcing it leaves with the next
@@ -87,7 +87,7 @@ impl LeaderState {
         if let Some(transfer) = &self.transfer
             && cx.now_ms >= transfer.deadline_ms
         {
-            tracing::info!(node = cx.id, target = transfer.target, "leadership transfer timed out");
+            tracing::info!(target = transfer.target, "leadership transfer timed out");
             self.transfer = None;
         }
     }

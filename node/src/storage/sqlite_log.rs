@@ -110,8 +110,10 @@ pub struct SqliteLog {
     /// The term of every entry: `terms[i]` is the term of index `i + 1`. 8 bytes an entry
     /// buys term lookups (the consistency check, conflict hints) without I/O.
     terms: Vec<Term>,
-    /// The last entries, starting at `recent_start`.
-    recent: VecDeque<Entry>,
+    /// The last entries, starting at `recent_start`, each with the checksum computed when
+    /// it was written (or read back at open) and verified whenever it is read from here,
+    /// as rows read from the database are.
+    recent: VecDeque<(Entry, u32)>,
     recent_start: LogIndex,
     /// The next record the scrub verifies, and steps since its position was saved.
     scrub_next: LogIndex,
@@ -148,8 +150,11 @@ impl SqliteLog {
         {
             None => HardState::default(),
             Some((term, vote, checksum)) => {
-                let hard_state = HardState { term: term as u64, vote: vote.map(|v| v as u64) };
-                if hard_state_checksum(&hard_state) != checksum as u32 {
+                let term = stored_u64(term, "the stored term").map_err(corrupt)?;
+                let vote = vote.map(|v| stored_u64(v, "the stored vote")).transpose().map_err(corrupt)?;
+                let checksum = stored_checksum(checksum, "the term and vote").map_err(corrupt)?;
+                let hard_state = HardState { term, vote };
+                if hard_state_checksum(&hard_state) != checksum {
                     return Err(corrupt("the term and vote record fails its checksum".to_owned()));
                 }
                 hard_state
@@ -161,21 +166,21 @@ impl SqliteLog {
                 conn.prepare("SELECT log_index, term FROM raft_log ORDER BY log_index").map_err(sql_error)?;
             let mut rows = statement.query([]).map_err(sql_error)?;
             while let Some(row) = rows.next().map_err(sql_error)? {
-                let index: i64 = row.get(0).map_err(sql_error)?;
-                let term: i64 = row.get(1).map_err(sql_error)?;
-                if index as u64 != terms.len() as u64 + 1 {
+                let index = stored_u64(row.get(0).map_err(sql_error)?, "an entry's index").map_err(corrupt)?;
+                let term = stored_u64(row.get(1).map_err(sql_error)?, "an entry's term").map_err(corrupt)?;
+                if index != terms.len() as u64 + 1 {
                     return Err(corrupt(format!("entry {index} follows entry {} (a gap)", terms.len())));
                 }
-                if term as u64 > hard_state.term {
+                if term > hard_state.term {
                     return Err(corrupt(format!(
                         "entry {index} has term {term}, after the stored term {}",
                         hard_state.term
                     )));
                 }
-                if terms.last().is_some_and(|&last| (term as u64) < last) {
+                if terms.last().is_some_and(|&last| term < last) {
                     return Err(corrupt(format!("entry {index} has term {term}, below the entry before it")));
                 }
-                terms.push(term as u64);
+                terms.push(term);
             }
         }
         let mut log = Self {
@@ -185,7 +190,7 @@ impl SqliteLog {
             terms,
             recent: VecDeque::new(),
             recent_start: 1,
-            scrub_next: (scrub_next as u64).max(1),
+            scrub_next: stored_u64(scrub_next, "the scrub's position").map_err(corrupt)?.max(1),
             scrub_steps_unsaved: 0,
         };
         let last = log.terms.len() as LogIndex;
@@ -194,7 +199,13 @@ impl SqliteLog {
             StorageError::Corrupt(detail) => corrupt(detail),
             StorageError::Io(detail) => corrupt(detail),
         })?;
-        log.recent = recent.into();
+        log.recent = recent
+            .into_iter()
+            .map(|entry| {
+                let checksum = checksum_of(&entry);
+                (entry, checksum)
+            })
+            .collect();
         log.recent_start = start;
         Ok(log)
     }
@@ -240,16 +251,12 @@ impl SqliteLog {
             tx.execute(
                 "INSERT INTO raft_hard_state (singleton, term, vote, checksum) VALUES (1, ?1, ?2, ?3)
                  ON CONFLICT (singleton) DO UPDATE SET term = ?1, vote = ?2, checksum = ?3",
-                params![
-                    hard_state.term as i64,
-                    hard_state.vote.map(|v| v as i64),
-                    hard_state_checksum(&hard_state) as i64
-                ],
+                params![hard_state.term, hard_state.vote, i64::from(hard_state_checksum(&hard_state))],
             )
             .map_err(io)?;
         }
         if let Some(index) = truncate_from {
-            tx.execute("DELETE FROM raft_log WHERE log_index >= ?1", [index as i64]).map_err(io)?;
+            tx.execute("DELETE FROM raft_log WHERE log_index >= ?1", [index]).map_err(io)?;
         }
         if !entries.is_empty() {
             let mut insert = tx
@@ -261,11 +268,11 @@ impl SqliteLog {
                 let (kind, payload) = encode_payload(&entry.payload);
                 insert
                     .execute(params![
-                        entry.index as i64,
-                        entry.term as i64,
+                        entry.index,
+                        entry.term,
                         kind,
                         payload,
-                        entry_checksum(entry.index, entry.term, kind, payload) as i64
+                        i64::from(entry_checksum(entry.index, entry.term, kind, payload))
                     ])
                     .map_err(io)?;
             }
@@ -287,7 +294,7 @@ impl SqliteLog {
             }
         }
         self.terms.extend(entries.iter().map(|e| e.term));
-        self.recent.extend(entries.iter().cloned());
+        self.recent.extend(entries.iter().map(|entry| (entry.clone(), checksum_of(entry))));
         while self.recent.len() > RECENT_ENTRIES_MAX {
             self.recent.pop_front();
             self.recent_start += 1;
@@ -310,15 +317,18 @@ impl SqliteLog {
                  WHERE log_index >= ?1 AND log_index < ?2 ORDER BY log_index",
             )
             .map_err(io)?;
-        let mut rows = statement.query(params![low as i64, high as i64]).map_err(io)?;
+        // Past the log's end there is nothing to read (and an index past i64 has no row).
+        let high = high.min(self.terms.len() as LogIndex + 1);
+        let mut rows = statement.query(params![low, high]).map_err(io)?;
         let mut out = Vec::new();
         let mut bytes = 0;
         while let Some(row) = rows.next().map_err(io)? {
-            let index = row.get::<_, i64>(0).map_err(io)? as u64;
-            let term = row.get::<_, i64>(1).map_err(io)? as u64;
+            let damaged = |detail: String| StorageError::Corrupt(format!("{}: {detail}", self.path.display()));
+            let index = stored_u64(row.get(0).map_err(io)?, "an entry's index").map_err(damaged)?;
+            let term = stored_u64(row.get(1).map_err(io)?, "an entry's term").map_err(damaged)?;
             let kind: i64 = row.get(2).map_err(io)?;
             let payload: Vec<u8> = row.get(3).map_err(io)?;
-            let checksum = row.get::<_, i64>(4).map_err(io)? as u32;
+            let checksum = stored_checksum(row.get(4).map_err(io)?, &format!("entry {index}")).map_err(damaged)?;
             if entry_checksum(index, term, kind, &payload) != checksum {
                 return Err(StorageError::Corrupt(format!(
                     "{}: entry {index} fails its checksum",
@@ -359,7 +369,7 @@ fn check_identity(
 ) -> Result<(), IdentityCheck> {
     let members: Vec<String> = identity.members.iter().map(|id| id.to_string()).collect();
     let members = members.join(",");
-    let stored: Option<(String, i64, String)> = conn
+    let stored: Option<(String, NodeId, String)> = conn
         .query_row("SELECT cluster_id, node_id, members FROM raft_identity WHERE singleton = 1", [], |row| {
             Ok((row.get(0)?, row.get(1)?, row.get(2)?))
         })
@@ -378,7 +388,7 @@ fn check_identity(
         }
         conn.execute(
             "INSERT INTO raft_identity (singleton, cluster_id, node_id, members) VALUES (1, ?1, ?2, ?3)",
-            params![identity.cluster_id, identity.node_id as i64, members],
+            params![identity.cluster_id, identity.node_id, members],
         )
         .map_err(IdentityCheck::Sqlite)?;
         return Ok(());
@@ -392,9 +402,9 @@ fn check_identity(
             configured: identity.cluster_id.clone(),
         }));
     }
-    if node_id as u64 != identity.node_id {
+    if node_id != identity.node_id {
         return Err(IdentityCheck::Mismatch(LogStoreError::WrongNode {
-            stored: node_id as u64,
+            stored: node_id,
             configured: identity.node_id,
         }));
     }
@@ -421,6 +431,21 @@ fn entry_checksum(index: LogIndex, term: Term, kind: i64, payload: &[u8]) -> u32
     header[8..16].copy_from_slice(&term.to_be_bytes());
     header[16] = kind as u8;
     crc32c::crc32c_append(crc32c::crc32c(&header), payload)
+}
+
+fn checksum_of(entry: &Entry) -> u32 {
+    let (kind, payload) = encode_payload(&entry.payload);
+    entry_checksum(entry.index, entry.term, kind, payload)
+}
+
+/// A stored integer that must be a non-negative number (an index, a term, a node id): any
+/// other value is damage, reported as such rather than wrapped into a huge number.
+fn stored_u64(value: i64, what: &str) -> Result<u64, String> {
+    u64::try_from(value).map_err(|_| format!("{what} is {value}, which no valid log holds"))
+}
+
+fn stored_checksum(value: i64, what: &str) -> Result<u32, String> {
+    u32::try_from(value).map_err(|_| format!("the checksum of {what} is {value}, which no valid log holds"))
 }
 
 fn hard_state_checksum(hard_state: &HardState) -> u32 {
@@ -457,7 +482,16 @@ impl Storage for SqliteLog {
         if low >= self.recent_start {
             let mut out = Vec::new();
             let mut bytes = 0;
-            for entry in self.recent.range((low - self.recent_start) as usize..(high - self.recent_start) as usize) {
+            for (entry, checksum) in
+                self.recent.range((low - self.recent_start) as usize..(high - self.recent_start) as usize)
+            {
+                if checksum_of(entry) != *checksum {
+                    return Err(StorageError::Corrupt(format!(
+                        "{}: entry {} fails its checksum in memory",
+                        self.path.display(),
+                        entry.index
+                    )));
+                }
                 bytes += entry.size_bytes();
                 if !out.is_empty() && bytes > bytes_max {
                     break;
@@ -522,7 +556,7 @@ impl LogStore for SqliteLog {
             self.conn
                 .execute(
                     "UPDATE raft_scrub SET next_index = ?1, passes = passes + ?2 WHERE singleton = 1",
-                    params![self.scrub_next as i64, i64::from(pass_done)],
+                    params![self.scrub_next, i64::from(pass_done)],
                 )
                 .map_err(io)?;
             self.scrub_steps_unsaved = 0;
@@ -646,6 +680,31 @@ mod tests {
         drop(log);
         let err = SqliteLog::open(&path, &id, Creation::MemberOfExisting).err().unwrap();
         assert!(err.to_string().contains("fails its checksum"), "{err}");
+    }
+
+    /// A number no valid log holds (a negative term, index or checksum) is reported as
+    /// corruption, not wrapped into a huge value; an entry changed in the memory cache is
+    /// caught by the checksum computed when it was written.
+    #[test]
+    fn negative_numbers_and_a_changed_cached_entry_are_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.sqlite3");
+        let id = identity("c", 1, &[1]);
+        let mut log = SqliteLog::open(&path, &id, Creation::Bootstrap).unwrap();
+        log.persist(Some(HardState { term: 2, vote: Some(1) }), None, &[entry(1, 1, "a"), entry(2, 2, "b")]).unwrap();
+        log.recent[1].0.payload = Payload::Command(Bytes::from_static(b"c"));
+        let error = log.entries(2, 3, usize::MAX).unwrap_err();
+        assert!(matches!(&error, StorageError::Corrupt(detail) if detail.contains("in memory")), "{error}");
+        log.conn.execute("UPDATE raft_log SET term = -1 WHERE log_index = 2", []).unwrap();
+        drop(log);
+        let error = SqliteLog::open(&path, &id, Creation::MemberOfExisting).err().unwrap().to_string();
+        assert!(error.contains("an entry's term is -1"), "{error}");
+        let damage = Connection::open(&path).unwrap();
+        damage.execute("UPDATE raft_log SET term = 2 WHERE log_index = 2", []).unwrap();
+        damage.execute("UPDATE raft_hard_state SET vote = -5", []).unwrap();
+        drop(damage);
+        let error = SqliteLog::open(&path, &id, Creation::MemberOfExisting).err().unwrap().to_string();
+        assert!(error.contains("the stored vote is -5"), "{error}");
     }
 
     /// A bad record older than what the log verifies at open is found by the scrub, which
