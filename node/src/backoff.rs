@@ -29,7 +29,7 @@ impl Backoff {
     /// then doubles (up to the maximum) for the next failure.
     pub fn next_pause(&mut self) -> Duration {
         let delay = self.delay;
-        self.delay = (self.delay * 2).min(self.max);
+        self.delay = self.delay.saturating_mul(2).min(self.max);
         let jitter_us = self.rng.random_range(0..=delay.as_micros() as u64 / 2);
         delay + Duration::from_micros(jitter_us)
     }

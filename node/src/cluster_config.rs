@@ -85,6 +85,8 @@ pub enum ClusterConfigError {
     MemberCount(usize),
     #[error("members: id 0 is reserved; number members from 1")]
     MemberIdZero,
+    #[error("members: id {0} is too large; ids go up to 9223372036854775807 (2^63 - 1)")]
+    MemberIdTooLarge(NodeId),
     #[error("members: id {0} appears more than once")]
     DuplicateId(NodeId),
     #[error("members[id={id}].{field}: {address:?} is not HOST:PORT")]
@@ -146,6 +148,10 @@ impl ClusterConfig {
         for member in &self.members {
             if member.id == 0 {
                 return Err(ClusterConfigError::MemberIdZero);
+            }
+            // Stored as an SQLite integer (signed 64-bit) in the log's identity record.
+            if member.id > i64::MAX as NodeId {
+                return Err(ClusterConfigError::MemberIdTooLarge(member.id));
             }
             if !ids.insert(member.id) {
                 return Err(ClusterConfigError::DuplicateId(member.id));
@@ -249,13 +255,14 @@ data_dir = "/tmp/x"
 
     #[test]
     fn each_mistake_is_reported_by_name() {
-        let cases: [(&str, &str); 8] = [
+        let cases: [(&str, &str); 9] = [
             (&GOOD.replace("id = 2", "id = 1"), "id 1 appears more than once"),
             (&GOOD.replace("node2.example:7101", "node2.example"), "members[id=2].peer_address"),
             (&GOOD.replace("[::1]:7002", "127.0.0.1:7001"), "address 127.0.0.1:7001 is used by members 1 and 2"),
             (&GOOD.replace("heartbeat_interval_ms", "heartbeat_ms"), "heartbeat_ms"),
             (&GOOD.replace("\"demo\"", "\"de mo\""), "cluster_id"),
             (&GOOD.replace("id = 2", "id = 0"), "id 0 is reserved"),
+            (&GOOD.replace("id = 2", "id = 9223372036854775808"), "id 9223372036854775808 is too large"),
             (&GOOD.replace("heartbeat_interval_ms = 50", "heartbeat_interval_ms = 900"), "timing:"),
             ("cluster_id = \"x\"\nmembers = []", "1 to 7 members"),
         ];

@@ -162,6 +162,10 @@ where
 /// log's cache from SQLite synchronously, and those reads then block only the Raft loop's
 /// own thread, never a worker that serves clients. Under madsim it is an ordinary task:
 /// a thread would break replay, and blocking costs no simulated time.
+///
+/// Its timers are its own runtime's: time paused in the caller's runtime
+/// (`tokio::time::pause`, `start_paused`) does not reach it, so a test that pauses time
+/// must not run a node this way.
 pub fn spawn_dedicated<F>(name: &str, future: F) -> tokio::task::JoinHandle<F::Output>
 where
     F: Future + Send + 'static,

@@ -80,19 +80,44 @@ fn module_files(name: &str) -> Vec<PathBuf> {
     files
 }
 
-/// The top-level modules `source` names through `crate::`, in paths (`crate::a::B`) and in
-/// grouped imports (`use crate::{a::B, b}`).
-fn crate_references(source: &str) -> BTreeSet<String> {
+/// How deep below the crate root the module a file defines sits: `seam.rs` and
+/// `chat/mod.rs` are 1, `chat/queries.rs` is 2. That many `super::` reach the root.
+fn file_depth(file: &Path) -> usize {
+    let relative = file.strip_prefix(source_dir()).expect("a file under src/");
+    let components = relative.components().count();
+    if relative.file_name().is_some_and(|name| name == "mod.rs") { components - 1 } else { components }
+}
+
+/// The top-level modules a file names: through `crate::` (paths, `crate::a::B`, and
+/// grouped imports, `use crate::{a::B, b}`; a glob `crate::*` counts as `*`), and through
+/// as many `super::` as reach the crate root from it (only names of top-level modules
+/// count there: a test module's `super::` is its file's).
+fn root_references(source: &str, depth: usize) -> BTreeSet<String> {
+    let mut found = paths_after(source, "crate::");
+    let supers = "super::".repeat(depth);
+    let modules: BTreeSet<&str> = LAYERS.iter().map(|(name, _)| *name).collect();
+    found.extend(paths_after(source, &supers).into_iter().filter(|name| modules.contains(name.as_str())));
+    found
+}
+
+/// The first segments of the paths that follow `prefix` (which starts a path: not
+/// preceded by an identifier, `$` or another `::`). Further `super::`, as inside an inline
+/// module, are skipped: they lead no lower.
+fn paths_after(source: &str, prefix: &str) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
     let mut rest = source;
-    while let Some(at) = rest.find("crate::") {
-        let preceded_by_ident =
-            rest[..at].chars().next_back().is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '$');
-        rest = &rest[at + "crate::".len()..];
-        if preceded_by_ident {
-            continue; // `$crate::` in a macro, or a longer identifier ending in `crate`
+    while let Some(at) = rest.find(prefix) {
+        let before = &rest[..at];
+        let inside_a_longer_path = before.chars().next_back().is_some_and(|c| c.is_alphanumeric() || "_$:".contains(c));
+        rest = &rest[at + prefix.len()..];
+        if inside_a_longer_path {
+            continue; // `$crate::` in a macro, `a::super::`, or a longer identifier
         }
-        if let Some(group) = rest.strip_prefix('{') {
+        let mut path = rest;
+        while let Some(further) = path.strip_prefix("super::") {
+            path = further;
+        }
+        if let Some(group) = path.strip_prefix('{') {
             // A group's top-level items: each one's first segment, up to `::` or `,`.
             let (mut depth, mut item, mut past_first_segment) = (0, String::new(), false);
             for c in group.chars() {
@@ -110,8 +135,10 @@ fn crate_references(source: &str) -> BTreeSet<String> {
                 }
             }
             take_ident(&item, &mut found);
+        } else if path.starts_with('*') {
+            found.insert("*".to_owned());
         } else {
-            let ident: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+            let ident: String = path.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
             take_ident(&ident, &mut found);
         }
     }
@@ -125,21 +152,40 @@ fn take_ident(item: &str, found: &mut BTreeSet<String>) {
     }
 }
 
-/// Whether `source` names `krate` as a path root (`krate::`), not as part of another name.
+/// Whether `source` names the crate `krate`: as a path root (`krate::`, `::krate::`), or
+/// in `use krate …` / `extern crate krate`; not as part of a longer name or a sub-path.
 fn names_crate(source: &str, krate: &str) -> bool {
-    let needle = format!("{krate}::");
-    source
-        .match_indices(&needle)
-        .any(|(at, _)| !source[..at].chars().next_back().is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':'))
+    let ident = |c: char| c.is_alphanumeric() || c == '_';
+    source.match_indices(krate).any(|(at, _)| {
+        let (before, after) = (&source[..at], &source[at + krate.len()..]);
+        if before.chars().next_back().is_some_and(ident) || after.chars().next().is_some_and(ident) {
+            return false;
+        }
+        // `a::krate::` is a path through some other root, `::krate::` names the crate.
+        if let Some(head) = before.strip_suffix("::")
+            && head.chars().next_back().is_some_and(|c| ident(c) || c == '>')
+        {
+            return false;
+        }
+        let head = before.trim_end();
+        after.starts_with("::") || head.ends_with("use") || head.ends_with("extern crate")
+    })
 }
 
 #[test]
 fn the_reference_parser_sees_paths_and_groups() {
     let source = "use crate::a::B;\nuse crate::{b::C, c, d::{E, F}};\nfn f() { crate::e::g(); $crate::h::i(); }";
-    let found: Vec<_> = crate_references(source).into_iter().collect();
+    let found: Vec<_> = root_references(source, 1).into_iter().collect();
     assert_eq!(found, ["a", "b", "c", "d", "e"]);
-    assert!(names_crate("use tokio::sync;", "tokio"));
-    assert!(!names_crate("use my_tokio::sync; chorus::tokio::x", "tokio"));
+    assert!(root_references("use crate::*;", 1).contains("*"));
+    // Through `super::` only as many as reach the root, and only module names.
+    let supers = "use super::server::X; use super::local; mod tests { use super::super::node; use super::*; }";
+    assert_eq!(root_references(supers, 1).into_iter().collect::<Vec<_>>(), ["node", "server"]);
+    assert_eq!(root_references(supers, 2).into_iter().collect::<Vec<_>>(), ["node"]);
+    for naming in ["use tokio::sync;", "use ::tokio::sync::Mutex;", "use tokio as t;", "extern crate tokio;"] {
+        assert!(names_crate(naming, "tokio"), "{naming}");
+    }
+    assert!(!names_crate("use my_tokio::sync; chorus::tokio::x; <T>::tokio::y; // tokio runtime", "tokio"));
 }
 
 #[test]
@@ -163,7 +209,7 @@ fn modules_use_only_the_layers_below_them() {
     for (module, allowed) in LAYERS {
         for file in module_files(module) {
             let source = std::fs::read_to_string(&file).unwrap();
-            for used in crate_references(&source) {
+            for used in root_references(&source, file_depth(&file)) {
                 if used != *module && !allowed.contains(&used.as_str()) {
                     violations.push(format!("{} uses crate::{used}", file.display()));
                 }

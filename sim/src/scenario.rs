@@ -105,11 +105,6 @@ impl RunReport {
     }
 }
 
-/// Runs one seed of one scenario (with `bug` planted, if any) in a fresh simulation.
-///
-/// Each run gets a thread of its own, as madsim's own determinism check does: std seeds
-/// hash maps from per-thread state that advances with every map created, so two runs on
-/// one thread would iterate some maps differently.
 /// The runs under way in this process, by data directory name (`run_name` and seed).
 static RUNNING: Mutex<BTreeSet<(String, u64)>> = Mutex::new(BTreeSet::new());
 static RUN_ENDED: Condvar = Condvar::new();
@@ -143,6 +138,11 @@ impl Drop for DirectoryTurn {
     }
 }
 
+/// Runs one seed of one scenario (with `bug` planted, if any) in a fresh simulation.
+///
+/// Each run gets a thread of its own, as madsim's own determinism check does: std seeds
+/// hash maps from per-thread state that advances with every map created, so two runs on
+/// one thread would iterate some maps differently.
 pub fn run_seed(scenario: Scenario, seed: u64, bug: Option<Bug>) -> RunReport {
     // Released when this function returns, however the run ended (its thread is joined).
     let _turn = DirectoryTurn::take((run_name(scenario, bug), seed));
@@ -267,14 +267,21 @@ fn trace_hash(history: &History, nemesis: &Nemesis) -> String {
 /// Runs seed `seed` of the first power-loss scenario under madsim's own determinism check,
 /// which compares every random draw of two runs and stops at the first that differs.
 pub fn check_determinism(seed: u64) {
+    let _turn = DirectoryTurn::take((run_name(probe_scenario(), None), seed));
+    // A function pointer: madsim calls it afresh for each of its two runs.
+    madsim::runtime::Runtime::check_determinism(seed, madsim::Config::default(), || async {
+        let seed = madsim::runtime::Handle::current().seed();
+        let _ = run(probe_scenario(), seed, None).await;
+    });
+}
+
+/// The scenario `check_determinism` runs: `PROBE_SCENARIO` (an index, default 1) with
+/// `PROBE_CLIENTS` clients if set.
+fn probe_scenario() -> Scenario {
     let index: usize = std::env::var("PROBE_SCENARIO").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
     let mut scenario = SCENARIOS[index];
     if let Some(clients) = std::env::var("PROBE_CLIENTS").ok().and_then(|v| v.parse().ok()) {
         scenario.clients = clients;
     }
-    let _turn = DirectoryTurn::take((run_name(scenario, None), seed));
-    madsim::runtime::Runtime::check_determinism(seed, madsim::Config::default(), move || async move {
-        let seed = madsim::runtime::Handle::current().seed();
-        let _ = run(scenario, seed, None).await;
-    });
+    scenario
 }

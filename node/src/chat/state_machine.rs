@@ -142,8 +142,28 @@ macro_rules! check {
     };
 }
 
+/// Whether every number of `command` fits an SQLite integer.
+fn numbers_fit_in_sql(command: &Command) -> bool {
+    let fit = |numbers: &[u64]| numbers.iter().all(|&n| n <= validate::SQL_INTEGER_MAX);
+    match &command.kind {
+        Some(command::Kind::CreateAccount(c)) => fit(&[c.created_at_ms]),
+        Some(command::Kind::OpenSession(c)) => fit(&[c.user_id, c.opened_at_ms]),
+        Some(command::Kind::CloseSession(_)) | None => true,
+        Some(command::Kind::SendMessage(c)) => fit(&[c.sent_at_ms, c.sequence, c.acknowledged_through]),
+        Some(command::Kind::ReadMessages(c)) => fit(&[c.read_at_ms]),
+        Some(command::Kind::DeleteMessages(c)) => fit(&c.ids),
+        Some(command::Kind::DeleteAccount(c)) => fit(&[c.deleted_at_ms]),
+    }
+}
+
 impl Apply<'_> {
     fn command(&self, command: &Command) -> Result<Outcome, rusqlite::Error> {
+        // SQLite refuses a parameter above i64::MAX with an error, and an error here stops
+        // every replica at this entry, for good. A command holding such a number (which
+        // no correct leader forms) is refused like any other malformed command.
+        if !numbers_fit_in_sql(command) {
+            return Ok(Outcome::Rejected(Rejection::MalformedCommand("a number beyond what the chat state can store")));
+        }
         match &command.kind {
             Some(command::Kind::CreateAccount(c)) => self.create_account(c),
             Some(command::Kind::OpenSession(c)) => self.open_session(c),
@@ -580,5 +600,35 @@ mod tests {
             .query_row("SELECT count(*) FROM sqlite_schema WHERE name = 'sent_dedup'", [], |row| row.get(0))
             .unwrap();
         assert_eq!(tables, 0);
+    }
+
+    /// A command holding a number SQLite cannot store (which only a broken or forged
+    /// leader forms: the server refuses such requests) is refused on every replica alike;
+    /// before, binding it failed the apply, and every replica stopped at that entry.
+    #[test]
+    fn numbers_beyond_sqlite_are_refused_not_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut machine = ChatStateMachine::open(&dir.path().join("chat.sqlite3")).unwrap();
+        let commands = [
+            command::Kind::DeleteMessages(chorus_proto::v1::DeleteMessagesCommand {
+                token_hash: vec![7; TOKEN_HASH_BYTES],
+                ids: vec![1, 1 << 63],
+            }),
+            command::Kind::CreateAccount(chorus_proto::v1::CreateAccountCommand {
+                username: "al".to_owned(),
+                password_hash: "x".to_owned(),
+                created_at_ms: u64::MAX,
+            }),
+            command::Kind::OpenSession(chorus_proto::v1::OpenSessionCommand {
+                user_id: 1 << 63,
+                token_hash: vec![7; TOKEN_HASH_BYTES],
+                opened_at_ms: 1,
+            }),
+        ];
+        for (index, kind) in (1..).zip(commands) {
+            let outcome = machine.apply(index, &Command { kind: Some(kind) }).unwrap();
+            assert!(matches!(outcome, Outcome::Rejected(Rejection::MalformedCommand(_))), "{outcome:?}");
+        }
+        assert_eq!(machine.last_applied().unwrap(), 3, "the entries are applied, as refusals");
     }
 }

@@ -54,6 +54,8 @@ pub enum InvalidInput {
     TooManyMessageIds { count: usize },
     #[error("message id 0 does not exist: message ids start at 1")]
     MessageIdZero,
+    #[error("message id {id} does not exist: message ids are at most {}", i64::MAX)]
+    MessageIdTooLarge { id: u64 },
 }
 
 /// Checks a username and returns its canonical form: ASCII upper case folded to lower case,
@@ -167,6 +169,10 @@ pub fn page_size(requested: u32) -> u32 {
     }
 }
 
+/// The largest number the chat database stores (SQLite integers are signed 64-bit): ids,
+/// indices, sequences and times are all below it.
+pub const SQL_INTEGER_MAX: u64 = i64::MAX as u64;
+
 /// Checks the ids of a delete request and returns them sorted without repeats, so the
 /// command's effect does not depend on the order or repetition the client chose.
 pub fn message_ids(ids: &[u64]) -> Result<Vec<u64>, InvalidInput> {
@@ -175,6 +181,9 @@ pub fn message_ids(ids: &[u64]) -> Result<Vec<u64>, InvalidInput> {
     }
     if ids.len() > DELETE_IDS_MAX {
         return Err(InvalidInput::TooManyMessageIds { count: ids.len() });
+    }
+    if let Some(&id) = ids.iter().find(|&&id| id > SQL_INTEGER_MAX) {
+        return Err(InvalidInput::MessageIdTooLarge { id });
     }
     if ids.contains(&0) {
         return Err(InvalidInput::MessageIdZero);
@@ -276,6 +285,7 @@ mod tests {
         assert_eq!(message_ids(&[3, 1, 3, 2]).unwrap(), vec![1, 2, 3]);
         assert_eq!(message_ids(&[]), Err(InvalidInput::NoMessageIds));
         assert_eq!(message_ids(&[0]), Err(InvalidInput::MessageIdZero));
+        assert_eq!(message_ids(&[1, 1 << 63]), Err(InvalidInput::MessageIdTooLarge { id: 1 << 63 }));
         assert!(message_ids(&vec![1; 1001]).is_err());
     }
 

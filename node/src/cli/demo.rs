@@ -93,7 +93,11 @@ struct Demo {
 
 impl Demo {
     async fn start(dir: PathBuf, nodes: u64) -> Result<Self> {
-        let launch = Launch { start_timeout: NODE_START_TIMEOUT, ..Launch::new(std::env::current_exe()?) };
+        let launch = Launch {
+            start_timeout: NODE_START_TIMEOUT,
+            own_process_group: true,
+            ..Launch::new(std::env::current_exe()?)
+        };
         let cluster = if dir.join("cluster.toml").exists() {
             println!("Chorus demo: reusing the cluster in {}", dir.display());
             LocalCluster::open(&dir, launch)?
@@ -128,19 +132,39 @@ impl Demo {
     }
 
     async fn shell(&mut self) -> Result<()> {
+        if matches!(self.input, Some(ShellInput::Terminal { .. })) {
+            // A Ctrl-C while a command runs (the terminal is not in raw mode then) must not
+            // kill the demo: its nodes, in process groups of their own, would run on.
+            self.watches.push(tokio::task::spawn(async {
+                while tokio::signal::ctrl_c().await.is_ok() {
+                    println!("(type quit, or Ctrl-D, to stop the demo)");
+                }
+            }));
+        }
         loop {
             let mut input = self.input.take().context("the shell has no input")?;
+            let on_terminal = matches!(input, ShellInput::Terminal { .. });
             let reading = tokio::task::spawn_blocking(move || {
                 let line = input.read_line();
                 (input, line)
             });
-            let line = tokio::select! {
-                read = reading => {
+            let read = if on_terminal {
+                // The line editor reads Ctrl-C itself (as the end of the shell), and must
+                // get the terminal back out of raw mode before the demo goes on.
+                Some(reading.await)
+            } else {
+                tokio::select! {
+                    read = reading => Some(read),
+                    _ = tokio::signal::ctrl_c() => None,
+                }
+            };
+            let line = match read {
+                Some(read) => {
                     let (input, line) = read.context("the shell's input reader failed")?;
                     self.input = Some(input);
                     line?
                 }
-                _ = tokio::signal::ctrl_c() => None,
+                None => None,
             };
             let Some(line) = line else { break };
             let line = line.trim();

@@ -126,6 +126,8 @@ pub enum ClientError {
     BadAddress { address: String, source: tonic::transport::Error },
     #[error("server address {address:?} has no port (expected HOST:PORT)")]
     NoPort { address: String },
+    #[error("retry backoff from {min:?} to {max:?}: it must start above zero and not above its maximum")]
+    BadBackoff { min: Duration, max: Duration },
 }
 
 /// A client of the whole cluster.
@@ -149,6 +151,9 @@ impl ClusterClient {
     pub fn new(servers: &[String], policy: RetryPolicy) -> Result<Self, ClientError> {
         if servers.is_empty() {
             return Err(ClientError::NoServers);
+        }
+        if policy.backoff_min.is_zero() || policy.backoff_min > policy.backoff_max {
+            return Err(ClientError::BadBackoff { min: policy.backoff_min, max: policy.backoff_max });
         }
         let endpoints = servers.iter().map(|server| endpoint(server)).collect::<Result<Vec<_>, _>>()?;
         Ok(Self {

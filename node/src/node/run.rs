@@ -127,6 +127,9 @@ async fn serve(
     );
 
     let stopping = Watch::new(false);
+    // However this function returns (an early `?`, a port taken), the runtime and the
+    // transport are told to stop: the Raft thread must not outlive the node it serves.
+    let _stop_on_return = StopOnDrop(stopping.clone());
     let peers: BTreeMap<NodeId, String> =
         cluster.members.iter().filter(|m| m.id != node_id).map(|m| (m.id, m.peer_address.clone())).collect();
     let clustered = !peers.is_empty();
@@ -283,6 +286,15 @@ async fn serve(
     tracing::info!("stopped");
     drop(data_dir);
     Ok(())
+}
+
+/// Sets a stop signal when dropped.
+struct StopOnDrop(Watch<bool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.set(true);
+    }
 }
 
 /// Waits for the replication runtime, told to stop, to finish (what it was writing is

@@ -372,6 +372,10 @@ impl<S: Storage> Replica<S> {
         self.flush_broadcast()?;
         let hard_state = self.hard_state();
         let soft_state = self.soft_state();
+        // The one step that can fail comes first: if it does, nothing was taken, and the
+        // next `ready` hands out the same work (no messages lost, no storage end assumed).
+        let committed_entries =
+            self.log.take_committed(COMMITTED_ENTRIES_PER_READY_MAX, COMMITTED_BYTES_PER_READY_MAX)?;
         let outbox = std::mem::take(&mut self.outbox);
         let (truncate_from, entries) = self.log.take_to_persist();
         let ready = Ready {
@@ -380,9 +384,7 @@ impl<S: Storage> Replica<S> {
             entries,
             messages: outbox.messages,
             messages_after_persist: outbox.messages_after_persist,
-            committed_entries: self
-                .log
-                .take_committed(COMMITTED_ENTRIES_PER_READY_MAX, COMMITTED_BYTES_PER_READY_MAX)?,
+            committed_entries,
             reads: outbox.reads,
             soft_state: (soft_state != self.reported_soft_state).then_some(soft_state),
         };

@@ -31,7 +31,8 @@ pub trait LogStore: Storage + Send + 'static {
     /// Writes a `Ready`'s hard state, truncation and entries as one write: removes the
     /// stored entries at or after `truncate_from`, if set, and appends `entries` (which start
     /// exactly there, or else right after the last stored entry). What is written may not be
-    /// durable until `sync`.
+    /// durable until `sync`, but reads (`last_index`, `entries`) see it at once: the core
+    /// checks at `advance` that the storage ends where the `Ready` left it.
     fn write(
         &mut self,
         hard_state: Option<HardState>,

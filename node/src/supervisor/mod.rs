@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use chorus_proto::v1::cluster_client::ClusterClient as GrpcClusterClient;
 use chorus_proto::v1::{Role, StatusRequest, StatusResponse};
 
-pub use ports::{PortClaim, PortError, claim_loopback_ports};
+pub use ports::{PortClaim, PortError, claim_loopback_port, claim_loopback_ports};
 pub use process::{NodeProcess, ProcessError, listening_line, parse_listening_line};
 
 use crate::cluster_config::{ClusterConfig, ClusterConfigError, MemberConfig, Timing};
@@ -56,6 +56,10 @@ pub struct Launch {
     pub log_filter: Option<String>,
     /// How long a node may take to say it listens.
     pub start_timeout: Duration,
+    /// Each node in a process group of its own, so that a Ctrl-C at the terminal reaches
+    /// only the supervisor, which then stops the nodes itself (the demo). Off, a Ctrl-C
+    /// stops the nodes with their supervisor (tests: nothing outlives an interrupted run).
+    pub own_process_group: bool,
 }
 
 impl Launch {
@@ -65,6 +69,7 @@ impl Launch {
             fast_password_hashing: false,
             log_filter: None,
             start_timeout: Duration::from_secs(30),
+            own_process_group: false,
         }
     }
 }
@@ -121,14 +126,26 @@ impl LocalCluster {
     }
 
     /// The cluster whose `cluster.toml` is in `dir` (made by [`LocalCluster::create`]
-    /// earlier, perhaps by another process). Nothing is started yet.
+    /// earlier, perhaps by another process). Its loopback ports are claimed again: if
+    /// another cluster on this machine holds one, this fails rather than start beside it.
+    /// Nothing is started yet.
     pub fn open(dir: &Path, launch: Launch) -> Result<Self, SupervisorError> {
         let config_path = dir.join("cluster.toml");
         let text = std::fs::read_to_string(&config_path)
             .map_err(|source| SupervisorError::Io { path: config_path.clone(), source })?;
         let config = ClusterConfig::from_toml(&text)
             .map_err(|source| SupervisorError::Config { path: config_path.clone(), source })?;
-        Self::with_config(dir, config_path, config, launch, false, Vec::new())
+        let mut ports = Vec::new();
+        for member in &config.members {
+            for address in [&member.client_address, &member.peer_address] {
+                if let Ok(address) = address.parse::<SocketAddr>()
+                    && address.ip().is_loopback()
+                {
+                    ports.push(claim_loopback_port(address.port())?);
+                }
+            }
+        }
+        Self::with_config(dir, config_path, config, launch, false, ports)
     }
 
     fn with_config(
@@ -213,6 +230,9 @@ impl LocalCluster {
         }
         if let Some(filter) = &launch.log_filter {
             command.env("RUST_LOG", filter);
+        }
+        if launch.own_process_group {
+            std::os::unix::process::CommandExt::process_group(&mut command, 0);
         }
         let process = NodeProcess::start(command, launch.start_timeout).map_err(|source| SupervisorError::Node {
             id,

@@ -25,6 +25,8 @@ const CLAIM_PORT_MIN: u16 = 10_000;
 /// Where the range stops if the kernel's ephemeral range cannot be read (Linux's default
 /// ephemeral range starts at 32768).
 const EPHEMERAL_PORT_MIN_DEFAULT: u16 = 32_768;
+/// Fewest ports the claim range must hold.
+const CLAIM_PORTS_MIN: u16 = 1_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PortError {
@@ -32,6 +34,13 @@ pub enum PortError {
     ClaimsDir { path: PathBuf, source: std::io::Error },
     #[error("no free loopback port in {low}..{high} (wanted {wanted}, claimed {claimed})")]
     Exhausted { low: u16, high: u16, wanted: usize, claimed: usize },
+    #[error(
+        "the kernel's ephemeral port range starts at {ephemeral_min} (net.ipv4.ip_local_port_range), leaving no room below it for claimed ports; raise it above {}",
+        CLAIM_PORT_MIN + CLAIM_PORTS_MIN
+    )]
+    NoRoomBelowEphemeral { ephemeral_min: u16 },
+    #[error("port {port} is held by another cluster on this machine (claimed in {path})")]
+    Held { port: u16, path: PathBuf },
 }
 
 /// A loopback port this process holds until the claim is dropped.
@@ -53,9 +62,8 @@ impl PortClaim {
 
 /// Claims `count` distinct loopback ports that nothing listens on right now.
 pub fn claim_loopback_ports(count: usize) -> Result<Vec<PortClaim>, PortError> {
-    let dir = std::env::temp_dir().join(CLAIMS_DIR);
-    std::fs::create_dir_all(&dir).map_err(|source| PortError::ClaimsDir { path: dir.clone(), source })?;
-    let (low, high) = (CLAIM_PORT_MIN, ephemeral_port_min());
+    let dir = claims_dir()?;
+    let (low, high) = (CLAIM_PORT_MIN, ephemeral_port_min()?);
     let span = high - low;
     // Start somewhere random so that concurrent claimers rarely contend for the same files.
     let start = crate::seam::os_seeded_rng().random_range(0..span);
@@ -65,19 +73,9 @@ pub fn claim_loopback_ports(count: usize) -> Result<Vec<PortClaim>, PortError> {
             break;
         }
         let port = low + (start + offset) % span;
-        let path = dir.join(format!("{port}.lock"));
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|source| PortError::ClaimsDir { path: path.clone(), source })?;
-        let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
-            continue; // another process holds it
-        };
-        // Nothing else may listen there either (a program that knows nothing of claims).
-        if TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).is_ok() {
-            claims.push(PortClaim { port, _lock: lock });
+        // Held by another process, or something else listens there.
+        if let Some(claim) = try_claim(&dir, port)? {
+            claims.push(claim);
         }
     }
     if claims.len() < count {
@@ -86,14 +84,44 @@ pub fn claim_loopback_ports(count: usize) -> Result<Vec<PortClaim>, PortError> {
     Ok(claims)
 }
 
+/// Claims one given port (a cluster's configured one, reopened), or says who holds it.
+pub fn claim_loopback_port(port: u16) -> Result<PortClaim, PortError> {
+    let dir = claims_dir()?;
+    try_claim(&dir, port)?.ok_or_else(|| PortError::Held { port, path: dir.join(format!("{port}.lock")) })
+}
+
+fn claims_dir() -> Result<PathBuf, PortError> {
+    let dir = std::env::temp_dir().join(CLAIMS_DIR);
+    std::fs::create_dir_all(&dir).map_err(|source| PortError::ClaimsDir { path: dir.clone(), source })?;
+    Ok(dir)
+}
+
+/// The claim of `port`, or `None` if another process holds it or something that knows
+/// nothing of claims listens on it.
+fn try_claim(dir: &std::path::Path, port: u16) -> Result<Option<PortClaim>, PortError> {
+    let path = dir.join(format!("{port}.lock"));
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| PortError::ClaimsDir { path: path.clone(), source })?;
+    let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else { return Ok(None) };
+    let free = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).is_ok();
+    Ok(free.then_some(PortClaim { port, _lock: lock }))
+}
+
 /// The first port of the kernel's ephemeral range, from which outgoing connections take
-/// their source ports; claims stay below it.
-fn ephemeral_port_min() -> u16 {
-    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+/// their source ports; claims stay below it, and there must be room for them there.
+fn ephemeral_port_min() -> Result<u16, PortError> {
+    let ephemeral_min = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
-        .filter(|&min| min > CLAIM_PORT_MIN + 1_000)
-        .unwrap_or(EPHEMERAL_PORT_MIN_DEFAULT)
+        .unwrap_or(EPHEMERAL_PORT_MIN_DEFAULT);
+    if ephemeral_min < CLAIM_PORT_MIN + CLAIM_PORTS_MIN {
+        return Err(PortError::NoRoomBelowEphemeral { ephemeral_min });
+    }
+    Ok(ephemeral_min)
 }
 
 #[cfg(test)]
@@ -107,7 +135,9 @@ mod tests {
         ports.sort();
         ports.dedup();
         assert_eq!(ports.len(), 8, "claims are distinct");
-        assert!(ports.iter().all(|&port| (CLAIM_PORT_MIN..ephemeral_port_min()).contains(&port)));
+        assert!(ports.iter().all(|&port| (CLAIM_PORT_MIN..ephemeral_port_min().unwrap()).contains(&port)));
+        let error = claim_loopback_port(ports[1]).unwrap_err();
+        assert!(matches!(error, PortError::Held { port, .. } if port == ports[1]), "{error}");
         // Claims taken meanwhile (as by another test binary) never include a held one.
         for _ in 0..20 {
             let more = claim_loopback_ports(8).unwrap();

@@ -144,7 +144,10 @@ fn wait_for_listening_line(
             }
             Ok(read) => {
                 seen.extend_from_slice(&buffer[..read]);
-                let text = String::from_utf8_lossy(&seen);
+                // Only whole lines: the end of a line still being written could parse as
+                // another port ("…:10" of "…:10001").
+                let complete = seen.iter().rposition(|&byte| byte == b'\n').map_or(0, |end| end + 1);
+                let text = String::from_utf8_lossy(&seen[..complete]);
                 if let Some(address) = text.lines().find_map(parse_listening_line) {
                     return Ok(address);
                 }
@@ -188,9 +191,10 @@ mod tests {
         let error = NodeProcess::start(exits, Duration::from_secs(10)).unwrap_err();
         assert!(matches!(&error, ProcessError::ExitedWhileStarting { status } if status.contains('3')), "{error}");
         let mut listens = Command::new("sh");
-        listens.args(["-c", "echo node 4 listening on 127.0.0.1:9; exec sleep 30"]);
+        // The line arrives in two pieces; the first alone would parse as port 9.
+        listens.args(["-c", "printf 'node 4 listening on 127.0.0.1:9'; sleep 0.3; echo 1; exec sleep 30"]);
         let process = NodeProcess::start(listens, Duration::from_secs(10)).unwrap();
-        assert_eq!(process.client_address(), "127.0.0.1:9".parse().unwrap());
+        assert_eq!(process.client_address(), "127.0.0.1:91".parse().unwrap());
         let (status, in_time) = process.terminate(Duration::from_secs(5)).unwrap();
         assert!(in_time && !status.success(), "sleep dies of SIGTERM: {status}");
     }

@@ -26,7 +26,10 @@ impl RaftService {
     }
 
     fn refuse(&self, batch: &RaftBatch, status: Status) -> Status {
+        // The node is named here, not only by the span: under madsim the peer server runs
+        // its handlers outside the node's span (real tonic's `trace_fn` puts them in it).
         tracing::warn!(
+            node = self.node_id,
             from = batch.from,
             cluster = %batch.cluster_id,
             reason = %status.message(),
@@ -69,7 +72,7 @@ impl Raft for RaftService {
             // A full inbox means the runtime is behind; dropping is what the network would
             // do, and Raft retransmits.
             if !self.inbox.try_send(message) {
-                tracing::debug!(from = batch.from, "inbox full; message dropped");
+                tracing::debug!(node = self.node_id, from = batch.from, "inbox full; message dropped");
             }
         }
         Ok(Response::new(RaftBatchAck {}))

@@ -13,27 +13,30 @@ use std::time::Duration;
 
 use chorus::client::v1::chat_client::ChatClient as GrpcChatClient;
 use chorus::client::v1::{CreateAccountRequest, LoginRequest};
-use chorus::supervisor::NodeProcess;
+use chorus::supervisor::{NodeProcess, PortClaim, claim_loopback_ports};
 use tonic::transport::Channel;
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_chorus");
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A single `chorus node` process (a cluster of one) on a port it chose itself.
+/// A single `chorus node` process (a cluster of one) on a claimed port, which it keeps
+/// across restarts (see `chorus::supervisor::claim_loopback_ports`).
 pub struct TestNode {
     pub data_dir: PathBuf,
     pub address: SocketAddr,
     process: Option<NodeProcess>,
+    port: Option<PortClaim>,
 }
 
 impl TestNode {
-    /// Starts a node on a port of its own choosing (port 0, read back from the node) with
-    /// its data in `data_dir`.
+    /// Starts a node on a claimed port with its data in `data_dir`.
     pub fn start(data_dir: &Path) -> Self {
-        Self::start_on(data_dir, SocketAddr::from(([127, 0, 0, 1], 0)))
+        let port = claim_loopback_ports(1).unwrap().pop().unwrap();
+        Self::start_on(data_dir, port)
     }
 
-    fn start_on(data_dir: &Path, listen: SocketAddr) -> Self {
+    fn start_on(data_dir: &Path, port: PortClaim) -> Self {
+        let listen = port.address();
         let mut command = Command::new(BINARY);
         command
             .args(["node", "--id", "1", "--insecure-fast-password-hashing", "--listen", &listen.to_string()])
@@ -41,7 +44,8 @@ impl TestNode {
             .arg(data_dir)
             .env("RUST_LOG", "warn");
         let process = NodeProcess::start(command, START_TIMEOUT).unwrap_or_else(|error| panic!("{error}"));
-        Self { data_dir: data_dir.to_owned(), address: process.client_address(), process: Some(process) }
+        assert_eq!(process.client_address(), listen, "the node says it listens where it was told");
+        Self { data_dir: data_dir.to_owned(), address: listen, process: Some(process), port: Some(port) }
     }
 
     /// SIGKILL: the process dies at once, with no chance to clean up.
@@ -62,7 +66,8 @@ impl TestNode {
     /// Starts the node again on its data directory and its old port.
     pub fn restart(&mut self) {
         assert!(self.process.is_none(), "kill the node before restarting it");
-        *self = Self::start_on(&self.data_dir.clone(), self.address);
+        let port = self.port.take().expect("a node keeps its port");
+        *self = Self::start_on(&self.data_dir.clone(), port);
     }
 
     /// A client of this node alone (no failover).
