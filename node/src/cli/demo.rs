@@ -70,8 +70,19 @@ pub fn run(args: DemoArgs) -> Result<()> {
             Some(dir) => dir,
             None => std::env::temp_dir().join(format!("chorus-demo-{}", chorus::seam::unix_time_ms())),
         };
-        let mut demo = Demo::start(dir, args.nodes).await?;
-        let result = demo.shell().await;
+        // From the first moment, SIGINT, SIGTERM and SIGHUP (a closed terminal) stop the
+        // demo in order rather than kill it: its nodes run in process groups of their own
+        // (so that a Ctrl-C reaches only the demo), and would otherwise run on.
+        let stop = stop_signal()?;
+        let mut demo = tokio::select! {
+            demo = Demo::start(dir, args.nodes) => demo?,
+            // Dropping the half-started demo kills the nodes it started.
+            _ = stopped(stop.clone()) => {
+                println!("interrupted: the nodes started so far are stopped");
+                return Ok(());
+            }
+        };
+        let result = demo.shell(stop).await;
         demo.stop_all();
         result
     });
@@ -131,17 +142,14 @@ impl Demo {
         Ok(())
     }
 
-    async fn shell(&mut self) -> Result<()> {
-        if matches!(self.input, Some(ShellInput::Terminal { .. })) {
-            // A Ctrl-C while a command runs (the terminal is not in raw mode then) must not
-            // kill the demo: its nodes, in process groups of their own, would run on.
-            self.watches.push(tokio::task::spawn(async {
-                while tokio::signal::ctrl_c().await.is_ok() {
-                    println!("(type quit, or Ctrl-D, to stop the demo)");
-                }
-            }));
-        }
+    /// Runs commands until the input ends, `quit`, or a stop signal (which takes effect
+    /// once the command under way, if any, is done).
+    async fn shell(&mut self, stop: tokio::sync::watch::Receiver<bool>) -> Result<()> {
         loop {
+            if *stop.borrow() {
+                println!("interrupted: stopping the demo");
+                break;
+            }
             let mut input = self.input.take().context("the shell has no input")?;
             let on_terminal = matches!(input, ShellInput::Terminal { .. });
             let reading = tokio::task::spawn_blocking(move || {
@@ -155,7 +163,7 @@ impl Demo {
             } else {
                 tokio::select! {
                     read = reading => Some(read),
-                    _ = tokio::signal::ctrl_c() => None,
+                    _ = stopped(stop.clone()) => None,
                 }
             };
             let line = match read {
@@ -340,6 +348,32 @@ impl Demo {
         println!("all nodes stopped; the data stays in {dir}");
         println!("to see it survived: chorus demo --dir {dir}");
     }
+}
+
+/// A flag that turns true at the first SIGINT, SIGTERM or SIGHUP; from then on those
+/// signals no longer kill the process.
+fn stop_signal() -> Result<tokio::sync::watch::Receiver<bool>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let (raise, flag) = tokio::sync::watch::channel(false);
+    tokio::task::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+            _ = hangup.recv() => {}
+        }
+        let _ = raise.send(true);
+        // Keep the handlers installed: later signals change nothing.
+        std::future::pending::<()>().await;
+    });
+    Ok(flag)
+}
+
+/// Resolves once the stop flag is up.
+async fn stopped(mut flag: tokio::sync::watch::Receiver<bool>) {
+    let _ = flag.wait_for(|&stop| stop).await;
 }
 
 /// The top of the `cluster.toml` a demo writes.

@@ -208,7 +208,11 @@ impl ClusterClient {
         F: FnMut(GrpcChatClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let deadline = crate::seam::monotonic_now() + self.policy.call_deadline;
+        let started = crate::seam::monotonic_now();
+        // A deadline too far to represent is no deadline: a century stands for it.
+        let deadline = started
+            .checked_add(self.policy.call_deadline)
+            .unwrap_or_else(|| started + Duration::from_secs(100 * 365 * 24 * 3600));
         let mut backoff = self.backoff();
         let mut tried_since_pause = 0;
         let mut last_failure = String::new();

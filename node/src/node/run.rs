@@ -144,13 +144,28 @@ async fn serve(
         observer: config.observer.clone(),
         clock: config.clock.clone(),
     };
+    // What can fail is done before the Raft thread starts: past it, a failure must stop
+    // the thread and wait for it (it holds the log; see the serve error below).
+    let hasher = PasswordHasher::new(config.password_hash_cost, &mut rng)?;
+    #[cfg(not(madsim))]
+    let (client_incoming, client_bound, peer_incoming, peer_bound) = {
+        use tonic::transport::server::TcpIncoming;
+        let bind = |addr: SocketAddr| {
+            let incoming = TcpIncoming::bind(addr).map_err(|source| NodeError::Bind { addr, source })?;
+            let bound = incoming.local_addr().map_err(|source| NodeError::Bind { addr, source })?;
+            Ok::<_, NodeError>((incoming, bound))
+        };
+        let (client_incoming, client_bound) = bind(config.client_listen)?;
+        let (peer_incoming, peer_bound) =
+            if clustered { bind(config.peer_listen).map(|(i, b)| (Some(i), Some(b)))? } else { (None, None) };
+        (client_incoming, client_bound, peer_incoming, peer_bound)
+    };
     let (runtime, raft) = start_runtime(setup, log, Arc::clone(&chat), transport, inbox)?;
     let mut runtime_task = crate::seam::spawn_dedicated(RAFT_THREAD_NAME, runtime.run(stopping.clone()));
     // One span per call, under the node's: the server runs each connection in a task of
     // its own, outside the node's span, so the parent is named.
     let rpc_span = move |request: &tonic::codegen::http::Request<()>| tracing::info_span!(parent: &node_span, "rpc", method = %request.uri().path());
 
-    let hasher = PasswordHasher::new(config.password_hash_cost, &mut rng)?;
     let hints = LeaderHints::new(cluster.members.iter().map(|m| (m.id, m.client_address.clone())).collect());
     let stream_ends = StreamEnds {
         stopping: stopping.clone(),
@@ -195,15 +210,6 @@ async fn serve(
     };
     #[cfg(not(madsim))]
     let (client_server, peer_server, bound) = {
-        use tonic::transport::server::TcpIncoming;
-        let bind = |addr: SocketAddr| {
-            let incoming = TcpIncoming::bind(addr).map_err(|source| NodeError::Bind { addr, source })?;
-            let bound = incoming.local_addr().map_err(|source| NodeError::Bind { addr, source })?;
-            Ok::<_, NodeError>((incoming, bound))
-        };
-        let (client_incoming, client_bound) = bind(config.client_listen)?;
-        let (peer_incoming, peer_bound) =
-            if clustered { bind(config.peer_listen).map(|(i, b)| (Some(i), Some(b)))? } else { (None, None) };
         let client_server =
             client_router.serve_with_incoming_shutdown(client_incoming, wait_for_stop(stopping.clone()));
         let peer_server = async {

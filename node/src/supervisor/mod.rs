@@ -138,8 +138,10 @@ impl LocalCluster {
         let mut ports = Vec::new();
         for member in &config.members {
             for address in [&member.client_address, &member.peer_address] {
+                // Port 0 is any free port (a cluster of one): nothing to claim.
                 if let Ok(address) = address.parse::<SocketAddr>()
                     && address.ip().is_loopback()
+                    && address.port() != 0
                 {
                     ports.push(claim_loopback_port(address.port())?);
                 }
