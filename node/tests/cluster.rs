@@ -330,6 +330,9 @@ async fn a_node_without_a_leader_ends_its_live_streams() {
     let alice = create_and_login(&mut client, "alice").await;
     let leader = cluster.wait_for_leader(Duration::from_secs(30)).await;
     let follower = (1..=3).find(|&id| id != leader).unwrap();
+    // The follower must know the session (else it asks the leader, by a read fence, which
+    // a follower cannot serve): the login commits on the leader before it applies here.
+    cluster.wait_converged(Duration::from_secs(30)).await;
     let mut chat = client.chat_of(follower as usize - 1);
     let request = SubscribeRequest { token: alice.token.clone(), after_id: 0 };
     let mut stream = chat.subscribe(request).await.unwrap().into_inner();
