@@ -123,7 +123,7 @@ fn step_strategy() -> impl Strategy<Value = Step> {
         3 => (token(), 0..4u32, 0..5usize).prop_map(|(token, limit, request_id)| Step::Read { token, limit, request_id }),
         4 => (token(), prop::collection::vec(1..8u64, 1..3)).prop_map(|(token, back)| Step::Delete { token, back }),
         1 => (token(), 0..PASSWORD_HASHES.len()).prop_map(|(token, hash)| Step::DeleteAccount { token, hash }),
-        1 => (0..4u8).prop_map(|variant| Step::Malformed { variant }),
+        1 => (0..5u8).prop_map(|variant| Step::Malformed { variant }),
         1 => Just(Step::Reopen),
     ]
 }
@@ -194,7 +194,7 @@ fn command_of(step: &Step, time_ms: u64, next_message_id: u64) -> Option<Command
         Step::Malformed { variant: 1 } => command::Kind::CreateAccount(CreateAccountCommand {
             username: "Upper".to_owned(),
             password_hash: "h".to_owned(),
-            created_at_ms: u64::MAX,
+            created_at_ms: time_ms,
         }),
         Step::Malformed { variant: 2 } => command::Kind::SendMessage(SendMessageCommand {
             token_hash: token_hash(0),
@@ -204,9 +204,18 @@ fn command_of(step: &Step, time_ms: u64, next_message_id: u64) -> Option<Command
             sequence: 1,
             acknowledged_through: 0,
         }),
-        Step::Malformed { .. } => {
-            command::Kind::DeleteMessages(DeleteMessagesCommand { token_hash: token_hash(0), ids: vec![0, u64::MAX] })
+        Step::Malformed { variant: 3 } => {
+            command::Kind::DeleteMessages(DeleteMessagesCommand { token_hash: token_hash(0), ids: vec![0, 1] })
         }
+        // A number SQLite cannot store, in a command otherwise valid.
+        Step::Malformed { .. } => command::Kind::SendMessage(SendMessageCommand {
+            token_hash: token_hash(0),
+            to: "alice".to_owned(),
+            body: "x".to_owned(),
+            sent_at_ms: u64::MAX,
+            sequence: 1,
+            acknowledged_through: 0,
+        }),
         Step::Reopen => return None,
     };
     Some(Command { kind: Some(kind) })
@@ -302,6 +311,19 @@ impl Model {
     }
 
     fn apply_kind(&mut self, index: u64, command: &Command) -> Result<Outcome, Rejection> {
+        // First of all: a number SQLite cannot store (above i64::MAX) refuses the command.
+        let numbers: Vec<u64> = match &command.kind {
+            Some(command::Kind::CreateAccount(c)) => vec![c.created_at_ms],
+            Some(command::Kind::OpenSession(c)) => vec![c.user_id, c.opened_at_ms],
+            Some(command::Kind::SendMessage(c)) => vec![c.sent_at_ms, c.sequence, c.acknowledged_through],
+            Some(command::Kind::ReadMessages(c)) => vec![c.read_at_ms],
+            Some(command::Kind::DeleteMessages(c)) => c.ids.clone(),
+            Some(command::Kind::DeleteAccount(c)) => vec![c.deleted_at_ms],
+            Some(command::Kind::CloseSession(_)) | None => Vec::new(),
+        };
+        if numbers.iter().any(|&n| n > i64::MAX as u64) {
+            return Err(Rejection::MalformedCommand("a number beyond what the chat state can store"));
+        }
         match command.kind.as_ref().ok_or(Rejection::UnknownCommand)? {
             command::Kind::CreateAccount(c) => {
                 let username = canonical_exactly(&c.username)?;
