@@ -223,6 +223,7 @@ impl LogStore for SimDiskLog {
         truncate_from: Option<LogIndex>,
         entries: &[Entry],
     ) -> Result<(), StorageError> {
+        chorus::replication::assert_writable(self.view.last_index()?, truncate_from, entries);
         // A truncation comes with the entries that replace the suffix (see `Ready`): it
         // rides in the first one's record.
         assert!(

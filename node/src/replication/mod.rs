@@ -36,6 +36,6 @@ pub use ready::{ReadAborted, ReadOutcome, Ready, SoftState};
 pub use replica::{
     COMMITTED_ENTRIES_PER_READY_MAX, FollowerStatus, ProposeError, Replica, ReplicaError, ReplicaStatus,
 };
-pub use storage::{MemoryStorage, Storage, StorageError};
+pub use storage::{MemoryStorage, Storage, StorageError, assert_writable};
 pub use transfer::TransferError;
 pub use types::{Entry, HardState, INDEX_MAX, LogIndex, LogPosition, NodeId, Payload, Role, TERM_MAX, Term};

@@ -60,31 +60,35 @@ impl MemoryStorage {
     /// (a conflicting suffix the leader overwrote), if set, then appends `entries`, which
     /// must start exactly there, or else right after the last stored entry.
     pub fn append(&mut self, truncate_from: Option<LogIndex>, entries: &[Entry]) {
-        let last = self.entries.len() as LogIndex;
-        let start = match truncate_from {
-            Some(index) => {
-                assert!(
-                    index >= 1 && index <= last,
-                    "truncation at {index} removes nothing from a log ending at {last}"
-                );
-                self.entries.truncate(index as usize - 1);
-                index
-            }
-            None => last + 1,
-        };
-        for (offset, entry) in entries.iter().enumerate() {
-            assert_eq!(
-                entry.index,
-                start + offset as LogIndex,
-                "entries must be contiguous from {start} (truncation {truncate_from:?}, last stored {last})"
-            );
-        }
+        let start = assert_writable(self.entries.len() as LogIndex, truncate_from, entries);
+        self.entries.truncate(start as usize - 1);
         self.entries.extend(entries.iter().cloned());
     }
 
     pub fn all_entries(&self) -> impl Iterator<Item = &Entry> {
         self.entries.iter()
     }
+}
+
+/// Checks a `Ready`'s write against a log ending at `last`, as every storage must before
+/// writing it, and returns the index the entries start at: a truncation must remove
+/// something, and the entries must run contiguous from it (or from `last + 1`).
+pub fn assert_writable(last: LogIndex, truncate_from: Option<LogIndex>, entries: &[Entry]) -> LogIndex {
+    let start = match truncate_from {
+        Some(index) => {
+            assert!(index >= 1 && index <= last, "truncation at {index} removes nothing from a log ending at {last}");
+            index
+        }
+        None => last + 1,
+    };
+    for (offset, entry) in (0..).zip(entries) {
+        assert_eq!(
+            entry.index,
+            start + offset,
+            "entries must be contiguous from {start} (truncation {truncate_from:?}, last stored {last})"
+        );
+    }
+    start
 }
 
 impl Storage for MemoryStorage {

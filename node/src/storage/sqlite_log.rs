@@ -17,7 +17,7 @@ use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::log_store::{Creation, LogStore, ScrubProgress};
-use crate::replication::{Entry, HardState, LogIndex, NodeId, Payload, Storage, StorageError, Term};
+use crate::replication::{Entry, HardState, LogIndex, NodeId, Payload, Storage, StorageError, Term, assert_writable};
 use crate::sqlite::{Sharing, SqliteError, migrate, open_database};
 
 /// What a data directory belongs to: checked at every start.
@@ -227,24 +227,7 @@ impl SqliteLog {
         if hard_state.is_none() && truncate_from.is_none() && entries.is_empty() {
             return Ok(());
         }
-        let last = self.terms.len() as LogIndex;
-        let start = match truncate_from {
-            Some(index) => {
-                assert!(
-                    index >= 1 && index <= last,
-                    "truncation at {index} removes nothing from a log ending at {last}"
-                );
-                index
-            }
-            None => last + 1,
-        };
-        for (offset, entry) in entries.iter().enumerate() {
-            assert_eq!(
-                entry.index,
-                start + offset as LogIndex,
-                "persisting entries not contiguous from {start} (truncation {truncate_from:?}, last stored {last})"
-            );
-        }
+        assert_writable(self.terms.len() as LogIndex, truncate_from, entries);
         let io = |e: rusqlite::Error| StorageError::Io(format!("{}: {e}", self.path.display()));
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(io)?;
         if let Some(hard_state) = hard_state {
@@ -618,7 +601,7 @@ mod tests {
 
     /// An overwrite must come with its truncation: the log would otherwise keep both.
     #[test]
-    #[should_panic(expected = "persisting entries not contiguous from 3")]
+    #[should_panic(expected = "entries must be contiguous from 3")]
     fn an_overwrite_without_its_truncation_panics() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raft.sqlite3");
