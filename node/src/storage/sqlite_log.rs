@@ -195,17 +195,11 @@ impl SqliteLog {
         };
         let last = log.terms.len() as LogIndex;
         let start = last.saturating_sub(RECENT_ENTRIES_MAX as LogIndex) + 1;
-        let recent = log.read_entries(start, last + 1, usize::MAX).map_err(|e| match e {
+        let recent = log.read_verified(start, last + 1, usize::MAX).map_err(|e| match e {
             StorageError::Corrupt(detail) => corrupt(detail),
             StorageError::Io(detail) => corrupt(detail),
         })?;
-        log.recent = recent
-            .into_iter()
-            .map(|entry| {
-                let checksum = checksum_of(&entry);
-                (entry, checksum)
-            })
-            .collect();
+        log.recent = recent.into();
         log.recent_start = start;
         Ok(log)
     }
@@ -228,6 +222,8 @@ impl SqliteLog {
             return Ok(());
         }
         assert_writable(self.terms.len() as LogIndex, truncate_from, entries);
+        // Computed once: stored with each row, and kept with each entry in the cache.
+        let checksums: Vec<u32> = entries.iter().map(checksum_of).collect();
         let io = |e: rusqlite::Error| StorageError::Io(format!("{}: {e}", self.path.display()));
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(io)?;
         if let Some(hard_state) = hard_state {
@@ -247,17 +243,9 @@ impl SqliteLog {
                     "INSERT INTO raft_log (log_index, term, payload_kind, payload, checksum) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
                 .map_err(io)?;
-            for entry in entries {
+            for (entry, checksum) in entries.iter().zip(&checksums) {
                 let (kind, payload) = encode_payload(&entry.payload);
-                insert
-                    .execute(params![
-                        entry.index,
-                        entry.term,
-                        kind,
-                        payload,
-                        i64::from(entry_checksum(entry.index, entry.term, kind, payload))
-                    ])
-                    .map_err(io)?;
+                insert.execute(params![entry.index, entry.term, kind, payload, i64::from(*checksum)]).map_err(io)?;
             }
         }
         // The commit is the fsync (synchronous=FULL) that every reply depending on this
@@ -277,7 +265,7 @@ impl SqliteLog {
             }
         }
         self.terms.extend(entries.iter().map(|e| e.term));
-        self.recent.extend(entries.iter().map(|entry| (entry.clone(), checksum_of(entry))));
+        self.recent.extend(entries.iter().cloned().zip(checksums));
         while self.recent.len() > RECENT_ENTRIES_MAX {
             self.recent.pop_front();
             self.recent_start += 1;
@@ -292,6 +280,16 @@ impl SqliteLog {
     }
 
     fn read_entries(&self, low: LogIndex, high: LogIndex, bytes_max: usize) -> Result<Vec<Entry>, StorageError> {
+        Ok(self.read_verified(low, high, bytes_max)?.into_iter().map(|(entry, _)| entry).collect())
+    }
+
+    /// Entries read from the database, each with the checksum it was verified against.
+    fn read_verified(
+        &self,
+        low: LogIndex,
+        high: LogIndex,
+        bytes_max: usize,
+    ) -> Result<Vec<(Entry, u32)>, StorageError> {
         let io = |e: rusqlite::Error| StorageError::Io(format!("{}: {e}", self.path.display()));
         let mut statement = self
             .conn
@@ -333,7 +331,7 @@ impl SqliteLog {
             if !out.is_empty() && bytes > bytes_max {
                 break;
             }
-            out.push(entry);
+            out.push((entry, checksum));
         }
         Ok(out)
     }
