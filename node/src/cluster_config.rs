@@ -9,6 +9,12 @@
 //! election_timeout_min_ms = 1000
 //! election_timeout_max_ms = 2000
 //!
+//! [limits]                      # optional; these are the defaults
+//! session_lifetime_hours = 168          # a session ends a week after login
+//! logins_per_account_per_minute = 10    # login attempts, per node
+//! logins_per_address_per_minute = 60
+//! sends_per_account_per_minute = 600
+//!
 //! [[members]]
 //! id = 1
 //! peer_address = "10.0.0.1:7101"    # node-to-node traffic
@@ -29,8 +35,76 @@ pub struct ClusterConfig {
     pub cluster_id: String,
     #[serde(default)]
     pub timing: Timing,
+    #[serde(default)]
+    pub limits: Limits,
     pub members: Vec<MemberConfig>,
 }
+
+/// What one account, one client address and one session may do. The rates are token
+/// buckets per node: up to N at once, refilled at N per minute.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default = "defaults::session_lifetime_hours")]
+    pub session_lifetime_hours: u64,
+    #[serde(default = "defaults::logins_per_account_per_minute")]
+    pub logins_per_account_per_minute: u64,
+    #[serde(default = "defaults::logins_per_address_per_minute")]
+    pub logins_per_address_per_minute: u64,
+    #[serde(default = "defaults::sends_per_account_per_minute")]
+    pub sends_per_account_per_minute: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            session_lifetime_hours: defaults::session_lifetime_hours(),
+            logins_per_account_per_minute: defaults::logins_per_account_per_minute(),
+            logins_per_address_per_minute: defaults::logins_per_address_per_minute(),
+            sends_per_account_per_minute: defaults::sends_per_account_per_minute(),
+        }
+    }
+}
+
+impl Limits {
+    /// Limits no test or benchmark reaches: for loads that measure something else.
+    pub fn generous() -> Self {
+        Self {
+            logins_per_account_per_minute: RATE_MAX,
+            logins_per_address_per_minute: RATE_MAX,
+            sends_per_account_per_minute: RATE_MAX,
+            ..Self::default()
+        }
+    }
+
+    pub fn session_lifetime(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.session_lifetime_hours.saturating_mul(3600))
+    }
+
+    fn validate(&self) -> Result<(), ClusterConfigError> {
+        if !(1..=SESSION_LIFETIME_HOURS_MAX).contains(&self.session_lifetime_hours) {
+            return Err(ClusterConfigError::Limit {
+                field: "session_lifetime_hours",
+                value: self.session_lifetime_hours,
+                max: SESSION_LIFETIME_HOURS_MAX,
+            });
+        }
+        for (field, value) in [
+            ("logins_per_account_per_minute", self.logins_per_account_per_minute),
+            ("logins_per_address_per_minute", self.logins_per_address_per_minute),
+            ("sends_per_account_per_minute", self.sends_per_account_per_minute),
+        ] {
+            if !(1..=RATE_MAX).contains(&value) {
+                return Err(ClusterConfigError::Limit { field, value, max: RATE_MAX });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Ten years.
+const SESSION_LIFETIME_HOURS_MAX: u64 = 87_600;
+const RATE_MAX: u64 = 1_000_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -62,6 +136,18 @@ mod defaults {
     }
     pub fn election_timeout_max_ms() -> u64 {
         2000
+    }
+    pub fn session_lifetime_hours() -> u64 {
+        7 * 24
+    }
+    pub fn logins_per_account_per_minute() -> u64 {
+        10
+    }
+    pub fn logins_per_address_per_minute() -> u64 {
+        60
+    }
+    pub fn sends_per_account_per_minute() -> u64 {
+        600
     }
 }
 
@@ -99,6 +185,8 @@ pub enum ClusterConfigError {
     NotAMember { id: NodeId, members: String },
     #[error("timing: {0}")]
     Timing(#[from] ConfigError),
+    #[error("limits.{field} = {value}: it must be from 1 to {max}")]
+    Limit { field: &'static str, value: u64, max: u64 },
     #[error("cannot write the configuration as TOML: {0}")]
     Unwritable(#[from] toml::ser::Error),
 }
@@ -126,6 +214,7 @@ impl ClusterConfig {
         Self {
             cluster_id: format!("standalone-{node_id}"),
             timing: Timing::default(),
+            limits: Limits::default(),
             members: vec![MemberConfig {
                 id: node_id,
                 peer_address: "127.0.0.1:0".to_owned(),
@@ -180,7 +269,7 @@ impl ClusterConfig {
             }
         }
         self.replica_config().validate()?;
-        Ok(())
+        self.limits.validate()
     }
 
     pub fn member(&self, id: NodeId) -> Result<&MemberConfig, ClusterConfigError> {
@@ -255,7 +344,7 @@ data_dir = "/tmp/x"
 
     #[test]
     fn each_mistake_is_reported_by_name() {
-        let cases: [(&str, &str); 9] = [
+        let cases: [(&str, &str); 12] = [
             (&GOOD.replace("id = 2", "id = 1"), "id 1 appears more than once"),
             (&GOOD.replace("node2.example:7101", "node2.example"), "members[id=2].peer_address"),
             (&GOOD.replace("[::1]:7002", "127.0.0.1:7001"), "address 127.0.0.1:7001 is used by members 1 and 2"),
@@ -264,6 +353,15 @@ data_dir = "/tmp/x"
             (&GOOD.replace("id = 2", "id = 0"), "id 0 is reserved"),
             (&GOOD.replace("id = 2", "id = 9223372036854775808"), "id 9223372036854775808 is too large"),
             (&GOOD.replace("heartbeat_interval_ms = 50", "heartbeat_interval_ms = 900"), "timing:"),
+            (
+                &GOOD.replace("[timing]", "[limits]\nsession_lifetime_hours = 0\n[timing]"),
+                "limits.session_lifetime_hours = 0",
+            ),
+            (
+                &GOOD.replace("[timing]", "[limits]\nsends_per_account_per_minute = 0\n[timing]"),
+                "limits.sends_per_account",
+            ),
+            (&GOOD.replace("[timing]", "[limits]\nlogins = 5\n[timing]"), "unknown field"),
             ("cluster_id = \"x\"\nmembers = []", "1 to 7 members"),
         ];
         for (text, expected) in cases {

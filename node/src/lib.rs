@@ -7,6 +7,8 @@
 //!   planted mistakes the simulation must catch (off unless asked for).
 //! - [`watch`], [`blocking_pool`], [`sqlite`], [`backoff`]: small tools the layers above
 //!   share.
+//! - [`tls`]: the cluster's certificates, TLS configurations that reload, the acceptor,
+//!   and which member a peer's certificate names (real builds only).
 //! - [`replication`]: the Raft core (knows nothing of chat, gRPC or SQLite).
 //! - [`cluster_config`]: the `cluster.toml` format: the members and the timing.
 //! - [`chat`]: the chat state machine (knows nothing of replication).
@@ -27,6 +29,9 @@ pub mod backoff;
 pub mod blocking_pool;
 pub mod sqlite;
 pub mod watch;
+
+#[cfg(not(madsim))]
+pub mod tls;
 
 pub mod replication;
 

@@ -4,27 +4,26 @@
 mod common;
 
 use chorus::client::v1::{
-    CreateAccountRequest, DeleteAccountRequest, DeleteMessagesRequest, HistoryRequest, ListAccountsRequest,
-    LoginRequest, LogoutRequest, Message, ReadMessagesRequest, SendMessageRequest, SubscribeRequest,
-    chat_client::ChatClient,
+    ChangePasswordRequest, CreateAccountRequest, DeleteAccountRequest, DeleteMessagesRequest, HistoryRequest,
+    ListAccountsRequest, LoginRequest, LogoutRequest, Message, ReadMessagesRequest, SendMessageRequest,
+    SubscribeRequest, chat_client::ChatClient,
 };
-use common::{TestNode, account, login};
+use common::{TestNode, account, as_user, login};
 use tonic::Code;
 use tonic::transport::Channel;
 
 /// The session's message number `sequence`, acknowledging nothing.
-fn send(token: &str, to: &str, body: &str, sequence: u64) -> SendMessageRequest {
-    SendMessageRequest {
-        token: token.to_owned(),
-        to: to.to_owned(),
-        body: body.to_owned(),
-        sequence,
-        acknowledged_through: 0,
-    }
+fn message(to: &str, body: &str, sequence: u64) -> SendMessageRequest {
+    SendMessageRequest { to: to.to_owned(), body: body.to_owned(), sequence, acknowledged_through: 0 }
+}
+
+/// [`message`], sent as the session `token`.
+fn send(token: &str, to: &str, body: &str, sequence: u64) -> tonic::Request<SendMessageRequest> {
+    as_user(message(to, body, sequence), token)
 }
 
 async fn history(client: &mut ChatClient<Channel>, token: &str, peer: Option<&str>) -> Vec<Message> {
-    let request = HistoryRequest { token: token.to_owned(), peer: peer.map(str::to_owned), before_id: 0, limit: 1000 };
+    let request = as_user(HistoryRequest { peer: peer.map(str::to_owned), before_id: 0, limit: 1000 }, token);
     client.history(request).await.unwrap().into_inner().messages
 }
 
@@ -96,16 +95,134 @@ async fn logout_ends_only_that_session() {
     let first = account(&mut client, "alice").await;
     let second = login(&mut client, "alice").await;
 
-    client.logout(LogoutRequest { token: first.clone() }).await.unwrap();
+    client.logout(as_user(LogoutRequest {}, &first)).await.unwrap();
     let status = client.send_message(send(&first, "alice", "hi", 1)).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
     assert!(status.message().contains("log in again"), "{}", status.message());
     client.send_message(send(&second, "alice", "hi", 1)).await.unwrap();
 
-    let again = client.logout(LogoutRequest { token: first }).await.unwrap_err();
+    let again = client.logout(as_user(LogoutRequest {}, &first)).await.unwrap_err();
     assert_eq!(again.code(), Code::Unauthenticated);
-    let empty = client.logout(LogoutRequest { token: String::new() }).await.unwrap_err();
+    let empty = client.logout(as_user(LogoutRequest {}, "")).await.unwrap_err();
     assert_eq!(empty.code(), Code::Unauthenticated);
+}
+
+/// The token travels only in `authorization: Bearer` metadata: a call without it, with
+/// another scheme, with two of them or with garbage is UNAUTHENTICATED with a message that
+/// says what to send; the scheme's case does not matter.
+#[tokio::test]
+async fn sessions_are_presented_as_bearer_tokens_in_metadata() {
+    use tonic::metadata::MetadataValue;
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path());
+    let mut client = node.client().await;
+    let alice = account(&mut client, "alice").await;
+    let with_header = |values: &[String]| {
+        let mut request = tonic::Request::new(message("alice", "hi", 1));
+        for value in values {
+            request.metadata_mut().append("authorization", MetadataValue::try_from(value.as_str()).unwrap());
+        }
+        request
+    };
+    let cases = [
+        (vec![], "no session"),
+        (vec![alice.clone()], "must be 'Bearer TOKEN'"),
+        (vec![format!("Basic {alice}")], "must be 'Bearer TOKEN'"),
+        (vec!["Bearer ".to_owned()], "holds no token"),
+        (vec![format!("Bearer {alice}"), format!("Bearer {alice}")], "exactly one"),
+        (vec!["Bearer 0000".to_owned()], "log in again"),
+    ];
+    for (values, text) in cases {
+        let status = client.send_message(with_header(&values)).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{values:?}: {status:?}");
+        assert!(status.message().contains(text), "{values:?}: {}", status.message());
+    }
+    client.send_message(with_header(&[format!("bearer {alice}")])).await.unwrap();
+    // A login says when its session expires: a week from now, by default.
+    let login = client
+        .login(LoginRequest { username: "alice".into(), password: "alice-password".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let week_from_now = chorus::seam::unix_time_ms() + 7 * 24 * 3600 * 1000;
+    assert!(login.expires_at_ms.abs_diff(week_from_now) < 60_000, "{}", login.expires_at_ms);
+}
+
+/// Login attempts are limited per account and per client address, and sends per
+/// account: over a limit the answer is RESOURCE_EXHAUSTED RATE_LIMITED with a RetryInfo
+/// delay and a message that says which limit; the other accounts go on.
+#[tokio::test]
+async fn logins_and_sends_are_rate_limited() {
+    use tonic_types::StatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let limits = chorus::cluster_config::Limits {
+        logins_per_account_per_minute: 3,
+        logins_per_address_per_minute: 8,
+        sends_per_account_per_minute: 5,
+        ..Default::default()
+    };
+    let node = TestNode::start_with_limits(dir.path(), limits);
+    let mut client = node.client().await;
+    for name in ["alice", "bob"] {
+        let create = CreateAccountRequest { username: name.into(), password: format!("{name}-password") };
+        client.create_account(create).await.unwrap();
+    }
+    let attempt = |name: &str, password: &str| LoginRequest { username: name.into(), password: password.into() };
+    let limited = |status: &tonic::Status, what: &str| {
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert_eq!(status.get_details_error_info().unwrap().reason, chorus_proto::wire::RATE_LIMITED);
+        let delay = status.get_details_retry_info().and_then(|info| info.retry_delay).expect("a retry delay");
+        assert!(delay > std::time::Duration::ZERO && delay <= std::time::Duration::from_secs(60), "{delay:?}");
+        assert!(status.message().contains(what), "{}", status.message());
+    };
+
+    let bob = client.login(attempt("bob", "bob-password")).await.unwrap().into_inner().token;
+    for _ in 0..3 {
+        let failed = client.login(attempt("alice", "guess-guess")).await.unwrap_err();
+        assert_eq!(failed.code(), Code::Unauthenticated);
+    }
+    // Her fourth attempt is refused before her password is even checked: the right one too.
+    limited(&client.login(attempt("alice", "alice-password")).await.unwrap_err(), "for this account");
+    // Names that do not exist count like names that do (8 attempts from this address).
+    for name in ["nobody1", "nobody2", "nobody3"] {
+        assert_eq!(client.login(attempt(name, "guess-guess")).await.unwrap_err().code(), Code::Unauthenticated);
+    }
+    limited(&client.login(attempt("nobody4", "guess-guess")).await.unwrap_err(), "from your address");
+
+    for n in 1..=5 {
+        client.send_message(send(&bob, "alice", "hi", n)).await.unwrap();
+    }
+    limited(&client.send_message(send(&bob, "alice", "one more", 6)).await.unwrap_err(), "messages sent");
+}
+
+/// ChangePassword checks the old password, replaces it, and ends every other session of
+/// the account; the caller's session and other accounts' go on.
+#[tokio::test]
+async fn changing_the_password_ends_the_other_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path());
+    let mut client = node.client().await;
+    let here = account(&mut client, "alice").await;
+    let elsewhere = login(&mut client, "alice").await;
+    let bob = account(&mut client, "bob").await;
+    let change = |old: &str, new: &str| ChangePasswordRequest { old_password: old.into(), new_password: new.into() };
+
+    let wrong = client.change_password(as_user(change("not-hers-at-all", "new-password"), &here)).await.unwrap_err();
+    assert_eq!(wrong.code(), Code::Unauthenticated);
+    assert!(wrong.message().contains("wrong password"), "{wrong:?}");
+    let short = client.change_password(as_user(change("alice-password", "short"), &here)).await.unwrap_err();
+    assert_eq!(short.code(), Code::InvalidArgument);
+    client.send_message(send(&elsewhere, "bob", "still in", 1)).await.expect("nothing changed yet");
+
+    let changed = client.change_password(as_user(change("alice-password", "new-password"), &here)).await.unwrap();
+    assert_eq!(changed.into_inner().sessions_ended, 1);
+    let ended = client.send_message(send(&elsewhere, "bob", "after", 2)).await.unwrap_err();
+    assert_eq!(ended.code(), Code::Unauthenticated, "the other session ended");
+    client.send_message(send(&here, "bob", "mine goes on", 1)).await.unwrap();
+    client.send_message(send(&bob, "alice", "bob's too", 1)).await.unwrap();
+    let old = client.login(LoginRequest { username: "alice".into(), password: "alice-password".into() }).await;
+    assert_eq!(old.unwrap_err().code(), Code::Unauthenticated);
+    client.login(LoginRequest { username: "alice".into(), password: "new-password".into() }).await.unwrap();
 }
 
 #[tokio::test]
@@ -165,25 +282,28 @@ async fn send_message_rejects_bad_input() {
     let alice = account(&mut client, "alice").await;
     account(&mut client, "bob").await;
 
+    // Longer than any token, but within what HTTP/2 carries in headers (16 KiB).
+    let long_token = "t".repeat(1_000);
     let cases = [
-        (send(&alice, "nobody", "hi", 1), Code::NotFound, "user 'nobody' does not exist"),
-        (send(&alice, "bob", "", 1), Code::InvalidArgument, "body is empty"),
-        (send(&alice, "bob", &"x".repeat(64 * 1024 + 1), 1), Code::InvalidArgument, "64 KiB"),
-        (send(&alice, "bob", "hi", 0), Code::InvalidArgument, "sequence is 0"),
+        (alice.as_str(), message("nobody", "hi", 1), Code::NotFound, "user 'nobody' does not exist"),
+        (&alice, message("bob", "", 1), Code::InvalidArgument, "body is empty"),
+        (&alice, message("bob", &"x".repeat(64 * 1024 + 1), 1), Code::InvalidArgument, "64 KiB"),
+        (&alice, message("bob", "hi", 0), Code::InvalidArgument, "sequence is 0"),
         (
-            SendMessageRequest { acknowledged_through: 1, ..send(&alice, "bob", "hi", 1) },
+            &alice,
+            SendMessageRequest { acknowledged_through: 1, ..message("bob", "hi", 1) },
             Code::InvalidArgument,
             "must be below the message's sequence",
         ),
-        (send(&alice, "bad name", "hi", 1), Code::InvalidArgument, "only a-z"),
-        (send("not-a-token", "bob", "hi", 1), Code::Unauthenticated, "log in again"),
-        (send(&"t".repeat(100_000), "bob", "hi", 1), Code::Unauthenticated, "log in again"),
-        (send("", "bob", "hi", 1), Code::Unauthenticated, "log in first"),
+        (&alice, message("bad name", "hi", 1), Code::InvalidArgument, "only a-z"),
+        ("not-a-token", message("bob", "hi", 1), Code::Unauthenticated, "log in again"),
+        (&long_token, message("bob", "hi", 1), Code::Unauthenticated, "log in again"),
+        ("", message("bob", "hi", 1), Code::Unauthenticated, "log in first"),
     ];
-    for (request, code, message) in cases {
-        let status = client.send_message(request.clone()).await.unwrap_err();
+    for (token, request, code, text) in cases {
+        let status = client.send_message(as_user(request.clone(), token)).await.unwrap_err();
         assert_eq!(status.code(), code, "to {:?}: {status:?}", request.to);
-        assert!(status.message().contains(message), "{}", status.message());
+        assert!(status.message().contains(text), "{}", status.message());
     }
     // Exactly 64 KiB is fine.
     client.send_message(send(&alice, "bob", &"x".repeat(64 * 1024), 1)).await.unwrap();
@@ -220,14 +340,14 @@ async fn resending_with_the_same_sequence_stores_one_copy() {
     client.send_message(send(&bob, "alice", "once", 1)).await.unwrap();
 
     // Alice acknowledges the answer to 1 with her next send; a late retry of 1 is refused.
-    let next = SendMessageRequest { acknowledged_through: 1, ..send(&alice, "bob", "twice", 2) };
-    client.send_message(next).await.unwrap();
+    let next = SendMessageRequest { acknowledged_through: 1, ..message("bob", "twice", 2) };
+    client.send_message(as_user(next, &alice)).await.unwrap();
     let late = client.send_message(send(&alice, "bob", "once", 1)).await.unwrap_err();
     assert_eq!(late.code(), Code::FailedPrecondition, "{late:?}");
     assert_eq!(reason(&late), chorus_proto::wire::SEQUENCE_ACKNOWLEDGED);
 
     let read = client
-        .read_messages(ReadMessagesRequest { token: bob.clone(), limit: 0, request_id: String::new() })
+        .read_messages(as_user(ReadMessagesRequest { limit: 0, request_id: String::new() }, &bob))
         .await
         .unwrap()
         .into_inner();
@@ -244,7 +364,7 @@ async fn read_messages_returns_oldest_unread_and_marks_them_read() {
     for n in 1..=5 {
         client.send_message(send(&alice, "bob", &format!("m{n}"), n)).await.unwrap();
     }
-    let read = |limit| ReadMessagesRequest { token: bob.clone(), limit, request_id: String::new() };
+    let read = |limit| as_user(ReadMessagesRequest { limit, request_id: String::new() }, &bob);
     let first = client.read_messages(read(2)).await.unwrap().into_inner();
     assert_eq!(bodies(&first.messages), ["m1", "m2"]);
     assert!(first.messages.iter().all(|m| m.read && m.from == "alice" && m.to == "bob" && m.sent_at_ms > 0));
@@ -282,7 +402,7 @@ async fn history_is_newest_first_filtered_and_paged() {
     let mut pages = Vec::new();
     let mut before_id = 0;
     loop {
-        let request = HistoryRequest { token: alice.clone(), peer: None, before_id, limit: 3 };
+        let request = as_user(HistoryRequest { peer: None, before_id, limit: 3 }, &alice);
         let page = client.history(request).await.unwrap().into_inner();
         pages.push(bodies(&page.messages).join("|"));
         if page.next_before_id == 0 {
@@ -293,12 +413,12 @@ async fn history_is_newest_first_filtered_and_paged() {
     assert_eq!(pages, ["a->b 2|a->c|b->a", "a->b 1"]);
 
     let unknown = client
-        .history(HistoryRequest { token: alice.clone(), peer: Some("zed".into()), before_id: 0, limit: 0 })
+        .history(as_user(HistoryRequest { peer: Some("zed".into()), before_id: 0, limit: 0 }, &alice))
         .await
         .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
     let unauthenticated =
-        client.history(HistoryRequest { token: "nope".into(), peer: None, before_id: 0, limit: 0 }).await.unwrap_err();
+        client.history(as_user(HistoryRequest { peer: None, before_id: 0, limit: 0 }, "nope")).await.unwrap_err();
     assert_eq!(unauthenticated.code(), Code::Unauthenticated);
 }
 
@@ -314,7 +434,7 @@ async fn delete_messages_follows_the_ownership_rules() {
     let read_later = id(client.send_message(send(&alice, "bob", "read later", 1)).await.unwrap());
     let unsent = id(client.send_message(send(&alice, "bob", "oops", 2)).await.unwrap());
     let deleted_by_bob = id(client.send_message(send(&alice, "bob", "delete me", 3)).await.unwrap());
-    let delete = |token: &str, ids: Vec<u64>| DeleteMessagesRequest { token: token.to_owned(), ids };
+    let delete = |token: &str, ids: Vec<u64>| as_user(DeleteMessagesRequest { ids }, token);
 
     // Another user's message, or one that does not exist, is NOT_FOUND, and nothing is deleted.
     for (token, ids) in [(&carol, vec![unsent]), (&bob, vec![deleted_by_bob, 999]), (&alice, vec![0])] {
@@ -332,10 +452,7 @@ async fn delete_messages_follows_the_ownership_rules() {
     assert_eq!(bodies(&history(&mut client, &bob, None).await), ["read later"]);
 
     // Once read, only the recipient may delete it.
-    client
-        .read_messages(ReadMessagesRequest { token: bob.clone(), limit: 0, request_id: String::new() })
-        .await
-        .unwrap();
+    client.read_messages(as_user(ReadMessagesRequest { limit: 0, request_id: String::new() }, &bob)).await.unwrap();
     let status = client.delete_messages(delete(&alice, vec![read_later])).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
     assert!(status.message().contains("already read"), "{}", status.message());
@@ -351,22 +468,16 @@ async fn delete_account_retires_the_name_and_withdraws_unread_mail() {
     let alice = account(&mut client, "alice").await;
     let bob = account(&mut client, "bob").await;
     client.send_message(send(&alice, "bob", "read before", 1)).await.unwrap();
-    client
-        .read_messages(ReadMessagesRequest { token: bob.clone(), limit: 0, request_id: String::new() })
-        .await
-        .unwrap();
+    client.read_messages(as_user(ReadMessagesRequest { limit: 0, request_id: String::new() }, &bob)).await.unwrap();
     client.send_message(send(&alice, "bob", "unread when alice left", 2)).await.unwrap();
     client.send_message(send(&bob, "alice", "to alice", 3)).await.unwrap();
 
     let wrong = client
-        .delete_account(DeleteAccountRequest { token: alice.clone(), password: "wrong-password".into() })
+        .delete_account(as_user(DeleteAccountRequest { password: "wrong-password".into() }, &alice))
         .await
         .unwrap_err();
     assert_eq!(wrong.code(), Code::Unauthenticated);
-    client
-        .delete_account(DeleteAccountRequest { token: alice.clone(), password: "alice-password".into() })
-        .await
-        .unwrap();
+    client.delete_account(as_user(DeleteAccountRequest { password: "alice-password".into() }, &alice)).await.unwrap();
 
     // Her sessions are gone, she cannot log in, and her name is not free.
     let status = client.send_message(send(&alice, "bob", "ghost", 4)).await.unwrap_err();
@@ -409,7 +520,7 @@ async fn subscribe_streams_backlog_then_live_without_gaps_or_duplicates() {
     for n in 0..3 {
         ids.push(client.send_message(send(&alice, "bob", &format!("old {n}"), n + 1)).await.unwrap());
     }
-    let mut stream = client.subscribe(SubscribeRequest { token: bob.clone(), after_id: 0 }).await.unwrap().into_inner();
+    let mut stream = client.subscribe(as_user(SubscribeRequest { after_id: 0 }, &bob)).await.unwrap().into_inner();
     // Live messages sent while the backlog may still be streaming.
     let mut sender = node.client().await;
     let live = tokio::spawn({
@@ -436,7 +547,7 @@ async fn subscribe_streams_backlog_then_live_without_gaps_or_duplicates() {
     // Streaming does not mark anything read.
     let relogin = login(&mut client, "bob").await;
     let read = client
-        .read_messages(ReadMessagesRequest { token: relogin, limit: 1000, request_id: String::new() })
+        .read_messages(as_user(ReadMessagesRequest { limit: 1000, request_id: String::new() }, &relogin))
         .await
         .unwrap()
         .into_inner();
@@ -445,12 +556,12 @@ async fn subscribe_streams_backlog_then_live_without_gaps_or_duplicates() {
     // Resuming after an id continues from there.
     let resume_after = received[10].id;
     let mut resumed =
-        client.subscribe(SubscribeRequest { token: bob.clone(), after_id: resume_after }).await.unwrap().into_inner();
+        client.subscribe(as_user(SubscribeRequest { after_id: resume_after }, &bob)).await.unwrap().into_inner();
     let next = resumed.message().await.unwrap().unwrap();
     assert_eq!(next.id, received[11].id);
 
     // Logging out ends the stream with UNAUTHENTICATED.
-    client.logout(LogoutRequest { token: bob.clone() }).await.unwrap();
+    client.logout(as_user(LogoutRequest {}, &bob)).await.unwrap();
     client.send_message(send(&alice, "bob", "wake the stream", 99)).await.unwrap();
     let ended = loop {
         match tokio::time::timeout(std::time::Duration::from_secs(10), resumed.message()).await.expect("stream ends") {
@@ -460,7 +571,7 @@ async fn subscribe_streams_backlog_then_live_without_gaps_or_duplicates() {
     };
     assert_eq!(ended.unwrap_err().code(), Code::Unauthenticated);
 
-    let status = client.subscribe(SubscribeRequest { token: "bogus".into(), after_id: 0 }).await.unwrap_err();
+    let status = client.subscribe(as_user(SubscribeRequest { after_id: 0 }, "bogus")).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
 }
 
@@ -474,8 +585,7 @@ async fn a_retried_read_returns_the_same_batch_instead_of_marking_more() {
     for n in 1..=4 {
         client.send_message(send(&alice, "bob", &format!("m{n}"), n)).await.unwrap();
     }
-    let read =
-        |request_id: &str| ReadMessagesRequest { token: bob.clone(), limit: 2, request_id: request_id.to_owned() };
+    let read = |request_id: &str| as_user(ReadMessagesRequest { limit: 2, request_id: request_id.to_owned() }, &bob);
     let first = client.read_messages(read("read-1")).await.unwrap().into_inner();
     // The answer was "lost"; the client retries with the same id.
     let retry = client.read_messages(read("read-1")).await.unwrap().into_inner();
@@ -509,10 +619,10 @@ async fn pages_of_large_messages_fit_a_stock_client_and_lose_nothing() {
     let mut reads = 0;
     loop {
         let request_id = format!("read-{reads}");
-        let request = ReadMessagesRequest { token: bob.clone(), limit: 100, request_id: request_id.clone() };
-        let page = client.read_messages(request.clone()).await.expect("the reply fits").into_inner();
+        let request = ReadMessagesRequest { limit: 100, request_id: request_id.clone() };
+        let page = client.read_messages(as_user(request.clone(), &bob)).await.expect("the reply fits").into_inner();
         reads += 1;
-        let retry = client.read_messages(request).await.unwrap().into_inner();
+        let retry = client.read_messages(as_user(request, &bob)).await.unwrap().into_inner();
         assert_eq!(retry.messages, page.messages, "a retry returns the same batch");
         assert!(page.messages.len() < COUNT as usize || reads > 1, "the first page stops at the byte bound");
         read_ids.extend(page.messages.iter().map(|m| m.id));
@@ -527,7 +637,7 @@ async fn pages_of_large_messages_fit_a_stock_client_and_lose_nothing() {
     let mut history_ids = Vec::new();
     let mut before_id = 0;
     loop {
-        let request = HistoryRequest { token: bob.clone(), peer: None, before_id, limit: 1000 };
+        let request = as_user(HistoryRequest { peer: None, before_id, limit: 1000 }, &bob);
         let page = client.history(request).await.expect("the reply fits").into_inner();
         history_ids.extend(page.messages.iter().map(|m| m.id));
         if page.next_before_id == 0 {

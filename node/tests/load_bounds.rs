@@ -17,8 +17,7 @@ use chorus::client::v1::chat_client::ChatClient;
 use chorus::client::v1::cluster_client::ClusterClient as GrpcClusterClient;
 use chorus::client::v1::{CreateAccountRequest, LoginRequest, SendMessageRequest, StatusRequest, SubscribeRequest};
 use chorus::client::{ClusterClient, RetryPolicy, SendSequence};
-use common::cluster::{ClusterOptions, TestCluster};
-use tonic::transport::Channel;
+use common::cluster::{ClusterOptions, TestCluster, connect};
 
 /// The production minimum election timeout: a follower unheard for this long campaigns.
 const ELECTION_TIMEOUT_MIN: Duration = Duration::from_millis(1000);
@@ -40,6 +39,7 @@ struct StabilityWatch {
 impl StabilityWatch {
     fn start(cluster: &TestCluster) -> Self {
         let addresses: Vec<String> = cluster.servers();
+        let security = cluster.security();
         let stop = Arc::new(AtomicBool::new(false));
         let seen: Arc<Mutex<BTreeSet<(u64, u64)>>> = Arc::default();
         let longest_silence_ms = Arc::new(AtomicU64::new(0));
@@ -48,7 +48,7 @@ impl StabilityWatch {
             async move {
                 let mut clients = Vec::new();
                 for address in &addresses {
-                    clients.push(GrpcClusterClient::connect(format!("http://{address}")).await.unwrap());
+                    clients.push(GrpcClusterClient::new(connect(address, &security).await));
                 }
                 while !stop.load(Ordering::Acquire) {
                     for client in &mut clients {
@@ -113,9 +113,10 @@ async fn send_many(
     let mut last = 0;
     for n in 0..count {
         let body = format!("{n:06}{}", "x".repeat(body_bytes.saturating_sub(6)));
-        let request: SendMessageRequest = sends.request(token.to_owned(), to[n % to.len()].clone(), body);
-        last =
-            chorus::cluster_call!(client, send_message, request.clone()).expect("a healthy cluster serves").message_id;
+        let request: SendMessageRequest = sends.request(to[n % to.len()].clone(), body);
+        last = chorus::cluster_call_as!(client, send_message, request.clone(), token)
+            .expect("a healthy cluster serves")
+            .message_id;
         sends.finish(request.sequence);
     }
     last
@@ -134,17 +135,17 @@ async fn subscribe_many(
     assert!(per_user.is_multiple_of(4));
     let mut streams = Vec::new();
     for user in users {
-        let channel = Channel::from_shared(format!("http://{address}")).unwrap().connect().await.unwrap();
+        let channel = connect(address, &setup.security().clone()).await;
         let mut chat = ChatClient::new(channel);
         for _ in 0..per_user / 4 {
             let login = LoginRequest { username: user.clone(), password: format!("{user}-password") };
             let token = chorus::cluster_call!(setup, login, login).unwrap().token;
             for _ in 0..4 {
-                let request = SubscribeRequest { token: token.clone(), after_id };
+                let request = || chorus::client::authorized(SubscribeRequest { after_id }, &token).unwrap();
                 // A node that has not applied the login yet defers to the leader: ask again.
                 let mut attempts = 0;
                 let stream = loop {
-                    match chat.subscribe(request.clone()).await {
+                    match chat.subscribe(request()).await {
                         Ok(response) => break response.into_inner(),
                         Err(status) if status.code() == tonic::Code::Unavailable && attempts < 100 => {
                             attempts += 1;
@@ -174,9 +175,8 @@ fn steady_sends(
         let mut sends = SendSequence::new();
         while sending.load(Ordering::Acquire) {
             let n = sent.load(Ordering::Acquire) as usize;
-            let request: SendMessageRequest =
-                sends.request(token.clone(), users[n % users.len()].clone(), format!("live {n}"));
-            chorus::cluster_call!(client, send_message, request.clone()).expect("sends go on");
+            let request: SendMessageRequest = sends.request(users[n % users.len()].clone(), format!("live {n}"));
+            chorus::cluster_call_as!(client, send_message, request.clone(), token).expect("sends go on");
             sends.finish(request.sequence);
             sent.fetch_add(1, Ordering::AcqRel);
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -246,8 +246,9 @@ async fn digests_and_a_thousand_subscriptions_do_not_stall_replication() {
     for address in cluster.servers() {
         for _ in 0..4 {
             let (digesting, digests, address) = (Arc::clone(&digesting), Arc::clone(&digests), address.clone());
+            let security = cluster.security();
             callers.push(tokio::task::spawn(async move {
-                let mut status = GrpcClusterClient::connect(format!("http://{address}")).await.unwrap();
+                let mut status = GrpcClusterClient::new(connect(&address, &security).await);
                 while digesting.load(Ordering::Acquire) {
                     if status.status(StatusRequest { include_state_digest: true }).await.is_ok() {
                         digests.fetch_add(1, Ordering::AcqRel);
@@ -320,10 +321,10 @@ async fn a_burst_of_sign_ups_and_logins_keeps_memory_bounded() {
     let servers = cluster.servers();
     let mut clients = Vec::new();
     for n in 0..500 {
-        let servers = servers.clone();
+        let (servers, security) = (servers.clone(), cluster.security());
         clients.push(tokio::task::spawn(async move {
             let policy = RetryPolicy { call_deadline: Duration::from_secs(300), ..RetryPolicy::default() };
-            let mut client = ClusterClient::new(&servers, policy).unwrap();
+            let mut client = ClusterClient::new(&servers, policy, security).unwrap();
             create_and_login(&mut client, &format!("burst{n}")).await
         }));
     }

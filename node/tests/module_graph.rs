@@ -18,9 +18,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("cluster_config", &["replication"]),
     ("chat", &["bugs", "seam", "sqlite"]),
     ("storage", &["bugs", "replication", "sqlite"]),
-    ("transport", &["backoff", "bugs", "replication", "seam", "watch"]),
+    ("tls", &["seam"]),
+    ("transport", &["backoff", "bugs", "replication", "seam", "tls", "watch"]),
     ("runtime", &["blocking_pool", "bugs", "chat", "replication", "seam", "sqlite", "storage", "transport", "watch"]),
-    ("server", &["blocking_pool", "chat", "cluster_config", "replication", "runtime", "seam", "watch"]),
+    ("server", &["blocking_pool", "chat", "cluster_config", "replication", "runtime", "seam", "tls", "watch"]),
     (
         "node",
         &[
@@ -35,14 +36,15 @@ const LAYERS: &[(&str, &[&str])] = &[
             "server",
             "sqlite",
             "storage",
+            "tls",
             "transport",
             "watch",
         ],
     ),
     // The client knows the protocol (the proto crate) and nothing of the node.
-    ("client", &["backoff", "seam"]),
+    ("client", &["backoff", "seam", "tls"]),
     // Starts node processes; knows the configuration format and the protocol.
-    ("supervisor", &["cluster_config", "replication", "seam"]),
+    ("supervisor", &["client", "cluster_config", "replication", "seam", "tls"]),
 ];
 
 /// External crates a module must not name: the core runs in any runtime and under any

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chorus::client::v1::{LoginRequest, ReadMessagesRequest, SendMessageRequest, SubscribeRequest};
 use chorus::cluster_config::{ClusterConfig, MemberConfig, Timing};
 use chorus::supervisor::NodeProcess;
-use common::{TestNode, account, login};
+use common::{TestNode, account, as_user, login};
 use tonic::Code;
 
 #[tokio::test]
@@ -18,16 +18,18 @@ async fn acknowledged_messages_survive_sigkill() {
     let mut client = node.client().await;
     let alice = account(&mut client, "alice").await;
     let bob = account(&mut client, "bob").await;
-    client.logout(chorus::client::v1::LogoutRequest { token: bob }).await.unwrap();
+    client.logout(as_user(chorus::client::v1::LogoutRequest {}, &bob)).await.unwrap();
     let mut acknowledged = Vec::new();
     for n in 0..50 {
-        let request = SendMessageRequest {
-            token: alice.clone(),
-            to: "bob".into(),
-            body: format!("message {n}"),
-            sequence: n + 1,
-            acknowledged_through: 0,
-        };
+        let request = as_user(
+            SendMessageRequest {
+                to: "bob".into(),
+                body: format!("message {n}"),
+                sequence: n + 1,
+                acknowledged_through: 0,
+            },
+            &alice,
+        );
         acknowledged.push(client.send_message(request).await.unwrap().into_inner().message_id);
     }
 
@@ -42,7 +44,7 @@ async fn acknowledged_messages_survive_sigkill() {
         .into_inner();
     assert_eq!(bob.unread_count, 50);
     let read = client
-        .read_messages(ReadMessagesRequest { token: bob.token, limit: 1000, request_id: String::new() })
+        .read_messages(as_user(ReadMessagesRequest { limit: 1000, request_id: String::new() }, &bob.token))
         .await
         .unwrap()
         .into_inner();
@@ -52,13 +54,10 @@ async fn acknowledged_messages_survive_sigkill() {
 
     // Sessions are durable too, and so is what they remember of their sends: a retry
     // after the restart is recognized and not stored again.
-    let retry = SendMessageRequest {
-        token: alice.clone(),
-        to: "bob".into(),
-        body: "message 49".into(),
-        sequence: 50,
-        acknowledged_through: 0,
-    };
+    let retry = as_user(
+        SendMessageRequest { to: "bob".into(), body: "message 49".into(), sequence: 50, acknowledged_through: 0 },
+        &alice,
+    );
     let response = client.send_message(retry).await.unwrap().into_inner();
     assert!(response.duplicate);
     assert_eq!(response.message_id, acknowledged[49]);
@@ -72,7 +71,7 @@ async fn sigterm_ends_live_streams_and_exits_cleanly() {
     let mut node = TestNode::start(dir.path());
     let mut client = node.client().await;
     let alice = account(&mut client, "alice").await;
-    let mut stream = client.subscribe(SubscribeRequest { token: alice, after_id: 0 }).await.unwrap().into_inner();
+    let mut stream = client.subscribe(as_user(SubscribeRequest { after_id: 0 }, &alice)).await.unwrap().into_inner();
     let status = node.terminate();
     assert!(status.success(), "node exited with {status}");
     let ended = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message()).await.expect("stream ends");
@@ -92,7 +91,7 @@ fn a_second_node_on_the_same_data_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let _node = TestNode::start(dir.path());
     let output = std::process::Command::new(common::BINARY)
-        .args(["node", "--id", "2", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["--insecure", "node", "--id", "2", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .output()
         .unwrap();
@@ -106,7 +105,7 @@ fn a_corrupt_database_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("chat.sqlite3"), vec![0x42; 16384]).unwrap();
     let output = std::process::Command::new(common::BINARY)
-        .args(["node", "--id", "1", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["--insecure", "node", "--id", "1", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .output()
         .unwrap();
@@ -132,14 +131,28 @@ fn a_node_refuses_data_or_configs_that_do_not_fit() {
                 data_dir: None,
             })
             .collect();
-        let config = ClusterConfig { cluster_id: cluster_id.to_owned(), timing: Timing::default(), members };
+        let config = ClusterConfig {
+            cluster_id: cluster_id.to_owned(),
+            timing: Timing::default(),
+            limits: Default::default(),
+            members,
+        };
         let path = dir.path().join(name);
         std::fs::write(&path, config.to_toml("").unwrap()).unwrap();
         path
     };
     let run = |config: &std::path::Path, id: u64| {
         std::process::Command::new(common::BINARY)
-            .args(["node", "--id", &id.to_string(), "--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0"])
+            .args([
+                "--insecure",
+                "node",
+                "--id",
+                &id.to_string(),
+                "--listen",
+                "127.0.0.1:0",
+                "--peer-listen",
+                "127.0.0.1:0",
+            ])
             .arg("--config")
             .arg(config)
             .arg("--data-dir")
@@ -151,7 +164,10 @@ fn a_node_refuses_data_or_configs_that_do_not_fit() {
     // Create the data directory as member 1 of cluster "alpha", then stop.
     let alpha = write_config("alpha.toml", "alpha", &[1]);
     let mut node = std::process::Command::new(common::BINARY);
-    node.args(["node", "--id", "1", "--listen", "127.0.0.1:0", "--config"]).arg(&alpha).arg("--data-dir").arg(&data);
+    node.args(["--insecure", "node", "--id", "1", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&alpha)
+        .arg("--data-dir")
+        .arg(&data);
     NodeProcess::start(node, Duration::from_secs(30)).unwrap().kill().unwrap();
 
     let cases = [
@@ -172,7 +188,7 @@ fn a_node_refuses_data_or_configs_that_do_not_fit() {
     let empty = dir.path().join("empty");
     let start_member = |extra: &[&str]| {
         std::process::Command::new(common::BINARY)
-            .args(["node", "--id", "2", "--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0"])
+            .args(["--insecure", "node", "--id", "2", "--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0"])
             .args(extra)
             .arg("--config")
             .arg(&trio)

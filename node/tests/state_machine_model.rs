@@ -9,12 +9,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use chorus::chat::limits::PAGE_BYTES_MAX;
-use chorus::chat::limits::{SENDS_UNACKNOWLEDGED_PER_SESSION_MAX, SESSIONS_PER_USER_MAX};
+use chorus::chat::limits::{SENDS_UNACKNOWLEDGED_PER_SESSION_MAX, SESSION_LIFETIME_LEGACY_MS, SESSIONS_PER_USER_MAX};
 use chorus::chat::validate;
 use chorus::chat::{ChatReader, ChatStateMachine, Credentials, MessageView, Outcome, Rejection, SessionUser};
 use chorus_proto::v1::{
-    CloseSessionCommand, Command, CreateAccountCommand, DeleteAccountCommand, DeleteMessagesCommand,
-    OpenSessionCommand, ReadMessagesCommand, SendMessageCommand, command,
+    ChangePasswordCommand, CloseSessionCommand, Command, CreateAccountCommand, DeleteAccountCommand,
+    DeleteMessagesCommand, OpenSessionCommand, ReadMessagesCommand, SendMessageCommand, command,
 };
 use proptest::prelude::*;
 use sha2::{Digest, Sha256};
@@ -71,6 +71,11 @@ enum Step {
         token: usize,
         hash: usize,
     },
+    ChangePassword {
+        token: usize,
+        old: usize,
+        new: usize,
+    },
     /// Garbage a buggy or newer node might have put in the log.
     Malformed {
         variant: u8,
@@ -123,6 +128,8 @@ fn step_strategy() -> impl Strategy<Value = Step> {
         3 => (token(), 0..4u32, 0..5usize).prop_map(|(token, limit, request_id)| Step::Read { token, limit, request_id }),
         4 => (token(), prop::collection::vec(1..8u64, 1..3)).prop_map(|(token, back)| Step::Delete { token, back }),
         1 => (token(), 0..PASSWORD_HASHES.len()).prop_map(|(token, hash)| Step::DeleteAccount { token, hash }),
+        1 => (token(), 0..PASSWORD_HASHES.len(), 0..PASSWORD_HASHES.len())
+            .prop_map(|(token, old, new)| Step::ChangePassword { token, old, new }),
         1 => (0..5u8).prop_map(|variant| Step::Malformed { variant }),
         1 => Just(Step::Reopen),
     ]
@@ -157,6 +164,7 @@ fn command_of(step: &Step, time_ms: u64, next_message_id: u64) -> Option<Command
             user_id: *user_id,
             token_hash: token_hash(*token),
             opened_at_ms: time_ms,
+            expires_at_ms: 0,
         }),
         Step::CloseSession { token } => {
             command::Kind::CloseSession(CloseSessionCommand { token_hash: token_hash(*token) })
@@ -190,7 +198,12 @@ fn command_of(step: &Step, time_ms: u64, next_message_id: u64) -> Option<Command
             password_hash: PASSWORD_HASHES[*hash].to_owned(),
             deleted_at_ms: time_ms,
         }),
-        Step::Malformed { variant: 0 } => return Some(Command { kind: None }),
+        Step::ChangePassword { token, old, new } => command::Kind::ChangePassword(ChangePasswordCommand {
+            token_hash: token_hash(*token),
+            old_password_hash: PASSWORD_HASHES[*old].to_owned(),
+            new_password_hash: PASSWORD_HASHES[*new].to_owned(),
+        }),
+        Step::Malformed { variant: 0 } => return Some(Command { kind: None, proposed_at_ms: 0 }),
         Step::Malformed { variant: 1 } => command::Kind::CreateAccount(CreateAccountCommand {
             username: "Upper".to_owned(),
             password_hash: "h".to_owned(),
@@ -218,7 +231,7 @@ fn command_of(step: &Step, time_ms: u64, next_message_id: u64) -> Option<Command
         }),
         Step::Reopen => return None,
     };
-    Some(Command { kind: Some(kind) })
+    Some(Command { kind: Some(kind), proposed_at_ms: 0 })
 }
 
 /// Commands carry canonical names; an invalid name is passed through to test rejection.
@@ -259,6 +272,8 @@ struct Model {
     users: BTreeMap<u64, ModelUser>,
     /// token hash → (user id, log index of the login)
     sessions: BTreeMap<Vec<u8>, (u64, u64)>,
+    /// When each session opened so far expires (commands say nothing: a week after opening).
+    expiries: BTreeMap<Vec<u8>, u64>,
     /// token hash → (request id, message ids) of the session's last identified read.
     last_reads: BTreeMap<Vec<u8>, (String, Vec<u64>)>,
     messages: BTreeMap<u64, ModelMessage>,
@@ -314,12 +329,12 @@ impl Model {
         // First of all: a number SQLite cannot store (above i64::MAX) refuses the command.
         let numbers: Vec<u64> = match &command.kind {
             Some(command::Kind::CreateAccount(c)) => vec![c.created_at_ms],
-            Some(command::Kind::OpenSession(c)) => vec![c.user_id, c.opened_at_ms],
+            Some(command::Kind::OpenSession(c)) => vec![c.user_id, c.opened_at_ms, c.expires_at_ms],
             Some(command::Kind::SendMessage(c)) => vec![c.sent_at_ms, c.sequence, c.acknowledged_through],
             Some(command::Kind::ReadMessages(c)) => vec![c.read_at_ms],
             Some(command::Kind::DeleteMessages(c)) => c.ids.clone(),
             Some(command::Kind::DeleteAccount(c)) => vec![c.deleted_at_ms],
-            Some(command::Kind::CloseSession(_)) | None => Vec::new(),
+            Some(command::Kind::CloseSession(_) | command::Kind::ChangePassword(_)) | None => Vec::new(),
         };
         if numbers.iter().any(|&n| n > i64::MAX as u64) {
             return Err(Rejection::MalformedCommand("a number beyond what the chat state can store"));
@@ -358,6 +373,11 @@ impl Model {
                     return Err(Rejection::TokenCollision);
                 }
                 self.sessions.insert(c.token_hash.clone(), (user.user_id, index));
+                let expires_at_ms = match c.expires_at_ms {
+                    0 => c.opened_at_ms.saturating_add(SESSION_LIFETIME_LEGACY_MS).min(i64::MAX as u64),
+                    at => at,
+                };
+                self.expiries.insert(c.token_hash.clone(), expires_at_ms);
                 let mut mine: Vec<(u64, Vec<u8>)> = self
                     .sessions
                     .iter()
@@ -371,7 +391,11 @@ impl Model {
                     self.last_reads.remove(&oldest);
                     self.sends.remove(&oldest);
                 }
-                Ok(Outcome::SessionOpened { username: user.username, unread_count: self.unread(user.user_id) })
+                Ok(Outcome::SessionOpened {
+                    username: user.username,
+                    unread_count: self.unread(user.user_id),
+                    expires_at_ms,
+                })
             }
             command::Kind::CloseSession(c) => {
                 self.sessions.remove(&c.token_hash).ok_or(Rejection::SessionInvalid)?;
@@ -492,6 +516,24 @@ impl Model {
                 user.password_hash = None;
                 Ok(Outcome::AccountDeleted)
             }
+            command::Kind::ChangePassword(c) => {
+                let user_id = self.session(&c.token_hash).ok_or(Rejection::SessionInvalid)?;
+                if c.new_password_hash.is_empty() {
+                    return Err(Rejection::MalformedCommand("password change without a new password hash"));
+                }
+                if self.users[&user_id].password_hash.as_deref() != Some(c.old_password_hash.as_str()) {
+                    return Err(Rejection::PasswordChanged);
+                }
+                self.users.get_mut(&user_id).unwrap().password_hash = Some(c.new_password_hash.clone());
+                // Every other session of the account ends, with what it remembered.
+                let before = self.sessions.len();
+                self.sessions.retain(|token, (u, _)| *u != user_id || *token == c.token_hash);
+                let sessions_ended = (before - self.sessions.len()) as u64;
+                let sessions = &self.sessions;
+                self.last_reads.retain(|token, _| sessions.contains_key(token));
+                self.sends.retain(|token, _| sessions.contains_key(token));
+                Ok(Outcome::PasswordChanged { sessions_ended })
+            }
         }
     }
 
@@ -568,8 +610,12 @@ fn assert_same_answers(sm: &ChatReader, model: &Model) -> Result<(), TestCaseErr
     prop_assert_eq!(sm.last_applied().unwrap(), model.last_applied);
     for token in 0..=TOKENS {
         let hash = token_hash(token);
-        let expected = model.session(&hash).map(|user_id| SessionUser { user_id, username: model.name(user_id) });
-        prop_assert_eq!(sm.session_user(&hash).unwrap(), expected, "session of token {}", token);
+        let expected = model.session(&hash).map(|user_id| SessionUser {
+            user_id,
+            username: model.name(user_id),
+            expires_at_ms: model.expiries[&hash],
+        });
+        prop_assert_eq!(sm.session_user(&hash, 0).unwrap(), expected, "session of token {}", token);
     }
     for name in NAMES {
         let canonical = canonical_or_raw(name);
@@ -703,14 +749,16 @@ fn oldest_sessions_are_closed_beyond_the_cap() {
                 user_id: 1,
                 token_hash: extra_token(i),
                 opened_at_ms: 5,
+                expires_at_ms: 0,
             })),
+            proposed_at_ms: 0,
         };
         assert_eq!(sm.apply(index, &command).unwrap(), model.apply(index, &command));
     }
-    assert_eq!(sm.queries().session_user(&extra_token(0)).unwrap(), None);
-    assert_eq!(sm.queries().session_user(&extra_token(1)).unwrap(), None);
-    assert!(sm.queries().session_user(&extra_token(2)).unwrap().is_some());
-    assert!(sm.queries().session_user(&token_hash(5)).unwrap().is_some(), "bob's session is untouched");
+    assert_eq!(sm.queries().session_user(&extra_token(0), 0).unwrap(), None);
+    assert_eq!(sm.queries().session_user(&extra_token(1), 0).unwrap(), None);
+    assert!(sm.queries().session_user(&extra_token(2), 0).unwrap().is_some());
+    assert!(sm.queries().session_user(&token_hash(5), 0).unwrap().is_some(), "bob's session is untouched");
 }
 
 /// Applying an index at or below last_applied is a bug in the log, and must be loud.
@@ -829,6 +877,7 @@ fn unacknowledged_sends_are_remembered_until_acknowledged_and_bounded() {
             sequence,
             acknowledged_through,
         })),
+        proposed_at_ms: 0,
     };
     let max = SENDS_UNACKNOWLEDGED_PER_SESSION_MAX;
     let commands: Vec<Command> = (1..=max).map(|n| send(n, 0, START_MS + n)).collect();

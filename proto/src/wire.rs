@@ -26,13 +26,21 @@ pub const STORAGE_FAILURE: &str = "STORAGE_FAILURE";
 /// RESOURCE_EXHAUSTED. The node is busy (too much waiting to commit, too many password
 /// checks or subscriptions at once); nothing was applied. Retry after `RetryInfo`'s delay.
 pub const OVERLOADED: &str = "OVERLOADED";
+/// RESOURCE_EXHAUSTED. Too many login attempts for this account or from this address, or
+/// too many sends from this account, on this node (the cluster's `[limits]`); nothing was
+/// applied. Retry after `RetryInfo`'s delay.
+pub const RATE_LIMITED: &str = "RATE_LIMITED";
 /// INVALID_ARGUMENT. The request breaks a documented rule; the message says which.
 pub const INVALID_INPUT: &str = "INVALID_INPUT";
-/// UNAUTHENTICATED. No session, or it ended (logout, a newer login past the cap, account deleted).
+/// UNAUTHENTICATED. No session, or it ended (logout, expiry, a password change in another
+/// session, a newer login past the cap, account deleted): log in again.
 pub const SESSION_INVALID: &str = "SESSION_INVALID";
+/// UNAUTHENTICATED. A cluster method (`chorus.v1.Cluster`) called without a cluster
+/// credential: over TLS, a client certificate from the cluster's CA.
+pub const CREDENTIAL_REQUIRED: &str = "CREDENTIAL_REQUIRED";
 /// UNAUTHENTICATED. Unknown username or wrong password (deliberately not saying which).
 pub const LOGIN_FAILED: &str = "LOGIN_FAILED";
-/// UNAUTHENTICATED. DeleteAccount with the wrong password; nothing was deleted.
+/// UNAUTHENTICATED. DeleteAccount or ChangePassword with the wrong password; nothing changed.
 pub const WRONG_PASSWORD: &str = "WRONG_PASSWORD";
 /// ALREADY_EXISTS. The username is taken, or belonged to a deleted account.
 pub const USERNAME_TAKEN: &str = "USERNAME_TAKEN";
@@ -62,6 +70,14 @@ pub const INTERNAL: &str = "INTERNAL";
 /// have taken effect, `not_applied` when every node said it had not.
 pub const CLUSTER_UNREACHABLE: &str = "CLUSTER_UNREACHABLE";
 
+/// The request metadata key that carries a session token, as `Bearer <token>`
+/// ([`BEARER_PREFIX`]): every call that acts as a user sends it, and no request body
+/// holds a token.
+pub const AUTHORIZATION: &str = "authorization";
+/// How the value of [`AUTHORIZATION`] begins (the scheme and its space). Nodes accept the
+/// scheme in any case, as HTTP does.
+pub const BEARER_PREFIX: &str = "Bearer ";
+
 /// `ErrorInfo.metadata` key of [`NOT_LEADER`]: the leader's member id.
 pub const LEADER_ID: &str = "leader_id";
 /// `ErrorInfo.metadata` key of [`NOT_LEADER`]: the leader's client address (`HOST:PORT`).
@@ -75,15 +91,17 @@ pub const MESSAGE_ID: &str = "message_id";
 pub const OUTCOME: &str = "outcome";
 
 /// Every reason above, for tests and clients that want to check they know them all.
-pub const ALL_REASONS: [&str; 20] = [
+pub const ALL_REASONS: [&str; 22] = [
     NOT_LEADER,
     NOT_APPLIED,
     OUTCOME_UNKNOWN,
     SHUTTING_DOWN,
     STORAGE_FAILURE,
     OVERLOADED,
+    RATE_LIMITED,
     INVALID_INPUT,
     SESSION_INVALID,
+    CREDENTIAL_REQUIRED,
     LOGIN_FAILED,
     WRONG_PASSWORD,
     USERNAME_TAKEN,

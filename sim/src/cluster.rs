@@ -75,7 +75,14 @@ impl SimCluster {
             })
             .collect();
         // Simulation timing: as in production (100 ms heartbeats, 1-2 s elections).
-        let config = ClusterConfig { cluster_id: format!("sim-{seed}"), timing: Timing::default(), members };
+        let config = ClusterConfig {
+            cluster_id: format!("sim-{seed}"),
+            timing: Timing::default(),
+            // The workload's clients send as fast as they can; rate limits are checked over
+            // real sockets (node/tests/chat_api.rs), not here.
+            limits: chorus::cluster_config::Limits::generous(),
+            members,
+        };
         let observer = Arc::new(GlobalObserver::default());
         let mut cluster = Self {
             config,
@@ -167,6 +174,8 @@ impl SimCluster {
             log_store,
             bootstrap: false,
             clock,
+            // madsim's network has no TLS (docs/testing.md says what checks it instead).
+            security: chorus::node::NodeSecurity::Insecure,
         }
     }
 

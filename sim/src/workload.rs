@@ -12,7 +12,7 @@ use chorus::client::v1::{
     CreateAccountRequest, DeleteMessagesRequest, HistoryRequest, ListAccountsRequest, LoginRequest, Message,
     ReadMessagesRequest, SendMessageRequest,
 };
-use chorus::client::{ClusterClient, RetryPolicy, SendSequence, new_request_id};
+use chorus::client::{ClientSecurity, ClusterClient, RetryPolicy, SendSequence, new_request_id};
 use madsim::runtime::Handle;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -157,7 +157,7 @@ async fn run_client(client: usize, clients: usize, servers: Vec<String>, seed: u
     let me = user(client);
     let password = format!("{me}-password");
     let policy = RetryPolicy { call_deadline: CALL_DEADLINE, ..RetryPolicy::default() };
-    let mut rpc = ClusterClient::new(&servers, policy).expect("valid servers");
+    let mut rpc = ClusterClient::new(&servers, policy, ClientSecurity::Insecure).expect("valid servers");
     let mut rng = StdRng::seed_from_u64(seed ^ (client as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
 
     let create = CreateAccountRequest { username: me.clone(), password: password.clone() };
@@ -186,7 +186,7 @@ async fn run_client(client: usize, clients: usize, servers: Vec<String>, seed: u
         // It runs until the simulation ends: the scenario waits for it to catch up with
         // the final mailbox before judging it.
         madsim::task::spawn(async move {
-            let mut client = ClusterClient::new(&servers, policy).expect("valid servers");
+            let mut client = ClusterClient::new(&servers, policy, ClientSecurity::Insecure).expect("valid servers");
             let mut after = 0;
             for subscriptions in 0u64.. {
                 let mut subscription = client.subscribe(token.clone(), after);
@@ -213,9 +213,9 @@ async fn run_client(client: usize, clients: usize, servers: Vec<String>, seed: u
             let to = user(rng.random_range(0..clients));
             let body = format!("{me}#{sent}");
             sent += 1;
-            let request: SendMessageRequest = sends.request(token.clone(), to.clone(), body.clone());
+            let request: SendMessageRequest = sends.request(to.clone(), body.clone());
             let op = recorder.invoke(client, Op::Send { from: me.clone(), to, body });
-            let result = chorus::cluster_call!(rpc, send_message, request.clone());
+            let result = chorus::cluster_call_as!(rpc, send_message, request.clone(), token);
             // The workload never retries a send after its call returns (an unknown outcome
             // stays unknown in the history), so every answer is acknowledged next time.
             sends.finish(request.sequence);
@@ -225,9 +225,9 @@ async fn run_client(client: usize, clients: usize, servers: Vec<String>, seed: u
             };
             recorder.complete(op, outcome);
         } else if roll < 75 {
-            let request = HistoryRequest { token: token.clone(), peer: None, before_id: 0, limit: 1000 };
+            let request = HistoryRequest { peer: None, before_id: 0, limit: 1000 };
             let op = recorder.invoke(client, Op::ReadMailbox { user: me.clone() });
-            let result = chorus::cluster_call!(rpc, history, request);
+            let result = chorus::cluster_call_as!(rpc, history, request, token);
             let outcome = match result {
                 // A full page would not be the whole mailbox: not an atomic read of it.
                 Ok(page) if page.messages.len() >= 1000 => Outcome::Unknown("mailbox too large to read at once".into()),
@@ -242,13 +242,9 @@ async fn run_client(client: usize, clients: usize, servers: Vec<String>, seed: u
             };
             recorder.complete(op, outcome);
         } else if roll < 82 {
-            let request = ReadMessagesRequest {
-                token: token.clone(),
-                limit: rng.random_range(1..5),
-                request_id: new_request_id(),
-            };
+            let request = ReadMessagesRequest { limit: rng.random_range(1..5), request_id: new_request_id() };
             let op = recorder.invoke(client, Op::ReadUnread { user: me.clone() });
-            let result = chorus::cluster_call!(rpc, read_messages, request);
+            let result = chorus::cluster_call_as!(rpc, read_messages, request, token);
             let outcome = match result {
                 Ok(response) => Outcome::Messages(response.messages.iter().map(observed).collect()),
                 Err(status) => unknown_or_refused(&status, rpc.last_call_attempts()),
@@ -256,9 +252,9 @@ async fn run_client(client: usize, clients: usize, servers: Vec<String>, seed: u
             recorder.complete(op, outcome);
         } else if roll < 87 && !known_ids.is_empty() {
             let id = known_ids.remove(rng.random_range(0..known_ids.len()));
-            let request = DeleteMessagesRequest { token: token.clone(), ids: vec![id] };
+            let request = DeleteMessagesRequest { ids: vec![id] };
             let op = recorder.invoke(client, Op::Delete { user: me.clone(), ids: vec![id] });
-            let result = chorus::cluster_call!(rpc, delete_messages, request);
+            let result = chorus::cluster_call_as!(rpc, delete_messages, request, token);
             let outcome = match result {
                 Ok(_) => Outcome::Deleted,
                 Err(status) => unknown_or_refused(&status, rpc.last_call_attempts()),
@@ -297,7 +293,7 @@ pub async fn final_mailboxes(servers: &[String], clients: usize) -> Result<Vec<(
     let servers = servers.to_vec();
     host.spawn(async move {
         let policy = RetryPolicy { call_deadline: Duration::from_secs(60), ..RetryPolicy::default() };
-        let mut rpc = ClusterClient::new(&servers, policy).expect("valid servers");
+        let mut rpc = ClusterClient::new(&servers, policy, ClientSecurity::Insecure).expect("valid servers");
         let mut mailboxes = Vec::new();
         for client in 0..clients {
             let me = user(client);
@@ -311,8 +307,8 @@ pub async fn final_mailboxes(servers: &[String], clients: usize) -> Result<Vec<(
             let mut mailbox = Vec::new();
             let mut before_id = 0;
             loop {
-                let request = HistoryRequest { token: token.clone(), peer: None, before_id, limit: 1000 };
-                let page = chorus::cluster_call!(rpc, history, request)?;
+                let request = HistoryRequest { peer: None, before_id, limit: 1000 };
+                let page = chorus::cluster_call_as!(rpc, history, request, token)?;
                 mailbox.extend(page.messages.iter().filter(|m| m.to == me).map(observed));
                 if page.next_before_id == 0 {
                     break;

@@ -35,6 +35,10 @@ pub const PAGE_SIZE_DEFAULT: u32 = 50;
 pub const PAGE_SIZE_MAX: u32 = 1000;
 /// Most message ids one DeleteMessages request may name.
 pub const DELETE_IDS_MAX: usize = 1000;
+/// How long a session lasts when the command that opened it says nothing (one written
+/// before sessions expired): a week, the default lifetime.
+pub const SESSION_LIFETIME_LEGACY_MS: u64 = 7 * 24 * 3600 * 1000;
+
 /// Most open sessions per account; opening one more closes the oldest, so logins that
 /// never log out cannot grow the session table without bound.
 pub const SESSIONS_PER_USER_MAX: u64 = 64;

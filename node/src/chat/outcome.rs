@@ -41,6 +41,7 @@ pub enum Outcome {
     SessionOpened {
         username: String,
         unread_count: u64,
+        expires_at_ms: u64,
     },
     SessionClosed,
     MessageSent {
@@ -55,6 +56,10 @@ pub enum Outcome {
         count: u64,
     },
     AccountDeleted,
+    /// The password was replaced, and the account's other sessions ended.
+    PasswordChanged {
+        sessions_ended: u64,
+    },
     /// The command was applied as a no-op because the state did not allow it. Rejections are
     /// part of the replicated history: every replica rejects the same command the same way.
     Rejected(Rejection),
@@ -70,7 +75,9 @@ pub enum Rejection {
     UsernameRetired { username: String },
     #[error("the account no longer exists")]
     AccountGone,
-    #[error("session is not valid (logged out, replaced, or never issued): log in again")]
+    #[error(
+        "session is not valid (logged out, expired, ended by a password change, replaced, or never issued): log in again"
+    )]
     SessionInvalid,
     #[error("user '{username}' does not exist")]
     RecipientNotFound { username: String },

@@ -18,6 +18,8 @@ use crate::sqlite;
 pub struct SessionUser {
     pub user_id: u64,
     pub username: String,
+    /// When the session expires (by log time; milliseconds since the Unix epoch).
+    pub expires_at_ms: u64,
 }
 
 /// What is needed to check a password.
@@ -131,9 +133,10 @@ impl ChatReader {
             .map_err(self.sql_error())
     }
 
-    /// The live account a session token hash belongs to.
-    pub fn session_user(&self, token_hash: &[u8]) -> Result<Option<SessionUser>, StateMachineError> {
-        session_user(&self.conn, token_hash).map_err(self.sql_error())
+    /// The live account a session token hash belongs to, if the session has not expired
+    /// by `now_ms` (the caller's clock) nor by the log time.
+    pub fn session_user(&self, token_hash: &[u8], now_ms: u64) -> Result<Option<SessionUser>, StateMachineError> {
+        session_user(&self.conn, token_hash, now_ms).map_err(self.sql_error())
     }
 
     /// The id of any account ever created under `username`, deleted or not.
@@ -281,15 +284,27 @@ fn prefix_upper_bound(prefix: &str) -> String {
     format!("{prefix}~")
 }
 
-pub(super) fn session_user(conn: &Connection, token_hash: &[u8]) -> Result<Option<SessionUser>, rusqlite::Error> {
+/// The live account of a session that has not expired by `now_ms` or by the log time,
+/// whichever is later. Apply passes its own log time (its decision is the same on every
+/// replica); queries pass the node's clock, so that a session past its time is refused even
+/// when nothing has been applied since.
+pub(super) fn session_user(
+    conn: &Connection,
+    token_hash: &[u8],
+    now_ms: u64,
+) -> Result<Option<SessionUser>, rusqlite::Error> {
     if token_hash.len() != TOKEN_HASH_BYTES {
         return Ok(None);
     }
+    // Clocks beyond SQLite's integers are no later than its largest.
+    let now_ms = now_ms.min(super::validate::SQL_INTEGER_MAX);
     conn.prepare_cached(
-        "SELECT u.user_id, u.username FROM sessions s JOIN users u ON u.user_id = s.user_id
-         WHERE s.token_hash = ?1 AND u.deleted_at_ms IS NULL",
+        "SELECT u.user_id, u.username, s.expires_at_ms FROM sessions s JOIN users u ON u.user_id = s.user_id, chat_state c
+         WHERE s.token_hash = ?1 AND u.deleted_at_ms IS NULL AND s.expires_at_ms > max(?2, c.log_time_ms)",
     )?
-    .query_row([token_hash], |row| Ok(SessionUser { user_id: row.get::<_, u64>(0)?, username: row.get(1)? }))
+    .query_row(params![token_hash, now_ms], |row| {
+        Ok(SessionUser { user_id: row.get::<_, u64>(0)?, username: row.get(1)?, expires_at_ms: row.get(2)? })
+    })
     .optional()
 }
 

@@ -4,7 +4,7 @@
 //! and account listings cost O(log n + page) however large the tables grow.
 
 /// `MIGRATIONS[v]` upgrades schema version `v` to `v + 1`.
-pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 const V1: &str = "
 -- One row: how far the log has been applied, and the id counters. Ids come from counters
@@ -116,4 +116,14 @@ ALTER TABLE sessions ADD COLUMN sends_remembered INTEGER NOT NULL DEFAULT 0 CHEC
 DROP TABLE sent_dedup;
 ALTER TABLE users DROP COLUMN dedup_floor_ms;
 ALTER TABLE users DROP COLUMN dedup_records;
+";
+
+/// Sessions that expire, by log time: `chat_state.log_time_ms` is the latest proposal time
+/// any applied command carried (never going back), and a session is live while its
+/// `expires_at_ms` is ahead of it. Sessions opened before this version end a week after
+/// they opened (the default lifetime).
+const V5: &str = "
+ALTER TABLE chat_state ADD COLUMN log_time_ms INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN expires_at_ms INTEGER NOT NULL DEFAULT 0;
+UPDATE sessions SET expires_at_ms = opened_at_ms + 604800000;
 ";

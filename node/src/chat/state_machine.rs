@@ -13,7 +13,9 @@ use chorus_proto::v1::{Command, command};
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
 
-use super::limits::{PAGE_BYTES_MAX, SENDS_UNACKNOWLEDGED_PER_SESSION_MAX, SESSIONS_PER_USER_MAX};
+use super::limits::{
+    PAGE_BYTES_MAX, SENDS_UNACKNOWLEDGED_PER_SESSION_MAX, SESSION_LIFETIME_LEGACY_MS, SESSIONS_PER_USER_MAX,
+};
 use super::outcome::{MessagePage, Outcome, Rejection};
 use super::queries::{
     ChatReader, SessionUser, TOKEN_HASH_BYTES, bounded_page, message_view, message_view_select, session_user,
@@ -95,8 +97,10 @@ impl ChatStateMachine {
         let sql_error = |source| StateMachineError::Sqlite { path: path.clone(), source };
         let tx =
             self.db.connection_mut().transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql_error)?;
-        let mut previous: u64 = tx
-            .query_row("SELECT last_applied FROM chat_state WHERE singleton = 1", [], |row| row.get(0))
+        let (mut previous, mut log_time_ms): (u64, u64) = tx
+            .query_row("SELECT last_applied, log_time_ms FROM chat_state WHERE singleton = 1", [], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
             .map_err(sql_error)?;
         let mut outcomes = Vec::with_capacity(batch.len());
         let touched = RefCell::new(BTreeSet::new());
@@ -104,13 +108,21 @@ impl ChatStateMachine {
             assert!(index > previous, "apply out of order: index {index} after {previous} in {}", path.display());
             previous = index;
             let outcome = match command {
-                Some(command) => Some(Apply { tx: &tx, index, touched: &touched }.command(command).map_err(sql_error)?),
+                Some(command) => {
+                    // The log's time moves to the latest proposal time it has seen, and never
+                    // back: a leader with a slow clock cannot bring an expired session back.
+                    if command.proposed_at_ms <= validate::SQL_INTEGER_MAX {
+                        log_time_ms = log_time_ms.max(command.proposed_at_ms);
+                    }
+                    let apply = Apply { tx: &tx, index, log_time_ms, touched: &touched };
+                    Some(apply.command(command).map_err(sql_error)?)
+                }
                 None => None,
             };
             outcomes.push(outcome);
         }
-        tx.prepare_cached("UPDATE chat_state SET last_applied = ?1 WHERE singleton = 1")
-            .and_then(|mut statement| statement.execute([last_index]))
+        tx.prepare_cached("UPDATE chat_state SET last_applied = ?1, log_time_ms = ?2 WHERE singleton = 1")
+            .and_then(|mut statement| statement.execute([last_index, log_time_ms]))
             .map_err(sql_error)?;
         // COMMIT under synchronous=FULL returns after the WAL is fsynced: from here on the
         // outcomes survive a crash, and only now may anyone be told about them.
@@ -124,6 +136,9 @@ impl ChatStateMachine {
 struct Apply<'a> {
     tx: &'a Transaction<'a>,
     index: u64,
+    /// The log's time at this command (see `Command.proposed_at_ms`): what expiry is
+    /// decided by.
+    log_time_ms: u64,
     /// Users whose live subscriptions must look again (see [`AppliedBatch`]).
     touched: &'a RefCell<BTreeSet<u64>>,
 }
@@ -145,15 +160,16 @@ macro_rules! check {
 /// Whether every number of `command` fits an SQLite integer.
 fn numbers_fit_in_sql(command: &Command) -> bool {
     let fit = |numbers: &[u64]| numbers.iter().all(|&n| n <= validate::SQL_INTEGER_MAX);
-    match &command.kind {
-        Some(command::Kind::CreateAccount(c)) => fit(&[c.created_at_ms]),
-        Some(command::Kind::OpenSession(c)) => fit(&[c.user_id, c.opened_at_ms]),
-        Some(command::Kind::CloseSession(_)) | None => true,
-        Some(command::Kind::SendMessage(c)) => fit(&[c.sent_at_ms, c.sequence, c.acknowledged_through]),
-        Some(command::Kind::ReadMessages(c)) => fit(&[c.read_at_ms]),
-        Some(command::Kind::DeleteMessages(c)) => fit(&c.ids),
-        Some(command::Kind::DeleteAccount(c)) => fit(&[c.deleted_at_ms]),
-    }
+    fit(&[command.proposed_at_ms])
+        && match &command.kind {
+            Some(command::Kind::CreateAccount(c)) => fit(&[c.created_at_ms]),
+            Some(command::Kind::OpenSession(c)) => fit(&[c.user_id, c.opened_at_ms, c.expires_at_ms]),
+            Some(command::Kind::CloseSession(_) | command::Kind::ChangePassword(_)) | None => true,
+            Some(command::Kind::SendMessage(c)) => fit(&[c.sent_at_ms, c.sequence, c.acknowledged_through]),
+            Some(command::Kind::ReadMessages(c)) => fit(&[c.read_at_ms]),
+            Some(command::Kind::DeleteMessages(c)) => fit(&c.ids),
+            Some(command::Kind::DeleteAccount(c)) => fit(&[c.deleted_at_ms]),
+        }
 }
 
 impl Apply<'_> {
@@ -172,6 +188,7 @@ impl Apply<'_> {
             Some(command::Kind::ReadMessages(c)) => self.read_messages(c),
             Some(command::Kind::DeleteMessages(c)) => self.delete_messages(c),
             Some(command::Kind::DeleteAccount(c)) => self.delete_account(c),
+            Some(command::Kind::ChangePassword(c)) => self.change_password(c),
             None => Ok(Outcome::Rejected(Rejection::UnknownCommand)),
         }
     }
@@ -218,9 +235,23 @@ impl Apply<'_> {
         let Some((username, unread_count)) = user else {
             return Ok(Outcome::Rejected(Rejection::AccountGone));
         };
-        let inserted = self.tx.prepare_cached("INSERT OR IGNORE INTO sessions (token_hash, user_id, opened_index, opened_at_ms) VALUES (?1, ?2, ?3, ?4)")?.execute(
-            params![c.token_hash, c.user_id, self.index, c.opened_at_ms],
-        )?;
+        // A command from before sessions expired lasts the default lifetime.
+        let expires_at_ms = match c.expires_at_ms {
+            0 => c.opened_at_ms.saturating_add(SESSION_LIFETIME_LEGACY_MS).min(validate::SQL_INTEGER_MAX),
+            expires_at_ms => expires_at_ms,
+        };
+        // The account's expired sessions go first: they could never be used again.
+        const EXPIRED: &str = "user_id = ?1 AND expires_at_ms <= ?2";
+        let expired = params![c.user_id, self.log_time_ms];
+        self.forget_sends_of_sessions(EXPIRED, expired)?;
+        self.tx.prepare_cached(&format!("DELETE FROM sessions WHERE {EXPIRED}"))?.execute(expired)?;
+        let inserted = self
+            .tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO sessions (token_hash, user_id, opened_index, opened_at_ms, expires_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![c.token_hash, c.user_id, self.index, c.opened_at_ms, expires_at_ms])?;
         if inserted == 0 {
             return Ok(Outcome::Rejected(Rejection::TokenCollision));
         }
@@ -234,7 +265,7 @@ impl Apply<'_> {
             // A subscription of a closed session must end.
             self.touch(c.user_id);
         }
-        Ok(Outcome::SessionOpened { username, unread_count })
+        Ok(Outcome::SessionOpened { username, unread_count, expires_at_ms })
     }
 
     fn close_session(&self, c: &chorus_proto::v1::CloseSessionCommand) -> Result<Outcome, rusqlite::Error> {
@@ -516,13 +547,42 @@ impl Apply<'_> {
         Ok(Outcome::AccountDeleted)
     }
 
+    /// Replaces the password (if it is still the one the proposing node verified) and ends
+    /// every other session of the account: whoever knew the old password is logged out.
+    fn change_password(&self, c: &chorus_proto::v1::ChangePasswordCommand) -> Result<Outcome, rusqlite::Error> {
+        let user = check!(self.session(&c.token_hash)?);
+        if c.new_password_hash.is_empty() {
+            // As at account creation: an empty hash would let anyone in.
+            return Ok(Outcome::Rejected(Rejection::MalformedCommand("password change without a new password hash")));
+        }
+        let stored: Option<String> = self
+            .tx
+            .prepare_cached("SELECT password_hash FROM users WHERE user_id = ?1")?
+            .query_row([user.user_id], |row| row.get(0))?;
+        if stored.as_deref() != Some(c.old_password_hash.as_str()) {
+            return Ok(Outcome::Rejected(Rejection::PasswordChanged));
+        }
+        self.tx
+            .prepare_cached("UPDATE users SET password_hash = ?1 WHERE user_id = ?2")?
+            .execute(params![c.new_password_hash, user.user_id])?;
+        const OTHERS: &str = "user_id = ?1 AND token_hash != ?2";
+        let others = params![user.user_id, c.token_hash];
+        self.forget_sends_of_sessions(OTHERS, others)?;
+        let ended = self.tx.prepare_cached(&format!("DELETE FROM sessions WHERE {OTHERS}"))?.execute(others)?;
+        if ended > 0 {
+            // Their subscriptions must end.
+            self.touch(user.user_id);
+        }
+        Ok(Outcome::PasswordChanged { sessions_ended: ended as u64 })
+    }
+
     /// Notes that `user_id`'s subscriptions must look again when this batch is applied.
     fn touch(&self, user_id: u64) {
         self.touched.borrow_mut().insert(user_id);
     }
 
     fn session(&self, token_hash: &[u8]) -> Applied<SessionUser> {
-        Ok(session_user(self.tx, token_hash)?.ok_or(Rejection::SessionInvalid))
+        Ok(session_user(self.tx, token_hash, self.log_time_ms)?.ok_or(Rejection::SessionInvalid))
     }
 }
 
@@ -579,7 +639,7 @@ mod tests {
         }
         let mut machine = ChatStateMachine::open(&path).unwrap();
         let queries = machine.queries();
-        assert_eq!(queries.session_user(&token_hash).unwrap().map(|u| u.username), Some("al".to_owned()));
+        assert_eq!(queries.session_user(&token_hash, 0).unwrap().map(|u| u.username), Some("al".to_owned()));
         assert_eq!(queries.received_after(2, 0, 10, PAGE_BYTES_MAX).unwrap().messages.len(), 1);
         let send = chorus_proto::v1::SendMessageCommand {
             token_hash: token_hash.clone(),
@@ -589,7 +649,7 @@ mod tests {
             sequence: 1,
             acknowledged_through: 0,
         };
-        let command = Command { kind: Some(command::Kind::SendMessage(send)) };
+        let command = Command { kind: Some(command::Kind::SendMessage(send)), proposed_at_ms: 0 };
         assert_eq!(machine.apply(11, &command).unwrap(), Outcome::MessageSent { message_id: 2, duplicate: false });
         assert_eq!(machine.apply(12, &command).unwrap(), Outcome::MessageSent { message_id: 2, duplicate: true });
         let digest_before = machine.queries().state_digest().unwrap();
@@ -623,12 +683,134 @@ mod tests {
                 user_id: 1 << 63,
                 token_hash: vec![7; TOKEN_HASH_BYTES],
                 opened_at_ms: 1,
+                expires_at_ms: 2,
             }),
         ];
         for (index, kind) in (1..).zip(commands) {
-            let outcome = machine.apply(index, &Command { kind: Some(kind) }).unwrap();
+            let outcome = machine.apply(index, &Command { kind: Some(kind), proposed_at_ms: 0 }).unwrap();
             assert!(matches!(outcome, Outcome::Rejected(Rejection::MalformedCommand(_))), "{outcome:?}");
         }
         assert_eq!(machine.last_applied().unwrap(), 3, "the entries are applied, as refusals");
+    }
+
+    /// Applies commands at consecutive indexes, each proposed at the time given.
+    struct Script {
+        machine: ChatStateMachine,
+        index: u64,
+    }
+
+    impl Script {
+        fn new(dir: &Path) -> Self {
+            Self { machine: ChatStateMachine::open(&dir.join("chat.sqlite3")).unwrap(), index: 0 }
+        }
+
+        fn apply(&mut self, at_ms: u64, kind: command::Kind) -> Outcome {
+            self.index += 1;
+            self.machine.apply(self.index, &Command { kind: Some(kind), proposed_at_ms: at_ms }).unwrap()
+        }
+
+        fn account(&mut self, name: &str, hash: &str) {
+            let create = chorus_proto::v1::CreateAccountCommand {
+                username: name.to_owned(),
+                password_hash: hash.to_owned(),
+                created_at_ms: 0,
+            };
+            assert!(matches!(self.apply(0, command::Kind::CreateAccount(create)), Outcome::AccountCreated { .. }));
+        }
+
+        fn open(&mut self, at_ms: u64, user_id: u64, token: u8, expires_at_ms: u64) -> Outcome {
+            self.apply(
+                at_ms,
+                command::Kind::OpenSession(chorus_proto::v1::OpenSessionCommand {
+                    user_id,
+                    token_hash: vec![token; TOKEN_HASH_BYTES],
+                    opened_at_ms: at_ms,
+                    expires_at_ms,
+                }),
+            )
+        }
+
+        fn send(&mut self, at_ms: u64, token: u8, sequence: u64) -> Outcome {
+            self.apply(
+                at_ms,
+                command::Kind::SendMessage(chorus_proto::v1::SendMessageCommand {
+                    token_hash: vec![token; TOKEN_HASH_BYTES],
+                    to: "bo".to_owned(),
+                    body: "hi".to_owned(),
+                    sent_at_ms: at_ms,
+                    sequence,
+                    acknowledged_through: 0,
+                }),
+            )
+        }
+
+        fn live(&self, token: u8, now_ms: u64) -> bool {
+            self.machine.queries().session_user(&[token; TOKEN_HASH_BYTES], now_ms).unwrap().is_some()
+        }
+    }
+
+    /// A session ends when the log's time passes its expiry, whatever the applying node's
+    /// clock says; the log's time never goes back (a leader with a slow clock brings no
+    /// session back); queries also refuse a session their own clock says has expired.
+    #[test]
+    fn sessions_expire_by_log_time_which_never_goes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut script = Script::new(dir.path());
+        script.account("al", "h");
+        script.account("bo", "h");
+        assert!(matches!(script.open(1_000, 1, 7, 5_000), Outcome::SessionOpened { expires_at_ms: 5_000, .. }));
+        assert!(matches!(script.send(4_999, 7, 1), Outcome::MessageSent { .. }));
+        assert!(script.live(7, 0) && script.live(7, 4_999));
+        assert!(!script.live(7, 5_000), "a query whose clock is past the expiry refuses the session");
+        assert_eq!(script.send(5_000, 7, 2), Outcome::Rejected(Rejection::SessionInvalid), "expired by log time");
+        // A command proposed by a node whose clock is behind does not move the log's time back.
+        assert_eq!(script.send(10, 7, 3), Outcome::Rejected(Rejection::SessionInvalid));
+        assert!(!script.live(7, 0), "the log's time alone has passed the expiry");
+
+        // A login forms its expiry; a command without one (an older log) lasts a week.
+        assert!(matches!(
+            script.open(6_000, 1, 8, 0),
+            Outcome::SessionOpened { expires_at_ms, .. } if expires_at_ms == 6_000 + SESSION_LIFETIME_LEGACY_MS
+        ));
+        // Opening a session clears the account's expired ones.
+        let sessions: i64 = script
+            .machine
+            .queries()
+            .connection()
+            .query_row("SELECT count(*) FROM sessions WHERE user_id = 1", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(sessions, 1, "the expired session is gone");
+    }
+
+    /// A password change needs a live session and the hash the proposing node verified;
+    /// it replaces the hash and ends every other session of the account, not the caller's
+    /// and not another account's.
+    #[test]
+    fn a_password_change_ends_the_accounts_other_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut script = Script::new(dir.path());
+        script.account("al", "old");
+        script.account("bo", "h");
+        for token in [1, 2, 3] {
+            script.open(10, 1, token, 1_000_000);
+        }
+        script.open(10, 2, 9, 1_000_000);
+        let change = |token: u8, old: &str, new: &str| {
+            command::Kind::ChangePassword(chorus_proto::v1::ChangePasswordCommand {
+                token_hash: vec![token; TOKEN_HASH_BYTES],
+                old_password_hash: old.to_owned(),
+                new_password_hash: new.to_owned(),
+            })
+        };
+        assert_eq!(script.apply(20, change(1, "stale", "new")), Outcome::Rejected(Rejection::PasswordChanged));
+        assert!(matches!(script.apply(20, change(1, "old", "")), Outcome::Rejected(Rejection::MalformedCommand(_))));
+        assert_eq!(script.apply(20, change(4, "old", "new")), Outcome::Rejected(Rejection::SessionInvalid));
+        assert!(script.live(2, 0), "nothing changed yet");
+        assert_eq!(script.apply(20, change(1, "old", "new")), Outcome::PasswordChanged { sessions_ended: 2 });
+        assert!(script.live(1, 0) && !script.live(2, 0) && !script.live(3, 0) && script.live(9, 0));
+        let credentials = script.machine.queries().credentials("al").unwrap().unwrap();
+        assert_eq!(credentials.password_hash, "new");
+        // The old hash no longer changes anything.
+        assert_eq!(script.apply(30, change(1, "old", "other")), Outcome::Rejected(Rejection::PasswordChanged));
     }
 }

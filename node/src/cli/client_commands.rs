@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use chorus::client::v1::{
-    CreateAccountRequest, DeleteAccountRequest, DeleteMessagesRequest, HistoryRequest, ListAccountsRequest,
-    LoginRequest, LogoutRequest, ReadMessagesRequest, SendMessageRequest,
+    ChangePasswordRequest, CreateAccountRequest, DeleteAccountRequest, DeleteMessagesRequest, HistoryRequest,
+    ListAccountsRequest, LoginRequest, LogoutRequest, ReadMessagesRequest, SendMessageRequest,
 };
 use chorus::client::{ClusterClient, RetryPolicy, new_request_id};
 use chorus::seam::unix_time_ms;
@@ -27,23 +27,39 @@ macro_rules! call {
     ($client:expr, $method:ident, $request:expr) => {
         chorus::cluster_call!($client, $method, $request).map_err(|status| rpc_error($client.current_server(), status))
     };
+    ($client:expr, $method:ident, $request:expr, as $token:expr) => {
+        chorus::cluster_call_as!($client, $method, $request, $token)
+            .map_err(|status| rpc_error($client.current_server(), status))
+    };
 }
 
 async fn run_verb(options: &ClientOptions, verb: Verb) -> Result<()> {
     let session_path = session_file::resolve(options.session_file.as_deref())?;
     let policy =
         RetryPolicy { call_deadline: Duration::from_secs(options.timeout_secs.max(1)), ..RetryPolicy::default() };
-    let mut client = ClusterClient::new(&options.servers, policy)?;
+    let mut client = ClusterClient::new(&options.servers, policy, options.security()?)?;
     match verb {
         Verb::Account(AccountVerb::Create { username, password_stdin }) => {
             let password = password::obtain(password_stdin, "new password: ")?;
             let response = call!(client, create_account, CreateAccountRequest { username, password })?;
             println!("created account '{}'", response.username);
         }
+        Verb::Account(AccountVerb::Password { password_stdin }) => {
+            let session = session_file::load(&session_path)?;
+            let old_password =
+                password::obtain(password_stdin, &format!("current password of '{}': ", session.username))?;
+            let new_password = password::obtain_new(password_stdin)?;
+            let request = ChangePasswordRequest { old_password, new_password };
+            let response = call!(client, change_password, request, as session.token)?;
+            println!(
+                "changed the password of '{}'; {} other session(s) ended",
+                session.username, response.sessions_ended
+            );
+        }
         Verb::Account(AccountVerb::Delete { password_stdin }) => {
             let session = session_file::load(&session_path)?;
             let password = password::obtain(password_stdin, &format!("password of '{}': ", session.username))?;
-            call!(client, delete_account, DeleteAccountRequest { token: session.token.clone(), password })?;
+            call!(client, delete_account, DeleteAccountRequest { password }, as session.token)?;
             session_file::remove_if_still(&session_path, &session.token)?;
             println!("deleted account '{}'", session.username);
         }
@@ -56,7 +72,7 @@ async fn run_verb(options: &ClientOptions, verb: Verb) -> Result<()> {
         }
         Verb::Logout => {
             let session = session_file::load(&session_path)?;
-            let result = call!(client, logout, LogoutRequest { token: session.token.clone() });
+            let result = call!(client, logout, LogoutRequest {}, as session.token);
             // The local copy goes whatever the server said: an expired session is over too.
             session_file::remove_if_still(&session_path, &session.token)?;
             match result {
@@ -66,9 +82,9 @@ async fn run_verb(options: &ClientOptions, verb: Verb) -> Result<()> {
         }
         Verb::Send { to, body, sequence } => {
             let body = if body.is_empty() { read_stdin_body()? } else { body.join(" ") };
-            let request = numbered_send(&session_path, to.clone(), body, sequence)?;
-            let (sequence, token) = (request.sequence, request.token.clone());
-            let result = chorus::cluster_call!(client, send_message, request);
+            let (request, token) = numbered_send(&session_path, to.clone(), body, sequence)?;
+            let sequence = request.sequence;
+            let result = chorus::cluster_call_as!(client, send_message, request, token);
             // Whether the answer is final: then the session acknowledges it with its next
             // send. An unknown outcome stays awaiting, so that a retry is still recognized.
             let answered = result.as_ref().err().is_none_or(|status| !chorus::client::outcome_unknown(status));
@@ -113,11 +129,8 @@ async fn run_verb(options: &ClientOptions, verb: Verb) -> Result<()> {
         }
         Verb::Read { limit } => {
             let session = session_file::load(&session_path)?;
-            let response = call!(
-                client,
-                read_messages,
-                ReadMessagesRequest { token: session.token, limit, request_id: new_request_id() }
-            )?;
+            let request = ReadMessagesRequest { limit, request_id: new_request_id() };
+            let response = call!(client, read_messages, request, as session.token)?;
             if response.messages.is_empty() {
                 println!("no unread messages");
             }
@@ -130,8 +143,8 @@ async fn run_verb(options: &ClientOptions, verb: Verb) -> Result<()> {
         }
         Verb::History { peer, before, limit } => {
             let session = session_file::load(&session_path)?;
-            let request = HistoryRequest { token: session.token, peer: peer.clone(), before_id: before, limit };
-            let response = call!(client, history, request)?;
+            let request = HistoryRequest { peer: peer.clone(), before_id: before, limit };
+            let response = call!(client, history, request, as session.token)?;
             if response.messages.is_empty() {
                 println!("no messages");
             }
@@ -158,7 +171,7 @@ async fn run_verb(options: &ClientOptions, verb: Verb) -> Result<()> {
         }
         Verb::Delete { ids } => {
             let session = session_file::load(&session_path)?;
-            let response = call!(client, delete_messages, DeleteMessagesRequest { token: session.token, ids })?;
+            let response = call!(client, delete_messages, DeleteMessagesRequest { ids }, as session.token)?;
             println!("deleted {} message(s)", response.deleted);
         }
         Verb::Watch { after } => {
@@ -176,7 +189,7 @@ async fn run_verb(options: &ClientOptions, verb: Verb) -> Result<()> {
             }
         }
         Verb::Cluster(super::ClusterVerb::Status) => super::cluster_status::print(&mut client).await?,
-        Verb::Node(_) | Verb::Demo(_) => unreachable!("not a client verb"),
+        Verb::Node(_) | Verb::Demo(_) | Verb::Certs(_) => unreachable!("not a client verb"),
     }
     Ok(())
 }
@@ -189,14 +202,14 @@ fn numbered_send(
     to: String,
     body: String,
     sequence: Option<u64>,
-) -> Result<SendMessageRequest> {
+) -> Result<(SendMessageRequest, String)> {
     session_file::update(session_path, |session| {
         let now = unix_time_ms();
         let mut sends = session.send_sequence(now);
         let digest = session_file::message_digest(&to, &body);
         let (request, begun) = match sequence {
             None => {
-                let request = sends.request(session.token.clone(), to, body);
+                let request = sends.request(to, body);
                 let begun = Some((request.sequence, digest));
                 (request, begun)
             }
@@ -215,7 +228,6 @@ fn numbered_send(
                     );
                 }
                 let request = SendMessageRequest {
-                    token: session.token.clone(),
                     to,
                     body,
                     sequence,
@@ -226,7 +238,7 @@ fn numbered_send(
             }
         };
         session.store_send_sequence(&sends, now, begun);
-        Ok(request)
+        Ok((request, session.token.clone()))
     })?
 }
 

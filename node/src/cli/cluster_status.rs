@@ -22,6 +22,11 @@ pub async fn print(client: &mut ClusterClient) -> Result<()> {
         let request = StatusRequest { include_state_digest: false };
         let answer = match tokio::time::timeout(STATUS_TIMEOUT, cluster.status(request)).await {
             Ok(Ok(response)) => Some(response.into_inner()),
+            // Not a node that is down: the caller lacks the credential, and every node
+            // will say so.
+            Ok(Err(status)) if status.code() == tonic::Code::Unauthenticated => {
+                anyhow::bail!("{}", status.message())
+            }
             _ => None,
         };
         answers.insert(server, answer);
@@ -36,7 +41,8 @@ pub async fn print(client: &mut ClusterClient) -> Result<()> {
     let known: Vec<String> = client.servers().to_vec();
     let unknown: Vec<String> = members.values().filter(|a| !known.contains(a)).cloned().collect();
     for address in unknown {
-        let mut single = ClusterClient::new(std::slice::from_ref(&address), client.policy())?;
+        let mut single =
+            ClusterClient::new(std::slice::from_ref(&address), client.policy(), client.security().clone())?;
         let answer = match tokio::time::timeout(
             STATUS_TIMEOUT,
             single.cluster_of(0).status(StatusRequest { include_state_digest: false }),
@@ -107,7 +113,20 @@ pub async fn print(client: &mut ClusterClient) -> Result<()> {
         let (matched, contact) = leader_view.get(&a.node_id).copied().unwrap_or((None, None));
         let matched = matched.map_or("-".to_owned(), |m| m.to_string());
         let contact = contact.map_or("-".to_owned(), |ms| format!("{ms} ms"));
-        let note = if a.fault.is_empty() { String::new() } else { format!("FAULT: {}", a.fault) };
+        let mut notes = Vec::new();
+        if !a.fault.is_empty() {
+            notes.push(format!("FAULT: {}", a.fault));
+        }
+        if !a.tls {
+            notes.push("INSECURE (no TLS)".to_owned());
+        }
+        if a.peer_batches_refused > 0 || a.connections_refused > 0 {
+            notes.push(format!(
+                "refused {} peer batch(es), {} connection(s)",
+                a.peer_batches_refused, a.connections_refused
+            ));
+        }
+        let note = notes.join("; ");
         table.add_row([
             node,
             role.to_owned(),

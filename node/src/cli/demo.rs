@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use chorus::client::v1::{
-    CreateAccountRequest, DeleteMessagesRequest, HistoryRequest, ListAccountsRequest, LoginRequest,
-    ReadMessagesRequest, SendMessageRequest,
+    ChangePasswordRequest, CreateAccountRequest, DeleteMessagesRequest, HistoryRequest, ListAccountsRequest,
+    LoginRequest, ReadMessagesRequest, SendMessageRequest,
 };
 use chorus::client::{ClusterClient, RetryPolicy, SendSequence, new_request_id};
-use chorus::cluster_config::Timing;
+use chorus::cluster_config::{Limits, Timing};
 use chorus::supervisor::{Launch, LocalCluster};
 use clap::Args;
 use rustyline::DefaultEditor;
@@ -56,6 +56,7 @@ commands:
   history [PEER]         show sent and received messages, newest first
   users [PATTERN]        list accounts ('*' and '?' wildcards)
   delete ID...           delete messages
+  password OLD NEW       change this user's password (its other sessions end)
   watch                  print this user's incoming messages as they arrive
   status                 show every node: role, term, leader, commit and applied index
   kill N                 SIGKILL node N (the cluster goes on while a majority is up)
@@ -63,7 +64,7 @@ commands:
   help                   this text
   quit                   stop every node and leave (or Ctrl-D)";
 
-pub fn run(args: DemoArgs) -> Result<()> {
+pub fn run(args: DemoArgs, insecure: bool) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = runtime.block_on(async {
         let dir = match args.dir {
@@ -75,7 +76,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         // (so that a Ctrl-C reaches only the demo), and would otherwise run on.
         let stop = stop_signal()?;
         let mut demo = tokio::select! {
-            demo = Demo::start(dir, args.nodes) => demo?,
+            demo = Demo::start(dir, args.nodes, insecure) => demo?,
             // Dropping the half-started demo kills the nodes it started.
             _ = stopped(stop.clone()) => {
                 println!("interrupted: the nodes started so far are stopped");
@@ -103,10 +104,11 @@ struct Demo {
 }
 
 impl Demo {
-    async fn start(dir: PathBuf, nodes: u64) -> Result<Self> {
+    async fn start(dir: PathBuf, nodes: u64, insecure: bool) -> Result<Self> {
         let launch = Launch {
             start_timeout: NODE_START_TIMEOUT,
             own_process_group: true,
+            insecure,
             ..Launch::new(std::env::current_exe()?)
         };
         let cluster = if dir.join("cluster.toml").exists() {
@@ -114,12 +116,20 @@ impl Demo {
             LocalCluster::open(&dir, launch)?
         } else {
             println!("Chorus demo: a new {nodes}-node cluster in {}", dir.display());
-            LocalCluster::create(&dir, "chorus-demo", nodes, Timing::default(), CONFIG_HEADER, launch)?
+            LocalCluster::create(
+                &dir,
+                "chorus-demo",
+                nodes,
+                Timing::default(),
+                Limits::default(),
+                CONFIG_HEADER,
+                launch,
+            )?
         };
         let policy = RetryPolicy { call_deadline: CALL_DEADLINE, ..RetryPolicy::default() };
         let input = ShellInput::new(&dir);
         let mut demo = Self {
-            client: ClusterClient::new(&cluster.client_addresses(), policy)?,
+            client: ClusterClient::new(&cluster.client_addresses(), policy, cluster.client_security().clone())?,
             cluster,
             sessions: BTreeMap::new(),
             current_user: None,
@@ -131,7 +141,24 @@ impl Demo {
         }
         let leader = demo.cluster.wait_for_leader(LEADER_TIMEOUT).await?;
         println!("{} nodes up; node {leader} is the leader. Type 'help' for commands.", demo.cluster.ids().len());
+        println!("{}", demo.connection_hint());
         Ok(demo)
+    }
+
+    /// How to reach this cluster with the client verbs from another terminal.
+    fn connection_hint(&self) -> String {
+        let servers = self.cluster.client_addresses().join(",");
+        match self.cluster.client_security() {
+            chorus::client::ClientSecurity::Insecure => {
+                format!(
+                    "Without TLS (--insecure). Other terminals: CHORUS_INSECURE=true CHORUS_SERVERS={servers} chorus ..."
+                )
+            }
+            chorus::client::ClientSecurity::Tls { .. } => format!(
+                "Every connection uses TLS, with the cluster's own CA. Other terminals: CHORUS_CA={} CHORUS_SERVERS={servers} chorus ...",
+                self.cluster.certs_dir().join(chorus::tls::CA_CERT_FILE).display()
+            ),
+        }
     }
 
     /// Starts a node process and waits for it to say that it listens.
@@ -196,6 +223,11 @@ impl Demo {
                 chorus::cluster_call!(self.client, $method, $request)
                     .map_err(|status| rpc_error(self.client.current_server(), status))?
             };
+            ($method:ident, $request:expr, as $token:expr) => {{
+                let token = $token;
+                chorus::cluster_call_as!(self.client, $method, $request, token)
+                    .map_err(|status| rpc_error(self.client.current_server(), status))?
+            }};
         }
         match words {
             ["help"] => println!("{HELP}"),
@@ -230,8 +262,8 @@ impl Demo {
             }
             ["send", to, text @ ..] if !text.is_empty() => {
                 let (token, sends) = self.session()?;
-                let request: SendMessageRequest = sends.request(token, to.to_string(), text.join(" "));
-                let result = chorus::cluster_call!(self.client, send_message, request.clone());
+                let request: SendMessageRequest = sends.request(to.to_string(), text.join(" "));
+                let result = chorus::cluster_call_as!(self.client, send_message, request.clone(), token);
                 // The shell never retries a send by itself, so its answer, whatever it is,
                 // is acknowledged with the next one.
                 self.session()?.1.finish(request.sequence);
@@ -239,10 +271,8 @@ impl Demo {
                 println!("sent message {} to {}", response.message_id, to.to_ascii_lowercase());
             }
             ["read"] => {
-                let response = call!(
-                    read_messages,
-                    ReadMessagesRequest { token: self.token()?, limit: 0, request_id: new_request_id() }
-                );
+                let request = ReadMessagesRequest { limit: 0, request_id: new_request_id() };
+                let response = call!(read_messages, request, as self.token()?);
                 if response.messages.is_empty() {
                     println!("no unread messages");
                 }
@@ -251,13 +281,8 @@ impl Demo {
                 }
             }
             ["history", peer @ ..] if peer.len() <= 1 => {
-                let request = HistoryRequest {
-                    token: self.token()?,
-                    peer: peer.first().map(|p| p.to_string()),
-                    before_id: 0,
-                    limit: 20,
-                };
-                let response = call!(history, request);
+                let request = HistoryRequest { peer: peer.first().map(|p| p.to_string()), before_id: 0, limit: 20 };
+                let response = call!(history, request, as self.token()?);
                 if response.messages.is_empty() {
                     println!("no messages");
                 }
@@ -282,13 +307,19 @@ impl Demo {
                         id.trim_start_matches('#').parse::<u64>().with_context(|| format!("'{id}' is not a message id"))
                     })
                     .collect::<Result<Vec<_>>>()?;
-                let response = call!(delete_messages, DeleteMessagesRequest { token: self.token()?, ids });
+                let response = call!(delete_messages, DeleteMessagesRequest { ids }, as self.token()?);
                 println!("deleted {} message(s)", response.deleted);
+            }
+            ["password", old, new] => {
+                let request = ChangePasswordRequest { old_password: old.to_string(), new_password: new.to_string() };
+                let response = call!(change_password, request, as self.token()?);
+                println!("password changed; {} other session(s) ended", response.sessions_ended);
             }
             ["watch"] => {
                 let user = self.current_user.clone().context("log in first")?;
                 let token = self.token()?;
-                let mut client = ClusterClient::new(self.client.servers(), self.client.policy())?;
+                let mut client =
+                    ClusterClient::new(self.client.servers(), self.client.policy(), self.client.security().clone())?;
                 let watcher = user.clone();
                 self.watches.push(tokio::task::spawn(async move {
                     let user = watcher;

@@ -1,6 +1,7 @@
 //! The `chorus` command line: `chorus node` runs a server, `chorus demo` a local cluster,
 //! and the other verbs are the client.
 
+mod certs;
 mod client_commands;
 mod cluster_status;
 mod demo;
@@ -11,7 +12,8 @@ mod session_file;
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
+use chorus::client::{ClientIdentity, ClientSecurity};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -37,6 +39,46 @@ pub struct ClientOptions {
     /// Where the login session is kept [default: ~/.config/chorus/session.json].
     #[arg(long, global = true, env = "CHORUS_SESSION_FILE")]
     pub session_file: Option<PathBuf>,
+    /// The cluster's CA certificate (ca.pem, from `chorus certs init`; `chorus demo` prints
+    /// its own): the client trusts only nodes whose certificates it signed.
+    #[arg(long, global = true, env = "CHORUS_CA")]
+    pub ca: Option<PathBuf>,
+    /// A client certificate from the cluster's CA (`chorus certs client`), with --key: an
+    /// operator's credential.
+    #[arg(long, global = true, env = "CHORUS_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+    #[arg(long, global = true, env = "CHORUS_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// No TLS: for a cluster whose nodes were started with --insecure (loopback
+    /// experiments only: passwords and messages cross the network in clear). With `chorus
+    /// node`, runs the node so.
+    #[arg(long, global = true, env = "CHORUS_INSECURE")]
+    pub insecure: bool,
+}
+
+impl ClientOptions {
+    /// How the client verbs reach the nodes, from --ca, --cert, --key and --insecure.
+    pub fn security(&self) -> Result<ClientSecurity> {
+        if self.insecure {
+            if self.ca.is_some() || self.cert.is_some() {
+                bail!("--insecure turns TLS off: it cannot go with --ca or --cert");
+            }
+            return Ok(ClientSecurity::Insecure);
+        }
+        let Some(ca) = &self.ca else {
+            bail!(
+                "Chorus clients use TLS: pass --ca FILE (or set CHORUS_CA) with the cluster's ca.pem, \
+                 or --insecure for a cluster started with --insecure"
+            );
+        };
+        let read =
+            |path: &PathBuf| std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()));
+        let identity = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Some(ClientIdentity { cert_pem: read(cert)?, key_pem: read(key)? }),
+            _ => None,
+        };
+        Ok(ClientSecurity::Tls { ca_pem: read(ca)?, identity })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -45,6 +87,9 @@ pub enum Verb {
     Node(node_command::NodeArgs),
     /// Start a local cluster and open a shell to try Chorus in.
     Demo(demo::DemoArgs),
+    /// Make the cluster's certificate authority and issue node and client certificates.
+    #[command(subcommand)]
+    Certs(certs::CertsVerb),
     /// Create or delete an account.
     #[command(subcommand)]
     Account(AccountVerb),
@@ -127,6 +172,13 @@ pub enum AccountVerb {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Change the logged-in account's password; every other session of the account ends.
+    Password {
+        /// Read the old password from the first line of stdin and the new one from the
+        /// second (else CHORUS_PASSWORD and CHORUS_NEW_PASSWORD, else prompts).
+        #[arg(long)]
+        password_stdin: bool,
+    },
     /// Delete the logged-in account, its mailbox and its unread sent messages, for good.
     Delete {
         /// Read the password from the first line of stdin (else CHORUS_PASSWORD, else a prompt).
@@ -152,8 +204,9 @@ pub fn rpc_error(server: &str, status: tonic::Status) -> anyhow::Error {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Verb::Node(args) => node_command::run(args),
-        Verb::Demo(args) => demo::run(args),
+        Verb::Node(args) => node_command::run(args, cli.client.insecure),
+        Verb::Demo(args) => demo::run(args, cli.client.insecure),
+        Verb::Certs(verb) => certs::run(verb),
         verb => client_commands::run(&cli.client, verb),
     }
 }

@@ -1,4 +1,4 @@
-//! `chorus node`: runs a server until SIGINT or SIGTERM.
+//! `chorus node`: runs a server until SIGINT or SIGTERM; SIGHUP reloads its certificates.
 
 use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use chorus::chat::credentials::PasswordHashCost;
 use chorus::cluster_config::ClusterConfig;
-use chorus::node::{NodeConfig, run_node};
+use chorus::node::{NodeConfig, NodeSecurity, run_node};
+use chorus::tls::{NodeTls, TlsFiles};
 use clap::{Args, ValueEnum};
 
 #[derive(Debug, Args)]
@@ -50,6 +51,10 @@ pub struct NodeArgs {
     /// rejoin as the voter it was (it could make the cluster lose acknowledged writes).
     #[arg(long)]
     pub bootstrap: bool,
+    /// Directory of the cluster's TLS files: ca.pem, and this node's node-ID.pem and
+    /// node-ID.key (`chorus certs`). Required unless --insecure. SIGHUP reloads them.
+    #[arg(long, env = "CHORUS_CERTS")]
+    pub certs: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -58,11 +63,13 @@ pub enum LogFormat {
     Json,
 }
 
-pub fn run(args: NodeArgs) -> Result<()> {
+pub fn run(args: NodeArgs, insecure: bool) -> Result<()> {
     init_logging(args.log_format);
-    let config = node_config(&args)?;
+    let security = security(&args, insecure)?;
+    let config = node_config(&args, security.clone())?;
     let node_id = config.node_id;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.spawn(reload_on_hangup(security));
     runtime
         .block_on(run_node(config, shutdown_signal(), move |bound| {
             // Lines on stdout that scripts and tests wait for: the node is up, and where.
@@ -75,8 +82,45 @@ pub fn run(args: NodeArgs) -> Result<()> {
         .with_context(|| format!("node {node_id} failed"))
 }
 
+/// TLS from --certs, or none with --insecure (one of the two is required).
+fn security(args: &NodeArgs, insecure: bool) -> Result<NodeSecurity> {
+    match (&args.certs, insecure) {
+        (Some(_), true) => anyhow::bail!("--insecure turns TLS off: it cannot go with --certs"),
+        (None, true) => Ok(NodeSecurity::Insecure),
+        (Some(dir), false) => {
+            let tls = NodeTls::load(args.id, TlsFiles::of_node(dir, args.id))
+                .with_context(|| format!("cannot use the TLS files of node {} in {}", args.id, dir.display()))?;
+            Ok(NodeSecurity::Tls(tls))
+        }
+        (None, false) => anyhow::bail!(
+            "a node serves over TLS: pass --certs DIR with the cluster's ca.pem and this node's certificate \
+             (make them with `chorus certs init` and `chorus certs node {}`), or --insecure for a loopback experiment",
+            args.id
+        ),
+    }
+}
+
+/// Reloads the node's certificates on every SIGHUP. A reload that fails keeps the
+/// previous ones (and says why): the node stays reachable.
+async fn reload_on_hangup(security: NodeSecurity) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler; certificates will not reload");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        match &security {
+            NodeSecurity::Tls(tls) => match tls.reload() {
+                Ok(()) => tracing::info!(cert = %tls.files().cert.display(), "SIGHUP: reloaded the TLS certificates"),
+                Err(error) => tracing::error!(%error, "SIGHUP: kept the previous TLS certificates"),
+            },
+            NodeSecurity::Insecure => tracing::info!("SIGHUP: nothing to reload (running without TLS)"),
+        }
+    }
+}
+
 /// The node's configuration: the file (if any), then the flags over it.
-fn node_config(args: &NodeArgs) -> Result<NodeConfig> {
+fn node_config(args: &NodeArgs, security: NodeSecurity) -> Result<NodeConfig> {
     let (mut cluster, file) = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -121,6 +165,7 @@ fn node_config(args: &NodeArgs) -> Result<NodeConfig> {
         log_store: None,
         bootstrap: args.bootstrap,
         clock: chorus::seam::NodeClock::system(),
+        security,
     })
 }
 

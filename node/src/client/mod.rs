@@ -44,6 +44,42 @@ macro_rules! cluster_call {
     }};
 }
 
+/// Calls one RPC that acts as the session of `$token` through [`ClusterClient::call`]: the
+/// token goes in each attempt's `authorization` metadata ([`authorized`]):
+/// `cluster_call_as!(client, send_message, request, token)`.
+#[macro_export]
+macro_rules! cluster_call_as {
+    ($client:expr, $method:ident, $request:expr, $token:expr) => {{
+        let request = $request;
+        let token: &str = &$token;
+        $client
+            .call(|mut chat| {
+                let request = $crate::client::authorized(request.clone(), token);
+                async move { chat.$method(request?).await }
+            })
+            .await
+    }};
+}
+
+/// `message` as a call that acts as the session of `token`: the token travels in the
+/// request's `authorization` metadata (`Bearer <token>`), never in its body, so nothing
+/// that logs or traces requests can capture it. A token that cannot be a header value
+/// (Login's are hex) names no session, and is refused here as a node would refuse it.
+pub fn authorized<T>(message: T, token: &str) -> Result<tonic::Request<T>, Status> {
+    let value =
+        format!("{}{token}", wire::BEARER_PREFIX).parse::<tonic::metadata::AsciiMetadataValue>().map_err(|_| {
+            let details = ErrorDetails::with_error_info(
+                wire::SESSION_INVALID,
+                wire::ERROR_DOMAIN,
+                std::collections::HashMap::new(),
+            );
+            Status::with_error_details(Code::Unauthenticated, "the session token is not printable ASCII", details)
+        })?;
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(wire::AUTHORIZATION, value);
+    Ok(request)
+}
+
 /// How long to wait for a TCP connection to one node.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The largest reply the client accepts. A node never sends more than half of it
@@ -74,7 +110,7 @@ pub fn error_verdict(status: &Status) -> ErrorVerdict {
                 leader: info.metadata.get(wire::LEADER_ADDRESS).filter(|a| !a.is_empty()).cloned(),
                 retry_after,
             },
-            wire::NOT_APPLIED | wire::SHUTTING_DOWN | wire::OVERLOADED => {
+            wire::NOT_APPLIED | wire::SHUTTING_DOWN | wire::OVERLOADED | wire::RATE_LIMITED => {
                 ErrorVerdict::Retry { applied_maybe: false, leader: None, retry_after }
             }
             wire::OUTCOME_UNKNOWN | wire::STORAGE_FAILURE => {
@@ -118,6 +154,31 @@ impl Default for RetryPolicy {
     }
 }
 
+/// How a client reaches the nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientSecurity {
+    /// TLS, trusting only the cluster's CA (`ca_pem`, from `chorus certs init`): a node is
+    /// verified by the address the client dials, as its certificate names it. `identity`:
+    /// a client certificate from the same CA, a cluster credential for operators.
+    Tls { ca_pem: String, identity: Option<ClientIdentity> },
+    /// Plaintext, for a cluster started with `--insecure`.
+    Insecure,
+}
+
+/// A client certificate and its private key, in PEM.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    /// Never the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity").finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("no servers given: pass --servers HOST:PORT[,HOST:PORT...]")]
@@ -128,10 +189,15 @@ pub enum ClientError {
     NoPort { address: String },
     #[error("retry backoff from {min:?} to {max:?}: it must start above zero and not above its maximum")]
     BadBackoff { min: Duration, max: Duration },
+    #[error("server address {address:?} says {scheme}://, but the client runs {expected}")]
+    SchemeMismatch { address: String, scheme: String, expected: &'static str },
+    #[error("TLS does not exist in the simulation: its clients run insecure")]
+    TlsNotSimulated,
 }
 
 /// A client of the whole cluster.
 pub struct ClusterClient {
+    security: ClientSecurity,
     servers: Vec<String>,
     endpoints: Vec<Endpoint>,
     channels: Vec<Option<Channel>>,
@@ -148,15 +214,16 @@ pub struct ClusterClient {
 impl ClusterClient {
     /// A client of the nodes at `servers` (each `HOST:PORT` or a URL). Connections are made
     /// when first needed.
-    pub fn new(servers: &[String], policy: RetryPolicy) -> Result<Self, ClientError> {
+    pub fn new(servers: &[String], policy: RetryPolicy, security: ClientSecurity) -> Result<Self, ClientError> {
         if servers.is_empty() {
             return Err(ClientError::NoServers);
         }
         if policy.backoff_min.is_zero() || policy.backoff_min > policy.backoff_max {
             return Err(ClientError::BadBackoff { min: policy.backoff_min, max: policy.backoff_max });
         }
-        let endpoints = servers.iter().map(|server| endpoint(server)).collect::<Result<Vec<_>, _>>()?;
+        let endpoints = servers.iter().map(|server| endpoint(server, &security)).collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
+            security,
             servers: servers.to_vec(),
             channels: vec![None; endpoints.len()],
             endpoints,
@@ -169,6 +236,10 @@ impl ClusterClient {
 
     pub fn policy(&self) -> RetryPolicy {
         self.policy
+    }
+
+    pub fn security(&self) -> &ClientSecurity {
+        &self.security
     }
 
     /// The node the client currently talks to.
@@ -250,8 +321,11 @@ impl ClusterClient {
                 _ => (server + 1) % self.servers.len(),
             };
             let pause = match retry_after {
-                // The node said when: the next attempt goes after that, wherever it goes.
-                Some(delay) => Some(delay.min(self.policy.backoff_max)),
+                // The node said when: the next attempt goes no sooner, wherever it goes; and
+                // a node that keeps saying so is asked less and less often (with jitter), so
+                // that many clients turned away at once do not come back at once.
+                // (The pause never passes the call's deadline, below.)
+                Some(delay) => Some(delay.max(backoff.next_pause())),
                 // As many refusals in a row as there are nodes (an election is probably
                 // under way, or hints are stale): wait a little before going round again.
                 None if tried_since_pause >= self.servers.len() => Some(backoff.next_pause()),
@@ -270,7 +344,7 @@ impl ClusterClient {
         if let Some(index) = self.servers.iter().position(|s| *s == address || s.ends_with(&format!("//{address}"))) {
             return Some(index);
         }
-        let endpoint = endpoint(address).ok()?;
+        let endpoint = endpoint(address, &self.security).ok()?;
         self.servers.push(address.to_owned());
         self.endpoints.push(endpoint);
         self.channels.push(None);
@@ -342,14 +416,42 @@ pub fn new_request_id() -> String {
     hex::encode(bytes)
 }
 
-fn endpoint(server: &str) -> Result<Endpoint, ClientError> {
-    let url = if server.contains("://") { server.to_owned() } else { format!("http://{server}") };
+/// The endpoint of one node (`HOST:PORT`, or a URL whose scheme agrees with `security`).
+pub fn endpoint(server: &str, security: &ClientSecurity) -> Result<Endpoint, ClientError> {
+    let expected = match security {
+        ClientSecurity::Tls { .. } => "https",
+        ClientSecurity::Insecure => "http",
+    };
+    let url = match server.split_once("://") {
+        Some((scheme, _)) if scheme != expected => {
+            let running = if expected == "https" { "with TLS" } else { "insecure (without TLS)" };
+            return Err(ClientError::SchemeMismatch {
+                address: server.to_owned(),
+                scheme: scheme.to_owned(),
+                expected: running,
+            });
+        }
+        Some(_) => server.to_owned(),
+        None => format!("{expected}://{server}"),
+    };
     let address = server.to_owned();
     let endpoint = Endpoint::from_shared(url).map_err(|source| ClientError::BadAddress { address, source })?;
     if endpoint.uri().port_u16().is_none() {
         return Err(ClientError::NoPort { address: server.to_owned() });
     }
-    Ok(endpoint.connect_timeout(CONNECT_TIMEOUT))
+    let endpoint = endpoint.connect_timeout(CONNECT_TIMEOUT);
+    match security {
+        ClientSecurity::Insecure => Ok(endpoint),
+        #[cfg(not(madsim))]
+        ClientSecurity::Tls { ca_pem, identity } => {
+            let identity = identity.as_ref().map(|id| (id.cert_pem.as_str(), id.key_pem.as_str()));
+            endpoint
+                .tls_config(crate::tls::client_tls_config(ca_pem, identity))
+                .map_err(|source| ClientError::BadAddress { address: server.to_owned(), source })
+        }
+        #[cfg(madsim)]
+        ClientSecurity::Tls { .. } => Err(ClientError::TlsNotSimulated),
+    }
 }
 
 #[cfg(test)]
@@ -366,7 +468,7 @@ mod tests {
     /// Runs one call whose attempts get `answers` in turn; returns its error.
     async fn call_answered(answers: Vec<Status>) -> Status {
         let policy = RetryPolicy { backoff_min: Duration::from_millis(1), ..RetryPolicy::default() };
-        let mut client = ClusterClient::new(&["127.0.0.1:9".to_owned()], policy).unwrap();
+        let mut client = ClusterClient::new(&["127.0.0.1:9".to_owned()], policy, ClientSecurity::Insecure).unwrap();
         let mut answers = answers.into_iter();
         let result: Result<(), Status> = client
             .call(|_| {

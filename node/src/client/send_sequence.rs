@@ -64,10 +64,11 @@ impl SendSequence {
         (sequence, acknowledged_through)
     }
 
-    /// The request for a new message, numbered.
-    pub fn request(&mut self, token: String, to: String, body: String) -> SendMessageRequest {
+    /// The request for a new message, numbered (send it as the session these numbers are
+    /// of, with `cluster_call_as!`).
+    pub fn request(&mut self, to: String, body: String) -> SendMessageRequest {
         let (sequence, acknowledged_through) = self.begin();
-        SendMessageRequest { token, to, body, sequence, acknowledged_through }
+        SendMessageRequest { to, body, sequence, acknowledged_through }
     }
 
     /// The answer to `sequence` arrived (a message id or a definite error), or the caller

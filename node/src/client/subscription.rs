@@ -93,7 +93,7 @@ impl<'a> Subscription<'a> {
                     return Err(super::cluster_unreachable(policy.call_deadline, &self.last_failure, false));
                 }
                 let server = self.client.preferred;
-                let request = SubscribeRequest { token: self.token.clone(), after_id: self.last_delivered };
+                let request = super::authorized(SubscribeRequest { after_id: self.last_delivered }, &self.token)?;
                 let mut chat = self.client.chat_of(server);
                 let mut hint = None;
                 match tokio::time::timeout(policy.attempt_timeout, chat.subscribe(request)).await {

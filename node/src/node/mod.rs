@@ -5,4 +5,4 @@
 
 mod run;
 
-pub use run::{BoundAddresses, NodeConfig, NodeError, run_node};
+pub use run::{BoundAddresses, NodeConfig, NodeError, NodeSecurity, run_node};

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use chorus_proto::v1::chat_server::ChatServer;
@@ -22,13 +23,13 @@ use crate::cluster_config::ClusterConfig;
 use crate::replication::{NodeId, ReplicaError};
 use crate::runtime::{ChatState, HandOver, ReplicaSetup, ReplicationObserver, RuntimeError, start_runtime};
 use crate::seam::{NodeClock, os_seeded_rng};
-use crate::server::{ChatService, ClusterService, LeaderHints, StreamEnds};
+use crate::server::{ChatService, ClusterService, LeaderHints, RefusalCounts, StreamEnds};
 use crate::storage::{
     ClusterIdentity, Creation, DataDir, DataDirError, LogStore, LogStoreError, LogStoreFactory, SharedLog, SqliteLog,
 };
 use crate::transport::{
-    GrpcTransport, PEER_DELIVERIES_MAX, PEER_DELIVERIES_PER_CONNECTION_MAX, PEER_DELIVERY_TIMEOUT,
-    PEER_KEEPALIVE_INTERVAL, PEER_KEEPALIVE_TIMEOUT, RAFT_BATCH_BYTES_MAX, RaftService, peer_inbox,
+    GrpcTransport, LinkSecurity, PEER_DELIVERIES_MAX, PEER_DELIVERIES_PER_CONNECTION_MAX, PEER_DELIVERY_TIMEOUT,
+    PEER_KEEPALIVE_INTERVAL, PEER_KEEPALIVE_TIMEOUT, PeerAuthentication, RAFT_BATCH_BYTES_MAX, RaftService, peer_inbox,
 };
 use crate::watch::Watch;
 
@@ -39,6 +40,40 @@ const SHUTDOWN_GRACE_PERIOD: Duration = Duration::from_secs(5);
 /// How often a node pings an idle client connection, and how long it waits for the answer.
 const CLIENT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const CLIENT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Whether a node's connections are encrypted and its peers authenticated.
+#[derive(Clone)]
+pub enum NodeSecurity {
+    /// TLS on both ports with this material: clients verify the node, and peers verify each
+    /// other (mutual TLS; a batch must come from the member its connection's certificate
+    /// names).
+    #[cfg(not(madsim))]
+    Tls(Arc<crate::tls::NodeTls>),
+    /// Plaintext, unauthenticated peers (`--insecure`; the simulation, which has no TLS).
+    Insecure,
+}
+
+impl NodeSecurity {
+    fn is_tls(&self) -> bool {
+        !matches!(self, NodeSecurity::Insecure)
+    }
+
+    fn link_security(&self) -> LinkSecurity {
+        match self {
+            #[cfg(not(madsim))]
+            NodeSecurity::Tls(tls) => LinkSecurity::Tls(Arc::clone(tls)),
+            NodeSecurity::Insecure => LinkSecurity::Plain,
+        }
+    }
+
+    fn peer_authentication(&self) -> PeerAuthentication {
+        match self {
+            #[cfg(not(madsim))]
+            NodeSecurity::Tls(_) => PeerAuthentication::Certificate,
+            NodeSecurity::Insecure => PeerAuthentication::Unauthenticated,
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct NodeConfig {
@@ -60,6 +95,7 @@ pub struct NodeConfig {
     pub bootstrap: bool,
     /// The node's clocks: the machine's, or a simulated node's own skewed ones.
     pub clock: NodeClock,
+    pub security: NodeSecurity,
 }
 
 /// The addresses a started node actually listens on.
@@ -133,7 +169,18 @@ async fn serve(
     let peers: BTreeMap<NodeId, String> =
         cluster.members.iter().filter(|m| m.id != node_id).map(|m| (m.id, m.peer_address.clone())).collect();
     let clustered = !peers.is_empty();
-    let transport = GrpcTransport::start(cluster.cluster_id.clone(), node_id, peers, stopping.clone());
+    let transport = GrpcTransport::start(
+        cluster.cluster_id.clone(),
+        node_id,
+        peers,
+        config.security.link_security(),
+        stopping.clone(),
+    );
+    let refusals = RefusalCounts {
+        tls: config.security.is_tls(),
+        peer_batches: Arc::new(AtomicU64::new(0)),
+        connections: Arc::new(AtomicU64::new(0)),
+    };
     let (inbox_tx, inbox) = peer_inbox();
     let mut rng = os_seeded_rng();
     let setup = ReplicaSetup {
@@ -148,17 +195,17 @@ async fn serve(
     // the thread and wait for it (it holds the log; see the serve error below).
     let hasher = PasswordHasher::new(config.password_hash_cost, &mut rng)?;
     #[cfg(not(madsim))]
-    let (client_incoming, client_bound, peer_incoming, peer_bound) = {
-        use tonic::transport::server::TcpIncoming;
-        let bind = |addr: SocketAddr| {
-            let incoming = TcpIncoming::bind(addr).map_err(|source| NodeError::Bind { addr, source })?;
-            let bound = incoming.local_addr().map_err(|source| NodeError::Bind { addr, source })?;
-            Ok::<_, NodeError>((incoming, bound))
+    let (client_listener, client_bound, peer_listener, peer_bound) = {
+        let bind = |addr: SocketAddr| async move {
+            let listener =
+                tokio::net::TcpListener::bind(addr).await.map_err(|source| NodeError::Bind { addr, source })?;
+            let bound = listener.local_addr().map_err(|source| NodeError::Bind { addr, source })?;
+            Ok::<_, NodeError>((listener, bound))
         };
-        let (client_incoming, client_bound) = bind(config.client_listen)?;
-        let (peer_incoming, peer_bound) =
-            if clustered { bind(config.peer_listen).map(|(i, b)| (Some(i), Some(b)))? } else { (None, None) };
-        (client_incoming, client_bound, peer_incoming, peer_bound)
+        let (client_listener, client_bound) = bind(config.client_listen).await?;
+        let (peer_listener, peer_bound) =
+            if clustered { bind(config.peer_listen).await.map(|(l, b)| (Some(l), Some(b)))? } else { (None, None) };
+        (client_listener, client_bound, peer_listener, peer_bound)
     };
     let (runtime, raft) = start_runtime(setup, log, Arc::clone(&chat), transport, inbox)?;
     let mut runtime_task = crate::seam::spawn_dedicated(RAFT_THREAD_NAME, runtime.run(stopping.clone()));
@@ -173,17 +220,12 @@ async fn serve(
         leader_known: raft.watch_leader_known(),
         // Two election timeouts: an election that was going to succeed is over by then.
         leaderless_max: Duration::from_millis(2 * cluster.timing.election_timeout_max_ms),
+        clock: config.clock.clone(),
     };
-    let chat_service = ChatService::new(
-        Arc::clone(&chat),
-        Arc::new(raft.clone()),
-        hasher,
-        rng,
-        stream_ends,
-        hints,
-        config.clock.clone(),
-    );
-    let cluster_service = ClusterService::new(node_id, cluster.clone(), raft.clone(), Arc::clone(&chat));
+    let chat_service =
+        ChatService::new(Arc::clone(&chat), Arc::new(raft.clone()), hasher, rng, stream_ends, hints, &cluster.limits);
+    let cluster_service =
+        ClusterService::new(node_id, cluster.clone(), raft.clone(), Arc::clone(&chat), refusals.clone());
     let client_router = tonic::transport::Server::builder()
         .trace_fn(rpc_span.clone())
         // A client that vanished without closing its connection (a dead machine, a cut
@@ -192,7 +234,14 @@ async fn serve(
         .http2_keepalive_timeout(Some(CLIENT_KEEPALIVE_TIMEOUT))
         .add_service(ChatServer::new(chat_service).max_decoding_message_size(REQUEST_BYTES_MAX))
         .add_service(ClusterServer::new(cluster_service));
-    let raft_service = RaftService::new(cluster.cluster_id.clone(), node_id, cluster.member_ids(), inbox_tx);
+    let raft_service = RaftService::new(
+        cluster.cluster_id.clone(),
+        node_id,
+        cluster.member_ids(),
+        inbox_tx,
+        config.security.peer_authentication(),
+        Arc::clone(&refusals.peer_batches),
+    );
     let peer_router = tonic::transport::Server::builder()
         .trace_fn(rpc_span)
         .timeout(PEER_DELIVERY_TIMEOUT)
@@ -210,8 +259,17 @@ async fn serve(
     };
     #[cfg(not(madsim))]
     let (client_server, peer_server, bound) = {
+        use crate::tls::{Handshake, Refusals, Side, incoming};
+        let handshake = |side: Side| match &config.security {
+            NodeSecurity::Tls(tls) => Handshake::Tls { tls: Arc::clone(tls), side },
+            NodeSecurity::Insecure => Handshake::Plain,
+        };
+        let port_refusals = Arc::new(Refusals::new(Arc::clone(&refusals.connections)));
+        let client_incoming = incoming(client_listener, "client", handshake(Side::Client), Arc::clone(&port_refusals));
         let client_server =
             client_router.serve_with_incoming_shutdown(client_incoming, wait_for_stop(stopping.clone()));
+        let peer_incoming =
+            peer_listener.map(|listener| incoming(listener, "peer", handshake(Side::Peer), port_refusals));
         let peer_server = async {
             match peer_incoming {
                 Some(incoming) => {
@@ -237,7 +295,14 @@ async fn serve(
         let peer = clustered.then_some(config.peer_listen);
         (client_server, peer_server, BoundAddresses { client: config.client_listen, peer })
     };
-    tracing::info!(client = %bound.client, peer = ?bound.peer, "serving");
+    tracing::info!(client = %bound.client, peer = ?bound.peer, tls = config.security.is_tls(), "serving");
+    #[cfg(not(madsim))]
+    if !config.security.is_tls() {
+        tracing::warn!(
+            "running WITHOUT TLS (--insecure): passwords and messages cross the network in clear, and \
+             anyone who can reach the peer port can speak for any member; use it only on a trusted loopback"
+        );
+    }
     on_ready(bound);
 
     let servers = async { tokio::try_join!(client_server, peer_server) };
@@ -352,6 +417,7 @@ mod tests {
             log_store: None,
             bootstrap: true,
             clock: NodeClock::system(),
+            security: NodeSecurity::Insecure,
         };
         // A single node elects itself and applies its no-op: one applied entry.
         let applied = observer.1.notified();

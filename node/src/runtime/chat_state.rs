@@ -203,6 +203,7 @@ mod tests {
                 password_hash: "h".to_owned(),
                 created_at_ms: 1,
             })),
+            proposed_at_ms: 0,
         })
     }
 
@@ -338,7 +339,9 @@ mod tests {
                 user_id: 1,
                 token_hash: token_hash.clone(),
                 opened_at_ms: 1,
+                expires_at_ms: 0,
             })),
+            proposed_at_ms: 0,
         };
         state
             .apply_blocking(&[(1, create("alice")), (2, create("bob")), (3, create("carol")), (4, Some(open))])
@@ -355,6 +358,7 @@ mod tests {
                 sequence: 1,
                 acknowledged_through: 0,
             })),
+            proposed_at_ms: 0,
         };
         state.apply_blocking(&[(5, Some(send))]).unwrap();
         let after = versions([&alice, &bob, &carol]);

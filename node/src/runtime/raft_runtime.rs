@@ -748,6 +748,7 @@ mod tests {
                 password_hash: "h".into(),
                 created_at_ms: 1,
             })),
+            proposed_at_ms: 0,
         };
         assert!(matches!(handle.propose(create).await, Err(ProposeError::Quarantined(_))));
         assert!(matches!(handle.read_fence().await, Err(ProposeError::Quarantined(_))));

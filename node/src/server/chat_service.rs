@@ -6,24 +6,28 @@
 //! then query the applied state.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chorus_proto::v1::chat_server::Chat;
 use chorus_proto::v1::{
-    CloseSessionCommand, Command, CreateAccountCommand, CreateAccountRequest, CreateAccountResponse,
-    DeleteAccountCommand, DeleteAccountRequest, DeleteAccountResponse, DeleteMessagesCommand, DeleteMessagesRequest,
-    DeleteMessagesResponse, HistoryRequest, HistoryResponse, ListAccountsRequest, ListAccountsResponse, LoginRequest,
-    LoginResponse, LogoutRequest, LogoutResponse, OpenSessionCommand, ReadMessagesCommand, ReadMessagesRequest,
-    ReadMessagesResponse, SendMessageCommand, SendMessageRequest, SendMessageResponse, SubscribeRequest, command,
+    ChangePasswordCommand, ChangePasswordRequest, ChangePasswordResponse, CloseSessionCommand, Command,
+    CreateAccountCommand, CreateAccountRequest, CreateAccountResponse, DeleteAccountCommand, DeleteAccountRequest,
+    DeleteAccountResponse, DeleteMessagesCommand, DeleteMessagesRequest, DeleteMessagesResponse, HistoryRequest,
+    HistoryResponse, ListAccountsRequest, ListAccountsResponse, LoginRequest, LoginResponse, LogoutRequest,
+    LogoutResponse, OpenSessionCommand, ReadMessagesCommand, ReadMessagesRequest, ReadMessagesResponse,
+    SendMessageCommand, SendMessageRequest, SendMessageResponse, SubscribeRequest, command,
 };
 use rand::rngs::StdRng;
 use tonic::{Request, Response, Status};
 
 use super::password_pool::PasswordPool;
+use super::rate_limit::{ChatLimits, client_ip};
 use super::status::{self, LeaderHints};
 use super::subscription::{self, StreamEnds, SubscriptionStream, Subscriptions};
 use crate::chat::credentials::{self, PasswordHasher};
 use crate::chat::limits::{REPLY_BYTES_MAX, TOKEN_BYTES_MAX};
 use crate::chat::{Outcome, SessionUser, validate};
+use crate::cluster_config::Limits;
 use crate::runtime::{ChatState, Proposer};
 use crate::seam::NodeClock;
 
@@ -37,8 +41,13 @@ pub struct ChatService<P> {
     stream_ends: StreamEnds,
     hints: LeaderHints,
     subscriptions: Arc<Subscriptions>,
-    /// Stamps what people see (message and session times); decides nothing.
+    /// Stamps what people see (message times) and the proposal time of each command,
+    /// which the log's time (session expiry) follows.
     clock: NodeClock,
+    /// How long a session opened here lasts.
+    session_lifetime: Duration,
+    /// Login attempts per account and per address, sends per account.
+    limits: ChatLimits,
 }
 
 impl<P: Proposer> ChatService<P> {
@@ -49,8 +58,10 @@ impl<P: Proposer> ChatService<P> {
         rng: StdRng,
         stream_ends: StreamEnds,
         hints: LeaderHints,
-        clock: NodeClock,
+        limits: &Limits,
     ) -> Self {
+        // The node's clock, the one its streams end by.
+        let clock = stream_ends.clock.clone();
         Self {
             state,
             proposer,
@@ -61,16 +72,37 @@ impl<P: Proposer> ChatService<P> {
             stream_ends,
             hints,
             subscriptions: Arc::default(),
+            limits: ChatLimits::new(limits, &clock),
             clock,
+            session_lifetime: limits.session_lifetime(),
         }
     }
 
     async fn propose(&self, kind: command::Kind) -> Result<Outcome, Status> {
-        self.proposer.propose(Command { kind: Some(kind) }).await.map_err(|e| self.hints.propose_error(e))
+        let command = Command { kind: Some(kind), proposed_at_ms: self.clock.unix_time_ms() };
+        self.proposer.propose(command).await.map_err(|e| self.hints.propose_error(e))
     }
 
     async fn read_fence(&self) -> Result<(), Status> {
         self.proposer.read_fence().await.map_err(|e| self.hints.propose_error(e))
+    }
+
+    /// The live account behind a token and its stored password hash, for a request that
+    /// checks the password (after making sure the password pool has room for it).
+    async fn session_credentials(
+        &self,
+        token_hash: Vec<u8>,
+    ) -> Result<(SessionUser, Vec<u8>, crate::chat::Credentials), Status> {
+        self.passwords.refuse_if_full()?;
+        let (user, token_hash) = self.session(token_hash).await?;
+        let lookup = user.username.clone();
+        let credentials = self
+            .state
+            .read(move |reader| reader.credentials(&lookup))
+            .await
+            .map_err(status::read)?
+            .ok_or_else(status::session_invalid)?;
+        Ok((user, token_hash, credentials))
     }
 
     fn with_rng<R>(&self, draw: impl FnOnce(&mut StdRng) -> R) -> R {
@@ -78,23 +110,36 @@ impl<P: Proposer> ChatService<P> {
     }
 
     /// The live account behind a token, after the read fence.
-    async fn session(&self, token: &str) -> Result<(SessionUser, Vec<u8>), Status> {
-        let token_hash = token_hash(token)?;
+    async fn session(&self, token_hash: Vec<u8>) -> Result<(SessionUser, Vec<u8>), Status> {
         self.read_fence().await?;
-        let lookup = token_hash.clone();
-        let user = self.state.read(move |reader| reader.session_user(&lookup)).await.map_err(status::read)?;
+        let (lookup, now_ms) = (token_hash.clone(), self.clock.unix_time_ms());
+        let user = self.state.read(move |reader| reader.session_user(&lookup, now_ms)).await.map_err(status::read)?;
         Ok((user.ok_or_else(status::session_invalid)?, token_hash))
     }
 }
 
-/// Hashes a presented token; an implausible one cannot name a session.
-fn token_hash(token: &str) -> Result<Vec<u8>, Status> {
-    if token.is_empty() {
-        return Err(status::error(
-            tonic::Code::Unauthenticated,
-            chorus_proto::wire::SESSION_INVALID,
-            "no session token given: log in first",
+/// The hash of the session token a request presents in its metadata
+/// (`authorization: Bearer <token>`, see chat.proto): the one place a token is read. Only
+/// its hash goes further (into commands and lookups); an implausible token cannot name a
+/// session.
+fn bearer_token_hash<T>(request: &Request<T>) -> Result<Vec<u8>, Status> {
+    let refuse = |message: &str| {
+        status::error(tonic::Code::Unauthenticated, chorus_proto::wire::SESSION_INVALID, message.to_owned())
+    };
+    let mut values = request.metadata().get_all(chorus_proto::wire::AUTHORIZATION).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return Err(refuse(
+            "no session: send 'authorization: Bearer TOKEN' (exactly one) with the token Login returned",
         ));
+    };
+    let value = value.to_str().map_err(|_| refuse("the authorization metadata is not printable ASCII"))?;
+    let prefix = chorus_proto::wire::BEARER_PREFIX;
+    let token = match value.get(..prefix.len()) {
+        Some(scheme) if scheme.eq_ignore_ascii_case(prefix) => &value[prefix.len()..],
+        _ => return Err(refuse("the authorization metadata must be 'Bearer TOKEN'")),
+    };
+    if token.is_empty() {
+        return Err(refuse("the authorization metadata holds no token: log in first"));
     }
     if token.len() > TOKEN_BYTES_MAX {
         return Err(status::session_invalid());
@@ -154,9 +199,13 @@ impl<P: Proposer> Chat for ChatService<P> {
     }
 
     async fn login(&self, request: Request<LoginRequest>) -> Result<Response<LoginResponse>, Status> {
+        let address = client_ip(&request);
         let request = request.into_inner();
         let username = validate::canonical_username(&request.username).map_err(status::invalid)?;
         validate::offered_password(&request.password).map_err(status::invalid)?;
+        // Before anything that costs: a flood of attempts is turned away here.
+        self.limits.login(&username, address)?;
+        self.passwords.refuse_if_full()?;
         self.read_fence().await?;
         let lookup = username.clone();
         let credentials = self.state.read(move |reader| reader.credentials(&lookup)).await.map_err(status::read)?;
@@ -176,16 +225,20 @@ impl<P: Proposer> Chat for ChatService<P> {
             return Err(status::login_failed());
         };
         let token = self.with_rng(credentials::new_session_token);
+        let opened_at_ms = self.clock.unix_time_ms();
+        let lifetime_ms = u64::try_from(self.session_lifetime.as_millis()).unwrap_or(u64::MAX);
         let outcome = self
             .propose(command::Kind::OpenSession(OpenSessionCommand {
                 user_id: credentials.user_id,
                 token_hash: credentials::token_hash(&token),
-                opened_at_ms: self.clock.unix_time_ms(),
+                opened_at_ms,
+                // Within SQLite's integers: a session that outlives them lasts "forever".
+                expires_at_ms: opened_at_ms.saturating_add(lifetime_ms).min(validate::SQL_INTEGER_MAX),
             }))
             .await?;
         match outcome {
-            Outcome::SessionOpened { username, unread_count } => {
-                Ok(Response::new(LoginResponse { token, unread_count, username }))
+            Outcome::SessionOpened { username, unread_count, expires_at_ms } => {
+                Ok(Response::new(LoginResponse { token, unread_count, username, expires_at_ms }))
             }
             Outcome::Rejected(rejection) => Err(status::rejection(rejection)),
             other => Err(unexpected(other)),
@@ -193,7 +246,7 @@ impl<P: Proposer> Chat for ChatService<P> {
     }
 
     async fn logout(&self, request: Request<LogoutRequest>) -> Result<Response<LogoutResponse>, Status> {
-        let token_hash = token_hash(&request.into_inner().token)?;
+        let token_hash = bearer_token_hash(&request)?;
         match self.propose(command::Kind::CloseSession(CloseSessionCommand { token_hash })).await? {
             Outcome::SessionClosed => Ok(Response::new(LogoutResponse {})),
             Outcome::Rejected(rejection) => Err(status::rejection(rejection)),
@@ -229,11 +282,18 @@ impl<P: Proposer> Chat for ChatService<P> {
         &self,
         request: Request<SendMessageRequest>,
     ) -> Result<Response<SendMessageResponse>, Status> {
+        let token_hash = bearer_token_hash(&request)?;
         let request = request.into_inner();
-        let token_hash = token_hash(&request.token)?;
         let to = validate::canonical_username(&request.to).map_err(status::invalid)?;
         validate::message_body(&request.body).map_err(status::invalid)?;
         validate::send_sequence(request.sequence, request.acknowledged_through).map_err(status::invalid)?;
+        // The account is limited, not the session (an account may hold 64). A session this
+        // node has not applied yet is left to apply, which refuses it if it does not exist.
+        let (lookup, now_ms) = (token_hash.clone(), self.clock.unix_time_ms());
+        let sender = self.state.read(move |reader| reader.session_user(&lookup, now_ms)).await.map_err(status::read)?;
+        if let Some(sender) = sender {
+            self.limits.send(sender.user_id)?;
+        }
         let outcome = self
             .propose(command::Kind::SendMessage(SendMessageCommand {
                 token_hash,
@@ -258,8 +318,8 @@ impl<P: Proposer> Chat for ChatService<P> {
         &self,
         request: Request<ReadMessagesRequest>,
     ) -> Result<Response<ReadMessagesResponse>, Status> {
+        let token_hash = bearer_token_hash(&request)?;
         let request = request.into_inner();
-        let token_hash = token_hash(&request.token)?;
         validate::request_id(&request.request_id).map_err(status::invalid)?;
         let outcome = self
             .propose(command::Kind::ReadMessages(ReadMessagesCommand {
@@ -280,11 +340,12 @@ impl<P: Proposer> Chat for ChatService<P> {
     }
 
     async fn history(&self, request: Request<HistoryRequest>) -> Result<Response<HistoryResponse>, Status> {
+        let token_hash = bearer_token_hash(&request)?;
         let request = request.into_inner();
         let peer = request.peer.as_deref().map(validate::canonical_username).transpose().map_err(status::invalid)?;
         let limit = validate::page_size(request.limit);
         let before_id = if request.before_id == 0 { u64::MAX } else { request.before_id };
-        let (user, _) = self.session(&request.token).await?;
+        let (user, _) = self.session(token_hash).await?;
         let page = self
             .state
             .read(move |reader| {
@@ -317,11 +378,56 @@ impl<P: Proposer> Chat for ChatService<P> {
         &self,
         request: Request<DeleteMessagesRequest>,
     ) -> Result<Response<DeleteMessagesResponse>, Status> {
+        let token_hash = bearer_token_hash(&request)?;
         let request = request.into_inner();
-        let token_hash = token_hash(&request.token)?;
         let ids = validate::message_ids(&request.ids).map_err(status::invalid)?;
         match self.propose(command::Kind::DeleteMessages(DeleteMessagesCommand { token_hash, ids })).await? {
             Outcome::MessagesDeleted { count } => Ok(Response::new(DeleteMessagesResponse { deleted: count })),
+            Outcome::Rejected(rejection) => Err(status::rejection(rejection)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn change_password(
+        &self,
+        request: Request<ChangePasswordRequest>,
+    ) -> Result<Response<ChangePasswordResponse>, Status> {
+        let token_hash = bearer_token_hash(&request)?;
+        let request = request.into_inner();
+        validate::offered_password(&request.old_password).map_err(status::invalid)?;
+        validate::new_password(&request.new_password).map_err(status::invalid)?;
+        let (user, token_hash, credentials) = self.session_credentials(token_hash).await?;
+        let stored_hash = credentials.password_hash.clone();
+        let mut salt_rng: StdRng = self.with_rng(rand::SeedableRng::from_rng);
+        let new_password_hash = self
+            .passwords
+            .run(move |hasher, memory| {
+                if !hasher.verify(&request.old_password, &stored_hash, memory) {
+                    return Ok(None);
+                }
+                hasher.hash(&request.new_password, &mut salt_rng, memory).map(Some)
+            })
+            .await?
+            .map_err(|e| status::internal(e.to_string()))?;
+        let Some(new_password_hash) = new_password_hash else {
+            return Err(status::error(
+                tonic::Code::Unauthenticated,
+                chorus_proto::wire::WRONG_PASSWORD,
+                "wrong password: the password was not changed",
+            ));
+        };
+        let outcome = self
+            .propose(command::Kind::ChangePassword(ChangePasswordCommand {
+                token_hash,
+                old_password_hash: credentials.password_hash,
+                new_password_hash,
+            }))
+            .await?;
+        match outcome {
+            Outcome::PasswordChanged { sessions_ended } => {
+                tracing::info!(username = %user.username, sessions_ended, "password changed");
+                Ok(Response::new(ChangePasswordResponse { sessions_ended }))
+            }
             Outcome::Rejected(rejection) => Err(status::rejection(rejection)),
             other => Err(unexpected(other)),
         }
@@ -331,16 +437,10 @@ impl<P: Proposer> Chat for ChatService<P> {
         &self,
         request: Request<DeleteAccountRequest>,
     ) -> Result<Response<DeleteAccountResponse>, Status> {
+        let token_hash = bearer_token_hash(&request)?;
         let request = request.into_inner();
         validate::offered_password(&request.password).map_err(status::invalid)?;
-        let (user, token_hash) = self.session(&request.token).await?;
-        let lookup = user.username.clone();
-        let credentials = self
-            .state
-            .read(move |reader| reader.credentials(&lookup))
-            .await
-            .map_err(status::read)?
-            .ok_or_else(status::session_invalid)?;
+        let (user, token_hash, credentials) = self.session_credentials(token_hash).await?;
         let stored_hash = credentials.password_hash.clone();
         let verified =
             self.passwords.run(move |hasher, memory| hasher.verify(&request.password, &stored_hash, memory)).await?;
@@ -371,8 +471,8 @@ impl<P: Proposer> Chat for ChatService<P> {
     type SubscribeStream = SubscriptionStream;
 
     async fn subscribe(&self, request: Request<SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+        let token_hash = bearer_token_hash(&request)?;
         let request = request.into_inner();
-        let token_hash = token_hash(&request.token)?;
         if let Some(fault) = self.stream_ends.fault.get() {
             // A node that takes no part will never deliver anything new.
             return Err(status::not_applied(fault));
@@ -381,12 +481,13 @@ impl<P: Proposer> Chat for ChatService<P> {
         // applied and catches up as it applies more; resuming by after_id makes that safe
         // on any node. But a session this node does not know yet may be one it has not
         // applied: only the leader, after a fence, may say it does not exist.
-        let lookup = token_hash.clone();
-        let mut user = self.state.read(move |reader| reader.session_user(&lookup)).await.map_err(status::read)?;
+        let (lookup, now_ms) = (token_hash.clone(), self.clock.unix_time_ms());
+        let mut user =
+            self.state.read(move |reader| reader.session_user(&lookup, now_ms)).await.map_err(status::read)?;
         if user.is_none() {
             self.read_fence().await?;
             let lookup = token_hash.clone();
-            user = self.state.read(move |reader| reader.session_user(&lookup)).await.map_err(status::read)?;
+            user = self.state.read(move |reader| reader.session_user(&lookup, now_ms)).await.map_err(status::read)?;
         }
         let user = user.ok_or_else(status::session_invalid)?;
         let slot = self.subscriptions.open(&token_hash, user.user_id)?;

@@ -1,6 +1,7 @@
 //! The `chorus.v1.Cluster` service: what this node knows of itself and its peers.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chorus_proto::v1::cluster_server::Cluster;
 use chorus_proto::v1::{self as pb, StatusRequest, StatusResponse};
@@ -11,16 +12,32 @@ use crate::cluster_config::ClusterConfig;
 use crate::replication::Role;
 use crate::runtime::{ChatState, RaftHandle};
 
+/// What a node has refused from the network, for `cluster status`, and how it serves.
+#[derive(Clone)]
+pub struct RefusalCounts {
+    /// The node serves TLS: the cluster methods then need a client certificate.
+    pub tls: bool,
+    pub peer_batches: Arc<AtomicU64>,
+    pub connections: Arc<AtomicU64>,
+}
+
 pub struct ClusterService {
     node_id: u64,
     cluster: ClusterConfig,
     raft: RaftHandle,
     chat: Arc<ChatState>,
+    refusals: RefusalCounts,
 }
 
 impl ClusterService {
-    pub fn new(node_id: u64, cluster: ClusterConfig, raft: RaftHandle, chat: Arc<ChatState>) -> Self {
-        Self { node_id, cluster, raft, chat }
+    pub fn new(
+        node_id: u64,
+        cluster: ClusterConfig,
+        raft: RaftHandle,
+        chat: Arc<ChatState>,
+        refusals: RefusalCounts,
+    ) -> Self {
+        Self { node_id, cluster, raft, chat, refusals }
     }
 }
 
@@ -33,9 +50,28 @@ fn role(role: Role) -> pb::Role {
     }
 }
 
+impl ClusterService {
+    /// Refuses a caller without a cluster credential: under TLS, a client certificate the
+    /// handshake verified against the cluster's CA (an operator's or a node's).
+    fn require_credential<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        #[cfg(not(madsim))]
+        if self.refusals.tls && crate::tls::connection_info(request).is_none_or(|info| info.peer_certs.is_none()) {
+            return Err(status::error(
+                tonic::Code::Unauthenticated,
+                chorus_proto::wire::CREDENTIAL_REQUIRED,
+                "the cluster methods need a cluster credential: a client certificate from the cluster's CA \
+                 (`chorus certs client NAME`; pass --cert and --key)",
+            ));
+        }
+        let _ = request;
+        Ok(())
+    }
+}
+
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn status(&self, request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        self.require_credential(&request)?;
         let replica = self.raft.replica_status().await.ok_or_else(|| {
             status::error(tonic::Code::Unavailable, chorus_proto::wire::SHUTTING_DOWN, "this node is stopping")
         })?;
@@ -80,6 +116,9 @@ impl Cluster for ClusterService {
             members,
             state_digest,
             fault: self.raft.fault().unwrap_or_default(),
+            tls: self.refusals.tls,
+            peer_batches_refused: self.refusals.peer_batches.load(Ordering::Relaxed),
+            connections_refused: self.refusals.connections.load(Ordering::Relaxed),
         }))
     }
 }

@@ -31,6 +31,18 @@ impl PasswordPool {
         Self { hasher: Arc::new(hasher), memories: BlockingPool::new(memories, WAITING_MAX) }
     }
 
+    /// Refuses now if as many requests wait as the pool admits: a request that will need
+    /// a password check asks before it does anything else that costs (a read fence is a
+    /// heartbeat round), so that a flood of logins is turned away cheaply.
+    pub fn refuse_if_full(&self) -> Result<(), Status> {
+        if self.memories.waiting() >= WAITING_MAX {
+            return Err(status::overloaded(format!(
+                "password checks on this node: {WAITING_MAX} requests already wait; retry shortly"
+            )));
+        }
+        Ok(())
+    }
+
     /// Runs `work` (a hash or a check) on a worker, or refuses it if too many wait.
     pub async fn run<R, F>(&self, work: F) -> Result<R, Status>
     where

@@ -123,6 +123,18 @@ pub fn overloaded(message: impl Into<String>) -> Status {
     with_details(Code::ResourceExhausted, wire::OVERLOADED, message, BTreeMap::new(), Some(RETRY_OVERLOADED))
 }
 
+/// A request over one of the `[limits]`: `what` says which, for a person.
+pub fn rate_limited(what: &str, retry_after: Duration) -> Status {
+    let seconds = retry_after.as_millis().div_ceil(1000).max(1);
+    with_details(
+        Code::ResourceExhausted,
+        wire::RATE_LIMITED,
+        format!("too many {what} on this node: retry in {seconds} s"),
+        BTreeMap::new(),
+        Some(retry_after),
+    )
+}
+
 pub fn storage(error: StateMachineError) -> Status {
     tracing::error!(%error, "storage failure while serving a read");
     self::error(Code::Unavailable, wire::STORAGE_FAILURE, format!("storage failure on this node: {error}"))

@@ -143,6 +143,8 @@ pub struct StreamEnds {
     /// Whether the node knows a leader (it changes only when that does).
     pub leader_known: Watch<bool>,
     pub leaderless_max: Duration,
+    /// The node's clock: a session that expires ends its streams.
+    pub clock: crate::seam::NodeClock,
 }
 
 /// Returns once the node has known no leader for `max` on end.
@@ -154,6 +156,9 @@ async fn leaderless_for(leader_known: &Watch<bool>, max: Duration) {
         }
     }
 }
+
+/// Longest a stream waits before looking at its session's expiry again.
+const EXPIRY_WAIT_MAX: Duration = Duration::from_secs(24 * 3600);
 
 /// What the next fetch produced.
 enum Fetched {
@@ -169,17 +174,20 @@ async fn fetch(mut cursor: Cursor) -> (Cursor, Fetched) {
         // wakes the wait below, so nothing slips between the two.
         let seen = cursor.mailbox.watch().version();
         let (token_hash, user_id, after) = (cursor.token_hash.clone(), cursor.user_id, cursor.last_delivered);
+        let now_ms = cursor.ends.clock.unix_time_ms();
         let fetched = cursor
             .state
             .read(move |reader| {
-                if reader.session_user(&token_hash)?.is_none_or(|session| session.user_id != user_id) {
+                let session = reader.session_user(&token_hash, now_ms)?;
+                let Some(session) = session.filter(|session| session.user_id == user_id) else {
                     return Ok(None);
-                }
-                reader.received_after(user_id, after, FETCH_MESSAGES_MAX, FETCH_BYTES_MAX).map(Some)
+                };
+                let page = reader.received_after(user_id, after, FETCH_MESSAGES_MAX, FETCH_BYTES_MAX)?;
+                Ok(Some((page, session.expires_at_ms)))
             })
             .await;
-        let page = match fetched {
-            Ok(Some(page)) => page,
+        let (page, expires_at_ms) = match fetched {
+            Ok(Some(fetched)) => fetched,
             Ok(None) => return (cursor, Fetched::End(status::session_invalid())),
             Err(error) => return (cursor, Fetched::End(status::read(error))),
         };
@@ -189,9 +197,14 @@ async fn fetch(mut cursor: Cursor) -> (Cursor, Fetched) {
             return (cursor, Fetched::Messages(page.messages));
         }
         // `biased`: a fixed polling order keeps simulations replayable.
+        // The session's expiry by this node's clock ends the wait too: the next fetch then
+        // finds it expired.
+        // (At most a day at a time: a far expiry is no deadline a timer needs to hold.)
+        let until_expiry = Duration::from_millis(expires_at_ms.saturating_sub(now_ms)).min(EXPIRY_WAIT_MAX);
         let end = tokio::select! {
             biased;
             _ = cursor.mailbox.watch().changed_since(seen) => None,
+            () = tokio::time::sleep(until_expiry) => None,
             _ = cursor.ends.stopping.wait_for(|stopping| *stopping) => {
                 Some(status::error(Code::Unavailable, wire::SHUTTING_DOWN, "this node is shutting down"))
             }

@@ -21,8 +21,13 @@ use chorus_proto::v1::{Role, StatusRequest, StatusResponse};
 pub use ports::{PortClaim, PortError, claim_loopback_port, claim_loopback_ports};
 pub use process::{NodeProcess, ProcessError, listening_line, parse_listening_line};
 
-use crate::cluster_config::{ClusterConfig, ClusterConfigError, MemberConfig, Timing};
+use crate::client::{ClientError, ClientIdentity, ClientSecurity};
+use crate::cluster_config::{ClusterConfig, ClusterConfigError, Limits, MemberConfig, Timing};
 use crate::replication::NodeId;
+use crate::tls::{CA_CERT_FILE, CertificateAuthority, TlsError, Validity, client_files, node_files};
+
+/// The client certificate a supervisor issues itself, to call the cluster methods.
+pub const OPERATOR_CLIENT: &str = "operator";
 
 /// How long one status call may take before a node counts as not answering.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -43,6 +48,10 @@ pub enum SupervisorError {
     AlreadyRunning(NodeId),
     #[error("no node reported itself leader within {timeout:?}; the logs are under {dir}")]
     NoLeader { timeout: Duration, dir: PathBuf },
+    #[error("certificates in {dir}: {source}")]
+    Certificates { dir: PathBuf, source: TlsError },
+    #[error(transparent)]
+    Client(#[from] ClientError),
 }
 
 /// How member processes are started.
@@ -60,6 +69,9 @@ pub struct Launch {
     /// only the supervisor, which then stops the nodes itself (the demo). Off, a Ctrl-C
     /// stops the nodes with their supervisor (tests: nothing outlives an interrupted run).
     pub own_process_group: bool,
+    /// Run the nodes with `--insecure` (no TLS). Otherwise the cluster has its own CA and
+    /// certificates in `DIR/certs`, made on its first start.
+    pub insecure: bool,
 }
 
 impl Launch {
@@ -70,6 +82,7 @@ impl Launch {
             log_filter: None,
             start_timeout: Duration::from_secs(30),
             own_process_group: false,
+            insecure: false,
         }
     }
 }
@@ -89,6 +102,8 @@ pub struct LocalCluster {
     config: ClusterConfig,
     launch: Launch,
     members: BTreeMap<NodeId, Member>,
+    /// How clients (and this supervisor) reach the nodes.
+    security: ClientSecurity,
     /// The ports of a cluster created here, held for as long as it runs.
     _ports: Vec<PortClaim>,
 }
@@ -101,6 +116,7 @@ impl LocalCluster {
         cluster_id: &str,
         members: u64,
         timing: Timing,
+        limits: Limits,
         header: &str,
         launch: Launch,
     ) -> Result<Self, SupervisorError> {
@@ -114,7 +130,7 @@ impl LocalCluster {
                 data_dir: Some(dir.join(format!("node-{id}"))),
             })
             .collect();
-        let config = ClusterConfig { cluster_id: cluster_id.to_owned(), timing, members };
+        let config = ClusterConfig { cluster_id: cluster_id.to_owned(), timing, limits, members };
         let config_path = dir.join("cluster.toml");
         let config_error = |source| SupervisorError::Config { path: config_path.clone(), source };
         config.validate().map_err(config_error)?;
@@ -166,7 +182,19 @@ impl LocalCluster {
             let log_path = dir.join(format!("node-{}.log", member.id));
             members.insert(member.id, Member { data_dir, log_path, bootstrap, process: None });
         }
-        Ok(Self { dir: dir.to_owned(), config_path, config, launch, members, _ports: ports })
+        let security = if launch.insecure { ClientSecurity::Insecure } else { ensure_certificates(dir, &config)? };
+        Ok(Self { dir: dir.to_owned(), config_path, config, launch, members, security, _ports: ports })
+    }
+
+    /// Where the cluster's TLS files are (whether or not it uses them).
+    pub fn certs_dir(&self) -> PathBuf {
+        certs_dir(&self.dir)
+    }
+
+    /// How a client reaches the nodes: under TLS, trusting the cluster's CA and presenting
+    /// the supervisor's operator certificate.
+    pub fn client_security(&self) -> &ClientSecurity {
+        &self.security
     }
 
     pub fn dir(&self) -> &Path {
@@ -212,7 +240,7 @@ impl LocalCluster {
 
     /// Starts member `id` and waits until it serves clients; returns its client address.
     pub fn start(&mut self, id: NodeId) -> Result<SocketAddr, SupervisorError> {
-        let (config_path, launch) = (self.config_path.clone(), self.launch.clone());
+        let (config_path, launch, certs) = (self.config_path.clone(), self.launch.clone(), certs_dir(&self.dir));
         let member = self.members.get_mut(&id).ok_or(SupervisorError::NotAMember(id))?;
         if member.process.is_some() {
             return Err(SupervisorError::AlreadyRunning(id));
@@ -226,6 +254,11 @@ impl LocalCluster {
         command.args(["node", "--id", &id.to_string(), "--config"]).arg(&config_path).stderr(Stdio::from(log));
         if launch.fast_password_hashing {
             command.arg("--insecure-fast-password-hashing");
+        }
+        if launch.insecure {
+            command.arg("--insecure");
+        } else {
+            command.arg("--certs").arg(certs);
         }
         if member.bootstrap {
             command.arg("--bootstrap");
@@ -256,6 +289,15 @@ impl LocalCluster {
         Ok(true)
     }
 
+    /// SIGHUP member `id` (it reloads its certificates); returns whether it runs.
+    pub fn reload_certificates(&self, id: NodeId) -> Result<bool, SupervisorError> {
+        let member = self.member(id)?;
+        let Some(process) = &member.process else { return Ok(false) };
+        let log = member.log_path.clone();
+        process.hang_up().map_err(|source| SupervisorError::Node { id, log, source })?;
+        Ok(true)
+    }
+
     /// SIGTERM member `id`, waits up to `grace` for it to exit and kills it after that.
     /// Returns its exit status and whether it exited in time; `None` if it was not running.
     pub fn terminate(&mut self, id: NodeId, grace: Duration) -> Result<Option<(ExitStatus, bool)>, SupervisorError> {
@@ -267,9 +309,9 @@ impl LocalCluster {
 
     /// A running member's answer to `Cluster/Status`, or `None` if it does not answer soon.
     pub async fn status(&self, id: NodeId, include_state_digest: bool) -> Option<StatusResponse> {
-        let address = format!("http://{}", self.client_address(id).ok()?);
+        let endpoint = crate::client::endpoint(&self.client_address(id).ok()?, &self.security).ok()?;
         let attempt = async {
-            let mut client = GrpcClusterClient::connect(address).await.ok()?;
+            let mut client = GrpcClusterClient::new(endpoint.connect().await.ok()?);
             client.status(StatusRequest { include_state_digest }).await.ok().map(|r| r.into_inner())
         };
         tokio::time::timeout(STATUS_TIMEOUT, attempt).await.ok().flatten()
@@ -299,6 +341,53 @@ impl LocalCluster {
     fn member_mut(&mut self, id: NodeId) -> Result<&mut Member, SupervisorError> {
         self.members.get_mut(&id).ok_or(SupervisorError::NotAMember(id))
     }
+}
+
+fn certs_dir(cluster_dir: &Path) -> PathBuf {
+    cluster_dir.join("certs")
+}
+
+/// Makes what is missing of the cluster's CA, its members' certificates (each naming the
+/// hosts of the member's addresses, and localhost) and the operator's client certificate,
+/// in `DIR/certs`; returns how clients reach the cluster with them.
+fn ensure_certificates(dir: &Path, config: &ClusterConfig) -> Result<ClientSecurity, SupervisorError> {
+    let certs = certs_dir(dir);
+    let error = |source| SupervisorError::Certificates { dir: certs.clone(), source };
+    let ca = if certs.join(CA_CERT_FILE).exists() {
+        CertificateAuthority::open(&certs).map_err(error)?
+    } else {
+        CertificateAuthority::create(&certs, &config.cluster_id, Validity::ca_default()).map_err(error)?
+    };
+    for member in &config.members {
+        let files = node_files(&certs, member.id);
+        if files.cert.exists() {
+            continue;
+        }
+        let mut hosts = vec!["localhost".to_owned()];
+        for address in [&member.client_address, &member.peer_address] {
+            let host = address.rsplit_once(':').map_or(address.as_str(), |(host, _)| host);
+            let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+            if !hosts.contains(&host) {
+                hosts.push(host);
+            }
+        }
+        ca.issue_node(member.id, &hosts, Validity::leaf_default())
+            .and_then(|issued| issued.write(&files))
+            .map_err(error)?;
+    }
+    let operator = client_files(&certs, OPERATOR_CLIENT);
+    if !operator.cert.exists() {
+        ca.issue_client(OPERATOR_CLIENT, Validity::leaf_default())
+            .and_then(|issued| issued.write(&operator))
+            .map_err(error)?;
+    }
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|source| SupervisorError::Io { path: path.to_owned(), source })
+    };
+    Ok(ClientSecurity::Tls {
+        ca_pem: read(&certs.join(CA_CERT_FILE))?,
+        identity: Some(ClientIdentity { cert_pem: read(&operator.cert)?, key_pem: read(&operator.key)? }),
+    })
 }
 
 fn create_dir(dir: &Path) -> Result<(), SupervisorError> {

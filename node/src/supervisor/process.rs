@@ -90,6 +90,13 @@ impl NodeProcess {
         self.kill_and_reap()
     }
 
+    /// SIGHUP: a node reloads its certificates.
+    pub fn hang_up(&self) -> Result<(), ProcessError> {
+        let pid = self.pid();
+        let raw = i32::try_from(pid).expect("a process id fits in pid_t");
+        kill(Pid::from_raw(raw), Signal::SIGHUP).map_err(|source| ProcessError::Signal { pid, source })
+    }
+
     /// SIGTERM, then waits up to `grace` for a clean exit; kills the process after that.
     /// Returns its exit status and whether it exited within the grace period.
     pub fn terminate(mut self, grace: Duration) -> Result<(ExitStatus, bool), ProcessError> {

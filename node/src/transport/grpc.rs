@@ -31,6 +31,17 @@ const DELIVER_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
+/// How a node's links to its peers connect.
+#[derive(Clone)]
+pub enum LinkSecurity {
+    /// Mutual TLS with the node's current material: each link accepts only the
+    /// certificate of the member it is to, and presents the node's own.
+    #[cfg(not(madsim))]
+    Tls(Arc<crate::tls::NodeTls>),
+    /// Plaintext (`--insecure`, and the simulation).
+    Plain,
+}
+
 pub struct GrpcTransport {
     queues: BTreeMap<NodeId, mpsc::Sender<Message>>,
     dropped: Arc<AtomicU64>,
@@ -39,7 +50,13 @@ pub struct GrpcTransport {
 impl GrpcTransport {
     /// Starts a sender task per peer (`peers`: id → peer address `HOST:PORT`). The tasks end
     /// when `stopping` turns true.
-    pub fn start(cluster_id: String, node_id: NodeId, peers: BTreeMap<NodeId, String>, stopping: Watch<bool>) -> Self {
+    pub fn start(
+        cluster_id: String,
+        node_id: NodeId,
+        peers: BTreeMap<NodeId, String>,
+        security: LinkSecurity,
+        stopping: Watch<bool>,
+    ) -> Self {
         let dropped = Arc::new(AtomicU64::new(0));
         let mut queues = BTreeMap::new();
         for (peer, address) in peers {
@@ -50,6 +67,7 @@ impl GrpcTransport {
                 from: node_id,
                 to: peer,
                 address,
+                security: security.clone(),
                 dropped: Arc::clone(&dropped),
             };
             tokio::task::spawn(link.run(receiver, stopping.clone()).in_current_span());
@@ -82,18 +100,32 @@ struct PeerLink {
     from: NodeId,
     to: NodeId,
     address: String,
+    security: LinkSecurity,
     dropped: Arc<AtomicU64>,
 }
 
 impl PeerLink {
-    async fn run(self, mut queue: mpsc::Receiver<Message>, stopping: Watch<bool>) {
-        let endpoint = match Endpoint::from_shared(format!("http://{}", self.address)) {
-            Ok(endpoint) => endpoint.connect_timeout(CONNECT_TIMEOUT).timeout(DELIVER_TIMEOUT),
-            Err(error) => {
-                tracing::error!(peer = self.to, address = %self.address, %error, "bad peer address; not sending to it");
-                return;
+    /// The endpoint of the next connection: under TLS, with the material current now (a
+    /// reload reaches a link when it next connects).
+    fn endpoint(&self) -> Result<Endpoint, tonic::transport::Error> {
+        match &self.security {
+            LinkSecurity::Plain => Endpoint::from_shared(format!("http://{}", self.address)),
+            #[cfg(not(madsim))]
+            LinkSecurity::Tls(tls) => {
+                Endpoint::from_shared(format!("https://{}", self.address))?.tls_config(tls.peer_client_config(self.to))
             }
-        };
+        }
+        .map(|endpoint| endpoint.connect_timeout(CONNECT_TIMEOUT).timeout(DELIVER_TIMEOUT))
+    }
+
+    async fn run(self, mut queue: mpsc::Receiver<Message>, stopping: Watch<bool>) {
+        if let Err(error) = self.endpoint() {
+            tracing::error!(peer = self.to, address = %self.address, %error, "bad peer address; not sending to it");
+            return;
+        }
+        // A failure to set up TLS with this peer is a configuration to fix, unlike a peer
+        // that is down: it is logged as a warning each time it changes.
+        let mut last_warning: Option<String> = None;
         let mut client: Option<RaftClient<Channel>> = None;
         let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX, crate::seam::os_seeded_rng().next_u64());
         // A message that would have overflowed the last batch starts the next one.
@@ -128,10 +160,23 @@ impl PeerLink {
             }
             let count = batch.len() as u64;
             if client.is_none() {
-                match endpoint.connect().await {
-                    Ok(channel) => client = Some(RaftClient::new(channel)),
+                let connected = match self.endpoint() {
+                    Ok(endpoint) => endpoint.connect().await,
+                    Err(error) => Err(error),
+                };
+                match connected {
+                    Ok(channel) => {
+                        last_warning = None;
+                        client = Some(RaftClient::new(channel));
+                    }
                     Err(error) => {
-                        tracing::debug!(peer = self.to, address = %self.address, %error, "peer unreachable");
+                        match tls_failure(&error) {
+                            Some(reason) if last_warning.as_ref() != Some(&reason) => {
+                                tracing::warn!(peer = self.to, address = %self.address, %reason, "cannot connect to peer over TLS");
+                                last_warning = Some(reason);
+                            }
+                            _ => tracing::debug!(peer = self.to, address = %self.address, %error, "peer unreachable"),
+                        }
                         self.dropped.fetch_add(count, Ordering::Relaxed);
                         self.pause(&mut backoff).await;
                         continue;
@@ -167,4 +212,27 @@ impl PeerLink {
     async fn pause(&self, backoff: &mut Backoff) {
         tokio::time::sleep(backoff.next_pause()).await;
     }
+}
+
+/// What went wrong in TLS, if that is why a connection failed (rustls says so somewhere
+/// in the error's chain of causes).
+fn tls_failure(error: &tonic::transport::Error) -> Option<String> {
+    #[cfg(not(madsim))]
+    {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+        while let Some(current) = cause {
+            let rustls = current.downcast_ref::<tokio_rustls::rustls::Error>().or_else(|| {
+                current
+                    .downcast_ref::<std::io::Error>()
+                    .and_then(|io| io.get_ref())
+                    .and_then(|inner| inner.downcast_ref())
+            });
+            if let Some(rustls) = rustls {
+                return Some(rustls.to_string());
+            }
+            cause = current.source();
+        }
+    }
+    let _ = error;
+    None
 }

@@ -1,8 +1,11 @@
 //! The receiving side of the gRPC transport: the `chorus.v1.Raft` service. It checks that
-//! a batch belongs to this cluster, comes from a member and is addressed to this node,
-//! decodes it, and hands the messages to the runtime. Anything else is refused and logged.
+//! a batch belongs to this cluster, comes from a member (the one the connection's
+//! certificate names, under TLS) and is addressed to this node, decodes it, and hands the
+//! messages to the runtime. Anything else is refused, logged and counted.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chorus_proto::v1::raft_server::Raft;
 use chorus_proto::v1::{RaftBatch, RaftBatchAck};
@@ -13,19 +16,68 @@ use super::codec::decode_message;
 use super::inbox::InboxSender;
 use crate::replication::NodeId;
 
+/// How the peer service learns who sent a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerAuthentication {
+    /// From the connection's client certificate, verified against the cluster's CA at the
+    /// handshake (mutual TLS): a batch must come from the member it names.
+    #[cfg(not(madsim))]
+    Certificate,
+    /// Not at all (`--insecure`, and the simulation, whose network has no TLS): any
+    /// process that reaches the peer port can speak for any member.
+    Unauthenticated,
+}
+
 pub struct RaftService {
     cluster_id: String,
     node_id: NodeId,
     members: BTreeSet<NodeId>,
     inbox: InboxSender,
+    authentication: PeerAuthentication,
+    /// Batches refused so far, for `cluster status`.
+    refused: Arc<AtomicU64>,
 }
 
 impl RaftService {
-    pub fn new(cluster_id: String, node_id: NodeId, members: BTreeSet<NodeId>, inbox: InboxSender) -> Self {
-        Self { cluster_id, node_id, members, inbox }
+    pub fn new(
+        cluster_id: String,
+        node_id: NodeId,
+        members: BTreeSet<NodeId>,
+        inbox: InboxSender,
+        authentication: PeerAuthentication,
+        refused: Arc<AtomicU64>,
+    ) -> Self {
+        Self { cluster_id, node_id, members, inbox, authentication, refused }
+    }
+
+    /// The member the request's connection proved it is, or `None` when peers are not
+    /// authenticated. Refuses a connection without a member's certificate.
+    fn sender<T>(&self, request: &Request<T>) -> Result<Option<NodeId>, String> {
+        match self.authentication {
+            PeerAuthentication::Unauthenticated => {
+                let _ = request;
+                Ok(None)
+            }
+            #[cfg(not(madsim))]
+            PeerAuthentication::Certificate => {
+                let certs = crate::tls::connection_info(request).and_then(|info| info.peer_certs.clone());
+                let Some(leaf) = certs.as_ref().and_then(|chain| chain.first()) else {
+                    return Err("the connection presented no certificate".to_owned());
+                };
+                let others = self.members.iter().copied().filter(|&id| id != self.node_id);
+                match crate::tls::member_named_by(leaf, others) {
+                    Some(member) => Ok(Some(member)),
+                    None => Err(format!(
+                        "the connection's certificate names no other member of cluster '{}'",
+                        self.cluster_id
+                    )),
+                }
+            }
+        }
     }
 
     fn refuse(&self, batch: &RaftBatch, status: Status) -> Status {
+        self.refused.fetch_add(1, Ordering::Relaxed);
         // The node is named here, not only by the span: under madsim the peer server runs
         // its handlers outside the node's span (real tonic's `trace_fn` puts them in it).
         tracing::warn!(
@@ -42,7 +94,12 @@ impl RaftService {
 #[tonic::async_trait]
 impl Raft for RaftService {
     async fn deliver(&self, request: Request<RaftBatch>) -> Result<Response<RaftBatchAck>, Status> {
+        let sender = self.sender(&request);
         let mut batch = request.into_inner();
+        let sender = match sender {
+            Ok(sender) => sender,
+            Err(reason) => return Err(self.refuse(&batch, Status::unauthenticated(reason))),
+        };
         if batch.cluster_id != self.cluster_id {
             let message = format!("this node belongs to cluster '{}', not '{}'", self.cluster_id, batch.cluster_id);
             return Err(self.refuse(&batch, Status::failed_precondition(message)));
@@ -53,6 +110,13 @@ impl Raft for RaftService {
         }
         if batch.from == self.node_id || !self.members.contains(&batch.from) {
             let message = format!("node {} is not a member of cluster '{}'", batch.from, self.cluster_id);
+            return Err(self.refuse(&batch, Status::permission_denied(message)));
+        }
+        if let Some(sender) = sender
+            && sender != batch.from
+        {
+            // A member's certificate does not let it speak for another member.
+            let message = format!("this connection is node {sender}'s; it cannot send for node {}", batch.from);
             return Err(self.refuse(&batch, Status::permission_denied(message)));
         }
         if batch.messages.len() > RAFT_BATCH_MESSAGES_MAX {

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use chorus::client::v1::StatusResponse;
-use chorus::client::{ClusterClient, RetryPolicy};
-use chorus::cluster_config::Timing;
+use chorus::client::{ClientSecurity, ClusterClient, RetryPolicy};
+use chorus::cluster_config::{Limits, Timing};
 use chorus::supervisor::{Launch, LocalCluster};
 
 use super::BINARY;
@@ -26,12 +26,22 @@ pub struct ClusterOptions {
     pub timing_ms: (u64, u64, u64),
     /// Argon2 at its minimum cost (fast tests) instead of the production cost.
     pub fast_password_hashing: bool,
+    /// Nodes and clients without TLS.
+    pub insecure: bool,
+    /// `[limits]` of the configuration (by default, limits no load of a test reaches).
+    pub limits: Limits,
 }
 
 impl Default for ClusterOptions {
     /// Short timeouts (heartbeat 50 ms, elections 400-800 ms) and cheap hashing.
     fn default() -> Self {
-        Self { cluster_id: "e2e".to_owned(), timing_ms: (50, 400, 800), fast_password_hashing: true }
+        Self {
+            cluster_id: "e2e".to_owned(),
+            timing_ms: (50, 400, 800),
+            fast_password_hashing: true,
+            insecure: false,
+            limits: Limits::default(),
+        }
     }
 }
 
@@ -57,10 +67,11 @@ impl TestCluster {
         let timing = Timing { heartbeat_interval_ms, election_timeout_min_ms, election_timeout_max_ms };
         let launch = Launch {
             fast_password_hashing: options.fast_password_hashing,
+            insecure: options.insecure,
             log_filter: Some("info".to_owned()),
             ..Launch::new(BINARY)
         };
-        let cluster = LocalCluster::create(dir, &options.cluster_id, size, timing, "", launch).unwrap();
+        let cluster = LocalCluster::create(dir, &options.cluster_id, size, timing, options.limits, "", launch).unwrap();
         let mut cluster = Self { cluster };
         for id in 1..=size {
             cluster.start_node(id);
@@ -115,12 +126,29 @@ impl TestCluster {
         (field("VmRSS:"), field("VmHWM:"))
     }
 
+    /// How clients reach this cluster (TLS with its own CA and the operator's certificate).
+    pub fn security(&self) -> ClientSecurity {
+        self.cluster.client_security().clone()
+    }
+
+    /// An endpoint to `peer_address` that proves to be member `as_node` (its certificate
+    /// from this cluster's certs directory) and accepts only member `to`'s certificate.
+    pub fn peer_endpoint(&self, peer_address: &str, as_node: u64, to: u64) -> tonic::transport::Endpoint {
+        let certs = self.cluster.certs_dir();
+        let tls = chorus::tls::NodeTls::load(as_node, chorus::tls::TlsFiles::of_node(&certs, as_node)).unwrap();
+        tonic::transport::Endpoint::from_shared(format!("https://{peer_address}"))
+            .unwrap()
+            .tls_config(tls.peer_client_config(to))
+            .unwrap()
+    }
+
     pub fn servers(&self) -> Vec<String> {
         self.cluster.client_addresses()
     }
 
     pub fn client(&self, call_deadline: Duration) -> ClusterClient {
-        ClusterClient::new(&self.servers(), RetryPolicy { call_deadline, ..RetryPolicy::default() }).unwrap()
+        let policy = RetryPolicy { call_deadline, ..RetryPolicy::default() };
+        ClusterClient::new(&self.servers(), policy, self.cluster.client_security().clone()).unwrap()
     }
 
     pub async fn status(&self, id: u64, include_state_digest: bool) -> Option<StatusResponse> {
@@ -167,4 +195,9 @@ impl TestCluster {
     pub fn log_of(&self, id: u64) -> String {
         std::fs::read_to_string(self.cluster.log_path(id).unwrap()).unwrap_or_default()
     }
+}
+
+/// A connection to one node's client port.
+pub async fn connect(address: &str, security: &ClientSecurity) -> tonic::transport::Channel {
+    chorus::client::endpoint(address, security).unwrap().connect().await.unwrap()
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use chorus::client::v1::chat_client::ChatClient as GrpcChatClient;
 use chorus::client::v1::{CreateAccountRequest, LoginRequest};
+use chorus::cluster_config::{ClusterConfig, Limits};
 use chorus::supervisor::{NodeProcess, PortClaim, claim_loopback_ports};
 use tonic::transport::Channel;
 
@@ -29,9 +30,19 @@ pub struct TestNode {
 }
 
 impl TestNode {
-    /// Starts a node on a claimed port with its data in `data_dir`.
+    /// Starts a node on a claimed port with its data in `data_dir`, with limits no test of
+    /// the API reaches.
     pub fn start(data_dir: &Path) -> Self {
+        Self::start_with_limits(data_dir, Limits::generous())
+    }
+
+    /// Starts a node whose configuration (`cluster.toml` in its data directory) has these
+    /// `[limits]`.
+    pub fn start_with_limits(data_dir: &Path, limits: Limits) -> Self {
         let port = claim_loopback_ports(1).unwrap().pop().unwrap();
+        let config = ClusterConfig { limits, ..ClusterConfig::single(1, port.address().to_string()) };
+        std::fs::create_dir_all(data_dir).unwrap();
+        std::fs::write(data_dir.join("cluster.toml"), config.to_toml("").unwrap()).unwrap();
         Self::start_on(data_dir, port)
     }
 
@@ -39,7 +50,12 @@ impl TestNode {
         let listen = port.address();
         let mut command = Command::new(BINARY);
         command
-            .args(["node", "--id", "1", "--insecure-fast-password-hashing", "--listen", &listen.to_string()])
+            // These tests are about the chat API, over plaintext; tests/tls.rs checks TLS.
+            .args(["--insecure", "node", "--id", "1", "--insecure-fast-password-hashing"])
+            .arg("--listen")
+            .arg(listen.to_string())
+            .arg("--config")
+            .arg(data_dir.join("cluster.toml"))
             .arg("--data-dir")
             .arg(data_dir)
             .env("RUST_LOG", "warn");
@@ -76,6 +92,11 @@ impl TestNode {
     }
 }
 
+/// `message` as a call of the session `token` (its `authorization: Bearer` metadata).
+pub fn as_user<T>(message: T, token: &str) -> tonic::Request<T> {
+    chorus::client::authorized(message, token).unwrap()
+}
+
 /// Creates an account and logs it in; returns the session token.
 pub async fn account(client: &mut GrpcChatClient<Channel>, username: &str) -> String {
     let password = format!("{username}-password");
@@ -95,7 +116,7 @@ pub async fn login(client: &mut GrpcChatClient<Channel>, username: &str) -> Stri
 /// to the process.
 pub fn run_cli(server: SocketAddr, session_file: &Path, args: &[&str], stdin: &str) -> Output {
     let mut child = Command::new(BINARY)
-        .args(["--servers", &server.to_string()])
+        .args(["--insecure", "--servers", &server.to_string()])
         .arg("--session-file")
         .arg(session_file)
         .args(args)

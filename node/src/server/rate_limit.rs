@@ -1,0 +1,223 @@
+//! Token buckets, one per key (an account, a client address), bounded in number: what
+//! keeps one account or one address from trying passwords, or sending, faster than the
+//! cluster's `[limits]` allow. Each node limits what it serves; the limits are per node.
+//!
+//! A bucket holds up to `per_minute` tokens and refills at `per_minute` tokens a minute; a
+//! request takes one, or is refused with how long until one is there. Time is the node's
+//! monotonic clock in milliseconds, passed in (so tests need no sleeping).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tonic::Status;
+
+use super::status;
+use crate::cluster_config::Limits;
+use crate::seam::{MonotonicClock, NodeClock};
+
+/// One token, in the buckets' units: a bucket of rate N gains N units a millisecond, so a
+/// token is a minute's worth of milliseconds.
+const TOKEN: u64 = 60_000;
+/// Most keys a limiter tracks. A full bucket is the same as none, so full ones are dropped
+/// when this is reached; if every bucket is in use, new keys are refused until some
+/// refill. 65,536 keys take about 5 MB.
+pub const KEYS_MAX: usize = 65_536;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allowed,
+    /// Refused; a token will be there after this long.
+    Limited {
+        retry_after: Duration,
+    },
+    /// Refused: too many keys are being limited at once to track another.
+    Crowded,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    units: u64,
+    updated_ms: u64,
+}
+
+pub struct RateLimiter<K> {
+    per_minute: u64,
+    keys_max: usize,
+    buckets: Mutex<BTreeMap<K, Bucket>>,
+}
+
+impl<K: Ord + Clone> RateLimiter<K> {
+    /// A limiter of `per_minute` requests a minute per key (at least one), in bursts of as
+    /// many.
+    pub fn new(per_minute: u64) -> Self {
+        Self::with_keys_max(per_minute, KEYS_MAX)
+    }
+
+    fn with_keys_max(per_minute: u64, keys_max: usize) -> Self {
+        assert!(keys_max > 0, "a limiter tracks at least one key");
+        Self { per_minute: per_minute.max(1), keys_max, buckets: Mutex::new(BTreeMap::new()) }
+    }
+
+    fn capacity(&self) -> u64 {
+        self.per_minute.saturating_mul(TOKEN)
+    }
+
+    /// The bucket's units at `now_ms` (time never goes back for a bucket).
+    fn refilled(&self, bucket: &Bucket, now_ms: u64) -> u64 {
+        let elapsed = now_ms.saturating_sub(bucket.updated_ms);
+        bucket.units.saturating_add(elapsed.saturating_mul(self.per_minute)).min(self.capacity())
+    }
+
+    /// Takes a token for `key` at `now_ms`, if there is one.
+    pub fn check(&self, key: &K, now_ms: u64) -> Verdict {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !buckets.contains_key(key) && buckets.len() >= self.keys_max {
+            let capacity = self.capacity();
+            buckets.retain(|_, bucket| self.refilled(bucket, now_ms) < capacity);
+            if buckets.len() >= self.keys_max {
+                return Verdict::Crowded;
+            }
+        }
+        let bucket = buckets.entry(key.clone()).or_insert(Bucket { units: self.capacity(), updated_ms: now_ms });
+        let units = self.refilled(bucket, now_ms);
+        bucket.updated_ms = bucket.updated_ms.max(now_ms);
+        if units >= TOKEN {
+            bucket.units = units - TOKEN;
+            Verdict::Allowed
+        } else {
+            bucket.units = units;
+            let missing = TOKEN - units;
+            Verdict::Limited { retry_after: Duration::from_millis(missing.div_ceil(self.per_minute)) }
+        }
+    }
+
+    #[cfg(test)]
+    fn keys(&self) -> usize {
+        self.buckets.lock().unwrap().len()
+    }
+}
+
+/// The limits of a node's chat service.
+pub struct ChatLimits {
+    logins_per_account: RateLimiter<String>,
+    logins_per_address: RateLimiter<IpAddr>,
+    sends_per_account: RateLimiter<u64>,
+    clock: MonotonicClock,
+}
+
+impl ChatLimits {
+    pub fn new(limits: &Limits, clock: &NodeClock) -> Self {
+        Self {
+            logins_per_account: RateLimiter::new(limits.logins_per_account_per_minute),
+            logins_per_address: RateLimiter::new(limits.logins_per_address_per_minute),
+            sends_per_account: RateLimiter::new(limits.sends_per_account_per_minute),
+            clock: clock.monotonic(),
+        }
+    }
+
+    /// A login attempt for `username` (canonical; existing or not, so that the answer says
+    /// nothing of which names exist) from `address`.
+    pub fn login(&self, username: &str, address: Option<IpAddr>) -> Result<(), Status> {
+        let now_ms = self.clock.now_ms();
+        if let Some(address) = address {
+            verdict(self.logins_per_address.check(&address_key(address), now_ms), "login attempts from your address")?;
+        }
+        verdict(self.logins_per_account.check(&username.to_owned(), now_ms), "login attempts for this account")
+    }
+
+    /// A send by account `user_id`.
+    pub fn send(&self, user_id: u64) -> Result<(), Status> {
+        verdict(self.sends_per_account.check(&user_id, self.clock.now_ms()), "messages sent by this account")
+    }
+}
+
+fn verdict(verdict: Verdict, what: &str) -> Result<(), Status> {
+    match verdict {
+        Verdict::Allowed => Ok(()),
+        Verdict::Limited { retry_after } => Err(status::rate_limited(what, retry_after)),
+        Verdict::Crowded => {
+            Err(status::overloaded(format!("{what}: too many are being limited at once; retry shortly")))
+        }
+    }
+}
+
+/// The key an address is limited under: an IPv4 address, or an IPv6 address's /64 (one
+/// host usually holds a whole /64, and would otherwise have 2^64 buckets).
+fn address_key(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+        },
+    }
+}
+
+/// The address a request came from, if the transport says.
+pub fn client_ip<T>(request: &tonic::Request<T>) -> Option<IpAddr> {
+    #[cfg(not(madsim))]
+    if let Some(info) = crate::tls::connection_info(request) {
+        return Some(info.remote.ip());
+    }
+    request.remote_addr().map(|address| address.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_limited_by_host_and_ipv6_by_its_64() {
+        let key = |text: &str| address_key(text.parse().unwrap());
+        assert_eq!(key("10.0.0.1"), key("10.0.0.1"));
+        assert_ne!(key("10.0.0.1"), key("10.0.0.2"));
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2:bbbb::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:10.0.0.1"), key("10.0.0.1"));
+    }
+
+    #[test]
+    fn a_burst_of_the_rate_then_one_per_interval() {
+        let limiter = RateLimiter::new(6);
+        for _ in 0..6 {
+            assert_eq!(limiter.check(&"alice", 1_000), Verdict::Allowed);
+        }
+        assert_eq!(limiter.check(&"alice", 1_000), Verdict::Limited { retry_after: Duration::from_secs(10) });
+        assert_eq!(limiter.check(&"bob", 1_000), Verdict::Allowed, "buckets are per key");
+        assert_eq!(limiter.check(&"alice", 6_000), Verdict::Limited { retry_after: Duration::from_secs(5) });
+        assert_eq!(limiter.check(&"alice", 11_000), Verdict::Allowed, "one token every 10 s");
+        assert!(matches!(limiter.check(&"alice", 11_001), Verdict::Limited { .. }));
+        // A clock that goes back takes nothing from anyone.
+        assert!(matches!(limiter.check(&"alice", 0), Verdict::Limited { .. }));
+        assert_eq!(limiter.check(&"alice", 21_000), Verdict::Allowed);
+        // Idle for long, the bucket is full again, and no fuller.
+        for _ in 0..6 {
+            assert_eq!(limiter.check(&"alice", 10_000_000), Verdict::Allowed);
+        }
+        assert!(matches!(limiter.check(&"alice", 10_000_000), Verdict::Limited { .. }));
+    }
+
+    #[test]
+    fn keys_are_bounded_and_full_buckets_make_room() {
+        let limiter = RateLimiter::with_keys_max(1, 3);
+        for key in 0..3 {
+            assert_eq!(limiter.check(&key, 0), Verdict::Allowed);
+        }
+        assert_eq!(limiter.check(&3, 0), Verdict::Crowded, "three buckets in use");
+        assert_eq!(limiter.keys(), 3);
+        // A minute later they are full again: forgotten, and the new key fits.
+        assert_eq!(limiter.check(&3, 60_000), Verdict::Allowed);
+        assert_eq!(limiter.keys(), 1);
+    }
+
+    #[test]
+    fn extreme_rates_and_times_do_not_overflow() {
+        let limiter = RateLimiter::new(u64::MAX);
+        assert_eq!(limiter.check(&1, u64::MAX), Verdict::Allowed);
+        let slow = RateLimiter::new(1);
+        assert_eq!(slow.check(&1, u64::MAX - 1), Verdict::Allowed);
+        assert_eq!(slow.check(&1, u64::MAX), Verdict::Limited { retry_after: Duration::from_millis(59_999) });
+    }
+}
