@@ -5,8 +5,8 @@
 //!
 //! - [`seam`]: the one place that reads the clock and the OS's randomness; [`bugs`]: the
 //!   planted mistakes the simulation must catch (off unless asked for).
-//! - [`watch`], [`blocking_pool`], [`sqlite`], [`backoff`]: small tools the layers above
-//!   share.
+//! - [`watch`], [`blocking_pool`], [`sqlite`], [`backoff`], [`host`]: small tools the
+//!   layers above share.
 //! - [`tls`]: the cluster's certificates, TLS configurations that reload, the acceptor,
 //!   and which member a peer's certificate names (real builds only).
 //! - [`replication`]: the Raft core (knows nothing of chat, gRPC or SQLite).
@@ -27,6 +27,7 @@ pub mod seam;
 
 pub mod backoff;
 pub mod blocking_pool;
+pub mod host;
 pub mod sqlite;
 pub mod watch;
 

@@ -112,9 +112,13 @@ async fn no_method_serves_a_caller_it_should_not() {
         for token in [None, Some("0000")] {
             let error = call(&mut chat, method, token).await;
             if public.contains(method.as_str()) {
-                // (Login's own answer to a wrong password is UNAUTHENTICATED LOGIN_FAILED.)
-                let needs_session = error.as_ref().is_some_and(|e| reason(e) == chorus_proto::wire::SESSION_INVALID);
-                assert!(!needs_session, "Chat/{method} asked for a session: {error:?}");
+                // Served: a listing, the refusal of a wrong password, or of a taken name.
+                let expected = match method.as_str() {
+                    "Login" => Some(chorus_proto::wire::LOGIN_FAILED),
+                    "CreateAccount" if error.is_some() => Some(chorus_proto::wire::USERNAME_TAKEN),
+                    _ => None,
+                };
+                assert_eq!(error.as_ref().map(reason).as_deref(), expected, "Chat/{method}: {error:?}");
             } else {
                 let error = error.unwrap_or_else(|| panic!("Chat/{method} served an anonymous caller"));
                 assert_eq!(error.code(), Code::Unauthenticated, "Chat/{method}: {error:?}");

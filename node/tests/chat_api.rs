@@ -181,9 +181,12 @@ async fn logins_and_sends_are_rate_limited() {
         let failed = client.login(attempt("alice", "guess-guess")).await.unwrap_err();
         assert_eq!(failed.code(), Code::Unauthenticated);
     }
-    // Her fourth attempt is refused before her password is even checked: the right one too.
-    limited(&client.login(attempt("alice", "alice-password")).await.unwrap_err(), "for this account");
-    // Names that do not exist count like names that do (8 attempts from this address).
+    // After three failures her next attempt is refused before any password is checked, the
+    // right one too (and it costs the address nothing).
+    limited(&client.login(attempt("alice", "alice-password")).await.unwrap_err(), "failed login attempts");
+    // Successes do not count against an account: bob logs in again.
+    client.login(attempt("bob", "bob-password")).await.unwrap();
+    // Names that do not exist count like names that do: 8 attempts from this address.
     for name in ["nobody1", "nobody2", "nobody3"] {
         assert_eq!(client.login(attempt(name, "guess-guess")).await.unwrap_err().code(), Code::Unauthenticated);
     }

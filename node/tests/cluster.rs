@@ -262,8 +262,12 @@ async fn garbage_and_wrong_cluster_raft_messages_are_refused_and_logged() {
     ];
     let refused_before = cluster.status(1, false).await.unwrap().peer_batches_refused;
     for (request, code) in cases.clone() {
+        let from = request.from;
         let status = raft.deliver(request).await.unwrap_err();
         assert_eq!(status.code(), code, "{status:?}");
+        if from == 3 {
+            assert!(status.message().contains("node 2's; it cannot send for node 3"), "{status:?}");
+        }
     }
     // Bytes that are not a protobuf at all.
     let status = raw_grpc_call(channel, "/chorus.v1.Raft/Deliver", vec![0xff; 64]).await;

@@ -14,14 +14,15 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("blocking_pool", &["seam"]),
     ("sqlite", &[]),
     ("backoff", &[]),
+    ("host", &[]),
     ("replication", &["bugs"]),
     ("cluster_config", &["replication"]),
     ("chat", &["bugs", "seam", "sqlite"]),
     ("storage", &["bugs", "replication", "sqlite"]),
-    ("tls", &["seam"]),
+    ("tls", &["host", "seam"]),
     ("transport", &["backoff", "bugs", "replication", "seam", "tls", "watch"]),
     ("runtime", &["blocking_pool", "bugs", "chat", "replication", "seam", "sqlite", "storage", "transport", "watch"]),
-    ("server", &["blocking_pool", "chat", "cluster_config", "replication", "runtime", "seam", "tls", "watch"]),
+    ("server", &["blocking_pool", "chat", "cluster_config", "host", "replication", "runtime", "seam", "tls", "watch"]),
     (
         "node",
         &[

@@ -44,6 +44,13 @@ enum Step {
         user_id: u64,
         token: usize,
     },
+    /// A login whose node verified the password against hash `hash` (an empty one is
+    /// a command from before that check).
+    OpenSessionChecked {
+        user_id: u64,
+        token: usize,
+        hash: usize,
+    },
     CloseSession {
         token: usize,
     },
@@ -95,6 +102,8 @@ fn step_strategy() -> impl Strategy<Value = Step> {
         2 => (0..NAMES.len(), 0..PASSWORD_HASHES.len()).prop_map(|(name, hash)| Step::CreateAccount { name, hash }),
         3 => (likely(3, USER_IDS as usize), 0..TOKENS)
             .prop_map(|(user, token)| Step::OpenSession { user_id: user as u64 + 1, token }),
+        1 => (likely(3, USER_IDS as usize), 0..TOKENS, 0..PASSWORD_HASHES.len())
+            .prop_map(|(user, token, hash)| Step::OpenSessionChecked { user_id: user as u64 + 1, token, hash }),
         1 => token().prop_map(|token| Step::CloseSession { token }),
         12 => (
             token(),
@@ -165,6 +174,14 @@ fn command_of(step: &Step, time_ms: u64, next_message_id: u64) -> Option<Command
             token_hash: token_hash(*token),
             opened_at_ms: time_ms,
             expires_at_ms: 0,
+            password_hash: String::new(),
+        }),
+        Step::OpenSessionChecked { user_id, token, hash } => command::Kind::OpenSession(OpenSessionCommand {
+            user_id: *user_id,
+            token_hash: token_hash(*token),
+            opened_at_ms: time_ms,
+            expires_at_ms: time_ms + 1000,
+            password_hash: PASSWORD_HASHES[*hash].to_owned(),
         }),
         Step::CloseSession { token } => {
             command::Kind::CloseSession(CloseSessionCommand { token_hash: token_hash(*token) })
@@ -369,14 +386,20 @@ impl Model {
                     return Err(Rejection::SessionInvalid);
                 }
                 let user = self.users.get(&c.user_id).filter(|u| !u.deleted).ok_or(Rejection::AccountGone)?.clone();
+                if !c.password_hash.is_empty() && user.password_hash.as_deref() != Some(c.password_hash.as_str()) {
+                    return Err(Rejection::PasswordChanged);
+                }
                 if self.sessions.contains_key(&c.token_hash) {
                     return Err(Rejection::TokenCollision);
                 }
                 self.sessions.insert(c.token_hash.clone(), (user.user_id, index));
-                let expires_at_ms = match c.expires_at_ms {
-                    0 => c.opened_at_ms.saturating_add(SESSION_LIFETIME_LEGACY_MS).min(i64::MAX as u64),
-                    at => at,
+                // The log's time stays 0 in these schedules (no command carries a proposal
+                // time), so the lifetime counts from the opening.
+                let lifetime_ms = match c.expires_at_ms {
+                    0 => SESSION_LIFETIME_LEGACY_MS,
+                    at => at.saturating_sub(c.opened_at_ms),
                 };
+                let expires_at_ms = c.opened_at_ms.saturating_add(lifetime_ms).min(i64::MAX as u64);
                 self.expiries.insert(c.token_hash.clone(), expires_at_ms);
                 let mut mine: Vec<(u64, Vec<u8>)> = self
                     .sessions
@@ -750,6 +773,7 @@ fn oldest_sessions_are_closed_beyond_the_cap() {
                 token_hash: extra_token(i),
                 opened_at_ms: 5,
                 expires_at_ms: 0,
+                password_hash: String::new(),
             })),
             proposed_at_ms: 0,
         };

@@ -269,3 +269,42 @@ async fn wait_for(condition: impl Fn() -> bool, what: &str) {
     }
     panic!("{what} did not happen within 10 s");
 }
+
+/// One host may have at most 16 handshakes under way on a port (its 17th connection is
+/// closed at once, and counted), and a connection that says nothing is let go after 2 s:
+/// idle connections cannot keep a port from everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_cannot_hold_a_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = TestCluster::start(dir.path(), 1);
+    let address = cluster.client_address(1);
+    let before = cluster.status(1, false).await.unwrap().connections_refused;
+    let mut idle = Vec::new();
+    for _ in 0..chorus::tls::HANDSHAKES_PER_ADDRESS_MAX {
+        idle.push(tokio::net::TcpStream::connect(&address).await.unwrap());
+    }
+    // Let the node accept them all before the one too many.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut extra = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let mut buffer = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_millis(1500), extra.read(&mut buffer)).await;
+    assert!(matches!(closed, Ok(Ok(0) | Err(_))), "the 17th connection is closed before the first 16 time out");
+    // The idle ones are let go after the first-byte timeout, and counted.
+    for mut connection in idle {
+        let closed = tokio::time::timeout(Duration::from_secs(5), connection.read(&mut buffer)).await;
+        assert!(matches!(closed, Ok(Ok(0) | Err(_))), "an idle connection is closed");
+    }
+    let mut refused = 0;
+    for _ in 0..100 {
+        refused = cluster.status(1, false).await.unwrap().connections_refused - before;
+        if refused >= 17 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(refused, 17);
+    // And the port serves a real client at once afterwards.
+    handshake(&address, client_config(&read(&cluster.cluster.certs_dir().join("ca.pem")), None), "127.0.0.1")
+        .await
+        .unwrap();
+}

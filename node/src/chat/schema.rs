@@ -125,5 +125,5 @@ ALTER TABLE users DROP COLUMN dedup_records;
 const V5: &str = "
 ALTER TABLE chat_state ADD COLUMN log_time_ms INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE sessions ADD COLUMN expires_at_ms INTEGER NOT NULL DEFAULT 0;
-UPDATE sessions SET expires_at_ms = opened_at_ms + 604800000;
+UPDATE sessions SET expires_at_ms = min(opened_at_ms, 9223372036854775807 - 604800000) + 604800000;
 ";

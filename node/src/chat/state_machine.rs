@@ -235,11 +235,27 @@ impl Apply<'_> {
         let Some((username, unread_count)) = user else {
             return Ok(Outcome::Rejected(Rejection::AccountGone));
         };
-        // A command from before sessions expired lasts the default lifetime.
-        let expires_at_ms = match c.expires_at_ms {
-            0 => c.opened_at_ms.saturating_add(SESSION_LIFETIME_LEGACY_MS).min(validate::SQL_INTEGER_MAX),
-            expires_at_ms => expires_at_ms,
+        // A login made while the password was being changed is refused: whoever knew the
+        // old password must not come out of the change with a session. (A command from
+        // before this check carries no hash.)
+        if !c.password_hash.is_empty() {
+            let stored: Option<String> = self
+                .tx
+                .prepare_cached("SELECT password_hash FROM users WHERE user_id = ?1")?
+                .query_row([c.user_id], |row| row.get(0))?;
+            if stored.as_deref() != Some(c.password_hash.as_str()) {
+                return Ok(Outcome::Rejected(Rejection::PasswordChanged));
+            }
+        }
+        // The lifetime the login asked for (a command from before sessions expired: the
+        // default), counted from the later of its opening and the log's time: a log time
+        // that a leader's clock once pushed ahead cannot make new sessions stillborn.
+        let lifetime_ms = match c.expires_at_ms {
+            0 => SESSION_LIFETIME_LEGACY_MS,
+            expires_at_ms => expires_at_ms.saturating_sub(c.opened_at_ms),
         };
+        let expires_at_ms =
+            c.opened_at_ms.max(self.log_time_ms).saturating_add(lifetime_ms).min(validate::SQL_INTEGER_MAX);
         // The account's expired sessions go first: they could never be used again.
         const EXPIRED: &str = "user_id = ?1 AND expires_at_ms <= ?2";
         let expired = params![c.user_id, self.log_time_ms];
@@ -684,6 +700,7 @@ mod tests {
                 token_hash: vec![7; TOKEN_HASH_BYTES],
                 opened_at_ms: 1,
                 expires_at_ms: 2,
+                password_hash: String::new(),
             }),
         ];
         for (index, kind) in (1..).zip(commands) {
@@ -726,6 +743,7 @@ mod tests {
                     token_hash: vec![token; TOKEN_HASH_BYTES],
                     opened_at_ms: at_ms,
                     expires_at_ms,
+                    password_hash: String::new(),
                 }),
             )
         }
@@ -767,10 +785,20 @@ mod tests {
         assert_eq!(script.send(10, 7, 3), Outcome::Rejected(Rejection::SessionInvalid));
         assert!(!script.live(7, 0), "the log's time alone has passed the expiry");
 
-        // A login forms its expiry; a command without one (an older log) lasts a week.
+        // A leader whose clock ran a year ahead moved the log's time there: a login by a
+        // node with the right clock still gets its full lifetime, from the log's time.
+        let year_ms = 365 * 24 * 3600 * 1000;
+        script.send(year_ms, 7, 4);
+        assert!(matches!(
+            script.open(5_500, 1, 6, 9_500),
+            Outcome::SessionOpened { expires_at_ms, .. } if expires_at_ms == year_ms + 4_000
+        ));
+        assert!(script.live(6, 0));
+
+        // A command without an expiry (an older log) lasts a week.
         assert!(matches!(
             script.open(6_000, 1, 8, 0),
-            Outcome::SessionOpened { expires_at_ms, .. } if expires_at_ms == 6_000 + SESSION_LIFETIME_LEGACY_MS
+            Outcome::SessionOpened { expires_at_ms, .. } if expires_at_ms == year_ms + SESSION_LIFETIME_LEGACY_MS
         ));
         // Opening a session clears the account's expired ones.
         let sessions: i64 = script
@@ -779,7 +807,7 @@ mod tests {
             .connection()
             .query_row("SELECT count(*) FROM sessions WHERE user_id = 1", [], |row| row.get(0))
             .unwrap();
-        assert_eq!(sessions, 1, "the expired session is gone");
+        assert_eq!(sessions, 2, "the expired session is gone, the two live ones stay");
     }
 
     /// A password change needs a live session and the hash the proposing node verified;
@@ -810,7 +838,19 @@ mod tests {
         assert!(script.live(1, 0) && !script.live(2, 0) && !script.live(3, 0) && script.live(9, 0));
         let credentials = script.machine.queries().credentials("al").unwrap().unwrap();
         assert_eq!(credentials.password_hash, "new");
-        // The old hash no longer changes anything.
+        // The old hash no longer changes anything, nor opens a session: a login that checked
+        // the old password while the change committed is refused.
         assert_eq!(script.apply(30, change(1, "old", "other")), Outcome::Rejected(Rejection::PasswordChanged));
+        let login = |hash: &str| {
+            command::Kind::OpenSession(chorus_proto::v1::OpenSessionCommand {
+                user_id: 1,
+                token_hash: vec![5; TOKEN_HASH_BYTES],
+                opened_at_ms: 30,
+                expires_at_ms: 1_000_000,
+                password_hash: hash.to_owned(),
+            })
+        };
+        assert_eq!(script.apply(30, login("old")), Outcome::Rejected(Rejection::PasswordChanged));
+        assert!(matches!(script.apply(30, login("new")), Outcome::SessionOpened { .. }));
     }
 }

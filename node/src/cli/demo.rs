@@ -409,6 +409,8 @@ async fn stopped(mut flag: tokio::sync::watch::Receiver<bool>) {
 
 /// The top of the `cluster.toml` a demo writes.
 const CONFIG_HEADER: &str = "# Written by `chorus demo`; `chorus node --id N --config <this file>` runs member N.";
+/// Shell commands whose arguments include a password.
+const PASSWORD_COMMANDS: &[&str] = &["create", "login", "password"];
 /// Lines of shell history kept in the demo's directory.
 const HISTORY_LINES_MAX: usize = 1000;
 
@@ -424,7 +426,7 @@ impl ShellInput {
     fn new(dir: &std::path::Path) -> Self {
         if std::io::stdin().is_terminal() {
             let config = rustyline::Config::builder().max_history_size(HISTORY_LINES_MAX);
-            if let Ok(mut editor) = config.and_then(|c| DefaultEditor::with_config(c.auto_add_history(true).build())) {
+            if let Ok(mut editor) = config.and_then(|c| DefaultEditor::with_config(c.auto_add_history(false).build())) {
                 let history = dir.join("shell-history");
                 // No history yet is the normal first start.
                 let _ = editor.load_history(&history);
@@ -438,7 +440,14 @@ impl ShellInput {
     fn read_line(&mut self) -> Result<Option<String>> {
         match self {
             Self::Terminal { editor, .. } => match editor.readline("chorus> ") {
-                Ok(line) => Ok(Some(line)),
+                Ok(line) => {
+                    // Commands that hold a password stay out of the history file.
+                    let first = line.split_whitespace().next().unwrap_or("");
+                    if !line.trim().is_empty() && !PASSWORD_COMMANDS.contains(&first) {
+                        let _ = editor.add_history_entry(line.as_str());
+                    }
+                    Ok(Some(line))
+                }
                 Err(ReadlineError::Eof | ReadlineError::Interrupted) => Ok(None),
                 Err(error) => Err(error).context("cannot read the terminal"),
             },

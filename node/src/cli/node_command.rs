@@ -69,7 +69,13 @@ pub fn run(args: NodeArgs, insecure: bool) -> Result<()> {
     let config = node_config(&args, security.clone())?;
     let node_id = config.node_id;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.spawn(reload_on_hangup(security));
+    // Installed before the node starts: a SIGHUP's default action would kill it.
+    let hangups = {
+        let _entered = runtime.enter();
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot install the SIGHUP handler (certificate reloads)")?
+    };
+    runtime.spawn(reload_on_hangup(security, hangups));
     runtime
         .block_on(run_node(config, shutdown_signal(), move |bound| {
             // Lines on stdout that scripts and tests wait for: the node is up, and where.
@@ -102,12 +108,7 @@ fn security(args: &NodeArgs, insecure: bool) -> Result<NodeSecurity> {
 
 /// Reloads the node's certificates on every SIGHUP. A reload that fails keeps the
 /// previous ones (and says why): the node stays reachable.
-async fn reload_on_hangup(security: NodeSecurity) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        tracing::error!("cannot install the SIGHUP handler; certificates will not reload");
-        return;
-    };
+async fn reload_on_hangup(security: NodeSecurity, mut hangups: tokio::signal::unix::Signal) {
     while hangups.recv().await.is_some() {
         match &security {
             NodeSecurity::Tls(tls) => match tls.reload() {

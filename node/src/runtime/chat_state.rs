@@ -340,6 +340,7 @@ mod tests {
                 token_hash: token_hash.clone(),
                 opened_at_ms: 1,
                 expires_at_ms: 0,
+                password_hash: String::new(),
             })),
             proposed_at_ms: 0,
         };

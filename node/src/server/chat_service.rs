@@ -89,12 +89,16 @@ impl<P: Proposer> ChatService<P> {
 
     /// The live account behind a token and its stored password hash, for a request that
     /// checks the password (after making sure the password pool has room for it).
+    /// Password checks here count against the same limits as logins: a stolen token is no
+    /// licence to guess the password.
     async fn session_credentials(
         &self,
         token_hash: Vec<u8>,
+        address: Option<std::net::IpAddr>,
     ) -> Result<(SessionUser, Vec<u8>, crate::chat::Credentials), Status> {
         self.passwords.refuse_if_full()?;
         let (user, token_hash) = self.session(token_hash).await?;
+        self.limits.password_check(&user.username, address)?;
         let lookup = user.username.clone();
         let credentials = self
             .state
@@ -204,7 +208,7 @@ impl<P: Proposer> Chat for ChatService<P> {
         let username = validate::canonical_username(&request.username).map_err(status::invalid)?;
         validate::offered_password(&request.password).map_err(status::invalid)?;
         // Before anything that costs: a flood of attempts is turned away here.
-        self.limits.login(&username, address)?;
+        self.limits.password_check(&username, address)?;
         self.passwords.refuse_if_full()?;
         self.read_fence().await?;
         let lookup = username.clone();
@@ -222,6 +226,7 @@ impl<P: Proposer> Chat for ChatService<P> {
             })
             .await?;
         let Some(credentials) = verified else {
+            self.limits.password_failed(&username);
             return Err(status::login_failed());
         };
         let token = self.with_rng(credentials::new_session_token);
@@ -234,6 +239,7 @@ impl<P: Proposer> Chat for ChatService<P> {
                 opened_at_ms,
                 // Within SQLite's integers: a session that outlives them lasts "forever".
                 expires_at_ms: opened_at_ms.saturating_add(lifetime_ms).min(validate::SQL_INTEGER_MAX),
+                password_hash: credentials.password_hash,
             }))
             .await?;
         match outcome {
@@ -393,10 +399,11 @@ impl<P: Proposer> Chat for ChatService<P> {
         request: Request<ChangePasswordRequest>,
     ) -> Result<Response<ChangePasswordResponse>, Status> {
         let token_hash = bearer_token_hash(&request)?;
+        let address = client_ip(&request);
         let request = request.into_inner();
         validate::offered_password(&request.old_password).map_err(status::invalid)?;
         validate::new_password(&request.new_password).map_err(status::invalid)?;
-        let (user, token_hash, credentials) = self.session_credentials(token_hash).await?;
+        let (user, token_hash, credentials) = self.session_credentials(token_hash, address).await?;
         let stored_hash = credentials.password_hash.clone();
         let mut salt_rng: StdRng = self.with_rng(rand::SeedableRng::from_rng);
         let new_password_hash = self
@@ -410,6 +417,7 @@ impl<P: Proposer> Chat for ChatService<P> {
             .await?
             .map_err(|e| status::internal(e.to_string()))?;
         let Some(new_password_hash) = new_password_hash else {
+            self.limits.password_failed(&user.username);
             return Err(status::error(
                 tonic::Code::Unauthenticated,
                 chorus_proto::wire::WRONG_PASSWORD,
@@ -438,13 +446,15 @@ impl<P: Proposer> Chat for ChatService<P> {
         request: Request<DeleteAccountRequest>,
     ) -> Result<Response<DeleteAccountResponse>, Status> {
         let token_hash = bearer_token_hash(&request)?;
+        let address = client_ip(&request);
         let request = request.into_inner();
         validate::offered_password(&request.password).map_err(status::invalid)?;
-        let (user, token_hash, credentials) = self.session_credentials(token_hash).await?;
+        let (user, token_hash, credentials) = self.session_credentials(token_hash, address).await?;
         let stored_hash = credentials.password_hash.clone();
         let verified =
             self.passwords.run(move |hasher, memory| hasher.verify(&request.password, &stored_hash, memory)).await?;
         if !verified {
+            self.limits.password_failed(&user.username);
             return Err(status::error(
                 tonic::Code::Unauthenticated,
                 chorus_proto::wire::WRONG_PASSWORD,

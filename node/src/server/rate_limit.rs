@@ -7,7 +7,7 @@
 //! monotonic clock in milliseconds, passed in (so tests need no sleeping).
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -45,8 +45,29 @@ struct Bucket {
 pub struct RateLimiter<K> {
     per_minute: u64,
     keys_max: usize,
-    buckets: Mutex<BTreeMap<K, Bucket>>,
+    buckets: Mutex<Buckets<K>>,
 }
+
+struct Buckets<K> {
+    by_key: BTreeMap<K, Bucket>,
+    /// When full buckets were last swept out: at most once a second, so that a stream of
+    /// new keys against a full limiter costs a lookup each, not a scan each.
+    swept_at_ms: Option<u64>,
+}
+
+/// What a look at a bucket takes from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Take {
+    /// A token, if there is one.
+    IfThere,
+    /// Nothing.
+    Nothing,
+    /// A token, or what there is of one.
+    Always,
+}
+
+/// Least time between two sweeps of a full limiter.
+const SWEEP_INTERVAL_MS: u64 = 1_000;
 
 impl<K: Ord + Clone> RateLimiter<K> {
     /// A limiter of `per_minute` requests a minute per key (at least one), in bursts of as
@@ -57,7 +78,8 @@ impl<K: Ord + Clone> RateLimiter<K> {
 
     fn with_keys_max(per_minute: u64, keys_max: usize) -> Self {
         assert!(keys_max > 0, "a limiter tracks at least one key");
-        Self { per_minute: per_minute.max(1), keys_max, buckets: Mutex::new(BTreeMap::new()) }
+        let buckets = Buckets { by_key: BTreeMap::new(), swept_at_ms: None };
+        Self { per_minute: per_minute.max(1), keys_max, buckets: Mutex::new(buckets) }
     }
 
     fn capacity(&self) -> u64 {
@@ -72,22 +94,49 @@ impl<K: Ord + Clone> RateLimiter<K> {
 
     /// Takes a token for `key` at `now_ms`, if there is one.
     pub fn check(&self, key: &K, now_ms: u64) -> Verdict {
+        self.take(key, now_ms, Take::IfThere)
+    }
+
+    /// Whether `key` has a token at `now_ms`, taking none: for a limit charged only
+    /// afterwards, on failure ([`RateLimiter::charge`]).
+    pub fn peek(&self, key: &K, now_ms: u64) -> Verdict {
+        self.take(key, now_ms, Take::Nothing)
+    }
+
+    /// Takes a token for `key` at `now_ms`, or what is left of one (the bucket may go to
+    /// zero, never below).
+    pub fn charge(&self, key: &K, now_ms: u64) {
+        let _ = self.take(key, now_ms, Take::Always);
+    }
+
+    fn take(&self, key: &K, now_ms: u64, take: Take) -> Verdict {
         let mut buckets = self.buckets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if !buckets.contains_key(key) && buckets.len() >= self.keys_max {
-            let capacity = self.capacity();
-            buckets.retain(|_, bucket| self.refilled(bucket, now_ms) < capacity);
-            if buckets.len() >= self.keys_max {
-                return Verdict::Crowded;
+        let buckets = &mut *buckets;
+        if !buckets.by_key.contains_key(key) {
+            if take == Take::Nothing {
+                // No bucket is a full one.
+                return Verdict::Allowed;
+            }
+            if buckets.by_key.len() >= self.keys_max {
+                let sweep_due = buckets.swept_at_ms.is_none_or(|at| now_ms.saturating_sub(at) >= SWEEP_INTERVAL_MS);
+                if sweep_due {
+                    let capacity = self.capacity();
+                    buckets.by_key.retain(|_, bucket| self.refilled(bucket, now_ms) < capacity);
+                    buckets.swept_at_ms = Some(now_ms);
+                }
+                if buckets.by_key.len() >= self.keys_max {
+                    return Verdict::Crowded;
+                }
             }
         }
-        let bucket = buckets.entry(key.clone()).or_insert(Bucket { units: self.capacity(), updated_ms: now_ms });
+        let bucket = buckets.by_key.entry(key.clone()).or_insert(Bucket { units: self.capacity(), updated_ms: now_ms });
         let units = self.refilled(bucket, now_ms);
         bucket.updated_ms = bucket.updated_ms.max(now_ms);
         if units >= TOKEN {
-            bucket.units = units - TOKEN;
+            bucket.units = if take == Take::Nothing { units } else { units - TOKEN };
             Verdict::Allowed
         } else {
-            bucket.units = units;
+            bucket.units = if take == Take::Always { 0 } else { units };
             let missing = TOKEN - units;
             Verdict::Limited { retry_after: Duration::from_millis(missing.div_ceil(self.per_minute)) }
         }
@@ -95,7 +144,7 @@ impl<K: Ord + Clone> RateLimiter<K> {
 
     #[cfg(test)]
     fn keys(&self) -> usize {
-        self.buckets.lock().unwrap().len()
+        self.buckets.lock().unwrap().by_key.len()
     }
 }
 
@@ -117,14 +166,26 @@ impl ChatLimits {
         }
     }
 
-    /// A login attempt for `username` (canonical; existing or not, so that the answer says
-    /// nothing of which names exist) from `address`.
-    pub fn login(&self, username: &str, address: Option<IpAddr>) -> Result<(), Status> {
+    /// A password check for `username` (canonical; existing or not, so that the answer
+    /// says nothing of which names exist) from `address`: every attempt counts against the
+    /// address, and only a failed one (see [`ChatLimits::password_failed`]) against the
+    /// account, so that a stranger's wrong guesses lock its owner out only as long as they
+    /// go on, and a person logging in right is never refused for logging in often.
+    pub fn password_check(&self, username: &str, address: Option<IpAddr>) -> Result<(), Status> {
         let now_ms = self.clock.now_ms();
+        verdict(self.logins_per_account.peek(&username.to_owned(), now_ms), "failed login attempts for this account")?;
         if let Some(address) = address {
-            verdict(self.logins_per_address.check(&address_key(address), now_ms), "login attempts from your address")?;
+            verdict(
+                self.logins_per_address.check(&crate::host::host_of(address), now_ms),
+                "login attempts from your address",
+            )?;
         }
-        verdict(self.logins_per_account.check(&username.to_owned(), now_ms), "login attempts for this account")
+        Ok(())
+    }
+
+    /// A password check for `username` failed.
+    pub fn password_failed(&self, username: &str) {
+        self.logins_per_account.charge(&username.to_owned(), self.clock.now_ms());
     }
 
     /// A send by account `user_id`.
@@ -143,18 +204,6 @@ fn verdict(verdict: Verdict, what: &str) -> Result<(), Status> {
     }
 }
 
-/// The key an address is limited under: an IPv4 address, or an IPv6 address's /64 (one
-/// host usually holds a whole /64, and would otherwise have 2^64 buckets).
-fn address_key(address: IpAddr) -> IpAddr {
-    match address {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
-        },
-    }
-}
-
 /// The address a request came from, if the transport says.
 pub fn client_ip<T>(request: &tonic::Request<T>) -> Option<IpAddr> {
     #[cfg(not(madsim))]
@@ -167,16 +216,6 @@ pub fn client_ip<T>(request: &tonic::Request<T>) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn addresses_are_limited_by_host_and_ipv6_by_its_64() {
-        let key = |text: &str| address_key(text.parse().unwrap());
-        assert_eq!(key("10.0.0.1"), key("10.0.0.1"));
-        assert_ne!(key("10.0.0.1"), key("10.0.0.2"));
-        assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2:bbbb::9"));
-        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
-        assert_eq!(key("::ffff:10.0.0.1"), key("10.0.0.1"));
-    }
 
     #[test]
     fn a_burst_of_the_rate_then_one_per_interval() {
@@ -197,6 +236,19 @@ mod tests {
             assert_eq!(limiter.check(&"alice", 10_000_000), Verdict::Allowed);
         }
         assert!(matches!(limiter.check(&"alice", 10_000_000), Verdict::Limited { .. }));
+    }
+
+    #[test]
+    fn a_limit_charged_on_failure_refuses_only_once_spent() {
+        let limiter = RateLimiter::new(2);
+        assert_eq!(limiter.peek(&"alice", 0), Verdict::Allowed);
+        assert_eq!(limiter.peek(&"alice", 0), Verdict::Allowed, "a look takes nothing");
+        limiter.charge(&"alice", 0);
+        limiter.charge(&"alice", 0);
+        assert_eq!(limiter.peek(&"alice", 0), Verdict::Limited { retry_after: Duration::from_secs(30) });
+        limiter.charge(&"alice", 1_000);
+        assert_eq!(limiter.peek(&"alice", 1_000), Verdict::Limited { retry_after: Duration::from_secs(30) });
+        assert_eq!(limiter.peek(&"alice", 31_000), Verdict::Allowed);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! `--insecure`) is refused with a warning that says which, since that is a node or client
 //! configured differently from this one.
 
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,9 +26,15 @@ use tracing::Instrument;
 use super::material::{NodeTls, Side};
 
 /// Handshakes under way at once on one port; further connections wait to be accepted.
-pub const HANDSHAKES_MAX: usize = 64;
-/// Longest a connection may take from its arrival to a completed handshake.
+pub const HANDSHAKES_MAX: usize = 128;
+/// Handshakes under way at once from one address (an IPv6 address counts by its /64):
+/// beyond, its new connections are closed at once, so that one host cannot take every
+/// slot and keep the port from everyone else.
+pub const HANDSHAKES_PER_ADDRESS_MAX: usize = 16;
+/// Longest a connection may take from its arrival to a completed handshake, and to its
+/// first byte (a client that connects and says nothing is let go sooner).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(2);
 /// At most one warning about refused connections per this interval (a stranger's flood of
 /// connections must not flood the log); the count in `cluster status` has them all.
 const REFUSAL_WARNING_INTERVAL: Duration = Duration::from_secs(10);
@@ -119,6 +126,7 @@ async fn accept(
     accepted: mpsc::Sender<Connection>,
 ) {
     let slots = Arc::new(Semaphore::new(HANDSHAKES_MAX));
+    let per_address: Arc<std::sync::Mutex<BTreeMap<IpAddr, usize>>> = Arc::default();
     loop {
         // With every slot taken, stop accepting: new connections wait in the kernel's
         // listen backlog (bounded, and costing this process nothing) until a handshake
@@ -142,11 +150,16 @@ async fn accept(
                 }
             },
         };
+        let Some(address_slot) = AddressSlot::take(&per_address, remote.ip()) else {
+            drop(tcp);
+            refusals.refuse(port, remote, "too many handshakes under way from its address").await;
+            continue;
+        };
         // Raft messages and chat calls are small and latency-bound.
         let _ = tcp.set_nodelay(true);
         let (handshake, refusals, accepted) = (handshake.clone(), Arc::clone(&refusals), accepted.clone());
         let connect = async move {
-            let _slot = slot;
+            let _slots = (slot, address_slot);
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake.complete(tcp, remote)).await {
                 Ok(Ok(connection)) => {
                     let _ = accepted.send(connection).await;
@@ -159,10 +172,44 @@ async fn accept(
     }
 }
 
+/// One of an address's handshake slots, given back when dropped.
+struct AddressSlot {
+    counts: Arc<std::sync::Mutex<BTreeMap<IpAddr, usize>>>,
+    address: IpAddr,
+}
+
+impl AddressSlot {
+    fn take(counts: &Arc<std::sync::Mutex<BTreeMap<IpAddr, usize>>>, address: IpAddr) -> Option<Self> {
+        let address = crate::host::host_of(address);
+        let mut map = counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = map.entry(address).or_insert(0);
+        if *count >= HANDSHAKES_PER_ADDRESS_MAX {
+            return None;
+        }
+        *count += 1;
+        Some(Self { counts: Arc::clone(counts), address })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = map.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.address);
+            }
+        }
+    }
+}
+
 impl Handshake {
     async fn complete(self, tcp: TcpStream, remote: SocketAddr) -> Result<Connection, String> {
         let mut first = [0u8; 1];
-        let seen = tcp.peek(&mut first).await.map_err(|error| format!("connection failed: {error}"))?;
+        let seen = tokio::time::timeout(FIRST_BYTE_TIMEOUT, tcp.peek(&mut first))
+            .await
+            .map_err(|_| format!("said nothing within {} s", FIRST_BYTE_TIMEOUT.as_secs()))?
+            .map_err(|error| format!("connection failed: {error}"))?;
         if seen == 0 {
             return Err("closed before saying anything".to_owned());
         }

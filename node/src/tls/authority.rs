@@ -17,6 +17,8 @@ use rcgen::{
 use super::{TlsError, client_name, node_name};
 
 pub const CA_CERT_FILE: &str = "ca.pem";
+/// The domain of the identity names ([`node_name`], [`client_name`]).
+const RESERVED_SUFFIX: &str = "chorus.internal";
 pub const CA_KEY_FILE: &str = "ca.key";
 
 /// How long certificates are valid by default: a year for nodes and clients, ten for the CA.
@@ -179,6 +181,11 @@ fn host_name(host: &str) -> Result<SanType, TlsError> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(SanType::IpAddress(ip));
     }
+    // The names that say "member N" or "operator X" are the CA's to give, one per
+    // certificate: a host name among them would let one member answer for another.
+    if host.to_ascii_lowercase().trim_end_matches('.').ends_with(RESERVED_SUFFIX) {
+        return Err(TlsError::BadHost(host.to_owned()));
+    }
     let plausible = !host.is_empty()
         && host.len() <= 253
         && host.split('.').all(|label| {
@@ -255,7 +262,9 @@ mod tests {
     fn names_that_are_not_hosts_or_client_names_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let ca = CertificateAuthority::create(dir.path(), "test", Validity::ca_default()).unwrap();
-        for host in ["", "a..b", "*.example", "host:7001", "white space"] {
+        for host in
+            ["", "a..b", "*.example", "host:7001", "white space", "node-2.chorus.internal", "Node-2.CHORUS.Internal."]
+        {
             assert!(
                 matches!(ca.issue_node(1, &[host.into()], Validity::leaf_default()), Err(TlsError::BadHost(_))),
                 "{host:?}"

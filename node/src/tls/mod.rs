@@ -18,7 +18,8 @@ mod identity;
 mod material;
 
 pub use acceptor::{
-    Connection, ConnectionInfo, HANDSHAKE_TIMEOUT, HANDSHAKES_MAX, Handshake, Incoming, Refusals, incoming,
+    Connection, ConnectionInfo, FIRST_BYTE_TIMEOUT, HANDSHAKE_TIMEOUT, HANDSHAKES_MAX, HANDSHAKES_PER_ADDRESS_MAX,
+    Handshake, Incoming, Refusals, incoming,
 };
 pub use authority::{
     CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority, Issued, IssuedFiles, Validity, client_files, node_files,

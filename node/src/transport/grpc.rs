@@ -115,7 +115,16 @@ impl PeerLink {
                 Endpoint::from_shared(format!("https://{}", self.address))?.tls_config(tls.peer_client_config(self.to))
             }
         }
-        .map(|endpoint| endpoint.connect_timeout(CONNECT_TIMEOUT).timeout(DELIVER_TIMEOUT))
+        .map(|endpoint| {
+            // Both ends ping (the peer server does too): a link to a machine that died
+            // mid-connection is given up within the keepalive timeout, and reconnects.
+            endpoint
+                .connect_timeout(CONNECT_TIMEOUT)
+                .timeout(DELIVER_TIMEOUT)
+                .http2_keep_alive_interval(super::PEER_KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(super::PEER_KEEPALIVE_TIMEOUT)
+                .keep_alive_while_idle(true)
+        })
     }
 
     async fn run(self, mut queue: mpsc::Receiver<Message>, stopping: Watch<bool>) {

@@ -197,7 +197,17 @@ impl TestCluster {
     }
 }
 
-/// A connection to one node's client port.
+/// A connection to one node's client port. A node closes at once the connections beyond
+/// 16 handshakes under way from one host (as this test's clients all are), so a refused
+/// connection is tried again, for up to 30 s.
 pub async fn connect(address: &str, security: &ClientSecurity) -> tonic::transport::Channel {
-    chorus::client::endpoint(address, security).unwrap().connect().await.unwrap()
+    let endpoint = chorus::client::endpoint(address, security).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match endpoint.connect().await {
+            Ok(channel) => return channel,
+            Err(error) if tokio::time::Instant::now() >= deadline => panic!("cannot connect to {address}: {error}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
 }
