@@ -440,7 +440,7 @@ impl Model {
                 }
                 if let Some((message_id, first_to, first_body)) = sends.remembered.get(&c.sequence) {
                     return if *first_to == to && *first_body == c.body {
-                        Ok(Outcome::MessageSent { message_id: *message_id, duplicate: true })
+                        Ok(Outcome::MessageSent { message_id: *message_id, duplicate: true, sender_id: sender })
                     } else {
                         Err(Rejection::SequenceReused { sequence: c.sequence, message_id: *message_id })
                     };
@@ -468,7 +468,7 @@ impl Model {
                 );
                 let sends = self.sends.get_mut(&c.token_hash).expect("created above");
                 sends.remembered.insert(c.sequence, (message_id, to, c.body.clone()));
-                Ok(Outcome::MessageSent { message_id, duplicate: false })
+                Ok(Outcome::MessageSent { message_id, duplicate: false, sender_id: sender })
             }
             command::Kind::ReadMessages(c) => {
                 let reader = self.session(&c.token_hash).ok_or(Rejection::SessionInvalid)?;
@@ -874,9 +874,9 @@ fn no_leader_clock_decides_whether_a_send_is_stored() {
     let first = apply(&mut sm, &send_step(0, 1, 1), START_MS + 2 * day_ms as u64);
     let later = apply(&mut sm, &send_step(0, 1, 2), START_MS);
     let retry = apply(&mut sm, &send_step(0, 1, 1), START_MS - day_ms as u64);
-    assert_eq!(first, Outcome::MessageSent { message_id: 1, duplicate: false });
-    assert_eq!(later, Outcome::MessageSent { message_id: 2, duplicate: false });
-    assert_eq!(retry, Outcome::MessageSent { message_id: 1, duplicate: true });
+    assert_eq!(first, Outcome::MessageSent { message_id: 1, duplicate: false, sender_id: 1 });
+    assert_eq!(later, Outcome::MessageSent { message_id: 2, duplicate: false, sender_id: 1 });
+    assert_eq!(retry, Outcome::MessageSent { message_id: 1, duplicate: true, sender_id: 1 });
 }
 
 /// A retry is recognized for as long as its session lives and the client has not
@@ -914,7 +914,11 @@ fn unacknowledged_sends_are_remembered_until_acknowledged_and_bounded() {
     let year_later = START_MS + 365 * 24 * 3600 * 1000;
     index += 1;
     let retry = sm.apply(index, &send(1, 0, year_later)).unwrap();
-    assert_eq!(retry, Outcome::MessageSent { message_id: 1, duplicate: true }, "a year later, still recognized");
+    assert_eq!(
+        retry,
+        Outcome::MessageSent { message_id: 1, duplicate: true, sender_id: 1 },
+        "a year later, still recognized"
+    );
     index += 1;
     let over = sm.apply(index, &send(max + 1, 0, year_later)).unwrap();
     assert_eq!(over, Outcome::Rejected(Rejection::TooManyUnacknowledgedSends { count: max }));

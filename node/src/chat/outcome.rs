@@ -47,6 +47,8 @@ pub enum Outcome {
     MessageSent {
         message_id: u64,
         duplicate: bool,
+        /// The sending account (what a node's per-account send limit counts).
+        sender_id: u64,
     },
     MessagesRead {
         messages: Vec<MessageView>,

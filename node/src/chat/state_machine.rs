@@ -334,7 +334,7 @@ impl Apply<'_> {
         let first = if crate::bugs::active(crate::bugs::Bug::ForgetDedup) { None } else { first };
         if let Some((message_id, first_digest)) = first {
             return Ok(if first_digest == digest {
-                Outcome::MessageSent { message_id, duplicate: true }
+                Outcome::MessageSent { message_id, duplicate: true, sender_id: sender.user_id }
             } else {
                 Outcome::Rejected(Rejection::SequenceReused { sequence: c.sequence, message_id })
             });
@@ -392,7 +392,7 @@ impl Apply<'_> {
             .prepare_cached("UPDATE sessions SET sends_remembered = sends_remembered + 1 WHERE token_hash = ?1")?
             .execute([&c.token_hash])?;
         self.tx.prepare_cached("UPDATE chat_state SET next_message_id = next_message_id + 1")?.execute([])?;
-        Ok(Outcome::MessageSent { message_id, duplicate: false })
+        Ok(Outcome::MessageSent { message_id, duplicate: false, sender_id: sender.user_id })
     }
 
     /// A session's acknowledged point and how many of its sends are remembered.
@@ -666,8 +666,14 @@ mod tests {
             acknowledged_through: 0,
         };
         let command = Command { kind: Some(command::Kind::SendMessage(send)), proposed_at_ms: 0 };
-        assert_eq!(machine.apply(11, &command).unwrap(), Outcome::MessageSent { message_id: 2, duplicate: false });
-        assert_eq!(machine.apply(12, &command).unwrap(), Outcome::MessageSent { message_id: 2, duplicate: true });
+        assert_eq!(
+            machine.apply(11, &command).unwrap(),
+            Outcome::MessageSent { message_id: 2, duplicate: false, sender_id: 1 }
+        );
+        assert_eq!(
+            machine.apply(12, &command).unwrap(),
+            Outcome::MessageSent { message_id: 2, duplicate: true, sender_id: 1 }
+        );
         let digest_before = machine.queries().state_digest().unwrap();
         let reader = ChatReader::open_read_only(&path).unwrap();
         assert_eq!(reader.state_digest_at_applied().unwrap(), (12, digest_before), "readers see what was applied");

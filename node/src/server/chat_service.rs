@@ -293,16 +293,12 @@ impl<P: Proposer> Chat for ChatService<P> {
         let to = validate::canonical_username(&request.to).map_err(status::invalid)?;
         validate::message_body(&request.body).map_err(status::invalid)?;
         validate::send_sequence(request.sequence, request.acknowledged_through).map_err(status::invalid)?;
-        // The account is limited, not the session (an account may hold 64). A session this
-        // node has not applied yet is left to apply, which refuses it if it does not exist.
-        let (lookup, now_ms) = (token_hash.clone(), self.clock.unix_time_ms());
-        let sender = self.state.read(move |reader| reader.session_user(&lookup, now_ms)).await.map_err(status::read)?;
-        if let Some(sender) = sender {
-            self.limits.send(sender.user_id)?;
-        }
+        // The account is limited, not the session (an account may hold 64). No lookup: the
+        // limiter knows a session's account from its earlier sends' outcomes.
+        self.limits.send(&token_hash)?;
         let outcome = self
             .propose(command::Kind::SendMessage(SendMessageCommand {
-                token_hash,
+                token_hash: token_hash.clone(),
                 to,
                 body: request.body,
                 // For display only: no decision depends on this clock.
@@ -312,7 +308,10 @@ impl<P: Proposer> Chat for ChatService<P> {
             }))
             .await?;
         match outcome {
-            Outcome::MessageSent { message_id, duplicate } => {
+            Outcome::MessageSent { message_id, duplicate, sender_id } => {
+                if !duplicate {
+                    self.limits.sent(&token_hash, sender_id);
+                }
                 Ok(Response::new(SendMessageResponse { message_id, duplicate }))
             }
             Outcome::Rejected(rejection) => Err(status::rejection(rejection)),

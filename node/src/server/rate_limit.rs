@@ -153,6 +153,10 @@ pub struct ChatLimits {
     logins_per_account: RateLimiter<String>,
     logins_per_address: RateLimiter<IpAddr>,
     sends_per_account: RateLimiter<u64>,
+    /// The account of each session that sent through this node (learned from the sends'
+    /// outcomes, so a send costs no lookup), at most [`KEYS_MAX`]; forgotten all at once
+    /// when full (a session's next send learns it again).
+    senders: Mutex<BTreeMap<Vec<u8>, u64>>,
     clock: MonotonicClock,
 }
 
@@ -162,6 +166,7 @@ impl ChatLimits {
             logins_per_account: RateLimiter::new(limits.logins_per_account_per_minute),
             logins_per_address: RateLimiter::new(limits.logins_per_address_per_minute),
             sends_per_account: RateLimiter::new(limits.sends_per_account_per_minute),
+            senders: Mutex::new(BTreeMap::new()),
             clock: clock.monotonic(),
         }
     }
@@ -188,9 +193,30 @@ impl ChatLimits {
         self.logins_per_account.charge(&username.to_owned(), self.clock.now_ms());
     }
 
-    /// A send by account `user_id`.
-    pub fn send(&self, user_id: u64) -> Result<(), Status> {
-        verdict(self.sends_per_account.check(&user_id, self.clock.now_ms()), "messages sent by this account")
+    /// A send by the session `token_hash`: refused while its account (if this node has
+    /// seen the session send before) has no token left.
+    pub fn send(&self, token_hash: &[u8]) -> Result<(), Status> {
+        let sender = self.senders.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(token_hash).copied();
+        match sender {
+            Some(user_id) => {
+                verdict(self.sends_per_account.peek(&user_id, self.clock.now_ms()), "messages sent by this account")
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The session `token_hash` of account `sender_id` sent a message: it is charged to
+    /// the account. (Charged after the fact, the limit lets at most the sends already in
+    /// flight through beyond it.)
+    pub fn sent(&self, token_hash: &[u8], sender_id: u64) {
+        {
+            let mut senders = self.senders.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if senders.len() >= KEYS_MAX && !senders.contains_key(token_hash) {
+                senders.clear();
+            }
+            senders.insert(token_hash.to_vec(), sender_id);
+        }
+        self.sends_per_account.charge(&sender_id, self.clock.now_ms());
     }
 }
 

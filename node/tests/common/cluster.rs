@@ -40,7 +40,7 @@ impl Default for ClusterOptions {
             timing_ms: (50, 400, 800),
             fast_password_hashing: true,
             insecure: false,
-            limits: Limits::default(),
+            limits: Limits::generous(),
         }
     }
 }
