@@ -109,6 +109,17 @@ impl<P: Proposer> ChatService<P> {
         Ok((user, token_hash, credentials))
     }
 
+    /// The answer to a wrong password from a signed-in caller (`consequence`: what did not
+    /// happen), which counts against the account's failed attempts.
+    fn wrong_password(&self, username: &str, consequence: &str) -> Status {
+        self.limits.password_failed(username);
+        status::error(
+            tonic::Code::Unauthenticated,
+            chorus_proto::wire::WRONG_PASSWORD,
+            format!("wrong password: {consequence}"),
+        )
+    }
+
     fn with_rng<R>(&self, draw: impl FnOnce(&mut StdRng) -> R) -> R {
         draw(&mut self.rng.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
     }
@@ -416,12 +427,7 @@ impl<P: Proposer> Chat for ChatService<P> {
             .await?
             .map_err(|e| status::internal(e.to_string()))?;
         let Some(new_password_hash) = new_password_hash else {
-            self.limits.password_failed(&user.username);
-            return Err(status::error(
-                tonic::Code::Unauthenticated,
-                chorus_proto::wire::WRONG_PASSWORD,
-                "wrong password: the password was not changed",
-            ));
+            return Err(self.wrong_password(&user.username, "the password was not changed"));
         };
         let outcome = self
             .propose(command::Kind::ChangePassword(ChangePasswordCommand {
@@ -453,12 +459,7 @@ impl<P: Proposer> Chat for ChatService<P> {
         let verified =
             self.passwords.run(move |hasher, memory| hasher.verify(&request.password, &stored_hash, memory)).await?;
         if !verified {
-            self.limits.password_failed(&user.username);
-            return Err(status::error(
-                tonic::Code::Unauthenticated,
-                chorus_proto::wire::WRONG_PASSWORD,
-                "wrong password: the account was not deleted",
-            ));
+            return Err(self.wrong_password(&user.username, "the account was not deleted"));
         }
         let outcome = self
             .propose(command::Kind::DeleteAccount(DeleteAccountCommand {
