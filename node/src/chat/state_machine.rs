@@ -239,13 +239,7 @@ impl Apply<'_> {
         // old password must not come out of the change with a session. (A command from
         // before this check carries no hash.)
         if !c.password_hash.is_empty() {
-            let stored: Option<String> = self
-                .tx
-                .prepare_cached("SELECT password_hash FROM users WHERE user_id = ?1")?
-                .query_row([c.user_id], |row| row.get(0))?;
-            if stored.as_deref() != Some(c.password_hash.as_str()) {
-                return Ok(Outcome::Rejected(Rejection::PasswordChanged));
-            }
+            check!(self.password_is_still(c.user_id, &c.password_hash)?);
         }
         // The lifetime the login asked for (a command from before sessions expired: the
         // default), counted from the later of its opening and the log's time: a log time
@@ -529,13 +523,7 @@ impl Apply<'_> {
     fn delete_account(&self, c: &chorus_proto::v1::DeleteAccountCommand) -> Result<Outcome, rusqlite::Error> {
         let user = check!(self.session(&c.token_hash)?);
         let user_id = user.user_id;
-        let stored: Option<String> = self
-            .tx
-            .prepare_cached("SELECT password_hash FROM users WHERE user_id = ?1")?
-            .query_row([user_id], |row| row.get(0))?;
-        if stored.as_deref() != Some(c.password_hash.as_str()) {
-            return Ok(Outcome::Rejected(Rejection::PasswordChanged));
-        }
+        check!(self.password_is_still(user_id, &c.password_hash)?);
         // Withdraw what the account sent that is still unread: it leaves with its sender.
         self.tx
             .prepare_cached(
@@ -571,13 +559,7 @@ impl Apply<'_> {
             // As at account creation: an empty hash would let anyone in.
             return Ok(Outcome::Rejected(Rejection::MalformedCommand("password change without a new password hash")));
         }
-        let stored: Option<String> = self
-            .tx
-            .prepare_cached("SELECT password_hash FROM users WHERE user_id = ?1")?
-            .query_row([user.user_id], |row| row.get(0))?;
-        if stored.as_deref() != Some(c.old_password_hash.as_str()) {
-            return Ok(Outcome::Rejected(Rejection::PasswordChanged));
-        }
+        check!(self.password_is_still(user.user_id, &c.old_password_hash)?);
         self.tx
             .prepare_cached("UPDATE users SET password_hash = ?1 WHERE user_id = ?2")?
             .execute(params![c.new_password_hash, user.user_id])?;
@@ -590,6 +572,17 @@ impl Apply<'_> {
             self.touch(user.user_id);
         }
         Ok(Outcome::PasswordChanged { sessions_ended: ended as u64 })
+    }
+
+    /// Whether account `user_id`'s password hash is still `verified`, the one the proposing
+    /// node checked a password against: if it changed while the command was in flight, the
+    /// command is refused (login, password change and account deletion alike).
+    fn password_is_still(&self, user_id: u64, verified: &str) -> Applied<()> {
+        let stored: Option<String> = self
+            .tx
+            .prepare_cached("SELECT password_hash FROM users WHERE user_id = ?1")?
+            .query_row([user_id], |row| row.get(0))?;
+        Ok(if stored.as_deref() == Some(verified) { Ok(()) } else { Err(Rejection::PasswordChanged) })
     }
 
     /// Notes that `user_id`'s subscriptions must look again when this batch is applied.
