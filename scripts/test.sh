@@ -6,6 +6,7 @@
 #   PROPTEST_CASES        property-test cases per test (default: each test's own, small enough for CI)
 #   RAFT_PROPTEST_CASES   cases per cluster size of the replication property test (default 1000)
 #   MADSIM_TEST_NUM       simulation seeds per scenario (default 8)
+#   FUZZ_SECONDS          seconds each fuzz target runs (default 12)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,13 +29,25 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test"
 cargo test --workspace --locked
 
+# Coverage-guided fuzzing, briefly (FUZZ_SECONDS per target, default 12): libFuzzer is
+# C++, compiled by libfuzzer-sys, so a C++ compiler must be there. The instrumented build
+# reuses the dependencies `cargo test` just built. Longer runs: docs/testing.md.
+step "fuzz smoke: every target for ${FUZZ_SECONDS:-12}s from the committed corpus"
+if ! command -v c++ > /dev/null; then
+    apt-get update -qq && apt-get install -y -qq g++
+fi
+scripts/fuzz.sh smoke "${FUZZ_SECONDS:-12}"
+
 # The simulation: the real node code under madsim, optimized (it runs tens of seeds) but
 # with debug assertions and overflow checks on (the `sim` profile: faults are injected here,
 # so here a broken invariant must crash), in its own target directory so that the two
 # builds never evict each other.
 export RUSTFLAGS="--cfg madsim"
-step "madsim build (the node crate compiles for simulation, without planted bugs)"
-cargo build --profile sim --locked --target-dir target/sim -p chorus
+# Checked, not built: the suite below builds the node crate with its planted bugs, and a
+# second optimized build of it without them would cost minutes to prove only that it
+# compiles.
+step "madsim check (the node crate compiles for simulation, without planted bugs)"
+cargo clippy --profile sim --locked --target-dir target/sim -p chorus --lib --bins -- -D warnings
 
 step "cargo clippy -D warnings (simulation-only code)"
 cargo clippy --profile sim --locked --target-dir target/sim -p chorus-sim --all-targets -- -D warnings

@@ -651,3 +651,44 @@ async fn pages_of_large_messages_fit_a_stock_client_and_lose_nothing() {
     history_ids.reverse();
     assert_eq!(history_ids, (1..=COUNT).collect::<Vec<_>>(), "History pages through everything");
 }
+
+/// One connection holds at most `CLIENT_STREAMS_PER_CONNECTION_MAX` calls at once: with
+/// that many live subscriptions open on it (8 accounts, 4 sessions each, 4 streams per
+/// session: within every other bound), a further call on it waits until one of them ends,
+/// while another connection is served at once.
+#[tokio::test]
+async fn one_connection_holds_a_bounded_number_of_calls() {
+    const MOST: usize = chorus::node::CLIENT_STREAMS_PER_CONNECTION_MAX as usize;
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path());
+    let mut client = node.client().await;
+    let mut tokens = Vec::new();
+    for n in 0..MOST / 16 {
+        let user = format!("many{n}");
+        tokens.push(account(&mut client, &user).await);
+        for _ in 1..4 {
+            tokens.push(login(&mut client, &user).await);
+        }
+    }
+    let mut streams = Vec::new();
+    for token in &tokens {
+        for _ in 0..4 {
+            streams
+                .push(client.subscribe(as_user(SubscribeRequest { after_id: 0 }, token)).await.unwrap().into_inner());
+        }
+    }
+    assert_eq!(streams.len(), MOST);
+    let list = || ListAccountsRequest { pattern: String::new(), page_size: 1, page_token: String::new() };
+    let mut waiting = client.clone();
+    let mut queued = tokio::spawn(async move { waiting.list_accounts(list()).await.map(|r| r.into_inner()) });
+    let wait = std::time::Duration::from_secs(2);
+    assert!(
+        tokio::time::timeout(wait, &mut queued).await.is_err(),
+        "a call beyond {MOST} open ones on one connection was served at once"
+    );
+    // Another connection is not held up.
+    node.client().await.list_accounts(list()).await.unwrap();
+    drop(streams.pop());
+    let served = tokio::time::timeout(std::time::Duration::from_secs(10), queued).await;
+    assert!(served.expect("served once a stream ended").unwrap().is_ok());
+}

@@ -225,13 +225,14 @@ async fn a_node_down_during_ten_thousand_messages_catches_up() {
 }
 
 /// A Raft batch from another cluster, from a stranger, for another member than the
-/// sender's certificate names, or that does not decode is refused, logged and counted; the
-/// cluster is unaffected. (The forger holds node 2's own certificate: tests/tls.rs shows
+/// sender's certificate names, or that does not decode is refused, logged and counted; a
+/// message that decodes but is impossible is dropped and counted by the core; the cluster
+/// is unaffected. (The forger holds node 2's own certificate: tests/tls.rs shows
 /// that without a member's certificate nothing gets past the handshake.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_wrong_cluster_raft_messages_are_refused_and_logged() {
     use chorus::client::v1::raft_client::RaftClient;
-    use chorus::client::v1::{RaftBatch, RaftMessage};
+    use chorus::client::v1::{AppendRequest, LogPosition, RaftBatch, RaftMessage, raft_message};
 
     let dir = tempfile::tempdir().unwrap();
     let cluster = TestCluster::start(dir.path(), 3);
@@ -274,6 +275,27 @@ async fn garbage_and_wrong_cluster_raft_messages_are_refused_and_logged() {
     assert_ne!(status.code(), Code::Ok);
     // What the certificate allows gets through: an empty batch from node 2 as node 2.
     raft.deliver(batch("e2e", 2, 1, vec![])).await.unwrap();
+    // A message that decodes but that no member sends (its previous entry is of a term
+    // after its own) passes the service and is dropped, and counted, by the core, without
+    // its huge term reaching anyone.
+    let impossible = RaftMessage {
+        term: 99,
+        body: Some(raft_message::Body::AppendRequest(AppendRequest {
+            previous: Some(LogPosition { term: 100, index: 1 }),
+            ..AppendRequest::default()
+        })),
+    };
+    raft.deliver(batch("e2e", 2, 1, vec![impossible])).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = cluster.status(1, false).await.unwrap();
+        if status.peer_messages_refused == 1 {
+            assert!(status.term < 99, "the impossible message's term was adopted");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the impossible message was not counted: {status:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(cluster.log_of(1).contains("refused a Raft batch"), "the refusals are logged");
     let refused = cluster.status(1, false).await.unwrap().peer_batches_refused - refused_before;
     // Bytes that are no protobuf are refused by gRPC's decoding, before the service: not

@@ -120,10 +120,10 @@ pub async fn print(client: &mut ClusterClient) -> Result<()> {
         if !a.tls {
             notes.push("INSECURE (no TLS)".to_owned());
         }
-        if a.peer_batches_refused > 0 || a.connections_refused > 0 {
+        if a.peer_batches_refused > 0 || a.connections_refused > 0 || a.peer_messages_refused > 0 {
             notes.push(format!(
-                "refused {} peer batch(es), {} connection(s)",
-                a.peer_batches_refused, a.connections_refused
+                "refused {} peer batch(es), {} peer message(s), {} connection(s)",
+                a.peer_batches_refused, a.peer_messages_refused, a.connections_refused
             ));
         }
         let note = notes.join("; ");

@@ -5,4 +5,4 @@
 
 mod run;
 
-pub use run::{BoundAddresses, NodeConfig, NodeError, NodeSecurity, run_node};
+pub use run::{BoundAddresses, CLIENT_STREAMS_PER_CONNECTION_MAX, NodeConfig, NodeError, NodeSecurity, run_node};

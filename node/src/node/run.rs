@@ -40,6 +40,11 @@ const SHUTDOWN_GRACE_PERIOD: Duration = Duration::from_secs(5);
 /// How often a node pings an idle client connection, and how long it waits for the answer.
 const CLIENT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const CLIENT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Calls open at once on one client connection (HTTP/2 streams; live subscriptions among
+/// them). A client needs a few; one that opens more waits, at its own end, until one of its
+/// calls ends, so a single connection cannot take a node's every subscription or pile up
+/// work behind the per-session and per-account bounds.
+pub const CLIENT_STREAMS_PER_CONNECTION_MAX: u32 = 128;
 
 /// Whether a node's connections are encrypted and its peers authenticated.
 #[derive(Clone)]
@@ -232,6 +237,7 @@ async fn serve(
         // link) is found within a minute, and its live subscriptions freed with it.
         .http2_keepalive_interval(Some(CLIENT_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(CLIENT_KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(CLIENT_STREAMS_PER_CONNECTION_MAX)
         .add_service(ChatServer::new(chat_service).max_decoding_message_size(REQUEST_BYTES_MAX))
         .add_service(ClusterServer::new(cluster_service));
     let raft_service = RaftService::new(

@@ -327,6 +327,8 @@ mod tests {
         assert!(!replica.has_ready());
         assert_eq!(replica.ready().unwrap(), Ready::default());
         assert_eq!(replica.term(), 1);
+        // Counted, for `cluster status`.
+        assert_eq!(replica.status().messages_refused, 4);
     }
 
     /// §3.5: a follower learns the commit index from the leader and hands the newly

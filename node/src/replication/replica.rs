@@ -75,6 +75,9 @@ pub struct ReplicaStatus {
     pub commit_index: LogIndex,
     pub last_index: LogIndex,
     pub persisted_index: LogIndex,
+    /// Messages dropped since start because no correct member could have sent them
+    /// (misaddressed, from a non-member, or with impossible fields).
+    pub messages_refused: u64,
     /// For a leader, what it knows of each follower.
     pub followers: BTreeMap<NodeId, FollowerStatus>,
 }
@@ -141,6 +144,8 @@ pub struct Replica<S: Storage> {
     /// The position of the last entry in the outstanding `Ready`, and its hard state,
     /// until the caller calls `advance`.
     outstanding: Option<(Option<LogPosition>, HardState)>,
+    /// See [`ReplicaStatus::messages_refused`].
+    messages_refused: u64,
 }
 
 impl<S: Storage> Replica<S> {
@@ -183,6 +188,7 @@ impl<S: Storage> Replica<S> {
             outbox: Outbox::default(),
             reported_soft_state: SoftState { role: Role::Follower, term: hard_state.term, leader: None },
             outstanding: None,
+            messages_refused: 0,
         };
         replica.reset_election_deadline();
         if replica.quorum() == 1 {
@@ -276,6 +282,7 @@ impl<S: Storage> Replica<S> {
             commit_index: self.log.committed(),
             last_index: self.log.last_index(),
             persisted_index: self.log.persisted_index(),
+            messages_refused: self.messages_refused,
             followers,
         }
     }
@@ -306,12 +313,14 @@ impl<S: Storage> Replica<S> {
     pub fn step(&mut self, message: Message) -> Result<(), StorageError> {
         if message.to != self.id || message.from == self.id || !self.members.contains(&message.from) {
             tracing::warn!(from = message.from, to = message.to, "ignoring misaddressed message");
+            self.messages_refused += 1;
             return Ok(());
         }
         if let Some(reason) = self.malformed(&message) {
             // A peer with a bug (or not a peer at all) must not be able to crash this replica
             // or corrupt its log: drop the message and say why.
             tracing::warn!(from = message.from, kind = message.body.kind(), reason, "ignoring malformed message");
+            self.messages_refused += 1;
             return Ok(());
         }
         if message.term > self.term {

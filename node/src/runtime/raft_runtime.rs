@@ -17,7 +17,7 @@ use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{ChatState, ProposeError, Proposer};
-use crate::chat::{Outcome, StateMachineError};
+use crate::chat::{Outcome, StateMachineError, decode_logged_command};
 use crate::replication::{
     self, Entry, FollowerStatus, LogIndex, NodeId, Payload, Ready, Replica, ReplicaStatus, Role, StorageError, Term,
 };
@@ -416,6 +416,7 @@ impl<T: Transport> RaftRuntime<T> {
                             commit_index: status.commit_index,
                             last_index: last_log_index,
                             persisted_index: last_log_index,
+                            messages_refused: 0,
                             followers: BTreeMap::new(),
                         });
                     }
@@ -570,9 +571,7 @@ impl<T: Transport> RaftRuntime<T> {
             .map(|entry| {
                 let command = match &entry.payload {
                     Payload::Noop => None,
-                    // An entry that does not decode is applied as an empty command, which
-                    // the state machine rejects the same way on every replica.
-                    Payload::Command(bytes) => Some(Command::decode(bytes.as_ref()).unwrap_or_default()),
+                    Payload::Command(bytes) => Some(decode_logged_command(bytes)),
                 };
                 (entry.index, command)
             })

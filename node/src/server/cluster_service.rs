@@ -119,6 +119,7 @@ impl Cluster for ClusterService {
             tls: self.refusals.tls,
             peer_batches_refused: self.refusals.peer_batches.load(Ordering::Relaxed),
             connections_refused: self.refusals.connections.load(Ordering::Relaxed),
+            peer_messages_refused: replica.messages_refused,
         }))
     }
 }

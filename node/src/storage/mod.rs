@@ -7,4 +7,4 @@ mod sqlite_log;
 
 pub use data_dir::{DataDir, DataDirError};
 pub use log_store::{Creation, LogStore, LogStoreFactory, ScrubProgress, SharedLog};
-pub use sqlite_log::{ClusterIdentity, LogStoreError, SqliteLog};
+pub use sqlite_log::{ClusterIdentity, LogStoreError, SqliteLog, entry_checksum, hard_state_checksum};

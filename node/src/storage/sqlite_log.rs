@@ -406,7 +406,9 @@ fn encode_payload(payload: &Payload) -> (i64, &[u8]) {
     }
 }
 
-fn entry_checksum(index: LogIndex, term: Term, kind: i64, payload: &[u8]) -> u32 {
+/// The checksum stored with an entry: CRC-32C over its index, term, payload kind and
+/// payload. Public for the fuzz target, which writes records that pass it.
+pub fn entry_checksum(index: LogIndex, term: Term, kind: i64, payload: &[u8]) -> u32 {
     let mut header = [0u8; 17];
     header[..8].copy_from_slice(&index.to_be_bytes());
     header[8..16].copy_from_slice(&term.to_be_bytes());
@@ -429,7 +431,8 @@ fn stored_checksum(value: i64, what: &str) -> Result<u32, String> {
     u32::try_from(value).map_err(|_| format!("the checksum of {what} is {value}, which no valid log holds"))
 }
 
-fn hard_state_checksum(hard_state: &HardState) -> u32 {
+/// The checksum stored with the term and vote. Public for the fuzz target.
+pub fn hard_state_checksum(hard_state: &HardState) -> u32 {
     let mut bytes = [0u8; 17];
     bytes[..8].copy_from_slice(&hard_state.term.to_be_bytes());
     if let Some(vote) = hard_state.vote {

@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use super::RAFT_BATCH_MESSAGES_MAX;
 use super::codec::decode_message;
 use super::inbox::InboxSender;
-use crate::replication::NodeId;
+use crate::replication::{Message, NodeId};
 
 /// How the peer service learns who sent a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,10 +28,57 @@ pub enum PeerAuthentication {
     Unauthenticated,
 }
 
+/// What a batch must be to be taken: of this cluster, from another member (the one the
+/// connection proved it is, when peers are authenticated), to this node, within the size
+/// bounds, and made of messages that decode. Pure, so that the fuzz target drives the very
+/// checks the service runs.
+#[derive(Debug, Clone)]
+pub struct BatchGate {
+    pub cluster_id: String,
+    pub node_id: NodeId,
+    pub members: BTreeSet<NodeId>,
+}
+
+impl BatchGate {
+    /// The batch's messages, decoded, or the status that refuses it. `sender` is the
+    /// member the connection's certificate names (`None` when peers are unauthenticated).
+    pub fn admit(&self, sender: Option<NodeId>, batch: RaftBatch) -> Result<Vec<Message>, Status> {
+        if batch.cluster_id != self.cluster_id {
+            let message = format!("this node belongs to cluster '{}', not '{}'", self.cluster_id, batch.cluster_id);
+            return Err(Status::failed_precondition(message));
+        }
+        if batch.to != self.node_id {
+            let message = format!("this is node {}, not node {}", self.node_id, batch.to);
+            return Err(Status::invalid_argument(message));
+        }
+        if batch.from == self.node_id || !self.members.contains(&batch.from) {
+            let message = format!("node {} is not a member of cluster '{}'", batch.from, self.cluster_id);
+            return Err(Status::permission_denied(message));
+        }
+        if let Some(sender) = sender
+            && sender != batch.from
+        {
+            // A member's certificate does not let it speak for another member.
+            let message = format!("this connection is node {sender}'s; it cannot send for node {}", batch.from);
+            return Err(Status::permission_denied(message));
+        }
+        if batch.messages.len() > RAFT_BATCH_MESSAGES_MAX {
+            let message =
+                format!("a batch holds at most {RAFT_BATCH_MESSAGES_MAX} messages, this one {}", batch.messages.len());
+            return Err(Status::invalid_argument(message));
+        }
+        let (from, to) = (batch.from, batch.to);
+        batch
+            .messages
+            .into_iter()
+            .map(|message| decode_message(from, to, message))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| Status::invalid_argument(error.to_string()))
+    }
+}
+
 pub struct RaftService {
-    cluster_id: String,
-    node_id: NodeId,
-    members: BTreeSet<NodeId>,
+    gate: BatchGate,
     inbox: InboxSender,
     authentication: PeerAuthentication,
     /// Batches refused so far, for `cluster status`.
@@ -47,7 +94,7 @@ impl RaftService {
         authentication: PeerAuthentication,
         refused: Arc<AtomicU64>,
     ) -> Self {
-        Self { cluster_id, node_id, members, inbox, authentication, refused }
+        Self { gate: BatchGate { cluster_id, node_id, members }, inbox, authentication, refused }
     }
 
     /// The member the request's connection proved it is, or `None` when peers are not
@@ -64,26 +111,26 @@ impl RaftService {
                 let Some(leaf) = certs.as_ref().and_then(|chain| chain.first()) else {
                     return Err("the connection presented no certificate".to_owned());
                 };
-                let others = self.members.iter().copied().filter(|&id| id != self.node_id);
+                let others = self.gate.members.iter().copied().filter(|&id| id != self.gate.node_id);
                 match crate::tls::member_named_by(leaf, others) {
                     Some(member) => Ok(Some(member)),
                     None => Err(format!(
                         "the connection's certificate names no other member of cluster '{}'",
-                        self.cluster_id
+                        self.gate.cluster_id
                     )),
                 }
             }
         }
     }
 
-    fn refuse(&self, batch: &RaftBatch, status: Status) -> Status {
+    fn refuse(&self, from: NodeId, cluster_id: &str, status: Status) -> Status {
         self.refused.fetch_add(1, Ordering::Relaxed);
         // The node is named here, not only by the span: under madsim the peer server runs
         // its handlers outside the node's span (real tonic's `trace_fn` puts them in it).
         tracing::warn!(
-            node = self.node_id,
-            from = batch.from,
-            cluster = %batch.cluster_id,
+            node = self.gate.node_id,
+            from,
+            cluster = %cluster_id,
             reason = %status.message(),
             "refused a Raft batch"
         );
@@ -95,48 +142,22 @@ impl RaftService {
 impl Raft for RaftService {
     async fn deliver(&self, request: Request<RaftBatch>) -> Result<Response<RaftBatchAck>, Status> {
         let sender = self.sender(&request);
-        let mut batch = request.into_inner();
+        let batch = request.into_inner();
+        // What the refusal's log line names: the batch's sender and cluster.
+        let (from, cluster_id) = (batch.from, batch.cluster_id.clone());
         let sender = match sender {
             Ok(sender) => sender,
-            Err(reason) => return Err(self.refuse(&batch, Status::unauthenticated(reason))),
+            Err(reason) => return Err(self.refuse(from, &cluster_id, Status::unauthenticated(reason))),
         };
-        if batch.cluster_id != self.cluster_id {
-            let message = format!("this node belongs to cluster '{}', not '{}'", self.cluster_id, batch.cluster_id);
-            return Err(self.refuse(&batch, Status::failed_precondition(message)));
-        }
-        if batch.to != self.node_id {
-            let message = format!("this is node {}, not node {}", self.node_id, batch.to);
-            return Err(self.refuse(&batch, Status::invalid_argument(message)));
-        }
-        if batch.from == self.node_id || !self.members.contains(&batch.from) {
-            let message = format!("node {} is not a member of cluster '{}'", batch.from, self.cluster_id);
-            return Err(self.refuse(&batch, Status::permission_denied(message)));
-        }
-        if let Some(sender) = sender
-            && sender != batch.from
-        {
-            // A member's certificate does not let it speak for another member.
-            let message = format!("this connection is node {sender}'s; it cannot send for node {}", batch.from);
-            return Err(self.refuse(&batch, Status::permission_denied(message)));
-        }
-        if batch.messages.len() > RAFT_BATCH_MESSAGES_MAX {
-            let message =
-                format!("a batch holds at most {RAFT_BATCH_MESSAGES_MAX} messages, this one {}", batch.messages.len());
-            return Err(self.refuse(&batch, Status::invalid_argument(message)));
-        }
-        let encoded = std::mem::take(&mut batch.messages);
-        let mut messages = Vec::with_capacity(encoded.len());
-        for message in encoded {
-            match decode_message(batch.from, batch.to, message) {
-                Ok(message) => messages.push(message),
-                Err(error) => return Err(self.refuse(&batch, Status::invalid_argument(error.to_string()))),
-            }
-        }
+        let messages = match self.gate.admit(sender, batch) {
+            Ok(messages) => messages,
+            Err(status) => return Err(self.refuse(from, &cluster_id, status)),
+        };
         for message in messages {
             // A full inbox means the runtime is behind; dropping is what the network would
             // do, and Raft retransmits.
             if !self.inbox.try_send(message) {
-                tracing::debug!(node = self.node_id, from = batch.from, "inbox full; message dropped");
+                tracing::debug!(node = self.gate.node_id, from, "inbox full; message dropped");
             }
         }
         Ok(Response::new(RaftBatchAck {}))

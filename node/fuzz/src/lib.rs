@@ -1,0 +1,76 @@
+//! Coverage-guided fuzz targets: every decoder of data that comes from a peer or from the
+//! disk, and the checks of client input. Each target is a function from bytes to nothing
+//! that panics exactly when it finds a defect: a panic in Chorus's code, or a broken
+//! property asserted here. `scripts/fuzz.sh` runs them under libFuzzer with coverage; `cargo
+//! test` replays the committed corpus through them (see `tests` below), so an input that
+//! once found a defect stays a regression test.
+//!
+//! Targets:
+//! - [`raft_batch`]: a frame from a peer, through the very checks the Raft service runs.
+//! - [`chat_command`]: log entries, decoded and applied by the chat state machine.
+//! - [`log_record`]: a Raft log on disk, damaged field by field, opened and read back.
+//! - [`api_input`]: the syntactic checks of every client-supplied string and number.
+//! - [`api_handlers`]: calls to the chat service's handlers, with any request and any
+//!   credentials.
+
+pub mod api_handlers;
+pub mod api_input;
+pub mod chat_command;
+pub mod input;
+pub mod log_record;
+pub mod raft_batch;
+mod scratch;
+pub mod seeds;
+
+/// A target: runs one input, panicking on a defect.
+pub type Target = fn(&[u8]);
+
+/// The targets, by the name of their corpus directory and binary.
+pub const TARGETS: [(&str, Target); 5] = [
+    ("raft_batch", raft_batch::run),
+    ("chat_command", chat_command::run),
+    ("log_record", log_record::run),
+    ("api_input", api_input::run),
+    ("api_handlers", api_handlers::run),
+];
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn corpus_dir(target: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus").join(target)
+    }
+
+    /// Every committed input runs clean: the seeds, what fuzzing added, and the inputs that
+    /// once found a defect. Without instrumentation, this is the fuzzers' regression test.
+    #[test]
+    fn the_committed_corpus_runs_clean() {
+        for (target, run) in TARGETS {
+            let mut inputs: Vec<PathBuf> = std::fs::read_dir(corpus_dir(target))
+                .unwrap_or_else(|e| panic!("corpus of {target}: {e}"))
+                .map(|entry| entry.expect("a corpus entry").path())
+                .collect();
+            inputs.sort();
+            assert!(inputs.len() >= 3, "the corpus of {target} holds only {} inputs", inputs.len());
+            for input in inputs {
+                let data = std::fs::read(&input).expect("a corpus file");
+                run(&data);
+            }
+        }
+    }
+
+    /// The committed corpus holds every seed as `fuzz-seeds` writes it: seeds changed with
+    /// the code they exercise are written again (`scripts/fuzz.sh seed`).
+    #[test]
+    fn the_corpus_holds_the_current_seeds() {
+        for seed in seeds::all() {
+            let path = corpus_dir(seed.target).join(seed.file_name());
+            let stored =
+                std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; run scripts/fuzz.sh seed", path.display()));
+            assert_eq!(stored, seed.data, "{} differs from its seed; run scripts/fuzz.sh seed", path.display());
+        }
+    }
+}
