@@ -8,26 +8,35 @@
 #   scripts/fuzz.sh run TARGET [SECONDS]     one target for SECONDS (default 600); inputs
 #                                            that reach new code are added to its corpus
 #   scripts/fuzz.sh merge TARGET             shrinks a target's corpus to the inputs that
-#                                            keep its coverage (after a long run)
+#                                            keep its coverage (after a long run); seeds
+#                                            and regression-* inputs always stay
 #   scripts/fuzz.sh seed                     writes the seed inputs into the corpus again
 #   scripts/fuzz.sh replay TARGET FILE...    runs inputs once, e.g. a crash's artifact
 #   scripts/fuzz.sh list                     the targets
 #
 # A finding (a panic, a timeout of 10 s, 1 GiB of memory, one allocation over 256 MiB)
 # stops the run with a non-zero exit and leaves the input in
-# target/fuzz/artifacts/TARGET/; replay it, fix the defect, and commit the input into
-# node/fuzz/corpus/TARGET/ so that `cargo test` replays it ever after.
+# target/fuzz/artifacts/TARGET/; replay it, fix the defect, and commit the input as
+# node/fuzz/corpus/TARGET/regression-NAME so that `cargo test` replays it ever after.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-targets=(raft_batch chat_command log_record api_input api_handlers)
+targets=(raft_batch raft_step chat_command log_record api_input api_handlers)
 corpus=node/fuzz/corpus
 artifacts=target/fuzz/artifacts
 # libFuzzer's limits: inputs up to 16 KiB (every target's structure fits), 10 s per input,
-# and memory bounded so that an unbounded allocation is a finding, not a dead machine.
-limits=(-max_len=16384 -timeout=10 -rss_limit_mb=1024 -malloc_limit_mb=256)
+# and 1 GiB of memory, so that unbounded growth is a finding, not a dead machine. (A
+# single allocation over 256 MiB fails in the targets' own allocator,
+# node/fuzz/src/allocation_limit.rs: libFuzzer's -malloc_limit_mb needs a sanitizer's hooks.)
+limits=(-max_len=16384 -timeout=10 -rss_limit_mb=1024)
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+
+positive_seconds() {
+    case "$1" in
+        '' | *[!0-9]* | 0) echo "fuzz.sh: '$1' is no number of seconds (at least 1; 0 would mean forever)" >&2; exit 2 ;;
+    esac
+}
 
 known_target() {
     local target
@@ -55,8 +64,18 @@ fuzz() {
         -artifact_prefix="$artifacts/$target/" "$work" "$corpus/$target"
 }
 
+# covered LOG: the run's log shows coverage (an uninstrumented build runs, finds nothing
+# and passes: that must fail instead).
+covered() {
+    if grep -q 'Is the code instrumented for coverage' "$1" || ! grep -q -E ' cov: [1-9]' "$1"; then
+        echo "fuzz.sh: the run shows no coverage: the targets were built without instrumentation" >&2
+        return 1
+    fi
+}
+
 smoke() {
     local seconds=${1:-12}
+    positive_seconds "$seconds"
     build
     scratch=$(mktemp -d)
     trap 'rm -rf "$scratch"' EXIT
@@ -71,7 +90,7 @@ smoke() {
         done
         for position in "${!pair[@]}"; do
             local target=${pair[$position]}
-            if wait "${pids[$position]}"; then
+            if wait "${pids[$position]}" && covered "$scratch/$target.log"; then
                 grep -E '^#[0-9]+.*DONE' "$scratch/$target.log" | sed "s/^/  $target: /" || true
             else
                 failed+=("$target")
@@ -95,6 +114,7 @@ case "$command" in
     run)
         [ $# -ge 1 ] || usage
         known_target "$1"
+        positive_seconds "${2:-600}"
         build
         fuzz "$1" "${2:-600}" "$corpus/$1"
         ;;
@@ -102,11 +122,14 @@ case "$command" in
         [ $# -eq 1 ] || usage
         known_target "$1"
         build
+        # Every input first, once: libFuzzer's merge skips an input that crashes, and the
+        # merge must not quietly drop a regression that came back.
+        "target/debug/$1" "${limits[@]}" -runs=0 "$corpus/$1"
         merged=$(mktemp -d)
         trap 'rm -rf "$merged"' EXIT
         "target/debug/$1" "${limits[@]}" -merge=1 "$merged" "$corpus/$1"
-        find "$corpus/$1" -type f ! -name 'seed-*' -delete
-        cp -n "$merged"/* "$corpus/$1"/ 2>/dev/null || true
+        find "$corpus/$1" -type f ! -name 'seed-*' ! -name 'regression-*' -delete
+        find "$merged" -type f -exec cp -n {} "$corpus/$1"/ \;
         echo "$(find "$corpus/$1" -type f | wc -l) inputs in $corpus/$1"
         ;;
     seed) cargo run --locked -q -p chorus-fuzz --bin fuzz-seeds ;;
@@ -116,7 +139,7 @@ case "$command" in
         target=$1
         shift
         build
-        "target/debug/$target" "${limits[@]}" "$@"
+        RUST_BACKTRACE=1 "target/debug/$target" "${limits[@]}" "$@"
         ;;
     list) printf '%s\n' "${targets[@]}" ;;
     *) usage ;;

@@ -289,7 +289,7 @@ async fn garbage_and_wrong_cluster_raft_messages_are_refused_and_logged() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let status = cluster.status(1, false).await.unwrap();
-        if status.peer_messages_refused == 1 {
+        if status.peer_messages_refused >= 1 {
             assert!(status.term < 99, "the impossible message's term was adopted");
             break;
         }

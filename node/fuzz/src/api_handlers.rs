@@ -3,7 +3,8 @@
 //! chosen by the input: none, a token a login of this run returned, a made-up token, or a
 //! token without its scheme. The service runs over a fresh chat database of one node
 //! whose proposals apply at once (a [`DirectProposer`]): no replication, so every run is
-//! the handlers' and the state machine's alone.
+//! the handlers' and the state machine's alone. The node is stopping from the start, so a
+//! live stream yields its backlog and ends, and the harness drains every stream it opens.
 //!
 //! Properties: nothing panics; every refusal is a status a client can act on: not
 //! `INTERNAL` or `UNKNOWN` (which bad input must never cause: a handler that forms a
@@ -17,7 +18,6 @@ use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::task::Poll;
 
 use chorus::chat::credentials::{PasswordHashCost, PasswordHasher};
 use chorus::chat::{ChatStateMachine, Outcome};
@@ -40,6 +40,8 @@ use crate::scratch::{self, Template};
 
 /// Calls per run.
 const CALLS_MAX: usize = 16;
+/// More items than a run can put in a stream (16 calls send at most 16 messages).
+const STREAM_ITEMS_MAX: usize = 64;
 
 /// Proposals applied on the spot, in the order they are made: a cluster of one whose log
 /// commits at once.
@@ -77,7 +79,10 @@ fn service(path: &std::path::Path) -> ChatService<DirectProposer> {
     let mut rng = StdRng::seed_from_u64(7);
     let hasher = PasswordHasher::new(PasswordHashCost::MINIMUM, &mut rng).expect("the least cost is valid");
     let ends = StreamEnds {
-        stopping: Watch::new(false),
+        // Stopping from the start: a live stream yields its backlog and then ends (with
+        // SHUTTING_DOWN) instead of waiting for messages that will never come, so that the
+        // harness can drain every stream it opens, and check all of it, in one run.
+        stopping: Watch::new(true),
         fault: Watch::new(None),
         leader_known: Watch::new(true),
         leaderless_max: std::time::Duration::from_secs(1),
@@ -94,7 +99,8 @@ fn with_credentials<T>(message: T, choice: u8, tokens: &[String]) -> Request<T> 
         1 if !tokens.is_empty() => {
             format!("{}{}", wire::BEARER_PREFIX, tokens[usize::from(choice >> 2) % tokens.len()])
         }
-        1 | 2 => format!("{}{}", wire::BEARER_PREFIX, "0".repeat(usize::from(choice >> 2))),
+        // A token of the right form that no login issued.
+        1 | 2 => format!("{}{:064x}", wire::BEARER_PREFIX, choice),
         _ => tokens.first().cloned().unwrap_or_default(),
     };
     if let Ok(value) = value.parse() {
@@ -160,12 +166,20 @@ async fn call(
             let Some(message) = decoded::<pb::SubscribeRequest>(body) else { return false };
             match service.subscribe(with_credentials(message, auth, tokens)).await {
                 Ok(response) => {
-                    // One look at the stream: the backlog, or nothing yet.
+                    // The whole stream: its backlog, then the status it ends with.
                     let mut stream = pin!(response.into_inner());
-                    let polled = std::future::poll_fn(|cx| Poll::Ready(stream.as_mut().poll_next(cx))).await;
-                    if let Poll::Ready(Some(Err(status))) = polled {
-                        check_refusal("Subscribe (stream)", &status);
+                    let mut ended = false;
+                    for _ in 0..STREAM_ITEMS_MAX {
+                        match std::future::poll_fn(|cx| stream.as_mut().poll_next(cx)).await {
+                            Some(Ok(message)) => assert!(message.id > 0, "streamed {message:?}"),
+                            Some(Err(status)) => check_refusal("Subscribe (stream)", &status),
+                            None => {
+                                ended = true;
+                                break;
+                            }
+                        }
                     }
+                    assert!(ended, "a stream of a stopping node did not end");
                     true
                 }
                 Err(status) => {

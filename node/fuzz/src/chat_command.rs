@@ -14,7 +14,7 @@
 
 use std::sync::OnceLock;
 
-use chorus::chat::{ChatStateMachine, decode_logged_command};
+use chorus::chat::{ChatStateMachine, Outcome, decode_logged_command};
 use chorus_proto::v1::Command;
 
 use crate::input::Input;
@@ -46,6 +46,12 @@ pub fn batches(data: &[u8]) -> Vec<Vec<(u64, Option<Command>)>> {
 }
 
 pub fn run(data: &[u8]) {
+    let _ = apply_twice(data);
+}
+
+/// Applies the entries `data` holds to two fresh replicas, checking the properties above;
+/// returns what applying them produced (one outcome per command, in log order).
+pub fn apply_twice(data: &[u8]) -> Vec<Outcome> {
     let batches = batches(data);
     static EMPTY: OnceLock<Template> = OnceLock::new();
     let empty = Template::get(&EMPTY, |path| {
@@ -60,14 +66,16 @@ pub fn run(data: &[u8]) {
     // Replicas apply what committed in batches of their own making (a follower's are not
     // its leader's): the first in the input's batches, the second one entry at a time.
     let singles: Vec<Vec<(u64, Option<Command>)>> = batches.iter().flatten().map(|entry| vec![entry.clone()]).collect();
-    for (replica, batches) in replicas.iter_mut().zip([&batches, &singles]) {
+    let mut outcomes: [Vec<Outcome>; 2] = Default::default();
+    for ((replica, batches), outcomes) in replicas.iter_mut().zip([&batches, &singles]).zip(&mut outcomes) {
         for batch in batches {
             let entries: Vec<(u64, Option<&Command>)> =
                 batch.iter().map(|(index, command)| (*index, command.as_ref())).collect();
             let applied = replica.apply_batch(&entries).unwrap_or_else(|e| panic!("apply failed: {e}"));
             assert_eq!(applied.outcomes.len(), entries.len(), "one outcome per entry");
-            for ((_, command), outcome) in entries.iter().zip(&applied.outcomes) {
+            for ((_, command), outcome) in entries.iter().zip(applied.outcomes) {
                 assert_eq!(command.is_some(), outcome.is_some(), "an outcome for each command, none for a no-op");
+                outcomes.extend(outcome);
             }
             let last = entries.last().expect("batches are not empty").0;
             assert_eq!(replica.last_applied().expect("the applied index reads back"), last);
@@ -76,4 +84,32 @@ pub fn run(data: &[u8]) {
     let [a, b] = &replicas;
     let digest = |replica: &ChatStateMachine| replica.queries().state_digest().expect("the state digest reads");
     assert_eq!(digest(a), digest(b), "two replicas applied the same entries into different states");
+    let [first, second] = outcomes;
+    // What clients are told must not depend on how a replica batched its applies either.
+    assert_eq!(first, second, "two replicas gave different outcomes for the same entries");
+    first
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seeds;
+
+    fn seed(name: &str) -> Vec<u8> {
+        seeds::all().into_iter().find(|s| s.target == "chat_command" && s.name == name).expect("a seed").data
+    }
+
+    /// The harness reaches the state machine's inner paths: the story's eleven commands
+    /// are all applied, none rejected at the door; an entry that does not decode is
+    /// refused like a command of no kind, and the entry after it applied.
+    #[test]
+    fn the_story_is_applied_and_an_undecodable_entry_is_refused() {
+        let outcomes = apply_twice(&seed("story"));
+        assert_eq!(outcomes.len(), 11, "{outcomes:?}");
+        let rejected: Vec<_> = outcomes.iter().filter(|o| matches!(o, Outcome::Rejected(_))).collect();
+        assert!(rejected.is_empty(), "{rejected:?}");
+        let outcomes = apply_twice(&seed("undecodable"));
+        assert!(matches!(outcomes[0], Outcome::Rejected(_)), "{outcomes:?}");
+        assert!(matches!(outcomes[1], Outcome::AccountCreated { .. }), "{outcomes:?}");
+    }
 }

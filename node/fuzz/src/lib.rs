@@ -7,18 +7,21 @@
 //!
 //! Targets:
 //! - [`raft_batch`]: a frame from a peer, through the very checks the Raft service runs.
+//! - [`raft_step`]: one admitted peer message, stepped into a replica in each role.
 //! - [`chat_command`]: log entries, decoded and applied by the chat state machine.
 //! - [`log_record`]: a Raft log on disk, damaged field by field, opened and read back.
 //! - [`api_input`]: the syntactic checks of every client-supplied string and number.
 //! - [`api_handlers`]: calls to the chat service's handlers, with any request and any
 //!   credentials.
 
+mod allocation_limit;
 pub mod api_handlers;
 pub mod api_input;
 pub mod chat_command;
 pub mod input;
 pub mod log_record;
 pub mod raft_batch;
+pub mod raft_step;
 mod scratch;
 pub mod seeds;
 
@@ -26,8 +29,9 @@ pub mod seeds;
 pub type Target = fn(&[u8]);
 
 /// The targets, by the name of their corpus directory and binary.
-pub const TARGETS: [(&str, Target); 5] = [
+pub const TARGETS: [(&str, Target); 6] = [
     ("raft_batch", raft_batch::run),
+    ("raft_step", raft_step::run),
     ("chat_command", chat_command::run),
     ("log_record", log_record::run),
     ("api_input", api_input::run),

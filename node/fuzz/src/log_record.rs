@@ -8,7 +8,9 @@
 //! Properties: nothing panics; the open either refuses with an error that says what it
 //! found, or gives a log whose every read answers (an entry or an error); what it reads
 //! is consistent: entries contiguous from the index asked, each of the term that
-//! `term()` reports, terms never decreasing and never past the stored term.
+//! `term()` reports, terms never decreasing and never past the stored term; and damage is
+//! detected: an entry read back differs from the one written only where an edit made its
+//! checksum pass again, and likewise the term and vote.
 //!
 //! Input: edits, each an opcode byte, a row byte (which entry, 1-8, modulo) and a `u64`
 //! value; payload edits then take a `u16`-sized byte string.
@@ -36,17 +38,31 @@ fn identity() -> ClusterIdentity {
     ClusterIdentity { cluster_id: "fuzz".to_owned(), node_id: 1, members: BTreeSet::from([1, 2, 3]) }
 }
 
-fn write_valid_log(path: &Path) {
-    let mut log = SqliteLog::open(path, &identity(), Creation::Bootstrap).expect("a new log opens");
-    let entries: Vec<Entry> = (1..)
+const HARD_STATE: HardState = HardState { term: 3, vote: Some(2) };
+
+/// The entries of the valid log.
+fn written() -> Vec<Entry> {
+    (1..)
         .zip(TERMS)
         .map(|(index, term): (LogIndex, u64)| {
             let payload =
                 if index % 3 == 1 { Payload::Noop } else { Payload::Command(Bytes::from(format!("command {index}"))) };
             Entry { term, index, payload }
         })
-        .collect();
-    log.persist(Some(HardState { term: 3, vote: Some(2) }), None, &entries).expect("a valid log is written");
+        .collect()
+}
+
+fn write_valid_log(path: &Path) {
+    let mut log = SqliteLog::open(path, &identity(), Creation::Bootstrap).expect("a new log opens");
+    log.persist(Some(HARD_STATE), None, &written()).expect("a valid log is written");
+}
+
+/// What the edits may legitimately have changed: the entries at indices where an edit
+/// made the checksum pass again, and the term and vote if an edit rewrote them so.
+#[derive(Default)]
+struct Rewritten {
+    indices: BTreeSet<i64>,
+    hard_state: bool,
 }
 
 /// Recomputes the checksum of entry `row` from what the row now holds.
@@ -61,7 +77,7 @@ fn fix_entry_checksum(conn: &Connection, row: i64) -> rusqlite::Result<usize> {
 }
 
 /// Applies one edit; an edit the database refuses (a duplicate index, say) is no edit.
-fn edit(path: &Path, conn: &Connection, input: &mut Input<'_>) {
+fn edit(path: &Path, conn: &Connection, input: &mut Input<'_>, rewritten: &mut Rewritten) {
     let opcode = input.u8() % 16;
     let row = i64::from(input.u8() % 8) + 1;
     let raw = input.u64();
@@ -71,13 +87,17 @@ fn edit(path: &Path, conn: &Connection, input: &mut Input<'_>) {
         // A number column set to any value, its checksum left as it was...
         0..=3 => conn.execute(&format!("UPDATE raft_log SET {column} = ?1 WHERE log_index = ?2"), params![value, row]),
         // ...or recomputed, so the damage passes the checksum and meets the other checks.
-        4..=7 => conn
-            .execute(&format!("UPDATE raft_log SET {column} = ?1 WHERE log_index = ?2"), params![value, row])
-            .and_then(|_| fix_entry_checksum(conn, if column == "log_index" { value } else { row })),
+        4..=7 => {
+            rewritten.indices.extend([row, value]);
+            conn.execute(&format!("UPDATE raft_log SET {column} = ?1 WHERE log_index = ?2"), params![value, row])
+                .and_then(|_| fix_entry_checksum(conn, if column == "log_index" { value } else { row }))
+        }
         8 => conn.execute("UPDATE raft_log SET payload = ?1 WHERE log_index = ?2", params![input.sized_bytes(), row]),
-        9 => conn
-            .execute("UPDATE raft_log SET payload = ?1 WHERE log_index = ?2", params![input.sized_bytes(), row])
-            .and_then(|_| fix_entry_checksum(conn, row)),
+        9 => {
+            rewritten.indices.insert(row);
+            conn.execute("UPDATE raft_log SET payload = ?1 WHERE log_index = ?2", params![input.sized_bytes(), row])
+                .and_then(|_| fix_entry_checksum(conn, row))
+        }
         10 => conn.execute("DELETE FROM raft_log WHERE log_index = ?1", [row]),
         // A value of another SQL type where a number or a blob belongs.
         11 => conn.execute(
@@ -91,21 +111,26 @@ fn edit(path: &Path, conn: &Connection, input: &mut Input<'_>) {
         12 => {
             let hard_state = HardState { term: raw >> 8, vote: (raw & 0x80 != 0).then_some(raw & 0x7f) };
             let checksum = if raw & 0x40 != 0 { raw as u32 } else { hard_state_checksum(&hard_state) };
+            rewritten.hard_state |= raw & 0x40 == 0;
             conn.execute(
                 "UPDATE raft_hard_state SET term = ?1, vote = ?2, checksum = ?3",
                 params![hard_state.term as i64, hard_state.vote.map(|v| v as i64), i64::from(checksum)],
             )
         }
         13 => conn.execute("UPDATE raft_scrub SET next_index = ?1", [value]),
-        14 => conn.execute(
-            [
-                "DELETE FROM raft_hard_state",
-                "DELETE FROM raft_identity",
-                "UPDATE raft_identity SET members = '1,2'",
-                "UPDATE raft_scrub SET fault = 'damaged'",
-            ][(raw % 4) as usize],
-            [],
-        ),
+        14 => {
+            // Without its record, the term and vote read as a new log's.
+            rewritten.hard_state |= raw.is_multiple_of(4);
+            conn.execute(
+                [
+                    "DELETE FROM raft_hard_state",
+                    "DELETE FROM raft_identity",
+                    "UPDATE raft_identity SET members = '1,2'",
+                    "UPDATE raft_scrub SET fault = 'damaged'",
+                ][(raw % 4) as usize],
+                [],
+            )
+        }
         // A byte of the database file itself flipped.
         _ => {
             let mut bytes = std::fs::read(path).expect("the log file reads");
@@ -120,10 +145,17 @@ fn edit(path: &Path, conn: &Connection, input: &mut Input<'_>) {
 }
 
 pub fn run(data: &[u8]) {
+    let _ = open_after_edits(data);
+}
+
+/// Edits the valid log as `data` says, opens it and reads it back: the last index of the
+/// opened log, or why it was refused.
+pub fn open_after_edits(data: &[u8]) -> Result<LogIndex, String> {
     static VALID: OnceLock<Template> = OnceLock::new();
     let scratch = scratch::directory();
     let path = scratch.path().join("raft.db");
     Template::get(&VALID, write_valid_log).copy_to(&path);
+    let mut rewritten = Rewritten::default();
     {
         let conn = Connection::open(&path).expect("the log opens for editing");
         let mut input = Input::new(data);
@@ -131,28 +163,33 @@ pub fn run(data: &[u8]) {
             if input.is_empty() {
                 break;
             }
-            edit(&path, &conn, &mut input);
+            edit(&path, &conn, &mut input, &mut rewritten);
         }
     }
     let mut log = match SqliteLog::open(&path, &identity(), Creation::MemberOfExisting) {
         Ok(log) => log,
         Err(error) => {
-            assert!(!error.to_string().is_empty(), "a log refused without saying why");
-            return;
+            let reason = error.to_string();
+            assert!(!reason.is_empty(), "a log refused without saying why");
+            return Err(reason);
         }
     };
-    read_back(&log);
+    read_back(&log, &rewritten);
     for _ in 0..SCRUB_STEPS {
         if let Err(error) = log.scrub(2, 64 * 1024) {
             assert!(!error.to_string().is_empty(), "a scrub failed without saying why");
             break;
         }
     }
+    Ok(log.last_index().expect("in memory"))
 }
 
-/// Reads the whole opened log, checking what it answers for consistency.
-fn read_back(log: &SqliteLog) {
+/// Reads the whole opened log, checking what it answers for consistency, and that only
+/// what an edit rewrote with a passing checksum differs from what was written.
+fn read_back(log: &SqliteLog, rewritten: &Rewritten) {
     let hard_state = log.hard_state().expect("the term and vote are held in memory");
+    assert!(rewritten.hard_state || hard_state == HARD_STATE, "a damaged term and vote read as {hard_state:?}");
+    let written = written();
     let last = log.last_index().expect("the last index is held in memory");
     assert!(last <= TERMS.len() as LogIndex, "a log of eight entries opened with {last}");
     let mut previous_term = 0;
@@ -168,9 +205,40 @@ fn read_back(log: &SqliteLog) {
                 for (index, entry) in (low..).zip(&entries) {
                     assert_eq!(entry.index, index, "entries read out of order");
                     assert_eq!(Some(entry.term), log.term(index).expect("in memory"), "an entry and its term disagree");
+                    if !rewritten.indices.contains(&(index as i64)) {
+                        assert_eq!(entry, &written[index as usize - 1], "a damaged entry was read as valid");
+                    }
                 }
             }
             Err(error) => assert!(!error.to_string().is_empty(), "a read failed without saying why"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seeds;
+
+    fn seed(name: &str) -> Vec<u8> {
+        seeds::all().into_iter().find(|s| s.target == "log_record" && s.name == name).expect("a seed").data
+    }
+
+    /// The harness reaches both sides: the untouched log opens whole, and each kind of
+    /// damage is refused at the open, with a reason that names it.
+    #[test]
+    fn an_untouched_log_opens_and_damage_is_refused() {
+        assert_eq!(open_after_edits(&seed("untouched")), Ok(8));
+        for (name, found) in [
+            ("term-past-stored", "after the stored term"),
+            ("term-backwards", "below the entry before it"),
+            ("payload-changed", "fails its checksum"),
+            ("payload-kind-unknown", "unknown payload kind"),
+            ("row-missing", "a gap"),
+            ("negative-checksum", "no valid log holds"),
+        ] {
+            let refused = open_after_edits(&seed(name)).expect_err(name);
+            assert!(refused.contains(found), "{name}: {refused}");
         }
     }
 }

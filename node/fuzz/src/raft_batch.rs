@@ -4,7 +4,7 @@
 //! it is member 2.
 //!
 //! Properties: nothing panics; a refusal is one of the statuses the service documents,
-//! with a message; an admitted batch is of this cluster, from another member, to this
+//! with a short message; an admitted batch is of this cluster, from another member, to this
 //! node, within the size bound, and every message in it encodes and decodes to itself.
 
 use std::collections::BTreeSet;
@@ -18,14 +18,19 @@ pub const CLUSTER_ID: &str = "fuzz";
 pub const NODE_ID: u64 = 1;
 pub const MEMBERS: [u64; 3] = [1, 2, 3];
 
-pub fn run(data: &[u8]) {
-    // What prost refuses, tonic refuses before the service runs.
-    let Ok(batch) = RaftBatch::decode(data) else { return };
-    let gate = BatchGate {
+/// The gate of node 1 of cluster "fuzz", of members 1-3.
+pub fn gate() -> BatchGate {
+    BatchGate {
         cluster_id: CLUSTER_ID.to_owned(),
         node_id: NODE_ID,
         members: MEMBERS.into_iter().collect::<BTreeSet<_>>(),
-    };
+    }
+}
+
+pub fn run(data: &[u8]) {
+    // What prost refuses, tonic refuses before the service runs.
+    let Ok(batch) = RaftBatch::decode(data) else { return };
+    let gate = gate();
     for sender in [None, Some(2)] {
         match gate.admit(sender, batch.clone()) {
             Ok(messages) => {
@@ -48,7 +53,32 @@ pub fn run(data: &[u8]) {
                     "refused with an undocumented status: {status:?}"
                 );
                 assert!(!status.message().is_empty(), "refused without saying why");
+                // However much the frame holds, the refusal repeats little of it.
+                assert!(status.message().len() < 1024, "a refusal of {} bytes", status.message().len());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seeds;
+
+    fn seed(name: &str) -> RaftBatch {
+        let seed = seeds::all().into_iter().find(|s| s.target == "raft_batch" && s.name == name).expect("a seed");
+        RaftBatch::decode(&seed.data[..]).expect("a seed decodes")
+    }
+
+    /// The harness reaches both sides of the gate: a batch of every kind of message is
+    /// admitted whole, from its member and unauthenticated alike, and strangers are not.
+    #[test]
+    fn every_kind_is_admitted_and_strangers_are_refused() {
+        for sender in [None, Some(2)] {
+            assert_eq!(gate().admit(sender, seed("every-kind")).expect("admitted").len(), 8);
+        }
+        assert_eq!(gate().admit(None, seed("other-cluster")).unwrap_err().code(), Code::FailedPrecondition);
+        assert_eq!(gate().admit(None, seed("from-self")).unwrap_err().code(), Code::PermissionDenied);
+        assert_eq!(gate().admit(Some(3), seed("heartbeat")).unwrap_err().code(), Code::PermissionDenied);
     }
 }

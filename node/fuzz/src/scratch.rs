@@ -1,9 +1,9 @@
 //! Where targets keep their databases: a fresh directory per run, in memory when the
 //! machine has /dev/shm (a run then costs no disk I/O, and its fsyncs are free), and
 //! databases copied from a template made once per process (creating a schema costs far
-//! more than copying a file, and would bound the runs per second).
+//! more than writing a file's bytes, and would bound the runs per second).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 
 pub fn directory() -> tempfile::TempDir {
@@ -12,11 +12,10 @@ pub fn directory() -> tempfile::TempDir {
     made.expect("a scratch directory for the fuzz target")
 }
 
-/// A database made once by `make` (which must close it, so that it is one file), kept
-/// for the life of the process.
+/// The bytes of a database made once by `make` (which must close it, so that it is one
+/// file), kept in memory for the life of the process: nothing is left on disk.
 pub struct Template {
-    _directory: tempfile::TempDir,
-    path: PathBuf,
+    bytes: Vec<u8>,
 }
 
 impl Template {
@@ -25,16 +24,17 @@ impl Template {
             let directory = directory();
             let path = directory.path().join("template.db");
             make(&path);
-            for suffix in ["-wal", "-shm", "-journal"] {
-                let side = PathBuf::from(format!("{}{suffix}", path.display()));
-                assert!(!side.exists(), "the template left {} behind", side.display());
-            }
-            Template { _directory: directory, path }
+            let left: Vec<_> = std::fs::read_dir(directory.path())
+                .expect("the template's directory lists")
+                .map(|entry| entry.expect("an entry").file_name())
+                .collect();
+            assert_eq!(left.len(), 1, "the template left more than its database behind: {left:?}");
+            Template { bytes: std::fs::read(&path).expect("the template reads") }
         })
     }
 
     /// A copy of the template at `to`.
     pub fn copy_to(&self, to: &Path) {
-        std::fs::copy(&self.path, to).expect("the template copies");
+        std::fs::write(to, &self.bytes).expect("the template copies");
     }
 }

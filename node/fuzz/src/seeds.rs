@@ -25,6 +25,7 @@ impl Seed {
 pub fn all() -> Vec<Seed> {
     let mut seeds = Vec::new();
     seeds.extend(raft_batches());
+    seeds.extend(raft_steps());
     seeds.extend(chat_commands());
     seeds.extend(log_edits());
     seeds.extend(api_inputs());
@@ -42,14 +43,15 @@ fn batch(cluster_id: &str, from: u64, messages: Vec<Message>) -> Vec<u8> {
     .encode_to_vec()
 }
 
-fn raft_batches() -> Vec<Seed> {
+/// A batch of every kind of message, from member 2 in term 3.
+fn every_kind() -> Vec<Message> {
     let message = |term, body| Message { from: 2, to: NODE_ID, term, body };
     let position = |index, term| LogPosition { index, term };
     let entries = vec![
         Entry { term: 1, index: 1, payload: Payload::Noop },
         Entry { term: 2, index: 2, payload: Payload::Command(Bytes::from_static(b"a command")) },
     ];
-    let all_kinds = vec![
+    vec![
         message(3, MessageBody::PreVoteRequest { last_log: position(2, 2), leadership_transfer: false }),
         message(3, MessageBody::PreVoteResponse { granted: true }),
         message(3, MessageBody::VoteRequest { last_log: position(2, 2), leadership_transfer: true }),
@@ -76,7 +78,29 @@ fn raft_batches() -> Vec<Seed> {
             },
         ),
         message(3, MessageBody::TimeoutNow { last_log: position(2, 2) }),
-    ];
+    ]
+}
+
+/// For each role of `raft_step`'s replica, each kind of message alone.
+fn raft_steps() -> Vec<Seed> {
+    const NAMES: [&str; 4] = ["follower", "pre-candidate", "candidate", "leader"];
+    let mut seeds = Vec::new();
+    for (role, role_name) in (0u8..).zip(NAMES) {
+        for message in every_kind() {
+            let kind = message.body.kind();
+            let mut data = vec![role];
+            data.extend(batch(CLUSTER_ID, 2, vec![message]));
+            let name: &'static str = format!("{role_name}-{}-{kind}", seeds.len() % 8).leak();
+            seeds.push(Seed { target: "raft_step", name, data });
+        }
+    }
+    seeds
+}
+
+fn raft_batches() -> Vec<Seed> {
+    let message = |term, body| Message { from: 2, to: NODE_ID, term, body };
+    let position = |index, term| LogPosition { index, term };
+    let all_kinds = every_kind();
     let heartbeat = vec![message(
         4,
         MessageBody::AppendRequest {

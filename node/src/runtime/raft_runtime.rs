@@ -31,6 +31,8 @@ use crate::watch::Watch;
 const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a linearizable read may wait for its confirmation.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a status request waits for the replication loop to answer.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Client requests waiting for the runtime; beyond this, callers wait to enqueue.
 const INPUT_QUEUE_MAX: usize = 4096;
 /// Inputs taken in one turn of the loop before the next `Ready` (bounds latency under load).
@@ -134,22 +136,31 @@ impl RaftHandle {
         self.fault.clone()
     }
 
-    /// The replica's detailed status (per-follower progress on a leader).
+    /// The replica's detailed status (per-follower progress on a leader); `None` if the
+    /// runtime stopped or did not answer within [`STATUS_TIMEOUT`] (a stalled disk).
     pub async fn replica_status(&self) -> Option<ReplicaStatus> {
         let (reply, answer) = oneshot::channel();
-        self.inputs.send(Input::Status { reply }).await.ok()?;
-        answer.await.ok()
+        let asked = async {
+            self.inputs.send(Input::Status { reply }).await.ok()?;
+            answer.await.ok()
+        };
+        tokio::time::timeout(STATUS_TIMEOUT, asked).await.ok().flatten()
     }
 
     /// If leader, hands leadership to the most up-to-date follower and waits (at most
-    /// `wait`) until it is gone. For a graceful shutdown.
+    /// `wait`) until another node leads. For a graceful shutdown.
     pub async fn hand_over_leadership(&self, wait: Duration) -> HandOver {
         let (reply, answer) = oneshot::channel();
         if self.inputs.send(Input::HandOver { reply }).await.is_err() {
             return HandOver::NotLeader;
         }
         let Some(target) = answer.await.ok().flatten() else { return HandOver::NotLeader };
-        match tokio::time::timeout(wait, self.status.wait_for(|s| s.role != Role::Leader)).await {
+        // Done once another node leads, not as soon as this one steps down: stepping down
+        // is when this node grants the target its vote, and a node that stopped then could
+        // take the vote response down with it (with one member dead, the vote the target
+        // needs). The target's first append says it won, and that the vote arrived.
+        let someone_else_leads = |s: &NodeStatus| s.role != Role::Leader && s.leader.is_some();
+        match tokio::time::timeout(wait, self.status.wait_for(someone_else_leads)).await {
             Ok(_) => HandOver::Done { target },
             Err(_) => HandOver::NotTaken { target },
         }
@@ -161,17 +172,31 @@ impl RaftHandle {
 pub enum HandOver {
     /// This node did not lead (or had stopped): nothing to hand over.
     NotLeader,
-    /// This node is leader no more: `target` was asked to take over (and normally did).
+    /// This node is leader no more and knows a new leader: `target` was asked to take
+    /// over (and normally is the one that did).
     Done { target: NodeId },
     /// `target` was asked, and this node still led when the wait ended.
     NotTaken { target: NodeId },
 }
 
+/// What is left of `budget` since `started`.
+fn time_left(started: tokio::time::Instant, budget: Duration) -> Duration {
+    budget.saturating_sub(crate::seam::monotonic_now().saturating_duration_since(started))
+}
+
 impl Proposer for RaftHandle {
     async fn propose(&self, command: Command) -> Result<Outcome, ProposeError> {
         let (reply, answer) = oneshot::channel();
-        self.inputs.send(Input::Propose { command, reply }).await.map_err(|_| ProposeError::ShuttingDown)?;
-        match tokio::time::timeout(PROPOSAL_TIMEOUT, answer).await {
+        // One deadline for the queue and the commit: a runtime too busy to take inputs
+        // does not hold the caller longer than one that took it and could not commit.
+        let started = crate::seam::monotonic_now();
+        match tokio::time::timeout(PROPOSAL_TIMEOUT, self.inputs.send(Input::Propose { command, reply })).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(ProposeError::ShuttingDown),
+            // Never taken: certainly not applied.
+            Err(_) => return Err(ProposeError::Overloaded),
+        }
+        match tokio::time::timeout(time_left(started, PROPOSAL_TIMEOUT), answer).await {
             Ok(Ok(result)) => result,
             // The runtime took the command, then stopped: it may be in the log.
             Ok(Err(_)) => Err(ProposeError::OutcomeUnknown(
@@ -186,8 +211,13 @@ impl Proposer for RaftHandle {
 
     async fn read_fence(&self) -> Result<(), ProposeError> {
         let (reply, answer) = oneshot::channel();
-        self.inputs.send(Input::ReadFence { reply }).await.map_err(|_| ProposeError::ShuttingDown)?;
-        match tokio::time::timeout(READ_TIMEOUT, answer).await {
+        let started = crate::seam::monotonic_now();
+        match tokio::time::timeout(READ_TIMEOUT, self.inputs.send(Input::ReadFence { reply })).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(ProposeError::ShuttingDown),
+            Err(_) => return Err(ProposeError::Overloaded),
+        }
+        match tokio::time::timeout(time_left(started, READ_TIMEOUT), answer).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(ProposeError::ShuttingDown),
             Err(_) => Err(ProposeError::ReadUnconfirmed(format!(

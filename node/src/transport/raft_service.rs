@@ -44,7 +44,8 @@ impl BatchGate {
     /// member the connection's certificate names (`None` when peers are unauthenticated).
     pub fn admit(&self, sender: Option<NodeId>, batch: RaftBatch) -> Result<Vec<Message>, Status> {
         if batch.cluster_id != self.cluster_id {
-            let message = format!("this node belongs to cluster '{}', not '{}'", self.cluster_id, batch.cluster_id);
+            let message =
+                format!("this node belongs to cluster '{}', not '{}'", self.cluster_id, shown(&batch.cluster_id));
             return Err(Status::failed_precondition(message));
         }
         if batch.to != self.node_id {
@@ -74,6 +75,19 @@ impl BatchGate {
             .map(|message| decode_message(from, to, message))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|error| Status::invalid_argument(error.to_string()))
+    }
+}
+
+/// Most characters of a peer's cluster id that a status or a log line repeats: a frame
+/// may carry megabytes in it.
+const CLUSTER_ID_SHOWN_CHARS_MAX: usize = 64;
+
+/// `cluster_id` as statuses and log lines show it: cut at
+/// [`CLUSTER_ID_SHOWN_CHARS_MAX`] characters.
+fn shown(cluster_id: &str) -> String {
+    match cluster_id.char_indices().nth(CLUSTER_ID_SHOWN_CHARS_MAX) {
+        Some((cut, _)) => format!("{}...", &cluster_id[..cut]),
+        None => cluster_id.to_owned(),
     }
 }
 
@@ -144,7 +158,7 @@ impl Raft for RaftService {
         let sender = self.sender(&request);
         let batch = request.into_inner();
         // What the refusal's log line names: the batch's sender and cluster.
-        let (from, cluster_id) = (batch.from, batch.cluster_id.clone());
+        let (from, cluster_id) = (batch.from, shown(&batch.cluster_id));
         let sender = match sender {
             Ok(sender) => sender,
             Err(reason) => return Err(self.refuse(from, &cluster_id, Status::unauthenticated(reason))),
@@ -161,5 +175,18 @@ impl Raft for RaftService {
             }
         }
         Ok(Response::new(RaftBatchAck {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer's cluster id is repeated in full only when short.
+    #[test]
+    fn a_long_cluster_id_is_cut_where_it_is_shown() {
+        assert_eq!(shown("e2e"), "e2e");
+        let long = "é".repeat(10_000);
+        assert_eq!(shown(&long), format!("{}...", "é".repeat(CLUSTER_ID_SHOWN_CHARS_MAX)));
     }
 }
