@@ -227,7 +227,7 @@ mod tests {
     use crate::seeds;
 
     fn seed(name: &str) -> Vec<u8> {
-        seeds::all().into_iter().find(|s| s.target == "api_handlers" && s.name == name).expect("a seed").data
+        seeds::named("api_handlers", name)
     }
 
     /// The harness reaches the handlers' inner paths: a story of fifteen calls is accepted

@@ -96,7 +96,7 @@ mod tests {
     use crate::seeds;
 
     fn seed(name: &str) -> Vec<u8> {
-        seeds::all().into_iter().find(|s| s.target == "chat_command" && s.name == name).expect("a seed").data
+        seeds::named("chat_command", name)
     }
 
     /// The harness reaches the state machine's inner paths: the story's eleven commands

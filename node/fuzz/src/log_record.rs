@@ -221,7 +221,7 @@ mod tests {
     use crate::seeds;
 
     fn seed(name: &str) -> Vec<u8> {
-        seeds::all().into_iter().find(|s| s.target == "log_record" && s.name == name).expect("a seed").data
+        seeds::named("log_record", name)
     }
 
     /// The harness reaches both sides: the untouched log opens whole, and each kind of

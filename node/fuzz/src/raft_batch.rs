@@ -66,8 +66,7 @@ mod tests {
     use crate::seeds;
 
     fn seed(name: &str) -> RaftBatch {
-        let seed = seeds::all().into_iter().find(|s| s.target == "raft_batch" && s.name == name).expect("a seed");
-        RaftBatch::decode(&seed.data[..]).expect("a seed decodes")
+        RaftBatch::decode(&seeds::named("raft_batch", name)[..]).expect("a seed decodes")
     }
 
     /// The harness reaches both sides of the gate: a batch of every kind of message is

@@ -22,6 +22,15 @@ impl Seed {
     }
 }
 
+/// The seed `name` of `target`, for the targets' tests.
+pub fn named(target: &str, name: &str) -> Vec<u8> {
+    all()
+        .into_iter()
+        .find(|seed| seed.target == target && seed.name == name)
+        .unwrap_or_else(|| panic!("no seed {name} for {target}"))
+        .data
+}
+
 pub fn all() -> Vec<Seed> {
     let mut seeds = Vec::new();
     seeds.extend(raft_batches());
