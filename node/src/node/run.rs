@@ -45,11 +45,6 @@ const CLIENT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// calls ends, so a single connection cannot take a node's every subscription or pile up
 /// work behind the per-session and per-account bounds.
 pub const CLIENT_STREAMS_PER_CONNECTION_MAX: u32 = 128;
-/// Longest a call on the client port may take to answer (to its response's headers: a
-/// live subscription's stream runs on after). Every wait inside has a bound of its own
-/// (commit 10 s, read fence 5 s, status 5 s); this one covers what a bug might leave
-/// without. A client's `grpc-timeout` shortens it.
-const CLIENT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest request the cluster service decodes: its requests are a few flags.
 const CLUSTER_REQUEST_BYTES_MAX: usize = 4 * 1024;
 
@@ -245,7 +240,6 @@ async fn serve(
         .http2_keepalive_interval(Some(CLIENT_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(CLIENT_KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(CLIENT_STREAMS_PER_CONNECTION_MAX)
-        .timeout(CLIENT_CALL_TIMEOUT)
         .add_service(ChatServer::new(chat_service).max_decoding_message_size(REQUEST_BYTES_MAX))
         .add_service(ClusterServer::new(cluster_service).max_decoding_message_size(CLUSTER_REQUEST_BYTES_MAX));
     let raft_service = RaftService::new(
@@ -351,10 +345,12 @@ async fn serve(
     }
 
     tracing::info!("shutting down");
-    // An election's worth: the target's pre-vote, vote and first append.
-    match raft.hand_over_leadership(Duration::from_millis(cluster.timing.election_timeout_max_ms)).await {
+    match raft.hand_over_leadership(Duration::from_millis(cluster.timing.election_timeout_min_ms)).await {
         HandOver::NotLeader => {}
         HandOver::Done { target } => tracing::info!(target, "handed leadership over"),
+        HandOver::NoLeaderSeen { target } => {
+            tracing::warn!(target, "stepped down for a hand-over, but saw no new leader in time; stopping anyway")
+        }
         // The cluster elects a leader after an election timeout, as after a crash.
         HandOver::NotTaken { target } => {
             tracing::warn!(target, "leadership hand-over did not complete in time; stopping anyway")

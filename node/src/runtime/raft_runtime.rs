@@ -147,22 +147,28 @@ impl RaftHandle {
         tokio::time::timeout(STATUS_TIMEOUT, asked).await.ok().flatten()
     }
 
-    /// If leader, hands leadership to the most up-to-date follower and waits (at most
-    /// `wait`) until another node leads. For a graceful shutdown.
+    /// If leader, hands leadership to the most up-to-date follower, waits (at most `wait`)
+    /// until it is gone, and then (at most `wait` again) until another node leads. For a
+    /// graceful shutdown; a runtime that does not answer in `wait` (a stalled disk) counts
+    /// as nothing to hand over.
     pub async fn hand_over_leadership(&self, wait: Duration) -> HandOver {
         let (reply, answer) = oneshot::channel();
-        if self.inputs.send(Input::HandOver { reply }).await.is_err() {
-            return HandOver::NotLeader;
+        let asked = async {
+            self.inputs.send(Input::HandOver { reply }).await.ok()?;
+            answer.await.ok().flatten()
+        };
+        let Ok(Some(target)) = tokio::time::timeout(wait, asked).await else { return HandOver::NotLeader };
+        if tokio::time::timeout(wait, self.status.wait_for(|s| s.role != Role::Leader)).await.is_err() {
+            return HandOver::NotTaken { target };
         }
-        let Some(target) = answer.await.ok().flatten() else { return HandOver::NotLeader };
-        // Done once another node leads, not as soon as this one steps down: stepping down
-        // is when this node grants the target its vote, and a node that stopped then could
-        // take the vote response down with it (with one member dead, the vote the target
-        // needs). The target's first append says it won, and that the vote arrived.
+        // Stepping down is when this node grants the target its vote; a node that stopped
+        // right then could take the vote response down with it (with one member dead, the
+        // vote the target needs). The target's first append says it won, and so that the
+        // vote arrived. This node takes no proposals meanwhile: it leads no more.
         let someone_else_leads = |s: &NodeStatus| s.role != Role::Leader && s.leader.is_some();
         match tokio::time::timeout(wait, self.status.wait_for(someone_else_leads)).await {
             Ok(_) => HandOver::Done { target },
-            Err(_) => HandOver::NotTaken { target },
+            Err(_) => HandOver::NoLeaderSeen { target },
         }
     }
 }
@@ -175,6 +181,9 @@ pub enum HandOver {
     /// This node is leader no more and knows a new leader: `target` was asked to take
     /// over (and normally is the one that did).
     Done { target: NodeId },
+    /// This node is leader no more, but saw no new leader in time (the target may still
+    /// win, or the cluster elects one after an election timeout).
+    NoLeaderSeen { target: NodeId },
     /// `target` was asked, and this node still led when the wait ended.
     NotTaken { target: NodeId },
 }
@@ -203,7 +212,7 @@ impl Proposer for RaftHandle {
                 "this node stopped before the command was known to commit; it may or may not take effect".to_owned(),
             )),
             Err(_) => Err(ProposeError::OutcomeUnknown(format!(
-                "not committed within {} s (no quorum?); it may or may not take effect, and a send retried with the same sequence is stored once",
+                "not committed within {} s (a busy node, or no quorum?); it may or may not take effect, and a send retried with the same sequence is stored once",
                 PROPOSAL_TIMEOUT.as_secs()
             ))),
         }

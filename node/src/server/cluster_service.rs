@@ -73,7 +73,9 @@ impl Cluster for ClusterService {
     async fn status(&self, request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         self.require_credential(&request)?;
         let replica = self.raft.replica_status().await.ok_or_else(|| {
-            status::error(tonic::Code::Unavailable, chorus_proto::wire::SHUTTING_DOWN, "this node is stopping")
+            status::not_applied(
+                "this node's replication loop did not answer within 5 s: it is stopping, or stalled (a hung disk?); see its log",
+            )
         })?;
         let now = self.raft.now_ms();
         let members = self

@@ -83,12 +83,14 @@ impl BatchGate {
 const CLUSTER_ID_SHOWN_CHARS_MAX: usize = 64;
 
 /// `cluster_id` as statuses and log lines show it: cut at
-/// [`CLUSTER_ID_SHOWN_CHARS_MAX`] characters.
+/// [`CLUSTER_ID_SHOWN_CHARS_MAX`] characters, and escaped (a peer's newline must not
+/// forge a log line).
 fn shown(cluster_id: &str) -> String {
-    match cluster_id.char_indices().nth(CLUSTER_ID_SHOWN_CHARS_MAX) {
-        Some((cut, _)) => format!("{}...", &cluster_id[..cut]),
-        None => cluster_id.to_owned(),
+    let mut shown: String = cluster_id.chars().take(CLUSTER_ID_SHOWN_CHARS_MAX).flat_map(char::escape_debug).collect();
+    if cluster_id.chars().nth(CLUSTER_ID_SHOWN_CHARS_MAX).is_some() {
+        shown.push_str("...");
     }
+    shown
 }
 
 pub struct RaftService {
@@ -188,5 +190,6 @@ mod tests {
         assert_eq!(shown("e2e"), "e2e");
         let long = "é".repeat(10_000);
         assert_eq!(shown(&long), format!("{}...", "é".repeat(CLUSTER_ID_SHOWN_CHARS_MAX)));
+        assert_eq!(shown("e2e\nforged line"), "e2e\\nforged line");
     }
 }
