@@ -30,7 +30,7 @@ artifacts=target/fuzz/artifacts
 # node/fuzz/src/allocation_limit.rs: libFuzzer's -malloc_limit_mb needs a sanitizer's hooks.)
 limits=(-max_len=16384 -timeout=10 -rss_limit_mb=1024)
 
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 positive_seconds() {
     case "$1" in
