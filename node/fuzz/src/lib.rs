@@ -66,6 +66,25 @@ mod tests {
         }
     }
 
+    /// scripts/fuzz.sh runs exactly these targets, and each has its binary: a target added
+    /// here but not there would never be fuzzed.
+    #[test]
+    fn the_script_and_the_manifest_name_every_target() {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let script = std::fs::read_to_string(root.join("../../scripts/fuzz.sh")).expect("scripts/fuzz.sh");
+        let listed = script
+            .lines()
+            .find_map(|line| line.strip_prefix("targets=(")?.strip_suffix(')'))
+            .expect("fuzz.sh lists its targets as targets=(...)");
+        let names: Vec<&str> = TARGETS.iter().map(|(name, _)| *name).collect();
+        assert_eq!(listed.split_whitespace().collect::<Vec<_>>(), names);
+        let manifest = std::fs::read_to_string(root.join("Cargo.toml")).expect("the manifest");
+        for name in names {
+            assert!(manifest.contains(&format!("name = \"{name}\"")), "no [[bin]] for {name}");
+            assert!(root.join("fuzz_targets").join(format!("{name}.rs")).is_file(), "no fuzz_targets/{name}.rs");
+        }
+    }
+
     /// The committed corpus holds every seed as `fuzz-seeds` writes it: seeds changed with
     /// the code they exercise are written again (`scripts/fuzz.sh seed`).
     #[test]
