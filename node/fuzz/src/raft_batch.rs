@@ -32,7 +32,7 @@ pub fn run(data: &[u8]) {
     let Ok(batch) = RaftBatch::decode(data) else { return };
     let gate = gate();
     for sender in [None, Some(2)] {
-        match gate.admit(sender, batch.clone()) {
+        match gate.admit(sender, &mut batch.clone()) {
             Ok(messages) => {
                 assert_eq!(batch.cluster_id, CLUSTER_ID, "admitted a batch of another cluster");
                 assert_eq!(batch.to, NODE_ID, "admitted a batch addressed to another node");
@@ -74,10 +74,10 @@ mod tests {
     #[test]
     fn every_kind_is_admitted_and_strangers_are_refused() {
         for sender in [None, Some(2)] {
-            assert_eq!(gate().admit(sender, seed("every-kind")).expect("admitted").len(), 8);
+            assert_eq!(gate().admit(sender, &mut seed("every-kind")).expect("admitted").len(), 8);
         }
-        assert_eq!(gate().admit(None, seed("other-cluster")).unwrap_err().code(), Code::FailedPrecondition);
-        assert_eq!(gate().admit(None, seed("from-self")).unwrap_err().code(), Code::PermissionDenied);
-        assert_eq!(gate().admit(Some(3), seed("heartbeat")).unwrap_err().code(), Code::PermissionDenied);
+        assert_eq!(gate().admit(None, &mut seed("other-cluster")).unwrap_err().code(), Code::FailedPrecondition);
+        assert_eq!(gate().admit(None, &mut seed("from-self")).unwrap_err().code(), Code::PermissionDenied);
+        assert_eq!(gate().admit(Some(3), &mut seed("heartbeat")).unwrap_err().code(), Code::PermissionDenied);
     }
 }

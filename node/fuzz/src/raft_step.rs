@@ -76,8 +76,8 @@ pub fn replica_in(role: u8) -> Replica<MemoryStorage> {
 
 pub fn run(data: &[u8]) {
     let Some((&role, frame)) = data.split_first() else { return };
-    let Ok(batch) = RaftBatch::decode(frame) else { return };
-    let Ok(messages) = raft_batch::gate().admit(None, batch) else { return };
+    let Ok(mut batch) = RaftBatch::decode(frame) else { return };
+    let Ok(messages) = raft_batch::gate().admit(None, &mut batch) else { return };
     let Some(message) = messages.into_iter().next() else { return };
     let mut replica = replica_in(role % ROLES);
     let (term, role, refused, had_ready) =

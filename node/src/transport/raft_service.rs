@@ -40,9 +40,10 @@ pub struct BatchGate {
 }
 
 impl BatchGate {
-    /// The batch's messages, decoded, or the status that refuses it. `sender` is the
-    /// member the connection's certificate names (`None` when peers are unauthenticated).
-    pub fn admit(&self, sender: Option<NodeId>, batch: RaftBatch) -> Result<Vec<Message>, Status> {
+    /// The batch's messages, decoded (taken out of it), or the status that refuses it.
+    /// `sender` is the member the connection's certificate names (`None` when peers are
+    /// unauthenticated).
+    pub fn admit(&self, sender: Option<NodeId>, batch: &mut RaftBatch) -> Result<Vec<Message>, Status> {
         if batch.cluster_id != self.cluster_id {
             let message =
                 format!("this node belongs to cluster '{}', not '{}'", self.cluster_id, shown(&batch.cluster_id));
@@ -69,8 +70,7 @@ impl BatchGate {
             return Err(Status::invalid_argument(message));
         }
         let (from, to) = (batch.from, batch.to);
-        batch
-            .messages
+        std::mem::take(&mut batch.messages)
             .into_iter()
             .map(|message| decode_message(from, to, message))
             .collect::<Result<Vec<_>, _>>()
@@ -139,14 +139,14 @@ impl RaftService {
         }
     }
 
-    fn refuse(&self, from: NodeId, cluster_id: &str, status: Status) -> Status {
+    fn refuse(&self, batch: &RaftBatch, status: Status) -> Status {
         self.refused.fetch_add(1, Ordering::Relaxed);
         // The node is named here, not only by the span: under madsim the peer server runs
         // its handlers outside the node's span (real tonic's `trace_fn` puts them in it).
         tracing::warn!(
             node = self.gate.node_id,
-            from,
-            cluster = %cluster_id,
+            from = batch.from,
+            cluster = %shown(&batch.cluster_id),
             reason = %status.message(),
             "refused a Raft batch"
         );
@@ -158,22 +158,20 @@ impl RaftService {
 impl Raft for RaftService {
     async fn deliver(&self, request: Request<RaftBatch>) -> Result<Response<RaftBatchAck>, Status> {
         let sender = self.sender(&request);
-        let batch = request.into_inner();
-        // What the refusal's log line names: the batch's sender and cluster.
-        let (from, cluster_id) = (batch.from, shown(&batch.cluster_id));
+        let mut batch = request.into_inner();
         let sender = match sender {
             Ok(sender) => sender,
-            Err(reason) => return Err(self.refuse(from, &cluster_id, Status::unauthenticated(reason))),
+            Err(reason) => return Err(self.refuse(&batch, Status::unauthenticated(reason))),
         };
-        let messages = match self.gate.admit(sender, batch) {
+        let messages = match self.gate.admit(sender, &mut batch) {
             Ok(messages) => messages,
-            Err(status) => return Err(self.refuse(from, &cluster_id, status)),
+            Err(status) => return Err(self.refuse(&batch, status)),
         };
         for message in messages {
             // A full inbox means the runtime is behind; dropping is what the network would
             // do, and Raft retransmits.
             if !self.inbox.try_send(message) {
-                tracing::debug!(node = self.gate.node_id, from, "inbox full; message dropped");
+                tracing::debug!(node = self.gate.node_id, from = batch.from, "inbox full; message dropped");
             }
         }
         Ok(Response::new(RaftBatchAck {}))
