@@ -159,7 +159,10 @@ fn passwords_never_come_from_arguments_and_errors_exit_nonzero() {
     assert_fails_with(&run_cli(unused, &session, &["login", "alice"], ""), "no password given");
     assert_fails_with(&run_cli(unused, &session, &["login", "alice", "--password-stdin"], ""), "no password on stdin");
     // Nothing listens on port 9.
-    assert_fails_with(&run_cli(unused, &session, &["--timeout", "1", "users"], ""), "no node could serve the request");
+    assert_fails_with(
+        &run_cli(unused, &session, &["--timeout", "1", "users"], ""),
+        "cluster unreachable: no node answered",
+    );
     let bad = run_cli(unused, &session, &["--servers", "no-port-here", "users"], "");
     assert_fails_with(&bad, "no port");
 }

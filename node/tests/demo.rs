@@ -148,7 +148,7 @@ fn demo_cluster_survives_two_failures_refuses_writes_without_a_majority_and_reco
     // A third: no majority, so no write may succeed.
     let third = (1..=5).find(|n| *n != leader && *n != second).unwrap();
     shell.run(&format!("kill {third}"), "killed (SIGKILL)");
-    shell.run("send bob with three down", "error: no node could serve the request");
+    shell.run("send bob with three down", "error: cluster unreachable: no majority");
     shell.run(&format!("restart {third}"), &format!("node {third} up on 127.0.0.1:"));
     shell.run("send bob back to a majority", "sent message");
     shell.run(&format!("restart {leader}"), "up on 127.0.0.1:");

@@ -11,6 +11,7 @@ pub mod check;
 pub mod disk;
 pub mod history;
 pub mod observer;
+pub mod workload;
 
 #[cfg(madsim)]
 pub mod cluster;
@@ -18,5 +19,3 @@ pub mod cluster;
 pub mod nemesis;
 #[cfg(madsim)]
 pub mod scenario;
-#[cfg(madsim)]
-pub mod workload;

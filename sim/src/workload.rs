@@ -1,8 +1,14 @@
-//! Clients on their own simulated hosts, using the real client library, each recording a
-//! history of what it invoked and what came back, with simulated timestamps; plus one live
-//! subscription per user recording what it delivered.
+//! Clients using the real client library, each recording a history of what it invoked and
+//! what came back, with its runtime's timestamps; plus one live subscription per user
+//! recording what it delivered.
+//!
+//! The clients themselves ([`run_client`], [`read_final_mailboxes`]) are plain tokio code:
+//! the simulation runs them on simulated hosts ([`start`], [`final_mailboxes`]), and the
+//! multi-host tests (`tests/`) on threads inside real network namespaces, over TLS, with
+//! real time.
 
 use std::collections::BTreeSet;
+#[cfg(madsim)]
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,6 +19,7 @@ use chorus::client::v1::{
     ReadMessagesRequest, SendMessageRequest,
 };
 use chorus::client::{ClientSecurity, ClusterClient, RetryPolicy, SendSequence, new_request_id};
+#[cfg(madsim)]
 use madsim::runtime::Handle;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -103,6 +110,7 @@ pub fn user(client: usize) -> String {
     format!("user{client}")
 }
 
+#[cfg(madsim)]
 fn client_ip(client: usize) -> IpAddr {
     IpAddr::from([10, 0, 1, client as u8 + 1])
 }
@@ -119,6 +127,7 @@ fn unknown_or_refused(status: &Status, attempts: u32) -> Outcome {
 
 /// Starts `clients` client hosts. Each logs in as its user, keeps a subscription open and
 /// performs random operations until the recorder says stop.
+#[cfg(madsim)]
 pub fn start(
     clients: usize,
     servers: Vec<String>,
@@ -131,7 +140,9 @@ pub fn start(
         let host = handle.create_node().name(format!("client-{client}")).ip(client_ip(client)).build();
         let servers = servers.clone();
         let recorder = recorder.clone();
-        tasks.push(host.spawn(async move { run_client(client, clients, servers, seed, recorder).await }));
+        tasks.push(host.spawn(async move {
+            run_client(client, clients, servers, ClientSecurity::Insecure, seed, recorder).await;
+        }));
     }
     tasks
 }
@@ -153,11 +164,21 @@ where
     }
 }
 
-async fn run_client(client: usize, clients: usize, servers: Vec<String>, seed: u64, recorder: Recorder) {
+/// Client number `client` of `clients`: creates and logs in as its user, keeps a
+/// subscription open, and performs random operations (drawn from `seed`) until the
+/// recorder says stop, recording each.
+pub async fn run_client(
+    client: usize,
+    clients: usize,
+    servers: Vec<String>,
+    security: ClientSecurity,
+    seed: u64,
+    recorder: Recorder,
+) {
     let me = user(client);
     let password = format!("{me}-password");
     let policy = RetryPolicy { call_deadline: CALL_DEADLINE, ..RetryPolicy::default() };
-    let mut rpc = ClusterClient::new(&servers, policy, ClientSecurity::Insecure).expect("valid servers");
+    let mut rpc = ClusterClient::new(&servers, policy, security.clone()).expect("valid servers");
     let mut rng = StdRng::seed_from_u64(seed ^ (client as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
 
     let create = CreateAccountRequest { username: me.clone(), password: password.clone() };
@@ -183,10 +204,10 @@ async fn run_client(client: usize, clients: usize, servers: Vec<String>, seed: u
         let token = token.clone();
         let recorder = recorder.clone();
         let me = me.clone();
-        // It runs until the simulation ends: the scenario waits for it to catch up with
-        // the final mailbox before judging it.
-        madsim::task::spawn(async move {
-            let mut client = ClusterClient::new(&servers, policy, ClientSecurity::Insecure).expect("valid servers");
+        // It runs until the simulation (or the client's runtime) ends: the scenario waits
+        // for it to catch up with the final mailbox before judging it.
+        tokio::task::spawn(async move {
+            let mut client = ClusterClient::new(&servers, policy, security).expect("valid servers");
             let mut after = 0;
             for subscriptions in 0u64.. {
                 let mut subscription = client.subscribe(token.clone(), after);
@@ -287,39 +308,48 @@ async fn run_client(client: usize, clients: usize, servers: Vec<String>, seed: u
     }
 }
 
-/// Every user's mailbox, read from the leader (linearizable), once the faults are over.
+/// Every user's mailbox, read from the leader (linearizable), once the faults are over,
+/// by an auditor on a simulated host of its own.
+#[cfg(madsim)]
 pub async fn final_mailboxes(servers: &[String], clients: usize) -> Result<Vec<(String, Vec<Observed>)>, Status> {
     let host = Handle::current().create_node().name("auditor").ip(IpAddr::from([10, 0, 3, 1])).build();
     let servers = servers.to_vec();
-    host.spawn(async move {
-        let policy = RetryPolicy { call_deadline: Duration::from_secs(60), ..RetryPolicy::default() };
-        let mut rpc = ClusterClient::new(&servers, policy, ClientSecurity::Insecure).expect("valid servers");
-        let mut mailboxes = Vec::new();
-        for client in 0..clients {
-            let me = user(client);
-            let login = LoginRequest { username: me.clone(), password: format!("{me}-password") };
-            let token = match chorus::cluster_call!(rpc, login, login) {
-                Ok(session) => session.token,
-                // The client never got to create its account.
-                Err(status) if status.code() == Code::Unauthenticated => continue,
-                Err(status) => return Err(status),
-            };
-            let mut mailbox = Vec::new();
-            let mut before_id = 0;
-            loop {
-                let request = HistoryRequest { peer: None, before_id, limit: 1000 };
-                let page = chorus::cluster_call_as!(rpc, history, request, token)?;
-                mailbox.extend(page.messages.iter().filter(|m| m.to == me).map(observed));
-                if page.next_before_id == 0 {
-                    break;
-                }
-                before_id = page.next_before_id;
+    host.spawn(async move { read_final_mailboxes(servers, ClientSecurity::Insecure, clients).await })
+        .await
+        .expect("auditor task")
+}
+
+/// Every user's mailbox, read from the leader (linearizable): the auditor's reads.
+pub async fn read_final_mailboxes(
+    servers: Vec<String>,
+    security: ClientSecurity,
+    clients: usize,
+) -> Result<Vec<(String, Vec<Observed>)>, Status> {
+    let policy = RetryPolicy { call_deadline: Duration::from_secs(60), ..RetryPolicy::default() };
+    let mut rpc = ClusterClient::new(&servers, policy, security).expect("valid servers");
+    let mut mailboxes = Vec::new();
+    for client in 0..clients {
+        let me = user(client);
+        let login = LoginRequest { username: me.clone(), password: format!("{me}-password") };
+        let token = match chorus::cluster_call!(rpc, login, login) {
+            Ok(session) => session.token,
+            // The client never got to create its account.
+            Err(status) if status.code() == Code::Unauthenticated => continue,
+            Err(status) => return Err(status),
+        };
+        let mut mailbox = Vec::new();
+        let mut before_id = 0;
+        loop {
+            let request = HistoryRequest { peer: None, before_id, limit: 1000 };
+            let page = chorus::cluster_call_as!(rpc, history, request, token)?;
+            mailbox.extend(page.messages.iter().filter(|m| m.to == me).map(observed));
+            if page.next_before_id == 0 {
+                break;
             }
-            mailbox.sort_by_key(|m| m.id);
-            mailboxes.push((me, mailbox));
+            before_id = page.next_before_id;
         }
-        Ok(mailboxes)
-    })
-    .await
-    .expect("auditor task")
+        mailbox.sort_by_key(|m| m.id);
+        mailboxes.push((me, mailbox));
+    }
+    Ok(mailboxes)
 }

@@ -192,7 +192,9 @@ pub enum AccountVerb {
 pub fn rpc_error(server: &str, status: tonic::Status) -> anyhow::Error {
     use tonic::Code;
     match status.code() {
-        Code::Unavailable if status.message().starts_with("no node could") => anyhow::anyhow!("{}", status.message()),
+        Code::Unavailable if status.message().starts_with("cluster unreachable") => {
+            anyhow::anyhow!("{}", status.message())
+        }
         Code::Unavailable => anyhow::anyhow!("server {server} is unavailable: {}", status.message()),
         Code::DeadlineExceeded | Code::Cancelled => {
             anyhow::anyhow!("server {server} did not answer in time; the request may or may not have taken effect")

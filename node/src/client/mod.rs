@@ -291,13 +291,18 @@ impl ClusterClient {
             .unwrap_or_else(|| started + Duration::from_secs(100 * 365 * 24 * 3600));
         let mut backoff = self.backoff();
         let mut tried_since_pause = 0;
-        let mut last_failure = String::new();
+        let mut unserved = Unserved::default();
+        // Nodes that gave no answer at all in this call (no connection, or silence): the
+        // ones that answer are tried again before them, so that a client cut off with a
+        // minority hears that minority's answer instead of waiting out every dead node's
+        // connect timeout in turn.
+        let mut silent = vec![false; self.servers.len()];
         let mut applied_maybe = false;
         self.last_call_attempts = 0;
         loop {
             let now = crate::seam::monotonic_now();
             if now >= deadline {
-                return Err(cluster_unreachable(self.policy.call_deadline, &last_failure, applied_maybe));
+                return Err(unserved.cluster_unreachable(self.policy.call_deadline, applied_maybe));
             }
             let server = self.preferred;
             let client = self.chat_of(server);
@@ -318,12 +323,15 @@ impl ClusterClient {
                 return Err(if applied_maybe { outcome_left_unknown(status) } else { status });
             };
             applied_maybe |= maybe;
-            last_failure = format!("{}: {}", self.servers[server], status.message());
+            let answered = unserved.note(&self.servers[server], &status);
+            silent.resize(self.servers.len(), false);
+            silent[server] = !answered;
             tried_since_pause += 1;
-            // Follow a leader hint at once; otherwise try the next node.
+            // Follow a leader hint at once; otherwise try the next node not known to be
+            // silent (any next node, once all are).
             self.preferred = match leader.and_then(|address| self.server_index(&address)) {
                 Some(leader) if leader != server => leader,
-                _ => (server + 1) % self.servers.len(),
+                _ => next_not_silent(server, &silent),
             };
             let pause = match retry_after {
                 // The node said when: the next attempt goes no sooner, wherever it goes; and
@@ -398,20 +406,77 @@ fn outcome_left_unknown(status: Status) -> Status {
     Status::with_error_details(status.code(), message, details)
 }
 
-/// The client's own answer when no node served a call in time.
-fn cluster_unreachable(deadline: Duration, last_failure: &str, applied_maybe: bool) -> Status {
-    let (outcome, consequence) = if applied_maybe {
-        ("unknown", "if it was a change, it may or may not have taken effect")
-    } else {
-        ("not_applied", "every node said it was not applied")
-    };
-    let message = format!(
-        "no node could serve the request within {} s (last: {last_failure}); {consequence}",
-        deadline.as_secs()
-    );
-    let metadata = std::collections::HashMap::from([(wire::OUTCOME.to_owned(), outcome.to_owned())]);
-    let details = ErrorDetails::with_error_info(wire::CLUSTER_UNREACHABLE, wire::ERROR_DOMAIN, metadata);
-    Status::with_error_details(Code::Unavailable, message, details)
+/// The server after `server` in turn that is not marked `silent`, or simply the next one
+/// if every other is.
+fn next_not_silent(server: usize, silent: &[bool]) -> usize {
+    let count = silent.len();
+    (1..count).map(|step| (server + step) % count).find(|&other| !silent[other]).unwrap_or((server + 1) % count)
+}
+
+/// What the nodes said while a call went unserved, for the answer that ends it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Unserved {
+    /// The last failure, with its node.
+    last: String,
+    /// Some node answered that it knows no leader.
+    leaderless: bool,
+    /// Some node answered at all (rather than no connection, or no answer in time).
+    answered: bool,
+}
+
+impl Unserved {
+    /// Notes the failed attempt on `server`; returns whether the node answered (with a
+    /// Chorus refusal, rather than no connection or no answer in time).
+    pub(crate) fn note(&mut self, server: &str, status: &Status) -> bool {
+        self.last = format!("{server}: {}", status.message());
+        let Some(info) = status.get_details_error_info().filter(|info| info.domain == wire::ERROR_DOMAIN) else {
+            return false;
+        };
+        self.answered = true;
+        let hint = info.metadata.get(wire::LEADER_ADDRESS).is_some_and(|a| !a.is_empty());
+        self.leaderless |= info.reason == wire::NOT_LEADER && !hint;
+        true
+    }
+
+    /// Notes that a node said, in its own words, that it knows no leader.
+    pub(crate) fn note_leaderless(&mut self) {
+        self.leaderless = true;
+    }
+
+    /// Notes an attempt on `server` that got no answer in time.
+    pub(crate) fn note_silence(&mut self, server: &str) {
+        self.last = format!("{server}: no answer");
+    }
+
+    /// The client's own answer when no node served a call within `deadline`: UNAVAILABLE
+    /// with reason CLUSTER_UNREACHABLE, its message starting "cluster unreachable" and
+    /// saying why as far as the client can tell. A node that answers and knows no leader
+    /// at the end of a whole deadline is cut off from a majority (an election takes well
+    /// under one), so "no majority" is what a person should read.
+    pub(crate) fn cluster_unreachable(&self, deadline: Duration, applied_maybe: bool) -> Status {
+        let (outcome, consequence) = if applied_maybe {
+            ("unknown", "if it was a change, it may or may not have taken effect")
+        } else {
+            ("not_applied", "it was not applied")
+        };
+        let seconds = deadline.as_secs();
+        let last = &self.last;
+        let message = if self.leaderless {
+            format!(
+                "cluster unreachable: no majority. For {seconds} s the nodes that answered knew no leader: \
+                 fewer than a majority of the members can reach each other (last: {last}); {consequence}"
+            )
+        } else if self.answered {
+            format!(
+                "cluster unreachable: no node could serve the request within {seconds} s (last: {last}); {consequence}"
+            )
+        } else {
+            format!("cluster unreachable: no node answered within {seconds} s (last: {last}); {consequence}")
+        };
+        let metadata = std::collections::HashMap::from([(wire::OUTCOME.to_owned(), outcome.to_owned())]);
+        let details = ErrorDetails::with_error_info(wire::CLUSTER_UNREACHABLE, wire::ERROR_DOMAIN, metadata);
+        Status::with_error_details(Code::Unavailable, message, details)
+    }
 }
 
 /// A fresh id for a read, reused by its retries (see `ReadMessagesRequest.request_id`).
@@ -485,6 +550,40 @@ mod tests {
             })
             .await;
         result.unwrap_err()
+    }
+
+    #[test]
+    fn the_next_node_tried_is_one_that_answered_before_one_that_did_not() {
+        assert_eq!(next_not_silent(0, &[false, true, false]), 2, "1 was silent: 2 next");
+        assert_eq!(next_not_silent(2, &[false, true, false]), 0);
+        assert_eq!(next_not_silent(0, &[false, true, true]), 1, "every other is silent: simply the next");
+        assert_eq!(next_not_silent(3, &[false, true, true, false]), 0);
+        assert_eq!(next_not_silent(0, &[false]), 0, "a client of one node");
+    }
+
+    /// The answer at the deadline says why as far as the client can tell, and says
+    /// "no majority" only when a node that answered knew no leader.
+    #[test]
+    fn an_unserved_call_says_whether_a_majority_is_missing() {
+        let no_leader = answer(Code::Unavailable, wire::NOT_LEADER);
+        let mut hint = HashMap::new();
+        hint.insert(wire::LEADER_ADDRESS.to_owned(), "10.0.0.3:7003".to_owned());
+        let details = ErrorDetails::with_error_info(wire::NOT_LEADER, wire::ERROR_DOMAIN, hint);
+        let with_hint = Status::with_error_details(Code::Unavailable, "not the leader", details);
+        let silence = Status::unavailable("transport error");
+        let message = |statuses: &[&Status]| {
+            let mut unserved = Unserved::default();
+            for status in statuses {
+                unserved.note("node", status);
+            }
+            unserved.cluster_unreachable(Duration::from_secs(8), false).message().to_owned()
+        };
+        assert!(message(&[&silence, &no_leader, &silence]).starts_with("cluster unreachable: no majority."));
+        assert!(message(&[&with_hint, &silence]).starts_with("cluster unreachable: no node could serve"));
+        assert!(message(&[&silence]).starts_with("cluster unreachable: no node answered within 8 s"));
+        let mut unserved = Unserved::default();
+        assert!(!unserved.note("node", &silence), "silence is no answer");
+        assert!(unserved.note("node", &with_hint), "a refusal is an answer");
     }
 
     /// A definite refusal after an attempt that may have taken effect leaves the call's

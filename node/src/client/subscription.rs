@@ -27,7 +27,8 @@ pub struct Subscription<'a> {
     behind_since: Option<tokio::time::Instant>,
     /// The pause before the next attempt, doubled at each failure.
     backoff: Backoff,
-    last_failure: String,
+    /// What the nodes said since the last delivery, for the answer when it gives up.
+    unserved: super::Unserved,
 }
 
 /// A message exactly as a node's stream sent it, before the subscription drops repeats.
@@ -54,7 +55,7 @@ impl<'a> Subscription<'a> {
             failing_since: None,
             behind_since: None,
             backoff,
-            last_failure: String::new(),
+            unserved: super::Unserved::default(),
         }
     }
 
@@ -90,7 +91,7 @@ impl<'a> Subscription<'a> {
                     |since: tokio::time::Instant| now.saturating_duration_since(since) >= policy.call_deadline;
                 if too_long(failing_since) || self.behind_since.is_some_and(too_long) {
                     // Subscribing changes nothing: nothing was applied either way.
-                    return Err(super::cluster_unreachable(policy.call_deadline, &self.last_failure, false));
+                    return Err(self.unserved.cluster_unreachable(policy.call_deadline, false));
                 }
                 let server = self.client.preferred;
                 let request = super::authorized(SubscribeRequest { after_id: self.last_delivered }, &self.token)?;
@@ -106,10 +107,10 @@ impl<'a> Subscription<'a> {
                         ErrorVerdict::Final => return Err(status),
                         ErrorVerdict::Retry { leader, .. } => {
                             hint = leader.and_then(|address| self.client.server_index(&address));
-                            self.last_failure = format!("{}: {}", self.client.servers[server], status.message());
+                            self.unserved.note(&self.client.servers[server], &status);
                         }
                     },
-                    Err(_) => self.last_failure = format!("{}: no answer", self.client.servers[server]),
+                    Err(_) => self.unserved.note_silence(&self.client.servers[server]),
                 }
                 if self.stream.is_none() {
                     match hint {
@@ -138,8 +139,11 @@ impl<'a> Subscription<'a> {
                     node_behind = status
                         .get_details_error_info()
                         .is_some_and(|info| info.domain == wire::ERROR_DOMAIN && info.reason == wire::NOT_APPLIED);
-                    let server = &self.client.servers[self.client.preferred];
-                    self.last_failure = format!("{server}: {}", status.message());
+                    self.unserved.note(&self.client.servers[self.client.preferred], &status);
+                    if node_behind {
+                        // The node ended the stream because it has known no leader a while.
+                        self.unserved.note_leaderless();
+                    }
                 }
             }
             // The stream ended or broke: resume elsewhere, after a pause. One that lived a

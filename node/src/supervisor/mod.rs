@@ -93,6 +93,9 @@ struct Member {
     /// Not started yet in a cluster this supervisor created: the first start initializes
     /// the data directory (`--bootstrap`).
     bootstrap: bool,
+    /// What the `chorus` binary is run under, if anything: `ip netns exec HOST` for a
+    /// member on a test host with a network stack of its own.
+    command_prefix: Vec<String>,
     process: Option<NodeProcess>,
 }
 
@@ -131,6 +134,22 @@ impl LocalCluster {
             })
             .collect();
         let config = ClusterConfig { cluster_id: cluster_id.to_owned(), timing, limits, members };
+        let mut cluster = Self::create_placed(dir, config, header, launch, BTreeMap::new())?;
+        cluster._ports = ports;
+        Ok(cluster)
+    }
+
+    /// A new cluster of the members `config` names, at their own addresses (nothing is
+    /// claimed: they are not on this machine's loopback), each started under the command
+    /// `prefixes` gives it (none for a member it does not name). Its `cluster.toml` and
+    /// data directories go under `dir`; nothing is started yet.
+    pub fn create_placed(
+        dir: &Path,
+        config: ClusterConfig,
+        header: &str,
+        launch: Launch,
+        prefixes: BTreeMap<NodeId, Vec<String>>,
+    ) -> Result<Self, SupervisorError> {
         let config_path = dir.join("cluster.toml");
         let config_error = |source| SupervisorError::Config { path: config_path.clone(), source };
         config.validate().map_err(config_error)?;
@@ -138,7 +157,11 @@ impl LocalCluster {
         create_dir(dir)?;
         std::fs::write(&config_path, text)
             .map_err(|source| SupervisorError::Io { path: config_path.clone(), source })?;
-        Self::with_config(dir, config_path, config, launch, true, ports)
+        let mut cluster = Self::with_config(dir, config_path, config, launch, true, Vec::new())?;
+        for (id, prefix) in prefixes {
+            cluster.member_mut(id)?.command_prefix = prefix;
+        }
+        Ok(cluster)
     }
 
     /// The cluster whose `cluster.toml` is in `dir` (made by [`LocalCluster::create`]
@@ -180,7 +203,8 @@ impl LocalCluster {
             create_dir(&data_dir)?;
             // Beside the data directory, not in it: a data directory starts empty.
             let log_path = dir.join(format!("node-{}.log", member.id));
-            members.insert(member.id, Member { data_dir, log_path, bootstrap, process: None });
+            members
+                .insert(member.id, Member { data_dir, log_path, bootstrap, command_prefix: Vec::new(), process: None });
         }
         let security = if launch.insecure { ClientSecurity::Insecure } else { ensure_certificates(dir, &config)? };
         Ok(Self { dir: dir.to_owned(), config_path, config, launch, members, security, _ports: ports })
@@ -250,7 +274,14 @@ impl LocalCluster {
             .append(true)
             .open(&member.log_path)
             .map_err(|source| SupervisorError::Io { path: member.log_path.clone(), source })?;
-        let mut command = Command::new(&launch.binary);
+        let mut command = match member.command_prefix.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&launch.binary);
+                command
+            }
+            None => Command::new(&launch.binary),
+        };
         command.args(["node", "--id", &id.to_string(), "--config"]).arg(&config_path).stderr(Stdio::from(log));
         if launch.fast_password_hashing {
             command.arg("--insecure-fast-password-hashing");
@@ -289,13 +320,28 @@ impl LocalCluster {
         Ok(true)
     }
 
-    /// SIGHUP member `id` (it reloads its certificates); returns whether it runs.
-    pub fn reload_certificates(&self, id: NodeId) -> Result<bool, SupervisorError> {
+    /// SIGSTOP member `id` if it runs (it freezes: no timer fires, no socket is read, as
+    /// in a long GC pause or a stalled VM); returns whether it runs.
+    pub fn pause(&self, id: NodeId) -> Result<bool, SupervisorError> {
+        self.signal(id, NodeProcess::pause)
+    }
+
+    /// SIGCONT member `id` if it runs (a paused member goes on where it stopped).
+    pub fn resume(&self, id: NodeId) -> Result<bool, SupervisorError> {
+        self.signal(id, NodeProcess::resume)
+    }
+
+    fn signal(&self, id: NodeId, send: fn(&NodeProcess) -> Result<(), ProcessError>) -> Result<bool, SupervisorError> {
         let member = self.member(id)?;
         let Some(process) = &member.process else { return Ok(false) };
         let log = member.log_path.clone();
-        process.hang_up().map_err(|source| SupervisorError::Node { id, log, source })?;
+        send(process).map_err(|source| SupervisorError::Node { id, log, source })?;
         Ok(true)
+    }
+
+    /// SIGHUP member `id` (it reloads its certificates); returns whether it runs.
+    pub fn reload_certificates(&self, id: NodeId) -> Result<bool, SupervisorError> {
+        self.signal(id, NodeProcess::hang_up)
     }
 
     /// SIGTERM member `id`, waits up to `grace` for it to exit and kills it after that.

@@ -92,17 +92,33 @@ impl NodeProcess {
 
     /// SIGHUP: a node reloads its certificates.
     pub fn hang_up(&self) -> Result<(), ProcessError> {
+        self.send(Signal::SIGHUP)
+    }
+
+    /// SIGSTOP: the process freezes until [`NodeProcess::resume`]. A SIGKILL still kills
+    /// it; a SIGTERM waits for the resume.
+    pub fn pause(&self) -> Result<(), ProcessError> {
+        self.send(Signal::SIGSTOP)
+    }
+
+    /// SIGCONT: a paused process goes on.
+    pub fn resume(&self) -> Result<(), ProcessError> {
+        self.send(Signal::SIGCONT)
+    }
+
+    fn send(&self, signal: Signal) -> Result<(), ProcessError> {
         let pid = self.pid();
         let raw = i32::try_from(pid).expect("a process id fits in pid_t");
-        kill(Pid::from_raw(raw), Signal::SIGHUP).map_err(|source| ProcessError::Signal { pid, source })
+        kill(Pid::from_raw(raw), signal).map_err(|source| ProcessError::Signal { pid, source })
     }
 
     /// SIGTERM, then waits up to `grace` for a clean exit; kills the process after that.
     /// Returns its exit status and whether it exited within the grace period.
     pub fn terminate(mut self, grace: Duration) -> Result<(ExitStatus, bool), ProcessError> {
         let pid = self.pid();
-        let raw = i32::try_from(pid).expect("a process id fits in pid_t");
-        kill(Pid::from_raw(raw), Signal::SIGTERM).map_err(|source| ProcessError::Signal { pid, source })?;
+        self.send(Signal::SIGTERM)?;
+        // A paused process would hold the signal until resumed.
+        self.send(Signal::SIGCONT)?;
         let deadline = Instant::now() + grace;
         loop {
             match self.child.try_wait().map_err(|source| ProcessError::Wait { pid, source })? {
