@@ -16,8 +16,11 @@
 #                                    left behind; --all: every chorus-hosts host.
 #   scripts/hosts.sh install-tools   install what the hosts need (iproute2, nftables,
 #                                    iptables) where missing; scripts/test.sh runs it.
+#   scripts/hosts.sh sweep-orphans   remove the hosts of runs that are gone, without
+#                                    building anything; scripts/test.sh runs it first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+target="${CARGO_TARGET_DIR:-target}"
 
 install_tools() {
     local missing=()
@@ -40,6 +43,27 @@ need_root() {
         echo "hosts.sh: the test hosts are network namespaces: run this as root" >&2
         exit 1
     fi
+    if ! command -v cargo > /dev/null; then
+        echo "hosts.sh: cargo is not on root's PATH (sudo resets it): try sudo env \"PATH=\$PATH\" scripts/hosts.sh" >&2
+        exit 1
+    fi
+}
+
+# The namespaces of runs whose process is gone (named chorus-hosts-<pid>-…): every process
+# still inside is killed, then the namespace removed. The same rule as chorus-hosts's own
+# sweep, in shell, so that it runs before anything is built.
+sweep_orphans() {
+    command -v ip > /dev/null || return 0
+    local name pid
+    for name in $(ip netns list 2> /dev/null | awk '{print $1}' | grep '^chorus-hosts-[0-9]*-' || true); do
+        pid="${name#chorus-hosts-}"
+        pid="${pid%%-*}"
+        if [ ! -d "/proc/$pid" ]; then
+            ip netns pids "$name" 2> /dev/null | xargs -r kill -9 2> /dev/null || true
+            ip netns del "$name" 2> /dev/null || true
+            echo "removed the leftover namespace $name"
+        fi
+    done
 }
 
 verb="${1:-shell}"
@@ -47,24 +71,29 @@ case "$verb" in
     install-tools)
         install_tools
         ;;
+    sweep-orphans)
+        sweep_orphans
+        ;;
     demo)
         need_root
         install_tools
         cargo build -q -p chorus -p chorus-hosts
-        # One test at a time, so that the narration reads in order.
-        cargo test -q -p chorus-hosts --test assignment_demos --test real_partitions -- --nocapture --test-threads=1
+        # One test at a time, so that the narration reads in order; a host that cannot be
+        # made is a failure here, not a skip.
+        CHORUS_HOSTS_REQUIRED=1 cargo test -q -p chorus-hosts --test assignment_demos --test offline_outbox \
+            --test real_partitions -- --nocapture --test-threads=1
         ;;
     sweep)
         need_root
         cargo build -q -p chorus-hosts
-        exec target/debug/chorus-hosts sweep "${@:2}"
+        exec "$target/debug/chorus-hosts" sweep "${@:2}"
         ;;
     shell | --host | --dir)
         need_root
         install_tools
         [ "$verb" = shell ] && [ $# -gt 0 ] && shift
         cargo build -q -p chorus -p chorus-hosts
-        exec target/debug/chorus-hosts "$@"
+        exec "$target/debug/chorus-hosts" "$@"
         ;;
     *)
         sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'

@@ -112,8 +112,11 @@ fn unknown_outcomes_are_retried_by_sequence_as_the_same_message_only() {
     assert_ok(&cli(&["account", "create", "bob", "--password-stdin"], "bob-password\n"));
     assert_ok(&cli(&["login", "alice", "--password-stdin"], "alice-pass\n"));
     let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let lost = run_cli(nobody, &alice, &["--timeout", "1", "send", "bob", "lost?"], "");
-    assert_fails_with(&lost, "run the same command with --sequence 1");
+    let lost = assert_ok(&run_cli(nobody, &alice, &["--timeout", "1", "send", "bob", "lost?"], ""));
+    assert!(lost.contains("queued: cluster unreachable") && lost.contains("#1"), "{lost}");
+    // Out of the outbox (which would deliver it first), the send stays awaiting as any
+    // send of unknown outcome does.
+    assert!(assert_ok(&cli(&["outbox", "drop", "1"], "")).contains("dropped message 1"));
     assert_fails_with(&cli(&["send", "bob", "found", "--sequence", "1"], ""), "given to a different message");
     assert_fails_with(&cli(&["send", "carol", "lost?", "--sequence", "1"], ""), "given to a different message");
     assert!(assert_ok(&cli(&["send", "bob", "lost?", "--sequence", "1"], "")).contains("sent message 1 to bob"));
@@ -165,4 +168,68 @@ fn passwords_never_come_from_arguments_and_errors_exit_nonzero() {
     );
     let bad = run_cli(unused, &session, &["--servers", "no-port-here", "users"], "");
     assert_fails_with(&bad, "no port");
+}
+
+/// Sends no node can take go into the outbox ("queued", exit 0), and the next command that
+/// reaches the cluster delivers them in order, exactly once: one whose first attempt may
+/// have been stored is repeated under its own sequence, so a copy the server already holds
+/// (here, a delivery "killed" after its send) is recognized and not stored again.
+#[test]
+fn an_unreachable_cluster_queues_sends_and_the_outbox_delivers_each_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = TestNode::start(&dir.path().join("node"));
+    let alice = dir.path().join("alice.json");
+    let bob = dir.path().join("bob.json");
+    let address = node.address;
+    let cli = |session: &std::path::Path, args: &[&str], stdin: &str| run_cli(address, session, args, stdin);
+    assert_ok(&cli(&alice, &["account", "create", "alice", "--password-stdin"], "alice-pass\n"));
+    assert_ok(&cli(&bob, &["account", "create", "bob", "--password-stdin"], "bob-password\n"));
+    assert_ok(&cli(&alice, &["login", "alice", "--password-stdin"], "alice-pass\n"));
+    assert!(assert_ok(&cli(&alice, &["outbox"], "")).contains("the outbox is empty"));
+
+    node.kill();
+    let first = assert_ok(&cli(&alice, &["--timeout", "1", "send", "bob", "one"], ""));
+    assert!(first.contains("queued: cluster unreachable"), "{first}");
+    assert!(first.contains("waits in the outbox as #1"), "{first}");
+    let second = assert_ok(&cli(&alice, &["--timeout", "1", "send", "bob", "two"], ""));
+    assert!(second.contains("queued: cluster unreachable") && second.contains("#2"), "{second}");
+    let listed = assert_ok(&cli(&alice, &["outbox"], ""));
+    let one = listed.find("alice -> bob: one").expect(&listed);
+    let two = listed.find("alice -> bob: two").expect(&listed);
+    assert!(one < two, "oldest first:\n{listed}");
+    assert_fails_with(&cli(&alice, &["--timeout", "1", "read"], ""), "cluster unreachable");
+
+    node.restart();
+    // The first send's attempt reached no node, but a connection that fails says nothing
+    // certain, so it is queued under its sequence (1). Its copy arrives here as a delivery
+    // killed after its send was stored and before it heard the answer would leave it: the
+    // outbox and the session file as they were (both are set aside meanwhile, or this send
+    // would deliver the outbox first and the session would record the answer).
+    let outbox = alice.with_extension("outbox.sqlite");
+    let aside = dir.path().join("aside.sqlite");
+    std::fs::rename(&outbox, &aside).unwrap();
+    let session_before = std::fs::read(&alice).unwrap();
+    assert!(assert_ok(&cli(&alice, &["send", "bob", "one", "--sequence", "1"], "")).contains("sent message"));
+    std::fs::write(&alice, session_before).unwrap();
+    std::fs::rename(&aside, &outbox).unwrap();
+    let delivered = assert_ok(&cli(&alice, &["outbox", "send"], ""));
+    assert!(delivered.contains("delivered outbox message #1"), "{delivered}");
+    assert!(delivered.contains("already stored as message"), "the repeat is recognized:\n{delivered}");
+    assert!(delivered.contains("delivered outbox message #2") && delivered.contains("sent message"), "{delivered}");
+    assert!(assert_ok(&cli(&alice, &["outbox"], "")).contains("the outbox is empty"));
+
+    assert_ok(&cli(&bob, &["login", "bob", "--password-stdin"], "bob-password\n"));
+    let read = assert_ok(&cli(&bob, &["read"], ""));
+    assert_eq!(read.matches(": one").count(), 1, "{read}");
+    assert_eq!(read.matches(": two").count(), 1, "{read}");
+    assert!(read.find(": one").unwrap() < read.find(": two").unwrap(), "in order:\n{read}");
+
+    node.kill();
+    assert!(assert_ok(&cli(&alice, &["--timeout", "1", "send", "bob", "three"], "")).contains("#3"));
+    assert!(assert_ok(&cli(&alice, &["outbox", "drop", "3"], "")).contains("dropped message 3"));
+    assert_fails_with(&cli(&alice, &["outbox", "drop", "3"], ""), "no message 3 in the outbox");
+    node.restart();
+    assert!(assert_ok(&cli(&alice, &["send", "bob", "four"], "")).contains("sent message"));
+    let read = assert_ok(&cli(&bob, &["read"], ""));
+    assert!(!read.contains("three") && read.contains("four"), "a dropped message is never sent:\n{read}");
 }

@@ -20,7 +20,10 @@ const READY: &str = "delay queue ready";
 /// (`fail-open`): enough for every node's traffic over any delay used here.
 const QUEUE_LENGTH: u32 = 65_536;
 /// How often the reader looks for new packets and packets due.
-const POLL: Duration = Duration::from_micros(500);
+const POLL: Duration = Duration::from_millis(1);
+/// How much of each packet the kernel copies to the reader: its headers are plenty, as
+/// nothing reads a payload, and each held packet keeps its copy.
+const COPY_BYTES: u16 = 128;
 
 /// A running delay on one host. Dropping it removes the rules, then the reader.
 #[derive(Debug)]
@@ -62,6 +65,7 @@ impl DelayQueue {
             namespace.exec(
                 "iptables",
                 &[
+                    "-w",
                     "-A",
                     chain,
                     direction,
@@ -81,6 +85,19 @@ impl DelayQueue {
     pub fn delay(&self) -> Duration {
         self.delay
     }
+
+    pub fn pid(&self) -> u32 {
+        self.reader.id()
+    }
+
+    /// How the reader exited, if it did.
+    pub fn exited(&mut self) -> Option<String> {
+        match self.reader.try_wait() {
+            Ok(Some(status)) => Some(status.to_string()),
+            Ok(None) => None,
+            Err(error) => Some(error.to_string()),
+        }
+    }
 }
 
 impl Drop for DelayQueue {
@@ -88,7 +105,7 @@ impl Drop for DelayQueue {
         // Rules first: a packet queued with no reader would wait for the kernel's
         // `bypass`, which only applies while no one is bound.
         for chain in ["INPUT", "OUTPUT"] {
-            let _ = crate::netns::run("ip", ["netns", "exec", &self.namespace, "iptables", "-F", chain]);
+            let _ = crate::netns::run("ip", ["netns", "exec", &self.namespace, "iptables", "-w", "-F", chain]);
         }
         let _ = self.reader.kill();
         let _ = self.reader.wait();
@@ -100,6 +117,7 @@ impl Drop for DelayQueue {
 pub fn serve(delay: Duration) -> std::io::Result<()> {
     let mut queue = nfq::Queue::open()?;
     queue.bind(QUEUE)?;
+    queue.set_copy_range(QUEUE, COPY_BYTES)?;
     queue.set_queue_max_len(QUEUE, QUEUE_LENGTH)?;
     // Past the length, let packets through rather than drop them: overload must not look
     // like loss the test did not ask for.

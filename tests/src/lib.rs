@@ -27,11 +27,17 @@ pub use network::{HostFaults, Network, NetworkError};
 pub use testbed::{CliRun, Placement, Testbed, TestbedError, TestbedOptions};
 pub use traffic::Traffic;
 
-/// Whether this machine lets us make network namespaces; if not, the reason (for a test's
-/// plain SKIPPED line).
+/// Whether this machine lets us make network namespaces and filter inside them; if not,
+/// the reason (for a test's plain SKIPPED line).
 pub fn namespaces_refused() -> Option<String> {
-    match netns::Namespace::create("probe") {
-        Ok(_) => None,
-        Err(error) => Some(error.to_string()),
+    let probe = match netns::Namespace::create("probe") {
+        Ok(probe) => probe,
+        Err(error) => return Some(error.to_string()),
+    };
+    for (program, args) in [("nft", &["list", "tables"][..]), ("iptables", &["-w", "-L", "-n"][..])] {
+        if let Err(error) = probe.exec(program, args, None) {
+            return Some(format!("{program} does not work inside a namespace: {error}"));
+        }
     }
+    None
 }

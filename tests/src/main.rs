@@ -6,6 +6,7 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -69,6 +70,38 @@ fn main() -> Result<()> {
     }
 }
 
+/// Set while a person's command (`on HOST …`) runs in the foreground: a Ctrl-C is then
+/// theirs (it stops `on B watch`), not the shell's.
+static CHILD_RUNNING: AtomicBool = AtomicBool::new(false);
+
+/// SIGINT, SIGTERM and SIGHUP end the shell as `quit` does, though no destructor can run
+/// from a signal: the signals are taken by a thread of their own (blocked everywhere
+/// else; the programs the shell starts get a fresh mask), which removes this process's
+/// hosts, killing every node and reader inside, and its temporary directory, then exits.
+fn handle_signals(temporary: Option<PathBuf>) -> Result<()> {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+    let mut signals = SigSet::empty();
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        signals.add(signal);
+    }
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&signals), None).context("blocking signals")?;
+    std::thread::spawn(move || {
+        loop {
+            let Ok(signal) = signals.wait() else { continue };
+            if signal == Signal::SIGINT && CHILD_RUNNING.load(Ordering::SeqCst) {
+                continue;
+            }
+            eprintln!("\n{signal}: stopping every member and removing the hosts");
+            chorus_hosts::netns::sweep_mine();
+            if let Some(dir) = &temporary {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            std::process::exit(130);
+        }
+    });
+    Ok(())
+}
+
 fn run_shell(placements: Vec<Placement>, dir: Option<PathBuf>) -> Result<()> {
     if let Some(reason) = chorus_hosts::namespaces_refused() {
         bail!("{reason}");
@@ -78,9 +111,11 @@ fn run_shell(placements: Vec<Placement>, dir: Option<PathBuf>) -> Result<()> {
         None => Some(tempfile::Builder::new().prefix("chorus-hosts-").tempdir().context("a temporary directory")?),
     };
     let dir = dir.unwrap_or_else(|| temporary.as_ref().expect("made above").path().to_owned());
+    handle_signals(temporary.as_ref().map(|t| t.path().to_owned()))?;
     let options = TestbedOptions {
         fast_password_hashing: false,
         delay_program: Some(std::env::current_exe().context("this program's path")?),
+        own_process_groups: true,
         ..TestbedOptions::default()
     };
     let mut testbed = Testbed::start(&dir, &placements, options).context("starting the hosts")?;
@@ -156,7 +191,10 @@ fn execute(testbed: &mut Testbed, dir: &std::path::Path, verb: Verb) -> Result<(
             // The person's terminal stays theirs: prompts (passwords) and `watch` work.
             let session = dir.join(format!("session-{host}.json"));
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let status = testbed.chorus_interactive(&host, &session, &args)?;
+            CHILD_RUNNING.store(true, Ordering::SeqCst);
+            let status = testbed.chorus_interactive(&host, &session, &args);
+            CHILD_RUNNING.store(false, Ordering::SeqCst);
+            let status = status?;
             if !status.success() {
                 println!("({status})");
             }

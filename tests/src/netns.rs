@@ -188,6 +188,23 @@ pub fn sweep_orphans() -> Vec<String> {
     removed
 }
 
+/// Removes every namespace this process made, with what runs inside (a shell stopped by
+/// a signal, which cannot unwind to its destructors). Returns their names.
+pub fn sweep_mine() -> Vec<String> {
+    let Ok(output) = run("ip", ["netns", "list"]) else { return Vec::new() };
+    let mine = format!("{NAME_PREFIX}{}-", std::process::id());
+    let names: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| name.starts_with(&mine))
+        .map(str::to_owned)
+        .collect();
+    for name in &names {
+        remove(name);
+    }
+    names
+}
+
 /// Removes every namespace this crate ever made, whoever made it (`chorus-hosts sweep
 /// --all`, for a person cleaning up by hand). Returns their names.
 pub fn sweep_all() -> Vec<String> {

@@ -53,15 +53,21 @@ impl HostFaults {
 pub struct Host {
     pub name: String,
     pub address: Ipv4Addr,
-    pub namespace: Namespace,
     faults: HostFaults,
-    /// The process holding its delayed packets, while it has a delay.
+    /// The process holding its delayed packets, while it has a delay. Declared before the
+    /// namespace: its rules are removed while the namespace is still there.
     delay: Option<DelayQueue>,
+    pub namespace: Namespace,
 }
 
 impl Host {
     pub fn faults(&self) -> &HostFaults {
         &self.faults
+    }
+
+    /// The process id of the reader holding its delayed packets, while it has a delay.
+    pub fn delay_reader(&self) -> Option<u32> {
+        self.delay.as_ref().map(DelayQueue::pid)
     }
 }
 
@@ -79,6 +85,8 @@ pub enum NetworkError {
     BadLoss(u8),
     #[error("a partition needs at least two sides, each naming hosts, every host on one side at most")]
     BadPartition,
+    #[error("the delay on host {host} was lost: its packet reader exited ({status}), so packets passed undelayed")]
+    DelayLost { host: String, status: String },
 }
 
 /// Hosts on a private bridge. Dropping it removes every namespace it made, killing what
@@ -134,11 +142,11 @@ impl Network {
             namespace.ip(["addr", "add", &format!("{address}/24"), "dev", HOST_INTERFACE])?;
             namespace.ip(["link", "set", HOST_INTERFACE, "up"])?;
             let host =
-                Host { name: (*name).to_owned(), address, namespace, faults: HostFaults::default(), delay: None };
+                Host { name: (*name).to_owned(), address, faults: HostFaults::default(), delay: None, namespace };
             network.hosts.insert(host.name.clone(), host);
         }
         for name in names {
-            network.apply(name)?;
+            network.apply(name, HostFaults::default())?;
         }
         Ok(network)
     }
@@ -241,30 +249,42 @@ impl Network {
     }
 
     fn change(&mut self, name: &str, edit: impl FnOnce(&mut HostFaults)) -> Result<(), NetworkError> {
-        let host = self.hosts.get_mut(name).ok_or_else(|| NetworkError::NoSuchHost(name.to_owned()))?;
-        edit(&mut host.faults);
-        self.apply(name)
+        let host = self.hosts.get(name).ok_or_else(|| NetworkError::NoSuchHost(name.to_owned()))?;
+        let mut faults = host.faults.clone();
+        edit(&mut faults);
+        self.apply(name, faults)
     }
 
-    /// Makes the host's link, filter table and delay queue what its faults say.
-    fn apply(&mut self, name: &str) -> Result<(), NetworkError> {
+    /// Makes the host's link, filter table and delay queue what `faults` say, and records
+    /// them as its faults once they are in force (a change that fails leaves the model as
+    /// it was, so `status` never shows a fault that is not there).
+    fn apply(&mut self, name: &str, faults: HostFaults) -> Result<(), NetworkError> {
         let addresses: BTreeMap<String, Ipv4Addr> = self.hosts.values().map(|h| (h.name.clone(), h.address)).collect();
         let host = self.hosts.get_mut(name).ok_or_else(|| NetworkError::NoSuchHost(name.to_owned()))?;
-        let link = if host.faults.airplane { "down" } else { "up" };
+        let link = if faults.airplane { "down" } else { "up" };
         host.namespace.ip(["link", "set", HOST_INTERFACE, link])?;
-        let wants_delay = !host.faults.delay.is_zero();
+        let wants_delay = !faults.delay.is_zero();
+        if let Some(queue) = &mut host.delay {
+            // A delay that was in force must have been all along: a reader that died let
+            // packets through undelayed, and the test that asked for it must hear of it.
+            if let Some(status) = queue.exited() {
+                host.delay = None;
+                return Err(NetworkError::DelayLost { host: name.to_owned(), status });
+            }
+        }
         // A changed delay gets a new queue: the old one lets go of what it holds first.
-        if host.delay.as_ref().is_some_and(|queue| !wants_delay || queue.delay() != host.faults.delay) {
+        if host.delay.as_ref().is_some_and(|queue| !wants_delay || queue.delay() != faults.delay) {
             host.delay = None;
         }
         if wants_delay && host.delay.is_none() {
             let Some(program) = &self.delay_program else {
                 return Err(NetError::Unsupported("no delay program was given to this network".to_owned()).into());
             };
-            host.delay = Some(DelayQueue::start(program, &host.namespace, host.faults.delay)?);
+            host.delay = Some(DelayQueue::start(program, &host.namespace, faults.delay)?);
         }
-        let ruleset = ruleset(&host.faults, &addresses);
+        let ruleset = ruleset(&faults, &addresses);
         host.namespace.exec("nft", &["-f", "-"], Some(&ruleset))?;
+        host.faults = faults;
         Ok(())
     }
 }

@@ -65,6 +65,10 @@ pub struct TestbedOptions {
     pub log_filter: String,
     /// The `chorus-hosts` binary, for link delays (none: delays are refused).
     pub delay_program: Option<PathBuf>,
+    /// Each node in a process group of its own, so that a Ctrl-C at the terminal reaches
+    /// only the shell (which then removes everything itself). Off in tests: an interrupted
+    /// test run takes its nodes with it.
+    pub own_process_groups: bool,
 }
 
 impl Default for TestbedOptions {
@@ -77,6 +81,7 @@ impl Default for TestbedOptions {
             fast_password_hashing: true,
             log_filter: "info".to_owned(),
             delay_program: None,
+            own_process_groups: false,
         }
     }
 }
@@ -157,6 +162,7 @@ impl Testbed {
         let launch = Launch {
             fast_password_hashing: options.fast_password_hashing,
             log_filter: Some(options.log_filter.clone()),
+            own_process_group: options.own_process_groups,
             ..Launch::new(&binary)
         };
         let header = "# A cluster across the test hosts of chorus-hosts (network namespaces).";

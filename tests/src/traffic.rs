@@ -19,7 +19,8 @@ use crate::testbed::{OBSERVER, Testbed, TestbedError};
 /// How long subscriptions get, after the final read, to deliver every message of it.
 const CATCH_UP: Duration = Duration::from_secs(30);
 
-/// Clients running against a testbed.
+/// Clients running against a testbed. Dropped without [`Traffic::finish`] (a failed
+/// test), its clients stop and their threads end on their own.
 pub struct Traffic {
     recorder: Recorder,
     clients: usize,
@@ -61,14 +62,16 @@ impl Traffic {
         Ok(Self { recorder, clients, threads, stopped, release })
     }
 
-    /// Since the start, how many sends were acknowledged (completed with a message id)
-    /// within `from..to` of it.
+    /// How many sends were both invoked and acknowledged (completed with a message id)
+    /// within `from..to` of the start: sends that began under a fault and were committed
+    /// under it, not sends that began before it.
     pub fn sends_acknowledged_between(&self, from: Duration, to: Duration) -> usize {
         let history = self.recorder.history();
         history
             .operations
             .iter()
-            .filter(|op| matches!(&op.completed, Some((at, Outcome::Sent { .. })) if (from..to).contains(at)))
+            .filter(|op| op.invoked >= from)
+            .filter(|op| matches!(&op.completed, Some((at, Outcome::Sent { .. })) if *at < to))
             .count()
     }
 
@@ -80,11 +83,19 @@ impl Traffic {
     /// Stops the clients (each finishes its operation in flight), reads every mailbox
     /// from the observer once the faults are over, lets the subscriptions catch up with
     /// it, and returns the history and what the checkers found in it.
-    pub fn finish(self, testbed: &Testbed) -> Result<(History, Vec<Violation>), TestbedError> {
+    pub fn finish(mut self, testbed: &Testbed) -> Result<(History, Vec<Violation>), TestbedError> {
         self.recorder.stop();
         // An operation in flight ends within the workload's call deadline (20 s).
         let deadline = Instant::now() + Duration::from_secs(60);
-        while self.stopped.load(Ordering::SeqCst) < self.threads.len() && Instant::now() < deadline {
+        while self.stopped.load(Ordering::SeqCst) < self.threads.len() {
+            if Instant::now() >= deadline {
+                // The final read must come after every operation, or a send acknowledged
+                // after it would look lost.
+                return Err(TestbedError::Io(
+                    "traffic".into(),
+                    std::io::Error::other("a client was still operating a minute after it was told to stop"),
+                ));
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
         let servers = testbed.cluster().client_addresses();
@@ -116,7 +127,7 @@ impl Traffic {
             std::thread::sleep(Duration::from_millis(100));
         }
         self.release.store(true, Ordering::SeqCst);
-        for thread in self.threads {
+        for thread in std::mem::take(&mut self.threads) {
             match thread.join() {
                 Ok(result) => result?,
                 Err(panic) => std::panic::resume_unwind(panic),
@@ -125,5 +136,12 @@ impl Traffic {
         let history = self.recorder.history();
         problems.extend(check_history(&history));
         Ok((history, problems))
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.recorder.stop();
+        self.release.store(true, Ordering::SeqCst);
     }
 }

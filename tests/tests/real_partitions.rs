@@ -33,10 +33,14 @@ fn writes_commit_through_a_one_way_cut_leader_a_flapping_link_and_a_slow_lossy_m
     let traffic = Traffic::start(&testbed, &CLIENT_HOSTS, 2, 0x5eed).unwrap();
     std::thread::sleep(Duration::from_secs(3));
     let mut phases = Vec::new();
+    // Sends invoked in a fault's first seconds may have started on a leader about to be
+    // cut off and finish after an election: counted are those invoked after this, and
+    // acknowledged while the fault is still in force.
+    const SETTLE: Duration = Duration::from_secs(2);
 
     let cut = testbed.host_of(leader).unwrap().name.clone();
-    let started = traffic.now();
     testbed.network_mut().one_way(&cut, &others(&cut)).unwrap();
+    let started = traffic.now();
     say(&format!("leader {leader}'s host {cut} cut off one way: it sends to the other nodes and hears none"));
     std::thread::sleep(Duration::from_secs(8));
     let new_leader = testbed.wait_for_leader(Duration::from_secs(10)).unwrap();
@@ -46,7 +50,7 @@ fn writes_commit_through_a_one_way_cut_leader_a_flapping_link_and_a_slow_lossy_m
 
     let flapping = testbed.host_of(testbed.wait_for_leader(Duration::from_secs(20)).unwrap()).unwrap().name.clone();
     let started = traffic.now();
-    for flap in 0..16 {
+    for flap in 0..20 {
         if flap % 2 == 0 {
             testbed.network_mut().airplane(&flapping).unwrap();
         } else {
@@ -56,12 +60,12 @@ fn writes_commit_through_a_one_way_cut_leader_a_flapping_link_and_a_slow_lossy_m
     }
     testbed.network_mut().land(&flapping).unwrap();
     phases.push(("flapping link", started, traffic.now()));
-    say(&format!("the leader's host {flapping} flapped its link 8 times in 8 s"));
+    say(&format!("the leader's host {flapping} flapped its link 10 times in 10 s"));
 
-    let started = traffic.now();
     for host in &NODE_HOSTS[..3] {
         testbed.network_mut().slow(host, Duration::from_millis(50), 5).unwrap();
     }
+    let started = traffic.now();
     say("hosts n1, n2, n3 (a majority) slow: 50 ms each way, 5 % loss");
     std::thread::sleep(Duration::from_secs(8));
     for host in &NODE_HOSTS[..3] {
@@ -70,7 +74,7 @@ fn writes_commit_through_a_one_way_cut_leader_a_flapping_link_and_a_slow_lossy_m
     phases.push(("slow lossy majority", started, traffic.now()));
 
     for (phase, from, to) in &phases {
-        let acknowledged = traffic.sends_acknowledged_between(*from, *to);
+        let acknowledged = traffic.sends_acknowledged_between(*from + SETTLE, *to);
         say(&format!("{phase}: {acknowledged} sends acknowledged during it"));
         assert!(acknowledged > 0, "writes must still commit during the {phase} ({from:?} to {to:?})");
     }

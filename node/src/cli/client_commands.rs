@@ -13,9 +13,10 @@ use chorus::client::{ClusterClient, RetryPolicy, new_request_id};
 use chorus::seam::unix_time_ms;
 use tonic::Code;
 
-use super::format::message_line;
+use super::format::{message_line, utc_timestamp};
+use super::outbox::{self, NewQueued, Outbox, Queued};
 use super::session_file::{self, SavedSession};
-use super::{AccountVerb, ClientOptions, Verb, password, rpc_error};
+use super::{AccountVerb, ClientOptions, OutboxVerb, Verb, password, rpc_error};
 
 pub fn run(options: &ClientOptions, verb: Verb) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -38,6 +39,33 @@ async fn run_verb(options: &ClientOptions, verb: Verb) -> Result<()> {
     let policy =
         RetryPolicy { call_deadline: Duration::from_secs(options.timeout_secs.max(1)), ..RetryPolicy::default() };
     let mut client = ClusterClient::new(&options.servers, policy, options.security()?)?;
+    // Messages queued while the cluster was unreachable go first, in order, with every
+    // command of a session that reaches the cluster. If it is still unreachable, a send
+    // joins the queue, and any other command of the session gives up at once (it would
+    // wait out a second timeout only to be told the same).
+    let delivery = match &verb {
+        Verb::Send { .. }
+        | Verb::Read { .. }
+        | Verb::History { .. }
+        | Verb::Delete { .. }
+        | Verb::Watch { .. }
+        | Verb::Login { .. }
+        | Verb::Logout
+        | Verb::Outbox { action: Some(OutboxVerb::Send) } => deliver_outbox(&mut client, &session_path).await?,
+        _ => Delivery::Done,
+    };
+    if let Delivery::Unreachable(error) = delivery {
+        match verb {
+            Verb::Send { to, body, sequence: None } => {
+                let body = if body.is_empty() { read_stdin_body()? } else { body.join(" ") };
+                let session = session_file::load(&session_path)?;
+                queue(&session_path, &session, None, &to, &body, &error)?;
+                return Ok(());
+            }
+            Verb::Logout => eprintln!("note: {error:#}; the messages in the outbox stay there (`chorus outbox`)"),
+            _ => return Err(error),
+        }
+    }
     match verb {
         Verb::Account(AccountVerb::Create { username, password_stdin }) => {
             let password = password::obtain(password_stdin, "new password: ")?;
@@ -82,12 +110,28 @@ async fn run_verb(options: &ClientOptions, verb: Verb) -> Result<()> {
         }
         Verb::Send { to, body, sequence } => {
             let body = if body.is_empty() { read_stdin_body()? } else { body.join(" ") };
-            let (request, token) = numbered_send(&session_path, to.clone(), body, sequence)?;
+            let retry = sequence.is_some();
+            let (request, token) = numbered_send(&session_path, to.clone(), body.clone(), sequence)?;
             let sequence = request.sequence;
             let result = chorus::cluster_call_as!(client, send_message, request, token);
             // Whether the answer is final: then the session acknowledges it with its next
             // send. An unknown outcome stays awaiting, so that a retry is still recognized.
             let answered = result.as_ref().err().is_none_or(|status| !chorus::client::outcome_unknown(status));
+            if let Err(status) = &result
+                && has_reason(status, chorus_proto::wire::CLUSTER_UNREACHABLE)
+            {
+                // No node could take it: into the outbox, with its number if it may have
+                // been stored, now or by the earlier attempt a retry repeats (a later
+                // delivery repeats that very send).
+                let session = session_file::load(&session_path)?;
+                let numbered = (!answered || retry).then_some(sequence);
+                if numbered.is_none() {
+                    finish_send(&session_path, &token, sequence);
+                }
+                let error = rpc_error(client.current_server(), status.clone());
+                queue(&session_path, &session, numbered, &to, &body, &error)?;
+                return Ok(());
+            }
             let outcome = match result {
                 Ok(response) if response.duplicate => {
                     Ok(format!("already sent as message {} (not stored again)", response.message_id))
@@ -114,18 +158,24 @@ async fn run_verb(options: &ClientOptions, verb: Verb) -> Result<()> {
                 println!("{line}");
             }
             if answered {
-                let finished = session_file::update_if_still(&session_path, &token, |session| {
-                    let mut sends = session.send_sequence(unix_time_ms());
-                    sends.finish(sequence);
-                    session.store_send_sequence(&sends, unix_time_ms(), None);
-                });
-                match finished {
-                    Ok(true) => {}
-                    Ok(false) => eprintln!("note: the session changed meanwhile; its file was left as it is"),
-                    Err(error) => eprintln!("note: could not record the answer in the session file: {error:#}"),
-                }
+                finish_send(&session_path, &token, sequence);
             }
             outcome?;
+        }
+        Verb::Outbox { action: None | Some(OutboxVerb::List) } => list_outbox(&session_path)?,
+        // Delivered above, before the verb ran.
+        Verb::Outbox { action: Some(OutboxVerb::Send) } => {}
+        Verb::Outbox { action: Some(OutboxVerb::Drop { ids }) } => {
+            let path = outbox::path_for(&session_path);
+            let Some(outbox) = Outbox::open_existing(&path)? else { bail!("the outbox is empty") };
+            let _lock = outbox::delivery_lock(&path)?;
+            for id in ids {
+                if outbox.remove(id)? {
+                    println!("dropped message {id} from the outbox");
+                } else {
+                    bail!("no message {id} in the outbox (`chorus outbox` lists them)");
+                }
+            }
         }
         Verb::Read { limit } => {
             let session = session_file::load(&session_path)?;
@@ -190,6 +240,195 @@ async fn run_verb(options: &ClientOptions, verb: Verb) -> Result<()> {
         }
         Verb::Cluster(super::ClusterVerb::Status) => super::cluster_status::print(&mut client).await?,
         Verb::Node(_) | Verb::Demo(_) | Verb::Certs(_) => unreachable!("not a client verb"),
+    }
+    Ok(())
+}
+
+/// Records in the session file that send `sequence` of the session `token` was answered,
+/// so that its next send acknowledges it.
+fn finish_send(session_path: &std::path::Path, token: &str, sequence: u64) {
+    let finished = session_file::update_if_still(session_path, token, |session| {
+        let mut sends = session.send_sequence(unix_time_ms());
+        sends.finish(sequence);
+        session.store_send_sequence(&sends, unix_time_ms(), None);
+    });
+    match finished {
+        Ok(true) => {}
+        Ok(false) => eprintln!("note: the session changed meanwhile; its file was left as it is"),
+        Err(error) => eprintln!("note: could not record the answer in the session file: {error:#}"),
+    }
+}
+
+/// Puts a message no node could take into the outbox and says so; `sequence` is the
+/// number of an attempt that may have been stored.
+fn queue(
+    session_path: &std::path::Path,
+    session: &SavedSession,
+    sequence: Option<u64>,
+    to: &str,
+    body: &str,
+    error: &anyhow::Error,
+) -> Result<()> {
+    let path = outbox::path_for(session_path);
+    let outbox = Outbox::open(&path)?;
+    let message = NewQueued {
+        username: &session.username,
+        token: &session.token,
+        sequence,
+        recipient: &to.to_ascii_lowercase(),
+        body,
+        queued_unix_ms: unix_time_ms(),
+    };
+    let id = outbox.push(&message)?;
+    // Said only now that it is on disk.
+    println!("queued: {error:#}");
+    println!(
+        "the message to {} waits in the outbox as #{id}: the next chorus command that reaches the cluster \
+         delivers it (or `chorus outbox send`); `chorus outbox` lists what waits",
+        message.recipient
+    );
+    Ok(())
+}
+
+/// What delivering the outbox came to.
+enum Delivery {
+    /// Nothing of this session waits any more (perhaps nothing ever did).
+    Done,
+    /// The cluster was unreachable: the rest waits.
+    Unreachable(anyhow::Error),
+}
+
+/// Delivers the messages of the outbox that the session in `session_path` may send,
+/// oldest first, each told to the person; stops at the first the cluster cannot take.
+async fn deliver_outbox(client: &mut ClusterClient, session_path: &std::path::Path) -> Result<Delivery> {
+    let path = outbox::path_for(session_path);
+    let Some(outbox) = Outbox::open_existing(&path)? else { return Ok(Delivery::Done) };
+    if outbox.is_empty()? {
+        return Ok(Delivery::Done);
+    }
+    let _lock = outbox::delivery_lock(&path)?;
+    let Ok(session) = session_file::load(session_path) else {
+        let waiting = outbox.list()?.len();
+        eprintln!("note: {waiting} message(s) wait in the outbox until their sender logs in (`chorus outbox`)");
+        return Ok(Delivery::Done);
+    };
+    let digest = outbox::session_digest(&session.token);
+    let mut others = 0;
+    for queued in outbox.list()? {
+        // A message that may already be stored can only be repeated by the session that
+        // numbered it: any other session's send would be a second copy.
+        let deliverable =
+            queued.username == session.username && queued.sequence.is_none_or(|_| queued.session_digest == digest);
+        if !deliverable {
+            others += 1;
+            continue;
+        }
+        let (request, token) =
+            match numbered_send(session_path, queued.recipient.clone(), queued.body.clone(), queued.sequence) {
+                Ok(numbered) => numbered,
+                Err(error) => {
+                    eprintln!("note: outbox message #{} cannot be repeated safely: {error:#}", queued.id);
+                    continue;
+                }
+            };
+        let sequence = request.sequence;
+        let result = chorus::cluster_call_as!(client, send_message, request, token);
+        let answered = result.as_ref().err().is_none_or(|status| !chorus::client::outcome_unknown(status));
+        let unreachable = result.as_ref().err().is_some_and(|s| has_reason(s, chorus_proto::wire::CLUSTER_UNREACHABLE));
+        // The number is done with once the message is answered for good, or once an attempt
+        // under a fresh number was certainly not stored. A message queued under its number
+        // keeps it until a definite answer: "not applied" now says nothing of the attempt
+        // that numbered it.
+        // Recorded only after the message leaves the outbox (below): killed in between, the
+        // number still awaits, and a repeat is recognized.
+        let done_with_number = answered && (!unreachable || queued.sequence.is_none());
+        let outcome = match result {
+            Ok(response) => {
+                let what = if response.duplicate {
+                    format!("it was already stored as message {} (not stored again)", response.message_id)
+                } else {
+                    format!("sent message {} to {}", response.message_id, queued.recipient)
+                };
+                println!("delivered outbox message #{} (queued {}): {what}", queued.id, queued_at(&queued));
+                outbox.remove(queued.id)?;
+                None
+            }
+            Err(status) if !answered || unreachable => {
+                if !answered && queued.sequence.is_none() {
+                    // This attempt may have been stored: from now on only this very send,
+                    // under this number, may be repeated.
+                    outbox.set_sequence(queued.id, sequence, &token)?;
+                }
+                Some(Delivery::Unreachable(rpc_error(client.current_server(), status)))
+            }
+            Err(status) if has_reason(&status, chorus_proto::wire::SESSION_INVALID) => {
+                // Not an error of the command at hand (a login must still work): the
+                // messages wait for the next session.
+                let error = rpc_error(client.current_server(), status);
+                eprintln!("note: the outbox waits: {error:#}; log in again, and the next command delivers it");
+                Some(Delivery::Done)
+            }
+            Err(status) => {
+                let error = rpc_error(client.current_server(), status);
+                eprintln!(
+                    "outbox message #{} to {} was refused, and leaves the outbox: {error:#}",
+                    queued.id, queued.recipient
+                );
+                outbox.remove(queued.id)?;
+                None
+            }
+        };
+        if done_with_number {
+            finish_send(session_path, &token, sequence);
+        }
+        if let Some(stop) = outcome {
+            return Ok(stop);
+        }
+    }
+    if others > 0 {
+        eprintln!("note: {others} message(s) in the outbox are not this session's to send (`chorus outbox`)");
+    }
+    Ok(Delivery::Done)
+}
+
+fn queued_at(queued: &Queued) -> String {
+    utc_timestamp(queued.queued_unix_ms)
+}
+
+/// `chorus outbox`: what waits, oldest first.
+fn list_outbox(session_path: &std::path::Path) -> Result<()> {
+    let path = outbox::path_for(session_path);
+    let queued = match Outbox::open_existing(&path)? {
+        Some(outbox) => outbox.list()?,
+        None => Vec::new(),
+    };
+    if queued.is_empty() {
+        println!("the outbox is empty");
+        return Ok(());
+    }
+    let digest =
+        session_file::load(session_path).ok().map(|session| (session.username, outbox::session_digest(&session.token)));
+    for message in &queued {
+        let note = match (&digest, message.sequence) {
+            (Some((user, _)), _) if *user != message.username => {
+                format!(" (waits for a login as {})", message.username)
+            }
+            (Some((_, session)), Some(_)) if *session != message.session_digest => {
+                " (from an earlier session, and it may already be stored: check `chorus history`, then drop it or \
+                 send it again by hand)"
+                    .to_owned()
+            }
+            (None, _) => format!(" (waits for a login as {})", message.username),
+            _ => String::new(),
+        };
+        println!(
+            "#{} {} {} -> {}: {}{note}",
+            message.id,
+            queued_at(message),
+            message.username,
+            message.recipient,
+            message.body
+        );
     }
     Ok(())
 }

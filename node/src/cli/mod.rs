@@ -7,6 +7,7 @@ mod cluster_status;
 mod demo;
 mod format;
 mod node_command;
+mod outbox;
 mod password;
 mod session_file;
 
@@ -103,6 +104,9 @@ pub enum Verb {
     /// End the session.
     Logout,
     /// Send a message. The body is the remaining arguments, or stdin if there are none.
+    /// When no node can take it (the cluster is unreachable), it is queued in the outbox
+    /// (`chorus outbox`), the command says "queued" and exits 0, and the next command that
+    /// reaches the cluster delivers it, once.
     Send {
         to: String,
         body: Vec<String>,
@@ -148,11 +152,31 @@ pub enum Verb {
     /// Inspect the cluster.
     #[command(subcommand)]
     Cluster(ClusterVerb),
+    /// Messages queued while the cluster was unreachable: list them (the default), deliver
+    /// them now, or drop some. Every command of the session that reaches the cluster
+    /// delivers them first, oldest first, each exactly once.
+    Outbox {
+        #[command(subcommand)]
+        action: Option<OutboxVerb>,
+    },
     /// Stream your incoming messages as they arrive (Ctrl-C to stop).
     Watch {
         /// Start after this message id (0: from your first message).
         #[arg(long, default_value_t = 0)]
         after: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OutboxVerb {
+    /// What waits, oldest first.
+    List,
+    /// Deliver what waits now.
+    Send,
+    /// Remove messages from the outbox without sending them.
+    Drop {
+        #[arg(required = true)]
+        ids: Vec<u64>,
     },
 }
 

@@ -292,11 +292,12 @@ impl ClusterClient {
         let mut backoff = self.backoff();
         let mut tried_since_pause = 0;
         let mut unserved = Unserved::default();
-        // Nodes that gave no answer at all in this call (no connection, or silence): the
-        // ones that answer are tried again before them, so that a client cut off with a
-        // minority hears that minority's answer instead of waiting out every dead node's
-        // connect timeout in turn.
-        let mut silent = vec![false; self.servers.len()];
+        // Nodes that gave no answer at all in this call (no connection, or silence), with
+        // the attempt that found them so: the ones that answer are tried again before them,
+        // so that a client cut off with a minority hears that minority's answer instead of
+        // waiting out every dead node's connect timeout in turn; and once all others are
+        // silent, the one found so longest ago is tried, so that each gets its turn again.
+        let mut silent: Vec<Option<u32>> = vec![None; self.servers.len()];
         let mut applied_maybe = false;
         self.last_call_attempts = 0;
         loop {
@@ -324,8 +325,8 @@ impl ClusterClient {
             };
             applied_maybe |= maybe;
             let answered = unserved.note(&self.servers[server], &status);
-            silent.resize(self.servers.len(), false);
-            silent[server] = !answered;
+            silent.resize(self.servers.len(), None);
+            silent[server] = (!answered).then_some(self.last_call_attempts);
             tried_since_pause += 1;
             // Follow a leader hint at once; otherwise try the next node not known to be
             // silent (any next node, once all are).
@@ -406,11 +407,15 @@ fn outcome_left_unknown(status: Status) -> Status {
     Status::with_error_details(status.code(), message, details)
 }
 
-/// The server after `server` in turn that is not marked `silent`, or simply the next one
-/// if every other is.
-fn next_not_silent(server: usize, silent: &[bool]) -> usize {
+/// The server after `server` in turn that is not marked `silent` (with the attempt that
+/// found it so), or, if every other is, the one found silent longest ago.
+fn next_not_silent(server: usize, silent: &[Option<u32>]) -> usize {
     let count = silent.len();
-    (1..count).map(|step| (server + step) % count).find(|&other| !silent[other]).unwrap_or((server + 1) % count)
+    let others = (1..count).map(|step| (server + step) % count);
+    others
+        .clone()
+        .find(|&other| silent[other].is_none())
+        .unwrap_or_else(|| others.min_by_key(|&other| silent[other]).unwrap_or(server))
 }
 
 /// What the nodes said while a call went unserved, for the answer that ends it.
@@ -433,12 +438,15 @@ impl Unserved {
             return false;
         };
         self.answered = true;
+        // The latest answer decides: a node that knew no leader a moment ago (an election)
+        // and names one now says nothing of a missing majority.
         let hint = info.metadata.get(wire::LEADER_ADDRESS).is_some_and(|a| !a.is_empty());
-        self.leaderless |= info.reason == wire::NOT_LEADER && !hint;
+        self.leaderless = info.reason == wire::NOT_LEADER && !hint;
         true
     }
 
-    /// Notes that a node said, in its own words, that it knows no leader.
+    /// Notes that a node said, in its own words (the end of a stream), that it knows no
+    /// leader.
     pub(crate) fn note_leaderless(&mut self) {
         self.leaderless = true;
     }
@@ -450,9 +458,9 @@ impl Unserved {
 
     /// The client's own answer when no node served a call within `deadline`: UNAVAILABLE
     /// with reason CLUSTER_UNREACHABLE, its message starting "cluster unreachable" and
-    /// saying why as far as the client can tell. A node that answers and knows no leader
-    /// at the end of a whole deadline is cut off from a majority (an election takes well
-    /// under one), so "no majority" is what a person should read.
+    /// saying why as far as the client can tell. When the last node to answer knew no
+    /// leader at the end of a whole deadline, it is cut off from a majority (an election
+    /// takes well under one), so "no majority" is what a person should read.
     pub(crate) fn cluster_unreachable(&self, deadline: Duration, applied_maybe: bool) -> Status {
         let (outcome, consequence) = if applied_maybe {
             ("unknown", "if it was a change, it may or may not have taken effect")
@@ -463,7 +471,7 @@ impl Unserved {
         let last = &self.last;
         let message = if self.leaderless {
             format!(
-                "cluster unreachable: no majority. For {seconds} s the nodes that answered knew no leader: \
+                "cluster unreachable: no majority. After {seconds} s the last node to answer knew no leader: \
                  fewer than a majority of the members can reach each other (last: {last}); {consequence}"
             )
         } else if self.answered {
@@ -554,11 +562,22 @@ mod tests {
 
     #[test]
     fn the_next_node_tried_is_one_that_answered_before_one_that_did_not() {
-        assert_eq!(next_not_silent(0, &[false, true, false]), 2, "1 was silent: 2 next");
-        assert_eq!(next_not_silent(2, &[false, true, false]), 0);
-        assert_eq!(next_not_silent(0, &[false, true, true]), 1, "every other is silent: simply the next");
-        assert_eq!(next_not_silent(3, &[false, true, true, false]), 0);
-        assert_eq!(next_not_silent(0, &[false]), 0, "a client of one node");
+        assert_eq!(next_not_silent(0, &[None, Some(1), None]), 2, "1 was silent: 2 next");
+        assert_eq!(next_not_silent(2, &[None, Some(1), None]), 0);
+        assert_eq!(next_not_silent(3, &[None, Some(1), Some(2), None]), 0);
+        assert_eq!(next_not_silent(0, &[None]), 0, "a client of one node");
+        // Every other is silent: the one found so longest ago, so that each gets its turn.
+        assert_eq!(next_not_silent(0, &[None, Some(5), Some(2), Some(9)]), 2);
+        assert_eq!(next_not_silent(4, &[Some(3), Some(4), Some(1), Some(2), None]), 2);
+        // A client cut off with one answering node (4) goes round the silent ones in turn.
+        let mut silent = vec![Some(1), Some(2), Some(3), Some(4), None];
+        let mut probed = Vec::new();
+        for attempt in 5..13 {
+            let next = next_not_silent(4, &silent);
+            probed.push(next);
+            silent[next] = Some(attempt);
+        }
+        assert_eq!(probed, [0, 1, 2, 3, 0, 1, 2, 3]);
     }
 
     /// The answer at the deadline says why as far as the client can tell, and says
@@ -580,6 +599,8 @@ mod tests {
         };
         assert!(message(&[&silence, &no_leader, &silence]).starts_with("cluster unreachable: no majority."));
         assert!(message(&[&with_hint, &silence]).starts_with("cluster unreachable: no node could serve"));
+        // An election seen early says nothing once a node names a leader.
+        assert!(message(&[&no_leader, &with_hint, &silence]).starts_with("cluster unreachable: no node could serve"));
         assert!(message(&[&silence]).starts_with("cluster unreachable: no node answered within 8 s"));
         let mut unserved = Unserved::default();
         assert!(!unserved.note("node", &silence), "silence is no answer");

@@ -127,6 +127,7 @@ impl<'a> Subscription<'a> {
                 Ok(Some(message)) => {
                     // Delivering is the proof of health: failures count afresh from here.
                     self.failing_since = None;
+                    self.unserved = super::Unserved::default();
                     self.behind_since = None;
                     self.backoff.reset();
                     let fresh = message.id > self.last_delivered;

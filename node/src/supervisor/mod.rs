@@ -150,6 +150,9 @@ impl LocalCluster {
         launch: Launch,
         prefixes: BTreeMap<NodeId, Vec<String>>,
     ) -> Result<Self, SupervisorError> {
+        if let Some(id) = prefixes.keys().find(|id| config.member(**id).is_err()) {
+            return Err(SupervisorError::NotAMember(*id));
+        }
         let config_path = dir.join("cluster.toml");
         let config_error = |source| SupervisorError::Config { path: config_path.clone(), source };
         config.validate().map_err(config_error)?;

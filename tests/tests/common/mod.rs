@@ -19,7 +19,9 @@ pub fn hosts_available(test: &str) -> bool {
     if std::env::var_os(REQUIRED).is_some() {
         panic!("{test}: network namespaces are required here ({REQUIRED} is set) but refused: {reason}");
     }
-    println!("SKIPPED {test}: {reason}");
+    // Straight to stderr: the test harness captures println!, and a skip must be seen.
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
     false
 }
 
@@ -72,6 +74,14 @@ impl Person {
         testbed.chorus(&self.host, &self.session, &all, &env, limit).unwrap()
     }
 
+    /// `chorus ARGS…` with a 60 s timeout, SIGKILLed after `after`.
+    pub fn run_killed_after(&self, testbed: &Testbed, after: Duration, args: &[&str]) -> CliRun {
+        let mut all = vec!["--timeout", "60"];
+        all.extend_from_slice(args);
+        let env = [("CHORUS_PASSWORD", self.password.as_str())];
+        testbed.chorus(&self.host, &self.session, &all, &env, after).unwrap()
+    }
+
     /// Like [`Person::try_run`] with a 30 s timeout, and the command must succeed.
     pub fn run(&self, testbed: &Testbed, args: &[&str]) -> String {
         let run = self.try_run(testbed, 30, args);
@@ -86,6 +96,17 @@ impl Person {
     pub fn login(&self, testbed: &Testbed) {
         self.run(testbed, &["login", &self.username]);
     }
+}
+
+/// Alice on host B and Bob on host C, each with an account and logged in.
+pub fn alice_on_b_and_bob_on_c(testbed: &Testbed) -> (Person, Person) {
+    let alice = Person::new(testbed, "B", "alice");
+    let bob = Person::new(testbed, "C", "bob");
+    alice.create_account(testbed);
+    bob.create_account(testbed);
+    alice.login(testbed);
+    bob.login(testbed);
+    (alice, bob)
 }
 
 /// How many times each of `bodies` appears as a message body in `listing` (lines of

@@ -1,0 +1,56 @@
+//! The offline outbox in the assignment's airplane scenario: a person on C, cut off with C
+//! alone, keeps writing; the messages are queued on C's disk, survive the client process
+//! being killed while they wait, and are delivered in order, each once, when the cluster
+//! is back.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{count_bodies, say, start, three_hosts};
+
+#[test]
+fn messages_written_while_cut_off_are_queued_and_delivered_once_in_order_when_the_cluster_is_back() {
+    if !common::hosts_available(
+        "messages_written_while_cut_off_are_queued_and_delivered_once_in_order_when_the_cluster_is_back",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut testbed = start(dir.path(), &three_hosts());
+    testbed.wait_for_leader(Duration::from_secs(20)).unwrap();
+    let (alice, bob) = common::alice_on_b_and_bob_on_c(&testbed);
+
+    testbed.network_mut().airplane("A").unwrap();
+    testbed.network_mut().airplane("B").unwrap();
+    say("hosts A and B are in airplane mode: C holds 1 of 5 nodes");
+    let bodies: Vec<String> = (1..=3).map(|n| format!("written offline {n}")).collect();
+    for body in &bodies {
+        let run = bob.try_run(&testbed, 8, &["send", "alice", body]);
+        assert!(run.ok(), "a queued send succeeds: {run}");
+        assert!(run.stdout.contains("queued: cluster unreachable"), "{run}");
+    }
+    say("bob's 3 sends on C were queued in the outbox");
+    let listed = bob.run(&testbed, &["outbox"]);
+    assert_eq!(listed.lines().filter(|line| line.contains("bob -> alice: written offline")).count(), 3, "{listed}");
+
+    // A delivery started while the cluster is still unreachable, killed half-way.
+    let interrupted = bob.run_killed_after(&testbed, Duration::from_secs(3), &["outbox", "send"]);
+    assert!(interrupted.timed_out, "the delivery was still trying when it was killed: {interrupted}");
+    say("a delivery of the outbox was killed (SIGKILL) while the messages waited");
+
+    testbed.network_mut().land("B").unwrap();
+    testbed.network_mut().land("A").unwrap();
+    testbed.wait_for_leader(Duration::from_secs(20)).unwrap();
+    say("hosts A and B landed");
+    let delivered = bob.run(&testbed, &["outbox", "send"]);
+    assert_eq!(delivered.matches("delivered outbox message").count(), 3, "{delivered}");
+    assert!(bob.run(&testbed, &["outbox"]).contains("the outbox is empty"));
+    say("bob's outbox delivered all 3 messages");
+
+    let read = alice.run(&testbed, &["read"]);
+    assert_eq!(count_bodies(&read, &bodies), vec![1; 3], "each once:\n{read}");
+    let positions: Vec<usize> = bodies.iter().map(|body| read.find(body.as_str()).unwrap()).collect();
+    assert!(positions.windows(2).all(|pair| pair[0] < pair[1]), "in the order written:\n{read}");
+    say("alice read the 3 messages on B, each once, in the order bob wrote them");
+}
