@@ -198,6 +198,20 @@ fn an_unreachable_cluster_queues_sends_and_the_outbox_delivers_each_once_in_orde
     let two = listed.find("alice -> bob: two").expect(&listed);
     assert!(one < two, "oldest first:\n{listed}");
     assert_fails_with(&cli(&alice, &["--timeout", "1", "read"], ""), "cluster unreachable");
+    // What a node would refuse is refused now, not queued.
+    assert_fails_with(&cli(&alice, &["--timeout", "1", "send", "no such!", "x"], ""), "username");
+    // Two days pass: the first send's number must still be awaiting when it is delivered
+    // (the outbox holds it), or the session would acknowledge past it and the server
+    // forget it.
+    let mut session: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&alice).unwrap()).unwrap();
+    let two_days_ago = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+        - 2 * 24 * 3600 * 1000;
+    let shown = session.to_string();
+    let awaiting = session["sends_awaiting"].as_array_mut().unwrap();
+    assert_eq!(awaiting.len(), 1, "{shown}");
+    assert_eq!(awaiting[0]["pinned"], true, "held by the outbox: {shown}");
+    awaiting[0]["started_unix_ms"] = two_days_ago.into();
+    std::fs::write(&alice, session.to_string()).unwrap();
 
     node.restart();
     // The first send's attempt reached no node, but a connection that fails says nothing

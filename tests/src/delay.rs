@@ -36,7 +36,13 @@ pub struct DelayQueue {
 impl DelayQueue {
     /// Starts `program delay-queue` inside `namespace`, waits until it holds the queue,
     /// then sends the host's packets (both ways, on its interface) through it.
-    pub fn start(program: &Path, namespace: &Namespace, delay: Duration) -> Result<Self, NetError> {
+    /// `own_process_group`: in a process group of its own (see `Network::set_own_process_groups`).
+    pub fn start(
+        program: &Path,
+        namespace: &Namespace,
+        delay: Duration,
+        own_process_group: bool,
+    ) -> Result<Self, NetError> {
         let mut command = Command::new("ip");
         command
             .args(["netns", "exec", namespace.name()])
@@ -45,6 +51,9 @@ impl DelayQueue {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        if own_process_group {
+            std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        }
         let shown = program.display().to_string();
         let mut reader = command.spawn().map_err(|source| NetError::Spawn { program: shown.clone(), source })?;
         let stdout = reader.stdout.take().expect("stdout is piped");

@@ -98,6 +98,8 @@ pub struct Network {
     bridge: Namespace,
     /// The program that holds delayed packets (`chorus-hosts delay-queue`).
     delay_program: Option<std::path::PathBuf>,
+    /// Delay readers in process groups of their own (a terminal's Ctrl-C is not theirs).
+    own_process_groups: bool,
 }
 
 impl Network {
@@ -119,7 +121,7 @@ impl Network {
         let bridge = Namespace::create("bridge")?;
         bridge.ip(["link", "add", "br0", "type", "bridge"])?;
         bridge.ip(["link", "set", "br0", "up"])?;
-        let mut network = Self { hosts: BTreeMap::new(), bridge, delay_program };
+        let mut network = Self { hosts: BTreeMap::new(), bridge, delay_program, own_process_groups: false };
         for (index, name) in names.iter().enumerate() {
             let index = u8::try_from(index + 1).expect("at most HOSTS_MAX hosts");
             let address = Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], index);
@@ -149,6 +151,12 @@ impl Network {
             network.apply(name, HostFaults::default())?;
         }
         Ok(network)
+    }
+
+    /// Starts delay readers from now on in process groups of their own, so that a Ctrl-C
+    /// at the shell's terminal (meant for a command run on a host) does not end them.
+    pub fn set_own_process_groups(&mut self, own: bool) {
+        self.own_process_groups = own;
     }
 
     pub fn host(&self, name: &str) -> Result<&Host, NetworkError> {
@@ -261,8 +269,6 @@ impl Network {
     fn apply(&mut self, name: &str, faults: HostFaults) -> Result<(), NetworkError> {
         let addresses: BTreeMap<String, Ipv4Addr> = self.hosts.values().map(|h| (h.name.clone(), h.address)).collect();
         let host = self.hosts.get_mut(name).ok_or_else(|| NetworkError::NoSuchHost(name.to_owned()))?;
-        let link = if faults.airplane { "down" } else { "up" };
-        host.namespace.ip(["link", "set", HOST_INTERFACE, link])?;
         let wants_delay = !faults.delay.is_zero();
         if let Some(queue) = &mut host.delay {
             // A delay that was in force must have been all along: a reader that died let
@@ -280,10 +286,13 @@ impl Network {
             let Some(program) = &self.delay_program else {
                 return Err(NetError::Unsupported("no delay program was given to this network".to_owned()).into());
             };
-            host.delay = Some(DelayQueue::start(program, &host.namespace, faults.delay)?);
+            host.delay = Some(DelayQueue::start(program, &host.namespace, faults.delay, self.own_process_groups)?);
         }
         let ruleset = ruleset(&faults, &addresses);
         host.namespace.exec("nft", &["-f", "-"], Some(&ruleset))?;
+        // The link last: every step that can fail is behind it.
+        let link = if faults.airplane { "down" } else { "up" };
+        host.namespace.ip(["link", "set", HOST_INTERFACE, link])?;
         host.faults = faults;
         Ok(())
     }

@@ -134,7 +134,8 @@ impl Testbed {
         let binary = chorus_binary()?;
         let mut names: Vec<&str> = placements.iter().map(|p| p.host.as_str()).collect();
         names.push(OBSERVER);
-        let network = Network::create(&names, options.delay_program.clone())?;
+        let mut network = Network::create(&names, options.delay_program.clone())?;
+        network.set_own_process_groups(options.own_process_groups);
         let mut members = Vec::new();
         let mut prefixes = BTreeMap::new();
         let mut node_hosts = BTreeMap::new();

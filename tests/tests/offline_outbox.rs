@@ -1,7 +1,7 @@
 //! The offline outbox in the assignment's airplane scenario: a person on C, cut off with C
-//! alone, keeps writing; the messages are queued on C's disk, survive the client process
-//! being killed while they wait, and are delivered in order, each once, when the cluster
-//! is back.
+//! alone, keeps writing; the messages are queued on C's disk and, when the cluster is
+//! back, delivered in order, each once, though the client process delivering them is
+//! killed part-way.
 
 mod common;
 
@@ -34,19 +34,31 @@ fn messages_written_while_cut_off_are_queued_and_delivered_once_in_order_when_th
     let listed = bob.run(&testbed, &["outbox"]);
     assert_eq!(listed.lines().filter(|line| line.contains("bob -> alice: written offline")).count(), 3, "{listed}");
 
-    // A delivery started while the cluster is still unreachable, killed half-way.
-    let interrupted = bob.run_killed_after(&testbed, Duration::from_secs(3), &["outbox", "send"]);
-    assert!(interrupted.timed_out, "the delivery was still trying when it was killed: {interrupted}");
-    say("a delivery of the outbox was killed (SIGKILL) while the messages waited");
-
     testbed.network_mut().land("B").unwrap();
     testbed.network_mut().land("A").unwrap();
     testbed.wait_for_leader(Duration::from_secs(20)).unwrap();
     say("hosts A and B landed");
+    // A delivery killed wherever it happens to be (before, during or after a send, between
+    // a send and its removal from the outbox): the next one must still deliver each
+    // message once, in order.
+    // Killed ever later, so that the kills land at different points of the delivery.
+    let mut before_kill = 0;
+    for millis in (20..=400).step_by(10) {
+        let interrupted = bob.run_killed_after(&testbed, Duration::from_millis(millis), &["outbox", "send"]);
+        before_kill += interrupted.stdout.matches("delivered outbox message").count();
+        if interrupted.timed_out {
+            say(&format!("a delivery was killed after {millis} ms, having told of {before_kill} so far"));
+        }
+        if !interrupted.timed_out {
+            break;
+        }
+    }
+    say(&format!("deliveries of the outbox were killed (SIGKILL) ever later; they told of {before_kill} delivered"));
     let delivered = bob.run(&testbed, &["outbox", "send"]);
-    assert_eq!(delivered.matches("delivered outbox message").count(), 3, "{delivered}");
+    let after_kill = delivered.matches("delivered outbox message").count();
+    assert!(before_kill + after_kill >= 3, "every message was delivered ({before_kill} before):\n{delivered}");
     assert!(bob.run(&testbed, &["outbox"]).contains("the outbox is empty"));
-    say("bob's outbox delivered all 3 messages");
+    say(&format!("the next delivery delivered the other {after_kill}; the outbox is empty"));
 
     let read = alice.run(&testbed, &["read"]);
     assert_eq!(count_bodies(&read, &bodies), vec![1; 3], "each once:\n{read}");

@@ -54,16 +54,20 @@ async fn run_verb(options: &ClientOptions, verb: Verb) -> Result<()> {
         | Verb::Outbox { action: Some(OutboxVerb::Send) } => deliver_outbox(&mut client, &session_path).await?,
         _ => Delivery::Done,
     };
-    if let Delivery::Unreachable(error) = delivery {
+    if let Delivery::Stopped { error, unreachable } = delivery {
         match verb {
+            // Behind the messages that wait, in order, and without an attempt of its own.
             Verb::Send { to, body, sequence: None } => {
                 let body = if body.is_empty() { read_stdin_body()? } else { body.join(" ") };
                 let session = session_file::load(&session_path)?;
-                queue(&session_path, &session, None, &to, &body, &error)?;
+                let sender = Sender { username: session.username, token: session.token };
+                queue(&session_path, &sender, None, &to, &body, &error)?;
                 return Ok(());
             }
-            Verb::Logout => eprintln!("note: {error:#}; the messages in the outbox stay there (`chorus outbox`)"),
-            _ => return Err(error),
+            Verb::Outbox { .. } => return Err(error),
+            // The command at hand would be told the same after another whole timeout.
+            _ if unreachable && !matches!(verb, Verb::Login { .. } | Verb::Logout) => return Err(error),
+            _ => eprintln!("note: {error:#}; the messages in the outbox stay there (`chorus outbox`)"),
         }
     }
     match verb {
@@ -111,7 +115,8 @@ async fn run_verb(options: &ClientOptions, verb: Verb) -> Result<()> {
         Verb::Send { to, body, sequence } => {
             let body = if body.is_empty() { read_stdin_body()? } else { body.join(" ") };
             let retry = sequence.is_some();
-            let (request, token) = numbered_send(&session_path, to.clone(), body.clone(), sequence)?;
+            let (request, sender) = numbered_send(&session_path, to.clone(), body.clone(), sequence, None)?;
+            let token = sender.token.clone();
             let sequence = request.sequence;
             let result = chorus::cluster_call_as!(client, send_message, request, token);
             // Whether the answer is final: then the session acknowledges it with its next
@@ -123,13 +128,13 @@ async fn run_verb(options: &ClientOptions, verb: Verb) -> Result<()> {
                 // No node could take it: into the outbox, with its number if it may have
                 // been stored, now or by the earlier attempt a retry repeats (a later
                 // delivery repeats that very send).
-                let session = session_file::load(&session_path)?;
                 let numbered = (!answered || retry).then_some(sequence);
+                let error = rpc_error(client.current_server(), status.clone());
+                queue(&session_path, &sender, numbered, &to, &body, &error)?;
+                // Only once it is queued: killed before, the number still awaits.
                 if numbered.is_none() {
                     finish_send(&session_path, &token, sequence);
                 }
-                let error = rpc_error(client.current_server(), status.clone());
-                queue(&session_path, &session, numbered, &to, &body, &error)?;
                 return Ok(());
             }
             let outcome = match result {
@@ -259,33 +264,51 @@ fn finish_send(session_path: &std::path::Path, token: &str, sequence: u64) {
     }
 }
 
+/// Who sent (or will send) a message: the session that numbered it.
+struct Sender {
+    username: String,
+    token: String,
+}
+
 /// Puts a message no node could take into the outbox and says so; `sequence` is the
-/// number of an attempt that may have been stored.
+/// number of an attempt that may have been stored, which the session then keeps
+/// awaiting for as long as the outbox holds it.
 fn queue(
     session_path: &std::path::Path,
-    session: &SavedSession,
+    sender: &Sender,
     sequence: Option<u64>,
     to: &str,
     body: &str,
     error: &anyhow::Error,
 ) -> Result<()> {
+    // What a node would refuse is refused now, not days later when it is delivered.
+    let recipient = chorus::chat::validate::canonical_username(to).map_err(|e| anyhow::anyhow!("{e}"))?;
+    chorus::chat::validate::message_body(body).map_err(|e| anyhow::anyhow!("{e}"))?;
     let path = outbox::path_for(session_path);
-    let outbox = Outbox::open(&path)?;
     let message = NewQueued {
-        username: &session.username,
-        token: &session.token,
+        username: &sender.username,
+        token: &sender.token,
         sequence,
-        recipient: &to.to_ascii_lowercase(),
+        recipient: &recipient,
         body,
         queued_unix_ms: unix_time_ms(),
     };
-    let id = outbox.push(&message)?;
+    let id = Outbox::open(&path)
+        .and_then(|outbox| outbox.push(&message))
+        .with_context(|| format!("the message to {recipient} was neither sent nor queued ({error:#})"))?;
+    if let Some(sequence) = sequence {
+        let pinned = session_file::update_if_still(session_path, &sender.token, |session| {
+            session.pin(sequence, unix_time_ms());
+        });
+        if !matches!(pinned, Ok(true)) {
+            eprintln!("note: the session changed meanwhile: only the session that sent it can deliver #{id}");
+        }
+    }
     // Said only now that it is on disk.
     println!("queued: {error:#}");
     println!(
-        "the message to {} waits in the outbox as #{id}: the next chorus command that reaches the cluster \
-         delivers it (or `chorus outbox send`); `chorus outbox` lists what waits",
-        message.recipient
+        "the message to {recipient} waits in the outbox as #{id}: the next chorus command that reaches the \
+         cluster delivers it (or `chorus outbox send`); `chorus outbox` lists what waits"
     );
     Ok(())
 }
@@ -294,12 +317,14 @@ fn queue(
 enum Delivery {
     /// Nothing of this session waits any more (perhaps nothing ever did).
     Done,
-    /// The cluster was unreachable: the rest waits.
-    Unreachable(anyhow::Error),
+    /// Delivery stopped at a message that must wait (the rest waits behind it, in order):
+    /// `unreachable` when no node could take it.
+    Stopped { error: anyhow::Error, unreachable: bool },
 }
 
 /// Delivers the messages of the outbox that the session in `session_path` may send,
-/// oldest first, each told to the person; stops at the first the cluster cannot take.
+/// oldest first, each told to the person; stops at the first of its user's that cannot go
+/// now, so that none overtakes another.
 async fn deliver_outbox(client: &mut ClusterClient, session_path: &std::path::Path) -> Result<Delivery> {
     let path = outbox::path_for(session_path);
     let Some(outbox) = Outbox::open_existing(&path)? else { return Ok(Delivery::Done) };
@@ -313,36 +338,52 @@ async fn deliver_outbox(client: &mut ClusterClient, session_path: &std::path::Pa
         return Ok(Delivery::Done);
     };
     let digest = outbox::session_digest(&session.token);
+    let stuck = |queued: &Queued, why: String| {
+        let error = anyhow::anyhow!(
+            "outbox message #{} to {} cannot be delivered by this session: {why}; the messages after it wait \
+             behind it (check `chorus history`, then `chorus outbox drop {}` to let them go)",
+            queued.id,
+            queued.recipient,
+            queued.id
+        );
+        Delivery::Stopped { error, unreachable: false }
+    };
     let mut others = 0;
     for queued in outbox.list()? {
-        // A message that may already be stored can only be repeated by the session that
-        // numbered it: any other session's send would be a second copy.
-        let deliverable =
-            queued.username == session.username && queued.sequence.is_none_or(|_| queued.session_digest == digest);
-        if !deliverable {
+        if queued.username != session.username {
             others += 1;
             continue;
         }
-        let (request, token) =
-            match numbered_send(session_path, queued.recipient.clone(), queued.body.clone(), queued.sequence) {
-                Ok(numbered) => numbered,
-                Err(error) => {
-                    eprintln!("note: outbox message #{} cannot be repeated safely: {error:#}", queued.id);
-                    continue;
-                }
-            };
+        // A message that may already be stored can only be repeated by the session that
+        // numbered it: any other session's send would be a second copy.
+        if queued.sequence.is_some() && queued.session_digest != digest {
+            return Ok(stuck(&queued, "an earlier session sent it, and it may already be stored".to_owned()));
+        }
+        let numbered = numbered_send(
+            session_path,
+            queued.recipient.clone(),
+            queued.body.clone(),
+            queued.sequence,
+            Some(&session.token),
+        );
+        let (request, sender) = match numbered {
+            Ok(numbered) => numbered,
+            Err(error) => return Ok(stuck(&queued, format!("{error:#}"))),
+        };
         let sequence = request.sequence;
-        let result = chorus::cluster_call_as!(client, send_message, request, token);
+        if queued.sequence.is_none() {
+            // Recorded before the call: a delivery killed after this send was stored
+            // leaves the number with the message, and the next delivery repeats it.
+            outbox.set_sequence(queued.id, sequence, &sender.token)?;
+        }
+        let result = chorus::cluster_call_as!(client, send_message, request, sender.token.clone());
         let answered = result.as_ref().err().is_none_or(|status| !chorus::client::outcome_unknown(status));
         let unreachable = result.as_ref().err().is_some_and(|s| has_reason(s, chorus_proto::wire::CLUSTER_UNREACHABLE));
-        // The number is done with once the message is answered for good, or once an attempt
-        // under a fresh number was certainly not stored. A message queued under its number
-        // keeps it until a definite answer: "not applied" now says nothing of the attempt
-        // that numbered it.
-        // Recorded only after the message leaves the outbox (below): killed in between, the
-        // number still awaits, and a repeat is recognized.
-        let done_with_number = answered && (!unreachable || queued.sequence.is_none());
-        let outcome = match result {
+        // What became of it, and whether its number is done with. A number is given
+        // back (recorded answered) only once the message has left the outbox or dropped
+        // the number: killed before, the number still awaits and a repeat is recognized.
+        let fresh = queued.sequence.is_none();
+        let (stop, settled) = match result {
             Ok(response) => {
                 let what = if response.duplicate {
                     format!("it was already stored as message {} (not stored again)", response.message_id)
@@ -351,42 +392,44 @@ async fn deliver_outbox(client: &mut ClusterClient, session_path: &std::path::Pa
                 };
                 println!("delivered outbox message #{} (queued {}): {what}", queued.id, queued_at(&queued));
                 outbox.remove(queued.id)?;
-                None
+                (None, true)
             }
-            Err(status) if !answered || unreachable => {
-                if !answered && queued.sequence.is_none() {
-                    // This attempt may have been stored: from now on only this very send,
-                    // under this number, may be repeated.
-                    outbox.set_sequence(queued.id, sequence, &token)?;
-                }
-                Some(Delivery::Unreachable(rpc_error(client.current_server(), status)))
+            // May have been stored: it waits, under this number.
+            Err(status) if !answered => {
+                (Some(Delivery::Stopped { error: rpc_error(client.current_server(), status), unreachable }), false)
             }
-            Err(status) if has_reason(&status, chorus_proto::wire::SESSION_INVALID) => {
-                // Not an error of the command at hand (a login must still work): the
-                // messages wait for the next session.
-                let error = rpc_error(client.current_server(), status);
-                eprintln!("note: the outbox waits: {error:#}; log in again, and the next command delivers it");
-                Some(Delivery::Done)
-            }
-            Err(status) => {
+            // Refusals of the message itself: it can never be delivered.
+            Err(status)
+                if has_reason(&status, chorus_proto::wire::INVALID_INPUT)
+                    || has_reason(&status, chorus_proto::wire::NOT_FOUND) =>
+            {
                 let error = rpc_error(client.current_server(), status);
                 eprintln!(
                     "outbox message #{} to {} was refused, and leaves the outbox: {error:#}",
                     queued.id, queued.recipient
                 );
                 outbox.remove(queued.id)?;
-                None
+                (None, true)
+            }
+            // Certainly not stored now (no node could take it, the session ended, a
+            // limit): it waits in its place. A number drawn for this attempt is given back;
+            // one it came with stays, for the attempt that drew it may have been stored.
+            Err(status) => {
+                if fresh {
+                    outbox.clear_sequence(queued.id)?;
+                }
+                (Some(Delivery::Stopped { error: rpc_error(client.current_server(), status), unreachable }), fresh)
             }
         };
-        if done_with_number {
-            finish_send(session_path, &token, sequence);
+        if settled {
+            finish_send(session_path, &sender.token, sequence);
         }
-        if let Some(stop) = outcome {
+        if let Some(stop) = stop {
             return Ok(stop);
         }
     }
     if others > 0 {
-        eprintln!("note: {others} message(s) in the outbox are not this session's to send (`chorus outbox`)");
+        eprintln!("note: {others} message(s) in the outbox wait for another user's login (`chorus outbox`)");
     }
     Ok(Delivery::Done)
 }
@@ -435,14 +478,20 @@ fn list_outbox(session_path: &std::path::Path) -> Result<()> {
 
 /// The request for one `chorus send`: a new sequence from the session file, or the one
 /// given (a retry of a send still awaiting its answer, of the same message), with the
-/// acknowledgement of every answer this session has.
+/// acknowledgement of every answer this session has, and who sends it. With
+/// `outbox_session`, the send is the outbox's (its number is kept however long it waits,
+/// see `AwaitingSend::pinned`), and only that session may make it.
 fn numbered_send(
     session_path: &std::path::Path,
     to: String,
     body: String,
     sequence: Option<u64>,
-) -> Result<(SendMessageRequest, String)> {
+    outbox_session: Option<&str>,
+) -> Result<(SendMessageRequest, Sender)> {
     session_file::update(session_path, |session| {
+        if outbox_session.is_some_and(|token| token != session.token) {
+            bail!("the session changed while the outbox was being delivered");
+        }
         let now = unix_time_ms();
         let mut sends = session.send_sequence(now);
         let digest = session_file::message_digest(&to, &body);
@@ -477,7 +526,11 @@ fn numbered_send(
             }
         };
         session.store_send_sequence(&sends, now, begun);
-        Ok((request, session.token.clone()))
+        if outbox_session.is_some() {
+            session.pin(request.sequence, now);
+        }
+        let sender = Sender { username: session.username.clone(), token: session.token.clone() };
+        Ok((request, sender))
     })?
 }
 

@@ -22,7 +22,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 // AUTOINCREMENT: an id is never reused, even once the outbox is empty, so that the id a
 // person was told ("#3") never comes to name another message.
-const MIGRATIONS: &[&str] = &["CREATE TABLE queued (
+// IF NOT EXISTS: two commands queuing into a new outbox at once may both run it.
+const MIGRATIONS: &[&str] = &["CREATE TABLE IF NOT EXISTS queued (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         username TEXT NOT NULL,
         session_digest TEXT NOT NULL,
@@ -156,6 +157,15 @@ impl Outbox {
         Ok(())
     }
 
+    /// Takes back the sequence of message `id` (its attempt under it was certainly not
+    /// stored): any session of its sender may number it again.
+    pub fn clear_sequence(&self, id: u64) -> Result<()> {
+        self.conn
+            .execute("UPDATE queued SET sequence = NULL WHERE id = ?1", params![id])
+            .with_context(|| format!("cannot update message {id} in the outbox {}", self.path.display()))?;
+        Ok(())
+    }
+
     /// Removes message `id`; returns whether it was there.
     pub fn remove(&self, id: u64) -> Result<bool> {
         let removed = self
@@ -183,7 +193,10 @@ pub fn delivery_lock(outbox_path: &Path) -> Result<std::fs::File> {
         .write(true)
         .open(&lock_path)
         .with_context(|| format!("cannot open the outbox lock {}", lock_path.display()))?;
-    lock.lock().with_context(|| format!("cannot lock {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        eprintln!("waiting for another chorus command that is delivering the outbox ({})", lock_path.display());
+        lock.lock().with_context(|| format!("cannot lock {}", lock_path.display()))?;
+    }
     Ok(lock)
 }
 

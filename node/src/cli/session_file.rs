@@ -50,6 +50,12 @@ pub struct AwaitingSend {
     /// must be the same message, or it is refused before it reaches the server.
     #[serde(default)]
     pub message_digest: String,
+    /// Held by the outbox, which will repeat it: kept awaiting however long or far behind
+    /// (the session's acknowledgement stays below it, so the server remembers it and
+    /// recognizes the repeat). Nothing new is numbered while it waits in front of the
+    /// outbox, so the server's bound on unacknowledged sends is not approached.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pinned: bool,
 }
 
 /// The digest that ties a sequence to its message: a retry of another message under the
@@ -85,9 +91,22 @@ impl SavedSession {
         self.sends_awaiting.iter().filter(move |send| {
             // Only numbers this session handed out (a damaged file could hold others).
             (1..next).contains(&send.sequence)
-                && send.started_unix_ms.min(now_unix_ms).saturating_add(kept_ms) > now_unix_ms
-                && next.saturating_sub(send.sequence) <= AWAITING_SEND_NUMBERS_KEPT
+                && (send.pinned
+                    || (send.started_unix_ms.min(now_unix_ms).saturating_add(kept_ms) > now_unix_ms
+                        && next.saturating_sub(send.sequence) <= AWAITING_SEND_NUMBERS_KEPT))
         })
+    }
+
+    /// Marks send `sequence` as held by the outbox (see [`AwaitingSend::pinned`]); returns
+    /// whether it was still awaiting.
+    pub fn pin(&mut self, sequence: u64, now_unix_ms: u64) -> bool {
+        if self.awaiting_send(sequence, now_unix_ms).is_none() {
+            return false;
+        }
+        for send in self.sends_awaiting.iter_mut().filter(|send| send.sequence == sequence) {
+            send.pinned = true;
+        }
+        true
     }
 
     /// The send `sequence` of this session, if it still awaits its answer.
@@ -106,7 +125,8 @@ impl SavedSession {
                 Some((begun, digest)) if *begun == sequence => digest.clone(),
                 _ => kept.map(|send| send.message_digest.clone()).unwrap_or_default(),
             };
-            AwaitingSend { sequence, started_unix_ms, message_digest }
+            let pinned = kept.is_some_and(|send| send.pinned);
+            AwaitingSend { sequence, started_unix_ms, message_digest, pinned }
         };
         let awaiting = sends.awaiting().map(known).collect();
         self.next_send_sequence = sends.next();
