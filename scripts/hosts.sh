@@ -80,8 +80,8 @@ case "$verb" in
         cargo build -q -p chorus -p chorus-hosts
         # One test at a time, so that the narration reads in order; a host that cannot be
         # made is a failure here, not a skip.
-        CHORUS_HOSTS_REQUIRED=1 cargo test -q -p chorus-hosts --test assignment_demos --test offline_outbox \
-            --test real_partitions -- --nocapture --test-threads=1
+        CHORUS_HOSTS_REQUIRED=1 cargo test -q -p chorus-hosts --test hosts -- --nocapture --test-threads=1 \
+            assignment_demos offline_outbox real_partitions
         ;;
     sweep)
         need_root

@@ -54,7 +54,7 @@ else
 fi
 
 step "cargo test"
-# CHORUS_NEMESIS_SECS: how long the real-process nemesis runs (tests/tests/real_nemesis.rs).
+# CHORUS_NEMESIS_SECS: how long the real-process nemesis runs (tests/tests/hosts/real_nemesis.rs).
 CHORUS_NEMESIS_SECS="${CHORUS_NEMESIS_SECS:-45}" cargo test --workspace --locked
 
 # Coverage-guided fuzzing, briefly (FUZZ_SECONDS per target, default 12): libFuzzer is

@@ -173,46 +173,34 @@ fn remove(name: &str) {
 /// was SIGKILLed cannot clean up after itself), and what still runs inside them. Returns
 /// their names.
 pub fn sweep_orphans() -> Vec<String> {
-    let Ok(output) = run("ip", ["netns", "list"]) else { return Vec::new() };
-    let mut removed = Vec::new();
-    for line in String::from_utf8_lossy(&output.stdout).lines() {
-        let Some(name) = line.split_whitespace().next() else { continue };
-        let Some(rest) = name.strip_prefix(NAME_PREFIX) else { continue };
-        let Some(pid) = rest.split('-').next().and_then(|pid| pid.parse::<u32>().ok()) else { continue };
-        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
-        }
-        remove(name);
-        removed.push(name.to_owned());
-    }
-    removed
+    sweep_where(|name| {
+        let maker = name.strip_prefix(NAME_PREFIX).and_then(|rest| rest.split('-').next());
+        maker
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+    })
 }
 
 /// Removes every namespace this process made, with what runs inside (a shell stopped by
 /// a signal, which cannot unwind to its destructors). Returns their names.
 pub fn sweep_mine() -> Vec<String> {
-    let Ok(output) = run("ip", ["netns", "list"]) else { return Vec::new() };
     let mine = format!("{NAME_PREFIX}{}-", std::process::id());
-    let names: Vec<String> = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| line.split_whitespace().next())
-        .filter(|name| name.starts_with(&mine))
-        .map(str::to_owned)
-        .collect();
-    for name in &names {
-        remove(name);
-    }
-    names
+    sweep_where(|name| name.starts_with(&mine))
 }
 
 /// Removes every namespace this crate ever made, whoever made it (`chorus-hosts sweep
 /// --all`, for a person cleaning up by hand). Returns their names.
 pub fn sweep_all() -> Vec<String> {
+    sweep_where(|name| name.starts_with(NAME_PREFIX))
+}
+
+/// Removes the namespaces whose names `chosen` picks, and what runs inside them.
+fn sweep_where(chosen: impl Fn(&str) -> bool) -> Vec<String> {
     let Ok(output) = run("ip", ["netns", "list"]) else { return Vec::new() };
     let names: Vec<String> = String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|line| line.split_whitespace().next())
-        .filter(|name| name.starts_with(NAME_PREFIX))
+        .filter(|name| chosen(name))
         .map(str::to_owned)
         .collect();
     for name in &names {

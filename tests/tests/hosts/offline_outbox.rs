@@ -3,11 +3,11 @@
 //! back, delivered in order, each once, though the client process delivering them is
 //! killed part-way.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::{count_bodies, say, start, three_hosts};
+use crate::common::{count_bodies, say, start, three_hosts};
 
 #[test]
 fn messages_written_while_cut_off_are_queued_and_delivered_once_in_order_when_the_cluster_is_back() {

@@ -4,12 +4,12 @@
 //! checkers find nothing wrong in what the clients saw, and once healed all five nodes
 //! converge.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
+use crate::common::{say, wait_for_convergence};
 use chorus_hosts::{Placement, Traffic};
-use common::{say, wait_for_convergence};
 
 const NODE_HOSTS: [&str; 5] = ["n1", "n2", "n3", "n4", "n5"];
 const CLIENT_HOSTS: [&str; 2] = ["c1", "c2"];

@@ -8,12 +8,12 @@
 //! runs); CHORUS_NEMESIS_SEED the seed of the nemesis's and the clients' choices (printed,
 //! so that a failing schedule can be run again; real time makes it similar, not equal).
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
+use crate::common::{say, wait_for_convergence};
 use chorus_hosts::{Placement, Testbed, Traffic};
-use common::{say, wait_for_convergence};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

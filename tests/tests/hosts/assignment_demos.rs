@@ -5,13 +5,13 @@
 //!
 //! `scripts/hosts.sh demo` runs them with their narration shown.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
+use crate::common::{Person, count_bodies, say, start, three_hosts, wait_for_convergence};
 use chorus::replication::NodeId;
 use chorus_proto::v1::Role;
-use common::{Person, count_bodies, say, start, three_hosts, wait_for_convergence};
 
 const ELECTION: Duration = Duration::from_secs(20);
 
