@@ -186,18 +186,7 @@ impl Outbox {
 /// that a message is never sent by two at once (harmless, the server would recognize the
 /// second, but the person would be told twice).
 pub fn delivery_lock(outbox_path: &Path) -> Result<std::fs::File> {
-    let lock_path = outbox_path.with_extension("sqlite.lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("cannot open the outbox lock {}", lock_path.display()))?;
-    if lock.try_lock().is_err() {
-        eprintln!("waiting for another chorus command that is delivering the outbox ({})", lock_path.display());
-        lock.lock().with_context(|| format!("cannot lock {}", lock_path.display()))?;
-    }
-    Ok(lock)
+    super::session_file::lock_file(&outbox_path.with_extension("sqlite.lock"), "the outbox (delivering it)")
 }
 
 #[cfg(test)]

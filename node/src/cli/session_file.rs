@@ -183,16 +183,24 @@ pub fn save(path: &Path, session: &SavedSession) -> Result<()> {
 /// under it, so that concurrent `chorus` commands never hand out one sequence twice nor
 /// write over one another's changes.
 fn lock(path: &Path) -> Result<std::fs::File> {
-    let lock_path = path.with_extension("json.lock");
+    lock_file(&path.with_extension("json.lock"), "the session")
+}
+
+/// An exclusive lock of the file at `lock_path` (made if missing), held until dropped;
+/// when another process holds it, says that this one waits for `what`.
+pub fn lock_file(lock_path: &Path, what: &str) -> Result<std::fs::File> {
     let parent = lock_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("cannot open the session lock {}", lock_path.display()))?;
-    lock.lock().with_context(|| format!("cannot lock {}", lock_path.display()))?;
+        .open(lock_path)
+        .with_context(|| format!("cannot open the lock {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        eprintln!("waiting for another chorus command that holds {what} ({})", lock_path.display());
+        lock.lock().with_context(|| format!("cannot lock {}", lock_path.display()))?;
+    }
     Ok(lock)
 }
 
