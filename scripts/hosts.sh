@@ -15,7 +15,8 @@
 #   scripts/hosts.sh sweep [--all]   remove hosts (and their processes) that a killed run
 #                                    left behind; --all: every chorus-hosts host.
 #   scripts/hosts.sh install-tools   install what the hosts need (iproute2, nftables,
-#                                    iptables) where missing; scripts/test.sh runs it.
+#                                    iptables; openssh and systemd-analyze for the deploy
+#                                    test) where missing; scripts/test.sh runs it.
 #   scripts/hosts.sh sweep-orphans   remove the hosts of runs that are gone, without
 #                                    building anything; scripts/test.sh runs it first.
 set -euo pipefail
@@ -27,11 +28,27 @@ install_tools() {
     command -v ip > /dev/null || missing+=(iproute2)
     command -v nft > /dev/null || missing+=(nftables)
     command -v iptables > /dev/null || missing+=(iptables)
+    # scripts/deploy.sh's test: an sshd on each host, ssh and scp from the operator's host,
+    # and systemd-analyze to check the unit (systemd is not started: the package alone).
+    [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+    command -v ssh > /dev/null || missing+=(openssh-client)
+    command -v systemd-analyze > /dev/null || missing+=(systemd)
     if [ "${#missing[@]}" -eq 0 ]; then
         return 0
     fi
     if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" > /dev/null
+        # Packages with services (openssh-server) must not start them on this machine: a
+        # policy-rc.d that refuses every start, for the length of the install.
+        local policy=/usr/sbin/policy-rc.d made_policy=""
+        if [ ! -e "$policy" ]; then
+            printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 0755 "$policy" && made_policy=1
+        fi
+        local status=0
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" > /dev/null || status=$?
+        if [ -n "$made_policy" ]; then
+            rm -f "$policy"
+        fi
+        return "$status"
     else
         echo "hosts.sh: the test hosts need ${missing[*]}: install them (as root)" >&2
         return 1

@@ -72,6 +72,7 @@ pub fn open_database(path: &Path, sharing: Sharing) -> Result<Connection, Sqlite
     #[cfg(madsim)]
     conn.pragma_update(None, "synchronous", "OFF").map_err(not_a_database)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(not_a_database)?;
+    plan_once_per_statement(&conn).map_err(not_a_database)?;
     // A WAL that grew while readers held back checkpoints (a long digest, a burst of
     // queries) is cut back to this once a checkpoint gets through, instead of keeping its
     // largest size on disk for good.
@@ -100,7 +101,22 @@ pub fn open_read_only(path: &Path) -> Result<Connection, SqliteError> {
         });
     }
     conn.busy_timeout(BUSY_TIMEOUT).map_err(not_a_database)?;
+    plan_once_per_statement(&conn).map_err(not_a_database)?;
     Ok(conn)
+}
+
+/// Turns on SQLite's query planner stability guarantee: a cached statement keeps the plan
+/// it was prepared with, whatever values are later bound to it. Without it, a statement
+/// whose plan could depend on a bound value (`username GLOB ?`, where SQLite would derive
+/// a range from the pattern) is marked expired at every bind and compiled again at its next
+/// step, so that listing accounts re-parsed and re-planned its query on every call: half the
+/// CPU of a query-heavy run. The queries bound their ranges themselves, so the value-derived
+/// plans bought nothing.
+fn plan_once_per_statement(conn: &Connection) -> rusqlite::Result<()> {
+    use rusqlite::config::DbConfig;
+    let on = conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    assert!(on, "SQLite refused the query planner stability guarantee");
+    Ok(())
 }
 
 /// Brings a database's schema up to `migrations.len()`, running `migrations[v]` to go from
@@ -159,6 +175,29 @@ mod tests {
         drop(snapshot);
         assert_eq!(count(&reader), 2);
         assert!(reader.execute("INSERT INTO t VALUES (3)", []).is_err(), "readers cannot write");
+    }
+
+    /// A cached statement is compiled once, whatever is bound to it later, on writer and
+    /// reader connections alike: a `GLOB ?` pattern used to recompile it at every bind.
+    #[test]
+    fn statements_are_not_recompiled_for_new_bound_values() {
+        use rusqlite::StatementStatus;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        let writer = open_database(&path, Sharing::WithReaders).unwrap();
+        writer
+            .execute_batch("CREATE TABLE t (name TEXT PRIMARY KEY); INSERT INTO t VALUES ('alice'), ('bob'), ('al');")
+            .unwrap();
+        let reader = open_read_only(&path).unwrap();
+        for conn in [&writer, &reader] {
+            let query = "SELECT count(*) FROM t WHERE name >= ?1 AND name GLOB ?2";
+            for (from, pattern, expected) in [("a", "a*", 2), ("", "*b", 1), ("b", "?o?", 1), ("", "zz*", 0)] {
+                let mut statement = conn.prepare_cached(query).unwrap();
+                let count: i64 = statement.query_row((from, pattern), |r| r.get(0)).unwrap();
+                assert_eq!(count, expected, "{pattern}");
+                assert_eq!(statement.get_status(StatementStatus::RePrepare), 0, "recompiled for {pattern}");
+            }
+        }
     }
 
     #[test]

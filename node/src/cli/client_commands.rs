@@ -244,6 +244,9 @@ async fn run_verb(options: &ClientOptions, verb: Verb) -> Result<()> {
             }
         }
         Verb::Cluster(super::ClusterVerb::Status) => super::cluster_status::print(&mut client).await?,
+        Verb::Cluster(super::ClusterVerb::Health { wait }) => {
+            super::cluster_status::health(&mut client, std::time::Duration::from_secs(wait)).await?
+        }
         Verb::Node(_) | Verb::Demo(_) | Verb::Certs(_) => unreachable!("not a client verb"),
     }
     Ok(())

@@ -185,6 +185,13 @@ pub enum ClusterVerb {
     /// Each member's role, term, leader, commit and applied index, and the leader's view of
     /// its followers; unreachable members are marked.
     Status,
+    /// Whether every member answers, follows one leader and is caught up with it: prints
+    /// `healthy: leader N, …` (exit 0), or every problem found (exit 1).
+    Health {
+        /// Keep asking for up to this many seconds until the cluster is healthy.
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -51,6 +51,10 @@ pub struct NodeArgs {
     /// rejoin as the voter it was (it could make the cluster lose acknowledged writes).
     #[arg(long)]
     pub bootstrap: bool,
+    /// With --bootstrap: initialize the empty data directory and exit without serving (what
+    /// an installer runs once, so that the service itself never starts with --bootstrap).
+    #[arg(long, requires = "bootstrap")]
+    pub init_only: bool,
     /// Directory of the cluster's TLS files: ca.pem, and this node's node-ID.pem and
     /// node-ID.key (`chorus certs`). Required unless --insecure. SIGHUP reloads them.
     #[arg(long, env = "CHORUS_CERTS")]
@@ -68,6 +72,15 @@ pub fn run(args: NodeArgs, insecure: bool) -> Result<()> {
     let security = security(&args, insecure)?;
     let config = node_config(&args, security.clone())?;
     let node_id = config.node_id;
+    if args.init_only {
+        chorus::node::initialize_data_dir(&config)?;
+        println!(
+            "initialized {} for member {node_id} of cluster '{}'; start the node without --bootstrap",
+            config.data_dir.display(),
+            config.cluster.cluster_id
+        );
+        return Ok(());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     // Installed before the node starts: a SIGHUP's default action would kill it.
     let hangups = {

@@ -5,4 +5,7 @@
 
 mod run;
 
-pub use run::{BoundAddresses, CLIENT_STREAMS_PER_CONNECTION_MAX, NodeConfig, NodeError, NodeSecurity, run_node};
+pub use run::{
+    BoundAddresses, CLIENT_STREAMS_PER_CONNECTION_MAX, NodeConfig, NodeError, NodeSecurity, initialize_data_dir,
+    run_node,
+};

@@ -145,6 +145,33 @@ pub async fn run_node(
     serve(config, shutdown, on_ready, span.clone()).instrument(span).await
 }
 
+/// Opens the data directory, its chat state and its replication log as the node's start
+/// would, and closes them: with `bootstrap`, an empty directory is initialized (and one that
+/// holds data refused), as `run_node` would do, without serving anything.
+pub fn initialize_data_dir(config: &NodeConfig) -> Result<(), NodeError> {
+    let data_dir = DataDir::open(&config.data_dir)?;
+    let (store, _chat) = open_storage(config, &data_dir)?;
+    drop(store);
+    Ok(())
+}
+
+/// The data directory's two databases, the log opened as `config.bootstrap` says.
+fn open_storage(config: &NodeConfig, data_dir: &DataDir) -> Result<(Box<dyn LogStore>, Arc<ChatState>), NodeError> {
+    let cluster = &config.cluster;
+    let chat = ChatState::new(ChatStateMachine::open(&data_dir.chat_database())?)?;
+    let identity = ClusterIdentity {
+        cluster_id: cluster.cluster_id.clone(),
+        node_id: config.node_id,
+        members: cluster.member_ids(),
+    };
+    let creation = if config.bootstrap { Creation::Bootstrap } else { Creation::MemberOfExisting };
+    let store: Box<dyn LogStore> = match &config.log_store {
+        Some(open) => open(&identity, creation)?,
+        None => Box::new(SqliteLog::open(&data_dir.raft_database(), &identity, creation)?),
+    };
+    Ok((store, chat))
+}
+
 async fn serve(
     config: NodeConfig,
     shutdown: impl Future<Output = ()> + Send,
@@ -154,13 +181,7 @@ async fn serve(
     let node_id = config.node_id;
     let cluster = &config.cluster;
     let data_dir = DataDir::open(&config.data_dir)?;
-    let chat = ChatState::new(ChatStateMachine::open(&data_dir.chat_database())?)?;
-    let identity = ClusterIdentity { cluster_id: cluster.cluster_id.clone(), node_id, members: cluster.member_ids() };
-    let creation = if config.bootstrap { Creation::Bootstrap } else { Creation::MemberOfExisting };
-    let store: Box<dyn LogStore> = match &config.log_store {
-        Some(open) => open(&identity, creation)?,
-        None => Box::new(SqliteLog::open(&data_dir.raft_database(), &identity, creation)?),
-    };
+    let (store, chat) = open_storage(&config, &data_dir)?;
     let log = SharedLog::new(store);
     tracing::info!(
         cluster = %cluster.cluster_id,

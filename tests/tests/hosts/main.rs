@@ -5,6 +5,7 @@
 mod common;
 
 mod assignment_demos;
+mod deploy_over_ssh;
 mod network_faults;
 mod offline_outbox;
 mod real_nemesis;

@@ -25,6 +25,22 @@ pub fn hosts_available(test: &str) -> bool {
     false
 }
 
+/// Whether the program at `path` is installed: `false` (after a SKIPPED line) only where
+/// the test script did not require the multi-host tests (it installs what they need).
+pub fn tool_available(test: &str, path: &str) -> bool {
+    if std::path::Path::new(path).is_file() {
+        return true;
+    }
+    if std::env::var_os(REQUIRED).is_some() {
+        panic!(
+            "{test}: {path} is required here ({REQUIRED} is set; scripts/hosts.sh install-tools installs it) but missing"
+        );
+    }
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {path} is not installed");
+    false
+}
+
 pub fn delay_program() -> Option<PathBuf> {
     Some(PathBuf::from(HOSTS_BINARY))
 }
