@@ -64,6 +64,8 @@ esac
 
 hosts_file="" state_dir="deploy-state" cluster_id="chorus" binary="" local_chorus="" ssh_config="" service="systemd"
 user="" client_port=7001 peer_port=7101 wait_secs=60
+# How long a restarted member must stay up and the cluster healthy before the next goes.
+settle_secs=3
 while [ $# -gt 0 ]; do
     [ $# -ge 2 ] || die "$1 needs a value"
     case "$1" in
@@ -93,16 +95,18 @@ done
 
 # The members: parallel arrays, in the file's order.
 ids=() dests=() addresses=() roots=()
-while read -r id dest address root extra; do
+# (`|| [ -n … ]`: a last line without its newline is a member too.)
+while read -r id dest address root extra || [ -n "${id:-}" ]; do
     [ -n "${id:-}" ] || continue
     case "$id" in \#*) continue ;; esac
     [ -z "${extra:-}" ] || die "$hosts_file: '$id $dest $address $root $extra': at most four fields"
     [[ "$id" =~ ^[1-9][0-9]{0,8}$ ]] || die "$hosts_file: member id '$id' must be a positive number"
     [ -n "${address:-}" ] || die "$hosts_file: member $id needs 'ID SSH_DESTINATION ADDRESS [ROOT]'"
-    [[ "$address" =~ ^[A-Za-z0-9.:-]+$ ]] || die "$hosts_file: member $id: '$address' is not a host name or IP address"
+    [[ "$address" =~ ^[A-Za-z0-9.-]+$ ]] ||
+        die "$hosts_file: member $id: '$address' is not a host name or IPv4 address (for IPv6, use a DNS name)"
     root=${root:-/}
     [[ "$root" =~ ^/[A-Za-z0-9/._-]*$ ]] || die "$hosts_file: member $id: ROOT '$root' must be an absolute path of plain characters"
-    root=${root%/}
+    [ "$root" = / ] || root=${root%/}
     for seen in "${ids[@]}"; do
         [ "$seen" != "$id" ] || die "$hosts_file: member $id is listed twice"
     done
@@ -113,22 +117,38 @@ done < "$hosts_file"
 ssh_options=(-o BatchMode=yes -o ConnectTimeout=10)
 [ -z "$ssh_config" ] || ssh_options=(-F "$ssh_config" "${ssh_options[@]}")
 
-# remote.sh VERB ROOT ARGS… on member number $1 (an index into the arrays).
+# remote.sh VERB ROOT ARGS… on member number $1 (an index into the arrays). ssh joins its
+# arguments into one command line for the remote shell, so each is quoted here (an empty
+# one would vanish, a space would split one in two).
 on() {
     local index=$1
     shift
-    ssh "${ssh_options[@]}" "${dests[$index]}" bash -s -- "$1" "${roots[$index]}" "${@:2}" < "$remote_script"
+    local command
+    command="bash -s -- $(printf '%q ' "$1" "${roots[$index]}" "${@:2}")"
+    ssh "${ssh_options[@]}" "${dests[$index]}" "$command" < "$remote_script"
+}
+
+# Member $1's install prefix as a path prefix ("" for /).
+prefix() {
+    echo "${roots[$1]%/}"
 }
 
 # Copies files into member $1's staging directory (remote.sh moves them into place).
 copy_to() {
     local index=$1
     shift
-    scp -q "${ssh_options[@]}" "$@" "${dests[$index]}:${roots[$index]}/var/tmp/chorus-deploy/"
+    scp -q "${ssh_options[@]}" "$@" "${dests[$index]}:$(prefix "$index")/var/lib/chorus-deploy/"
 }
 
-copy_binary_to() {
-    scp -q "${ssh_options[@]}" "$binary" "${dests[$1]}:${roots[$1]}/var/tmp/chorus-deploy/chorus"
+# The binary to member $1, checked to run there, beside the installed one.
+stage_binary_on() {
+    scp -q "${ssh_options[@]}" "$binary" "${dests[$1]}:$(prefix "$1")/var/lib/chorus-deploy/chorus"
+    on "$1" stage-binary
+}
+
+# Whether member $1's node runs.
+running() {
+    case "$(on "$1" state "$service")" in running*) return 0 ;; *) return 1 ;; esac
 }
 
 say() {
@@ -214,7 +234,7 @@ write_cluster_config() {
             echo "id = ${ids[$i]}"
             echo "peer_address = \"${addresses[$i]}:$peer_port\""
             echo "client_address = \"${addresses[$i]}:$client_port\""
-            echo "data_dir = \"${roots[$i]}/var/lib/chorus\""
+            echo "data_dir = \"$(prefix "$i")/var/lib/chorus\""
         done
     } > "$file.new"
     mv -f "$file.new" "$file"
@@ -233,18 +253,15 @@ verb_install() {
         say "$state_dir belongs to cluster '$recorded': installing that (not '$cluster_id')"
         cluster_id=$recorded
     fi
-    make_certificates
-    write_cluster_config
-    local users=() states=() empty=0
+    # First, before anything is changed anywhere: a new cluster starts from empty data
+    # directories only, and an installed one keeps its data. Anything in between is a
+    # member whose data was lost, which must not come back as the voter it was (it could
+    # make the cluster lose acknowledged writes).
+    local states=() empty=0
     for i in "${!ids[@]}"; do
-        users[i]=$(service_user "$i")
-        on "$i" prepare "${users[$i]}" "$service"
         states[i]=$(on "$i" data)
         [ "${states[$i]}" != empty ] || empty=$((empty + 1))
     done
-    # A new cluster starts from empty data directories only; an installed one keeps its
-    # data. Anything in between is a member whose data was lost, which must not come back
-    # as the voter it was (it could make the cluster lose acknowledged writes).
     if [ "$empty" -ne 0 ] && [ "$empty" -ne "${#ids[@]}" ]; then
         local lost=() held=()
         for i in "${!ids[@]}"; do
@@ -252,22 +269,37 @@ verb_install() {
         done
         die "members ${held[*]} hold data but members ${lost[*]} have empty data directories: the cluster exists, and a member whose data was lost must not rejoin as the voter it was. Put its data back, or replace it as a new member (docs/deploy.md, 'When a machine is lost'). Nothing was changed on any machine."
     fi
+    make_certificates
+    write_cluster_config
+    # Files to every machine before any member is initialized or started, so that a copy
+    # that fails leaves no member half made.
+    local users=()
     for i in "${!ids[@]}"; do
         local id=${ids[$i]} rendered
+        users[i]=$(service_user "$i")
+        on "$i" prepare "${users[$i]}" "$service"
         rendered=$(mktemp -d)
-        sed -e "s#@ROOT@#${roots[$i]}#g" -e "s#@ID@#$id#g" -e "s#@USER@#${users[$i]}#g" "$unit_template" \
+        sed -e "s#@ROOT@#$(prefix "$i")#g" -e "s#@ID@#$id#g" -e "s#@USER@#${users[$i]}#g" "$unit_template" \
             > "$rendered/chorus.service"
         copy_to "$i" "$state_dir/cluster.toml" "$rendered/chorus.service" "$certs/ca.pem" "$certs/node-$id.pem" \
             "$certs/node-$id.key"
         rm -rf "$rendered"
-        copy_binary_to "$i"
         on "$i" place "${users[$i]}" "$id"
-        on "$i" place-binary
-        if [ "$empty" -ne 0 ]; then
-            on "$i" init "${users[$i]}" "$id"
+        # A running member keeps its binary: a new build reaches it through `upgrade`,
+        # one member at a time, never at its next crash or reboot.
+        if running "$i"; then
+            say "member $id: installed on ${dests[$i]} (it runs: its binary is left for \`upgrade\`)"
+        else
+            stage_binary_on "$i"
+            on "$i" place-binary
+            say "member $id: installed on ${dests[$i]}$([ "${roots[$i]}" = / ] || echo " under ${roots[$i]}")"
         fi
-        say "member $id: installed on ${dests[$i]}${roots[$i]:+ under ${roots[$i]}}"
     done
+    if [ "$empty" -ne 0 ]; then
+        for i in "${!ids[@]}"; do
+            on "$i" init "${users[$i]}" "${ids[$i]}"
+        done
+    fi
     for i in "${!ids[@]}"; do
         on "$i" start "$service"
     done
@@ -308,24 +340,34 @@ verb_stop() {
     done
 }
 
+# The pid member $1's node runs as ("" when stopped).
+node_pid() {
+    on "$1" state "$service" | sed -n 's/^running (pid \([0-9]*\))$/\1/p'
+}
+
 verb_upgrade() {
     local leader_id i
     verb_health > /dev/null || die "the cluster is not healthy: fix that before an upgrade takes a member down ($(operator cluster health 2>&1 || true))"
     leader_id=$(leader)
-    # The new binary reaches every machine before any member stops: a copy that fails
-    # leaves the whole cluster as it was.
+    say "upgrade: one member at a time, the leader (member $leader_id) last"
+    # The new binary reaches every machine, and is seen to run there, before any member
+    # stops: a copy that fails, or a build for another machine, leaves the cluster as it was.
     for i in "${!ids[@]}"; do
-        copy_binary_to "$i"
+        stage_binary_on "$i"
     done
     for i in $(in_stop_order "$leader_id"); do
-        local id=${ids[$i]}
+        local id=${ids[$i]} pid
         on "$i" stop "$service"
         on "$i" place-binary
         if ! on "$i" start "$service"; then
             die "upgrade stopped: member $id did not start on the new binary (above); the members after it still run the old binary"
         fi
-        if ! operator cluster health --wait "$wait_secs" > /dev/null 2>&1; then
-            die "upgrade stopped: after member $id restarted on the new binary the cluster was not healthy within ${wait_secs}s ($(operator cluster health 2>&1 || true)); the members after it still run the old binary"
+        pid=$(node_pid "$i")
+        # Healthy, and still so a few seconds later with the same process: a build that
+        # answers once and then falls over must not let the next member go down.
+        if ! operator cluster health --wait "$wait_secs" > /dev/null 2>&1 || ! sleep "$settle_secs" ||
+            [ "$(node_pid "$i")" != "$pid" ] || ! operator cluster health > /dev/null 2>&1; then
+            die "upgrade stopped: after member $id restarted on the new binary the cluster was not healthy within ${wait_secs}s, or did not stay so ($(operator cluster health 2>&1 || true)); the members after it still run the old binary"
         fi
         say "member $id: upgraded and caught up"
     done

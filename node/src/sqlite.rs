@@ -20,6 +20,8 @@ pub enum SqliteError {
     SchemaTooNew { path: PathBuf, found: i64, supported: i64 },
     #[error("database {path} failed its integrity check: {detail}")]
     Corrupt { path: PathBuf, detail: String },
+    #[error("database {path}: {detail}")]
+    Setting { path: PathBuf, detail: String },
     #[error("cannot upgrade the schema of {path} to version {version}: {source}")]
     Migrate { path: PathBuf, version: i64, source: rusqlite::Error },
 }
@@ -72,7 +74,7 @@ pub fn open_database(path: &Path, sharing: Sharing) -> Result<Connection, Sqlite
     #[cfg(madsim)]
     conn.pragma_update(None, "synchronous", "OFF").map_err(not_a_database)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(not_a_database)?;
-    plan_once_per_statement(&conn).map_err(not_a_database)?;
+    plan_once_per_statement(&conn, path)?;
     // A WAL that grew while readers held back checkpoints (a long digest, a burst of
     // queries) is cut back to this once a checkpoint gets through, instead of keeping its
     // largest size on disk for good.
@@ -101,7 +103,7 @@ pub fn open_read_only(path: &Path) -> Result<Connection, SqliteError> {
         });
     }
     conn.busy_timeout(BUSY_TIMEOUT).map_err(not_a_database)?;
-    plan_once_per_statement(&conn).map_err(not_a_database)?;
+    plan_once_per_statement(&conn, path)?;
     Ok(conn)
 }
 
@@ -112,11 +114,14 @@ pub fn open_read_only(path: &Path) -> Result<Connection, SqliteError> {
 /// step, so that listing accounts re-parsed and re-planned its query on every call: half the
 /// CPU of a query-heavy run. The queries bound their ranges themselves, so the value-derived
 /// plans bought nothing.
-fn plan_once_per_statement(conn: &Connection) -> rusqlite::Result<()> {
+fn plan_once_per_statement(conn: &Connection, path: &Path) -> Result<(), SqliteError> {
     use rusqlite::config::DbConfig;
-    let on = conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
-    assert!(on, "SQLite refused the query planner stability guarantee");
-    Ok(())
+    let refused = |detail: String| SqliteError::Setting { path: path.to_owned(), detail };
+    match conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(refused("SQLite left the query planner stability guarantee off".to_owned())),
+        Err(error) => Err(refused(format!("cannot turn on the query planner stability guarantee: {error}"))),
+    }
 }
 
 /// Brings a database's schema up to `migrations.len()`, running `migrations[v]` to go from

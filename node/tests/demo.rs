@@ -148,9 +148,14 @@ fn demo_cluster_survives_two_failures_refuses_writes_without_a_majority_and_reco
     // A third: no majority, so no write may succeed.
     let third = (1..=5).find(|n| *n != leader && *n != second).unwrap();
     shell.run(&format!("kill {third}"), "killed (SIGKILL)");
-    shell.run("send bob with three down", "error: cluster unreachable: no majority");
+    // The send is not lost: it waits in alice's outbox, on disk.
+    shell.run("send bob with three down", "queued: cluster unreachable: no majority");
+    shell.run("outbox", "alice -> bob: with three down");
     shell.run(&format!("restart {third}"), &format!("node {third} up on 127.0.0.1:"));
-    shell.run("send bob back to a majority", "sent message");
+    // The next send delivers it first, then goes itself.
+    shell.run("send bob back to a majority", "delivered outbox message");
+    shell.expect("sent message");
+    shell.run("outbox", "the outbox is empty");
     shell.run(&format!("restart {leader}"), "up on 127.0.0.1:");
     shell.run(&format!("restart {second}"), "up on 127.0.0.1:");
     let new_leader = shell.status_row_with_role("leader");
@@ -160,6 +165,7 @@ fn demo_cluster_survives_two_failures_refuses_writes_without_a_majority_and_reco
     shell.run("read", "alice -> bob: hello from alice");
     shell.expect("alice -> bob: after the leader died");
     shell.expect("alice -> bob: with two down");
+    shell.expect("alice -> bob: with three down");
     shell.expect("alice -> bob: back to a majority");
     shell.run("history alice", "#");
     shell.run("users", "alice bob");
@@ -169,10 +175,18 @@ fn demo_cluster_survives_two_failures_refuses_writes_without_a_majority_and_reco
     shell.expect("all nodes stopped");
     let status = shell.child.wait().unwrap();
     assert!(status.success());
-    // "with three down" was refused with "may or may not have taken effect": it sat in the
-    // leader's log and may commit once a majority is back. What must never happen is a
-    // success reported without a majority, which the refusal above rules out.
+    // "with three down" may have sat in the old leader's log and committed once a majority
+    // was back, and was delivered from the outbox too: under the same number, so stored
+    // once. What must never happen is a success reported without a majority (the send
+    // above was queued instead) or a second copy.
     let transcript = shell.transcript.join("\n");
+    let read_from = shell.transcript.iter().position(|line| line.ends_with("> read")).unwrap();
+    let read_to = shell.transcript.iter().position(|line| line.ends_with("> history alice")).unwrap();
+    let stored = shell.transcript[read_from..read_to]
+        .iter()
+        .filter(|line| line.starts_with('#') && line.ends_with(": with three down"))
+        .count();
+    assert_eq!(stored, 1, "bob reads the queued message once:\n{transcript}");
     for tag in ["#1 ", "#2 "] {
         let watched =
             shell.transcript.iter().filter(|line| line.starts_with("[watch bob]") && line.contains(tag)).count();

@@ -7,7 +7,8 @@
 #   ROOT/etc/chorus/certs/                 ca.pem, node-ID.pem, node-ID.key (readable by USER only)
 #   ROOT/etc/systemd/system/chorus.service the unit
 #   ROOT/var/lib/chorus/                   the data directory (USER's, mode 0700)
-#   ROOT/var/tmp/chorus-deploy/            files on their way in (scp writes here first)
+#   ROOT/var/lib/chorus-deploy/            files on their way in (scp writes here first;
+#                                          the deploying user's own, mode 0700)
 #   ROOT/run/chorus/                       the supervisor's pid files and the node's log
 #                                          (--service supervise only)
 #
@@ -15,9 +16,12 @@
 # restart loop of this script's own, for machines without systemd as PID 1):
 #   prepare ROOT USER SERVICE   make the directories (and, for systemd, the user)
 #   data ROOT                   print "empty" or "holds data" for the data directory
+#                               (absent counts as empty)
 #   place ROOT USER ID          move the staged configuration, certificates and unit in
-#   place-binary ROOT           move the staged binary in (one rename: a running node keeps
-#                               the old file until it restarts)
+#   stage-binary ROOT           check that the copied binary runs here, and put it beside
+#                               its place (ROOT/usr/local/bin/.chorus.new)
+#   place-binary ROOT           rename the staged binary over the installed one (atomic: a
+#                               running node keeps the old file until it restarts)
 #   init ROOT USER ID           initialize the empty data directory (chorus node --bootstrap
 #                               --init-only), as USER
 #   start ROOT SERVICE          start the node (and enable it at boot, for systemd)
@@ -39,8 +43,9 @@ paths() {
     etc="$root/etc/chorus"
     unit="$root/etc/systemd/system/chorus.service"
     data="$root/var/lib/chorus"
-    staging="$root/var/tmp/chorus-deploy"
+    staging="$root/var/lib/chorus-deploy"
     run="$root/run/chorus"
+    staged_bin="$root/usr/local/bin/.chorus.new"
 }
 
 need_systemd_root() {
@@ -69,7 +74,14 @@ prepare() {
         fi
     fi
     id "$user" > /dev/null 2>&1 || die "user $user does not exist here"
-    mkdir -p "$root/usr/local/bin" "$etc/certs" "$root/etc/systemd/system" "$data" "$staging"
+    mkdir -p "$root/usr/local/bin" "$etc/certs" "$root/etc/systemd/system" "$data"
+    # Keys and the binary pass through here: a directory someone else made (or a symlink
+    # they planted) would let them read a key or swap the binary before it is installed.
+    if [ -L "$staging" ]; then
+        die "$staging is a symbolic link: remove it"
+    fi
+    mkdir -p -m 0700 "$staging"
+    [ -O "$staging" ] || die "$staging belongs to someone else: remove it"
     chmod 0700 "$staging"
     # The data directory holds every message: its user's alone.
     chown "$user:" "$data"
@@ -80,8 +92,14 @@ prepare() {
 }
 
 data() {
-    [ -d "$data" ] || die "$data does not exist: run install first"
-    if [ -z "$(ls -A "$data")" ]; then
+    if [ ! -e "$data" ]; then
+        echo "empty"
+        return
+    fi
+    local first
+    # A file system's own lost+found is not data; a listing that fails is not "empty".
+    first=$(find "$data" -mindepth 1 -maxdepth 1 ! -name lost+found -print -quit) || die "cannot list $data"
+    if [ -z "$first" ]; then
         echo "empty"
     else
         echo "holds data"
@@ -112,16 +130,25 @@ place() {
     rm -f "$staging/cluster.toml" "$staging/chorus.service" "$staging/ca.pem" "$staging/node-$id.pem" "$staging/node-$id.key"
 }
 
-place_binary() {
+stage_binary() {
     [ -f "$staging/chorus" ] || die "$staging/chorus was not copied"
-    chmod 0755 "$staging/chorus"
-    "$staging/chorus" --version > /dev/null || die "the new binary does not run on this machine"
-    mv -f "$staging/chorus" "$bin"
+    # Copied beside its place, so that placing it is one rename on one file system.
+    install -m 0755 "$staging/chorus" "$staged_bin"
+    rm -f "$staging/chorus"
+    "$staged_bin" --version > /dev/null || die "the new binary does not run on this machine"
+}
+
+place_binary() {
+    [ -f "$staged_bin" ] || die "no binary is staged: stage-binary first"
+    mv -f "$staged_bin" "$bin"
 }
 
 init() {
-    local user=$2 id=$3
-    [ "$(data "$root")" = empty ] || die "$data holds data: it is initialized already"
+    local user=$2 id=$3 state
+    state=$(data)
+    [ "$state" = empty ] || die "$data holds data: it is initialized already"
+    # The databases are the node's alone, as under the unit's UMask.
+    umask 077
     as_user "$user" "$bin" node --id "$id" --config "$etc/cluster.toml" --certs "$etc/certs" --bootstrap --init-only
 }
 
@@ -133,6 +160,7 @@ supervise() {
     command=$(sed -n 's/^ExecStart=//p' "$unit")
     restart_secs=$(sed -n 's/^RestartSec=//p' "$unit")
     [ -n "$command" ] || die "$unit has no ExecStart"
+    umask 077 # as the unit's UMask: the node's files are its own
     echo "$$" > "$run/supervisor.pid"
     trap 'stopping=1; if [ -n "$child" ]; then kill -TERM "$child" 2> /dev/null || true; fi' TERM INT
     set -f # the command is split on spaces, never globbed
@@ -141,6 +169,10 @@ supervise() {
         $command >> "$run/node.log" 2>&1 < /dev/null &
         child=$!
         echo "$child" > "$run/node.pid"
+        # A stop that came between the spawn and `child` being set reached no node.
+        if [ "$stopping" = 1 ]; then
+            kill -TERM "$child" 2> /dev/null || true
+        fi
         # A trapped signal interrupts `wait`: wait again until the node itself has exited.
         rc=0
         wait "$child" || rc=$?
@@ -160,9 +192,16 @@ supervise() {
     rm -f "$run/supervisor.pid"
 }
 
+# Whether the process a pid file names runs, and is what the file is for (`what`, a word
+# of its command line): a pid file left by a reboot or a SIGKILL may name a pid reused since
+# by an unrelated process, which must never be taken for the node, nor signalled.
 alive() {
-    local file=$1
-    [ -f "$file" ] && kill -0 "$(cat "$file")" 2> /dev/null
+    local file=$1 what=$2 pid
+    [ -f "$file" ] || return 1
+    pid=$(cat "$file")
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    [ -r "/proc/$pid/cmdline" ] || return 1
+    tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q -- "$what"
 }
 
 start() {
@@ -174,14 +213,17 @@ start() {
         systemctl enable --now chorus.service
         return
     fi
-    if alive "$run/supervisor.pid"; then
+    if alive "$run/supervisor.pid" supervise; then
         echo "already running"
         return
+    fi
+    if alive "$run/node.pid" "$bin"; then
+        die "a node runs without its supervisor (pid $(cat "$run/node.pid")): stop it (kill -TERM) before starting"
     fi
     setsid bash -c "$(declare -f die supervise paths); paths '$root'; supervise" > /dev/null 2>&1 < /dev/null &
     # Started once the node has a pid.
     for _ in $(seq 50); do
-        if alive "$run/node.pid"; then
+        if alive "$run/node.pid" "$bin"; then
             return
         fi
         sleep 0.1
@@ -196,19 +238,22 @@ stop() {
         systemctl stop chorus.service
         return
     fi
-    if ! alive "$run/supervisor.pid"; then
+    if ! alive "$run/supervisor.pid" supervise; then
+        if alive "$run/node.pid" "$bin"; then
+            die "a node runs without its supervisor (pid $(cat "$run/node.pid")): stop it by hand"
+        fi
         echo "not running"
         return
     fi
     kill -TERM "$(cat "$run/supervisor.pid")"
     for _ in $(seq $((STOP_WAIT_SECS * 10))); do
-        if ! alive "$run/supervisor.pid"; then
+        if ! alive "$run/supervisor.pid" supervise; then
             return
         fi
         sleep 0.1
     done
     # As systemd does after TimeoutStopSec.
-    if alive "$run/node.pid"; then
+    if alive "$run/node.pid" "$bin"; then
         kill -KILL "$(cat "$run/node.pid")" 2> /dev/null || true
     fi
     die "the node did not stop within ${STOP_WAIT_SECS}s of SIGTERM: killed it"
@@ -225,7 +270,7 @@ state() {
         fi
         return
     fi
-    if alive "$run/node.pid"; then
+    if alive "$run/node.pid" "$bin"; then
         echo "running (pid $(cat "$run/node.pid"))"
     else
         echo "stopped"
@@ -235,12 +280,13 @@ state() {
 verb=${1:-}
 [ $# -ge 2 ] || die "usage: remote.sh VERB ROOT ARGS… (see the header)"
 shift
-# Each verb sees ROOT as $1, then its own arguments.
-paths "$1"
+# Each verb sees ROOT as $1 ("" for /), then its own arguments.
+paths "${1%/}"
 case "$verb" in
     prepare) prepare "$@" ;;
     data) data "$@" ;;
     place) place "$@" ;;
+    stage-binary) stage_binary "$@" ;;
     place-binary) place_binary "$@" ;;
     init) init "$@" ;;
     start) start "$@" ;;

@@ -34,7 +34,7 @@ macro_rules! call {
     };
 }
 
-async fn run_verb(options: &ClientOptions, verb: Verb) -> Result<()> {
+pub(super) async fn run_verb(options: &ClientOptions, verb: Verb) -> Result<()> {
     let session_path = session_file::resolve(options.session_file.as_deref())?;
     let policy =
         RetryPolicy { call_deadline: Duration::from_secs(options.timeout_secs.max(1)), ..RetryPolicy::default() };

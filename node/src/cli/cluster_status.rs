@@ -215,7 +215,10 @@ fn judge(answers: &Answers) -> Result<String, Vec<String>> {
         }
     }
     for member in leader.members.iter().filter(|m| m.id != leader.node_id) {
-        let matched = member.match_index.unwrap_or(0);
+        let Some(matched) = member.match_index else {
+            problems.push(format!("the leader does not know how much of its log member {} holds", member.id));
+            continue;
+        };
         if matched.saturating_add(CAUGHT_UP_ENTRIES) < leader.commit_index {
             problems.push(format!(
                 "member {} is behind: the leader knows it holds entries to {matched} of {} committed",
@@ -302,6 +305,9 @@ mod tests {
         let mut behind = healthy_answers();
         behind.get_mut("10.0.0.1:7001").unwrap().as_mut().unwrap().members[1].match_index = Some(399);
         assert!(problems_of(&behind).contains("member 2 is behind"), "{}", problems_of(&behind));
+        let mut unknown = healthy_answers();
+        unknown.get_mut("10.0.0.1:7001").unwrap().as_mut().unwrap().members[1].match_index = None;
+        assert!(problems_of(&unknown).contains("how much of its log member 2 holds"), "{}", problems_of(&unknown));
         let mut nearly = healthy_answers();
         nearly.get_mut("10.0.0.1:7001").unwrap().as_mut().unwrap().members[1].match_index = Some(400);
         assert!(judge(&nearly).is_ok(), "within the allowed lag");

@@ -5,17 +5,13 @@
 //! When stdin is not a terminal, the shell reads the same commands from it and echoes each
 //! one, so a script (or a test) drives the demo exactly as a person would.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use chorus::client::v1::{
-    ChangePasswordRequest, CreateAccountRequest, DeleteMessagesRequest, HistoryRequest, ListAccountsRequest,
-    LoginRequest, ReadMessagesRequest, SendMessageRequest,
-};
-use chorus::client::{ClusterClient, RetryPolicy, SendSequence, new_request_id};
+use chorus::client::v1::{ChangePasswordRequest, CreateAccountRequest, ListAccountsRequest, LoginRequest};
+use chorus::client::{ClientSecurity, ClusterClient, RetryPolicy};
 use chorus::cluster_config::{Limits, Timing};
 use chorus::supervisor::{Launch, LocalCluster};
 use clap::Args;
@@ -24,7 +20,8 @@ use rustyline::error::ReadlineError;
 use tokio::task::JoinHandle;
 
 use super::format::message_line;
-use super::rpc_error;
+use super::session_file::{self, SavedSession};
+use super::{ClientOptions, OutboxVerb, Verb, rpc_error};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -51,7 +48,10 @@ const HELP: &str = "\
 commands:
   create NAME PASSWORD   create an account
   login NAME PASSWORD    log in; later commands act as this user
-  send TO TEXT...        send a message
+  send TO TEXT...        send a message (queued in this user's outbox if no majority
+                         answers, and delivered, once, by this user's next command that
+                         reaches the cluster)
+  outbox [send|drop ID]  what waits in the outbox; deliver it now; drop a message
   read                   show unread messages and mark them read
   history [PEER]         show sent and received messages, newest first
   users [PATTERN]        list accounts ('*' and '?' wildcards)
@@ -95,8 +95,9 @@ pub fn run(args: DemoArgs, insecure: bool) -> Result<()> {
 struct Demo {
     cluster: LocalCluster,
     client: ClusterClient,
-    /// Sessions of the users logged in during this demo: token and send numbering.
-    sessions: BTreeMap<String, (String, SendSequence)>,
+    /// The user of the latest login: later commands act as them. Each user's session is
+    /// a session file in the demo's directory (`sessions/NAME.json`), as the `chorus` verbs
+    /// keep theirs, with its outbox beside it: what is queued survives the demo.
     current_user: Option<String>,
     watches: Vec<JoinHandle<()>>,
     /// Where commands come from: a line editor on a terminal, else stdin, echoed.
@@ -131,7 +132,6 @@ impl Demo {
         let mut demo = Self {
             client: ClusterClient::new(&cluster.client_addresses(), policy, cluster.client_security().clone())?,
             cluster,
-            sessions: BTreeMap::new(),
             current_user: None,
             watches: Vec::new(),
             input: Some(input),
@@ -256,39 +256,29 @@ impl Demo {
             ["login", name, password] => {
                 let response =
                     call!(login, LoginRequest { username: name.to_string(), password: password.to_string() });
-                println!("logged in as '{}': {} unread message(s)", response.username, response.unread_count);
-                self.sessions.insert(response.username.clone(), (response.token, SendSequence::new()));
-                self.current_user = Some(response.username);
+                let path = self.session_path(&response.username);
+                let saved =
+                    SavedSession::new(response.username, response.token, self.client.current_server().to_owned());
+                session_file::replace(&path, &saved)?;
+                println!("logged in as '{}': {} unread message(s)", saved.username, response.unread_count);
+                self.current_user = Some(saved.username);
             }
+            // What a session does, the `chorus` verbs do, on this user's session file: the
+            // outbox is delivered first, and a send no majority answers is queued.
             ["send", to, text @ ..] if !text.is_empty() => {
-                let (token, sends) = self.session()?;
-                let request: SendMessageRequest = sends.request(to.to_string(), text.join(" "));
-                let result = chorus::cluster_call_as!(self.client, send_message, request.clone(), token);
-                // The shell never retries a send by itself, so its answer, whatever it is,
-                // is acknowledged with the next one.
-                self.session()?.1.finish(request.sequence);
-                let response = result.map_err(|status| rpc_error(self.client.current_server(), status))?;
-                println!("sent message {} to {}", response.message_id, to.to_ascii_lowercase());
+                let body = text.iter().map(|word| word.to_string()).collect();
+                self.as_user(Verb::Send { to: to.to_string(), body, sequence: None }).await?;
             }
-            ["read"] => {
-                let request = ReadMessagesRequest { limit: 0, request_id: new_request_id() };
-                let response = call!(read_messages, request, as self.token()?);
-                if response.messages.is_empty() {
-                    println!("no unread messages");
-                }
-                for message in &response.messages {
-                    println!("{}", message_line(message));
-                }
-            }
+            ["read"] => self.as_user(Verb::Read { limit: 0 }).await?,
             ["history", peer @ ..] if peer.len() <= 1 => {
-                let request = HistoryRequest { peer: peer.first().map(|p| p.to_string()), before_id: 0, limit: 20 };
-                let response = call!(history, request, as self.token()?);
-                if response.messages.is_empty() {
-                    println!("no messages");
-                }
-                for message in &response.messages {
-                    println!("{}", message_line(message));
-                }
+                let peer = peer.first().map(|p| p.to_string());
+                self.as_user(Verb::History { peer, before: 0, limit: 20 }).await?;
+            }
+            ["outbox"] => self.as_user(Verb::Outbox { action: None }).await?,
+            ["outbox", "send"] => self.as_user(Verb::Outbox { action: Some(OutboxVerb::Send) }).await?,
+            ["outbox", "drop", ids @ ..] if !ids.is_empty() => {
+                let ids = message_ids(ids)?;
+                self.as_user(Verb::Outbox { action: Some(OutboxVerb::Drop { ids }) }).await?;
             }
             ["users", pattern @ ..] if pattern.len() <= 1 => {
                 let request = ListAccountsRequest {
@@ -301,14 +291,8 @@ impl Demo {
                 println!("{}", if names.is_empty() { "no accounts".to_owned() } else { names.join(" ") });
             }
             ["delete", ids @ ..] if !ids.is_empty() => {
-                let ids = ids
-                    .iter()
-                    .map(|id| {
-                        id.trim_start_matches('#').parse::<u64>().with_context(|| format!("'{id}' is not a message id"))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let response = call!(delete_messages, DeleteMessagesRequest { ids }, as self.token()?);
-                println!("deleted {} message(s)", response.deleted);
+                let ids = message_ids(ids)?;
+                self.as_user(Verb::Delete { ids }).await?;
             }
             ["password", old, new] => {
                 let request = ChangePasswordRequest { old_password: old.to_string(), new_password: new.to_string() };
@@ -351,16 +335,37 @@ impl Demo {
         Ok(id)
     }
 
-    fn token(&self) -> Result<String> {
-        let user = self.current_user.as_ref().context("log in first: login NAME PASSWORD")?;
-        Ok(self.sessions[user].0.clone())
+    fn session_path(&self, username: &str) -> PathBuf {
+        self.cluster.dir().join("sessions").join(format!("{username}.json"))
     }
 
-    /// The current user's token (a copy) and send numbering.
-    fn session(&mut self) -> Result<(String, &mut SendSequence)> {
+    /// The current user's session file.
+    fn current_session(&self) -> Result<PathBuf> {
         let user = self.current_user.as_ref().context("log in first: login NAME PASSWORD")?;
-        let (token, sends) = self.sessions.get_mut(user).context("log in first")?;
-        Ok((token.clone(), sends))
+        Ok(self.session_path(user))
+    }
+
+    fn token(&self) -> Result<String> {
+        Ok(session_file::load(&self.current_session()?)?.token)
+    }
+
+    /// Runs a client verb as the current user, exactly as `chorus VERB` would with this
+    /// cluster's servers and CA and the user's session file.
+    async fn as_user(&mut self, verb: Verb) -> Result<()> {
+        let (ca, insecure) = match self.cluster.client_security() {
+            ClientSecurity::Insecure => (None, true),
+            ClientSecurity::Tls { .. } => (Some(self.cluster.certs_dir().join(chorus::tls::CA_CERT_FILE)), false),
+        };
+        let options = ClientOptions {
+            servers: self.cluster.client_addresses(),
+            timeout_secs: CALL_DEADLINE.as_secs(),
+            session_file: Some(self.current_session()?),
+            ca,
+            cert: None,
+            key: None,
+            insecure,
+        };
+        super::client_commands::run_verb(&options, verb).await
     }
 
     fn stop_all(&mut self) {
@@ -472,4 +477,12 @@ impl ShellInput {
             println!("(the shell history was not saved to {}: {error})", history.display());
         }
     }
+}
+
+/// Message ids as the shell's commands take them (`12` or `#12`).
+fn message_ids(words: &[&str]) -> Result<Vec<u64>> {
+    words
+        .iter()
+        .map(|id| id.trim_start_matches('#').parse::<u64>().with_context(|| format!("'{id}' is not a message id")))
+        .collect()
 }
