@@ -33,8 +33,8 @@
 #   --service KIND     systemd (default: the unit under systemd) or supervise (the unit's
 #                      command under a restart loop of remote.sh's own, for machines
 #                      without systemd as PID 1, and for prefixes)
-#   --user NAME        the account the node runs as [chorus, made if missing; with
-#                      supervise, the ssh login's]
+#   --user NAME        the account the node runs as, with systemd [chorus, made if
+#                      missing]; under supervise the node runs as the ssh login
 #   --client-port N    the chat API's port on every machine [7001]
 #   --peer-port N      node-to-node traffic's port [7101]
 #   --wait SECS        how long health waits for the cluster to be healthy [60]
@@ -88,6 +88,10 @@ done
 [ -n "$hosts_file" ] || die "--hosts FILE is required: one line per member, 'ID SSH_DESTINATION ADDRESS [ROOT]'"
 [ -f "$hosts_file" ] || die "no hosts file at $hosts_file"
 case "$service" in systemd | supervise) ;; *) die "--service is systemd or supervise, not '$service'" ;; esac
+# The restart loop runs the node as the ssh login: another account would need a second
+# way of dropping privileges beside the unit's User=.
+[ "$service" = systemd ] || [ -z "$user" ] || die "--user goes with --service systemd: under supervise the node runs as the ssh login"
+
 for number in "$client_port" "$peer_port" "$wait_secs"; do
     [[ "$number" =~ ^[0-9]+$ ]] || die "'$number' is not a number"
 done
@@ -146,9 +150,11 @@ stage_binary_on() {
     on "$1" stage-binary
 }
 
-# Whether member $1's node runs.
+# Whether member $1's node runs (a machine that cannot say is an error, never "no").
 running() {
-    case "$(on "$1" state "$service")" in running*) return 0 ;; *) return 1 ;; esac
+    local state
+    state=$(on "$1" state "$service") || die "member ${ids[$1]}: cannot tell whether its node runs"
+    case "$state" in running*) return 0 ;; *) return 1 ;; esac
 }
 
 say() {
@@ -185,7 +191,7 @@ service_user() {
     elif [ "$service" = systemd ]; then
         echo chorus
     else
-        ssh "${ssh_options[@]}" "${dests[$1]}" id -un
+        ssh "${ssh_options[@]}" "${dests[$1]}" id -un || die "member ${ids[$1]}: cannot log in to ${dests[$1]}"
     fi
 }
 
@@ -348,7 +354,8 @@ node_pid() {
 verb_upgrade() {
     local leader_id i
     verb_health > /dev/null || die "the cluster is not healthy: fix that before an upgrade takes a member down ($(operator cluster health 2>&1 || true))"
-    leader_id=$(leader)
+    leader_id=$(leader) || true
+    [ -n "$leader_id" ] || die "no leader to be found: the cluster is not healthy enough for an upgrade"
     say "upgrade: one member at a time, the leader (member $leader_id) last"
     # The new binary reaches every machine, and is seen to run there, before any member
     # stops: a copy that fails, or a build for another machine, leaves the cluster as it was.
@@ -362,7 +369,7 @@ verb_upgrade() {
         if ! on "$i" start "$service"; then
             die "upgrade stopped: member $id did not start on the new binary (above); the members after it still run the old binary"
         fi
-        pid=$(node_pid "$i")
+        pid=$(node_pid "$i") || die "upgrade stopped: cannot tell member $id's node process after its restart"
         # Healthy, and still so a few seconds later with the same process: a build that
         # answers once and then falls over must not let the next member go down.
         if ! operator cluster health --wait "$wait_secs" > /dev/null 2>&1 || ! sleep "$settle_secs" ||

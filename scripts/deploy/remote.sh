@@ -98,7 +98,8 @@ data() {
     fi
     local first
     # A file system's own lost+found is not data; a listing that fails is not "empty".
-    first=$(find "$data" -mindepth 1 -maxdepth 1 ! -name lost+found -print -quit) || die "cannot list $data"
+    # -H: a data directory that is a symbolic link (to a volume) is listed where it points.
+    first=$(find -H "$data" -mindepth 1 -maxdepth 1 ! -name lost+found -print -quit) || die "cannot list $data"
     if [ -z "$first" ]; then
         echo "empty"
     else
@@ -161,7 +162,7 @@ supervise() {
     restart_secs=$(sed -n 's/^RestartSec=//p' "$unit")
     [ -n "$command" ] || die "$unit has no ExecStart"
     umask 077 # as the unit's UMask: the node's files are its own
-    echo "$$" > "$run/supervisor.pid"
+    echo "$$" > "$run/supervisor.pid" || die "cannot write $run/supervisor.pid"
     trap 'stopping=1; if [ -n "$child" ]; then kill -TERM "$child" 2> /dev/null || true; fi' TERM INT
     set -f # the command is split on spaces, never globbed
     while [ "$stopping" = 0 ]; do
@@ -192,16 +193,23 @@ supervise() {
     rm -f "$run/supervisor.pid"
 }
 
-# Whether the process a pid file names runs, and is what the file is for (`what`, a word
-# of its command line): a pid file left by a reboot or a SIGKILL may name a pid reused since
-# by an unrelated process, which must never be taken for the node, nor signalled.
+# The supervisor's name for itself ($0 of its shell): one per install prefix.
+supervisor_name() {
+    echo "chorus-deploy-supervisor:${root:-/}"
+}
+
+# Whether the process a pid file names runs, and is what the file is for: one word of its
+# command line is exactly `word` (the node: the installed binary's path, its program or a
+# script's interpreter's argument; the supervisor: its name). A pid file left by a reboot
+# or a SIGKILL may name a pid reused since by another process, which must never be taken
+# for the node, nor signalled.
 alive() {
-    local file=$1 what=$2 pid
+    local file=$1 word=$2 pid
     [ -f "$file" ] || return 1
     pid=$(cat "$file")
     [[ "$pid" =~ ^[0-9]+$ ]] || return 1
     [ -r "/proc/$pid/cmdline" ] || return 1
-    tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q -- "$what"
+    tr '\0' '\n' < "/proc/$pid/cmdline" 2> /dev/null | grep -qxF -- "$word"
 }
 
 start() {
@@ -213,14 +221,18 @@ start() {
         systemctl enable --now chorus.service
         return
     fi
-    if alive "$run/supervisor.pid" supervise; then
+    # /run is emptied at every boot.
+    mkdir -p "$run"
+    if alive "$run/supervisor.pid" "$(supervisor_name)"; then
         echo "already running"
         return
     fi
     if alive "$run/node.pid" "$bin"; then
         die "a node runs without its supervisor (pid $(cat "$run/node.pid")): stop it (kill -TERM) before starting"
     fi
-    setsid bash -c "$(declare -f die supervise paths); paths '$root'; supervise" > /dev/null 2>&1 < /dev/null &
+    # The detached shell's last argument (its $0) is its name, which `alive` knows it by.
+    setsid bash -c "$(declare -f die supervise paths); paths '$root'; supervise" "$(supervisor_name)" \
+        > /dev/null 2>&1 < /dev/null &
     # Started once the node has a pid.
     for _ in $(seq 50); do
         if alive "$run/node.pid" "$bin"; then
@@ -238,7 +250,7 @@ stop() {
         systemctl stop chorus.service
         return
     fi
-    if ! alive "$run/supervisor.pid" supervise; then
+    if ! alive "$run/supervisor.pid" "$(supervisor_name)"; then
         if alive "$run/node.pid" "$bin"; then
             die "a node runs without its supervisor (pid $(cat "$run/node.pid")): stop it by hand"
         fi
@@ -247,7 +259,7 @@ stop() {
     fi
     kill -TERM "$(cat "$run/supervisor.pid")"
     for _ in $(seq $((STOP_WAIT_SECS * 10))); do
-        if ! alive "$run/supervisor.pid" supervise; then
+        if ! alive "$run/supervisor.pid" "$(supervisor_name)"; then
             return
         fi
         sleep 0.1

@@ -254,6 +254,19 @@ impl Demo {
                 println!("created account '{}'", response.username);
             }
             ["login", name, password] => {
+                // What this user's earlier session queued is delivered by that session,
+                // before the new one replaces it (only the session that numbered a message
+                // may repeat it), as `chorus login` does.
+                if let Ok(canonical) = chorus::chat::validate::canonical_username(name)
+                    && self.session_path(&canonical).exists()
+                {
+                    let earlier = self.session_path(&canonical);
+                    if let Err(error) =
+                        self.run_verb_on(&earlier, Verb::Outbox { action: Some(OutboxVerb::Send) }).await
+                    {
+                        println!("note: {error:#}; the messages in the outbox stay there (`outbox`)");
+                    }
+                }
                 let response =
                     call!(login, LoginRequest { username: name.to_string(), password: password.to_string() });
                 let path = self.session_path(&response.username);
@@ -352,6 +365,12 @@ impl Demo {
     /// Runs a client verb as the current user, exactly as `chorus VERB` would with this
     /// cluster's servers and CA and the user's session file.
     async fn as_user(&mut self, verb: Verb) -> Result<()> {
+        let session = self.current_session()?;
+        self.run_verb_on(&session, verb).await
+    }
+
+    /// Runs a client verb on the session file at `session`.
+    async fn run_verb_on(&self, session: &std::path::Path, verb: Verb) -> Result<()> {
         let (ca, insecure) = match self.cluster.client_security() {
             ClientSecurity::Insecure => (None, true),
             ClientSecurity::Tls { .. } => (Some(self.cluster.certs_dir().join(chorus::tls::CA_CERT_FILE)), false),
@@ -359,7 +378,7 @@ impl Demo {
         let options = ClientOptions {
             servers: self.cluster.client_addresses(),
             timeout_secs: CALL_DEADLINE.as_secs(),
-            session_file: Some(self.current_session()?),
+            session_file: Some(session.to_owned()),
             ca,
             cert: None,
             key: None,
