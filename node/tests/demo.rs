@@ -171,6 +171,17 @@ fn demo_cluster_survives_two_failures_refuses_writes_without_a_majority_and_reco
     shell.expect("alice -> bob: back to a majority");
     shell.run("history alice", "#");
     shell.run("users", "alice bob");
+    // `--sequence N` is the retry an unknown outcome's error asks for, never words of a new
+    // message: for a send already answered, it is refused and nothing is stored.
+    shell.run("login alice password1", "logged in as 'alice'");
+    shell.run("send bob answered once", "sent message");
+    shell
+        .run("send bob answered once --sequence 1", "error: --sequence 1 is not a send of this session still awaiting");
+    shell.run("history bob", "alice -> bob");
+    assert!(
+        !shell.transcript.iter().any(|line| line.ends_with("--sequence 1") && line.starts_with('#')),
+        "no message took the flag"
+    );
     shell.run("kill 9", "error: there is no node 9");
     shell.run("bogus command", "error: unknown command or wrong arguments: bogus command");
     shell.stdin.take(); // Ctrl-D

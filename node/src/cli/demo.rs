@@ -50,7 +50,8 @@ commands:
   login NAME PASSWORD    log in; later commands act as this user
   send TO TEXT...        send a message (queued in this user's outbox if no majority
                          answers, and delivered, once, by this user's next command that
-                         reaches the cluster)
+                         reaches the cluster); `... --sequence N` retries one whose
+                         outcome was unknown
   outbox [send|drop ID]  what waits in the outbox; deliver it now; drop a message
   read                   show unread messages and mark them read
   history [PEER]         show sent and received messages, newest first
@@ -278,6 +279,15 @@ impl Demo {
             }
             // What a session does, the `chorus` verbs do, on this user's session file: the
             // outbox is delivered first, and a send no majority answers is queued.
+            // A send whose outcome was unknown is retried as the error says, with the same
+            // words and `--sequence N` (as `chorus send` takes it), so that it is recognized
+            // as the same message, never stored twice.
+            ["send", to, text @ .., "--sequence", sequence] if !text.is_empty() => {
+                let sequence =
+                    sequence.parse::<u64>().with_context(|| format!("'{sequence}' is not a sequence number"))?;
+                let body = text.iter().map(|word| word.to_string()).collect();
+                self.as_user(Verb::Send { to: to.to_string(), body, sequence: Some(sequence) }).await?;
+            }
             ["send", to, text @ ..] if !text.is_empty() => {
                 let body = text.iter().map(|word| word.to_string()).collect();
                 self.as_user(Verb::Send { to: to.to_string(), body, sequence: None }).await?;
