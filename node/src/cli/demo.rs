@@ -258,15 +258,13 @@ impl Demo {
                 // What this user's earlier session queued is delivered by that session,
                 // before the new one replaces it (only the session that numbered a message
                 // may repeat it), as `chorus login` does.
-                if let Ok(canonical) = chorus::chat::validate::canonical_username(name)
-                    && self.session_path(&canonical).exists()
-                {
-                    let earlier = self.session_path(&canonical);
-                    if let Err(error) =
+                let earlier = chorus::chat::validate::canonical_username(name).map(|name| self.session_path(&name));
+                if let Ok(earlier) = earlier
+                    && earlier.exists()
+                    && let Err(error) =
                         self.run_verb_on(&earlier, Verb::Outbox { action: Some(OutboxVerb::Send) }).await
-                    {
-                        println!("note: {error:#}; the messages in the outbox stay there (`outbox`)");
-                    }
+                {
+                    println!("note: {error:#}; the messages in the outbox stay there (`outbox`)");
                 }
                 let response =
                     call!(login, LoginRequest { username: name.to_string(), password: password.to_string() });
@@ -278,19 +276,21 @@ impl Demo {
                 self.current_user = Some(saved.username);
             }
             // What a session does, the `chorus` verbs do, on this user's session file: the
-            // outbox is delivered first, and a send no majority answers is queued.
-            // A send whose outcome was unknown is retried as the error says, with the same
-            // words and `--sequence N` (as `chorus send` takes it), so that it is recognized
-            // as the same message, never stored twice.
-            ["send", to, text @ .., "--sequence", sequence] if !text.is_empty() => {
-                let sequence =
-                    sequence.parse::<u64>().with_context(|| format!("'{sequence}' is not a sequence number"))?;
-                let body = text.iter().map(|word| word.to_string()).collect();
-                self.as_user(Verb::Send { to: to.to_string(), body, sequence: Some(sequence) }).await?;
-            }
+            // outbox is delivered first, and a send no majority answers is queued. A send
+            // whose outcome was unknown is retried as the error says, with the same words
+            // and `--sequence N` (as `chorus send` takes it): recognized, never stored twice.
             ["send", to, text @ ..] if !text.is_empty() => {
-                let body = text.iter().map(|word| word.to_string()).collect();
-                self.as_user(Verb::Send { to: to.to_string(), body, sequence: None }).await?;
+                let (words, sequence) = match text {
+                    [words @ .., "--sequence", sequence] if !words.is_empty() => {
+                        let sequence = sequence
+                            .parse::<u64>()
+                            .with_context(|| format!("'{sequence}' is not a sequence number"))?;
+                        (words, Some(sequence))
+                    }
+                    _ => (text, None),
+                };
+                let body = words.iter().map(|word| word.to_string()).collect();
+                self.as_user(Verb::Send { to: to.to_string(), body, sequence }).await?;
             }
             ["read"] => self.as_user(Verb::Read { limit: 0 }).await?,
             ["history", peer @ ..] if peer.len() <= 1 => {

@@ -166,10 +166,14 @@ impl Site {
         (output.status.success(), text)
     }
 
+    /// The members' client addresses.
+    fn servers(&self) -> Vec<String> {
+        MEMBERS.iter().map(|name| format!("{}:7001", self.network.host(name).unwrap().address)).collect()
+    }
+
     /// The `chorus` client on the operator's host, as `user` (their own session file).
     fn chorus(&self, binary: &Path, user: &str, args: &[&str]) -> Output {
-        let servers: Vec<String> =
-            MEMBERS.iter().map(|name| format!("{}:7001", self.network.host(name).unwrap().address)).collect();
+        let servers = self.servers();
         let session = self.dir.join(format!("session-{user}.json"));
         let mut command = Command::new("ip");
         command
@@ -247,8 +251,7 @@ fn watch_members(
     let read = |file: &str| std::fs::read_to_string(site.state.join("certs").join(file)).unwrap();
     let identity = ClientIdentity { cert_pem: read("client-ops.pem"), key_pem: read("client-ops.key") };
     let security = ClientSecurity::Tls { ca_pem: read("ca.pem"), identity: Some(identity) };
-    let servers: Vec<String> =
-        MEMBERS.iter().map(|name| format!("{}:7001", site.network.host(name).unwrap().address)).collect();
+    let servers = site.servers();
     site.ops()
         .spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
