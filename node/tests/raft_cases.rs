@@ -728,3 +728,41 @@ fn a_new_leader_with_a_long_uncommitted_tail_commits_it_through_its_noop() -> Te
     assert!(cluster.replica(leader).commit_index() > 10_001, "the inherited tail committed");
     Ok(())
 }
+
+/// §5: a follower that was down while the leader compacted its log past what it holds
+/// catches up from one snapshot and then from the log, applies nothing twice, and the
+/// cluster goes on committing; after everyone restarts, each starts from its own snapshot.
+#[test]
+fn a_follower_behind_the_compacted_log_catches_up_from_a_snapshot() -> TestResult {
+    let mut cluster = Cluster::new(3, tight_config(), 83);
+    let leader = cluster.elect()?;
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    cluster.crash(follower);
+    for n in 0..12 {
+        assert!(cluster.propose(leader, &format!("v{n}")));
+        cluster.run_for(200)?;
+    }
+    cluster.compact(leader, 2);
+    let first = cluster.replica(leader).first_index().unwrap();
+    assert!(first > 5, "the leader compacted its log (first index {first})");
+    cluster.restart(follower);
+    cluster.run_for(2000)?;
+    assert_eq!(cluster.snapshots_installed, 1);
+    assert_eq!(cluster.delivered.get("InstallSnapshot"), Some(&1));
+    let expected: Vec<String> = (0..12).map(|n| format!("v{n}")).collect();
+    assert_eq!(cluster.applied_commands(follower), expected);
+    assert!(cluster.replica(follower).first_index().unwrap() > 1);
+    assert!(cluster.propose(leader, "after"));
+    cluster.run_for(1000)?;
+    assert_eq!(cluster.applied_commands(follower).last().map(String::as_str), Some("after"));
+    for id in cluster.ids() {
+        cluster.crash(id);
+    }
+    for id in cluster.ids() {
+        cluster.restart(id);
+    }
+    cluster.elect()?;
+    cluster.run_for(1000)?;
+    assert_eq!(cluster.applied_commands(follower).len(), 13);
+    Ok(())
+}

@@ -64,10 +64,16 @@ enum Step {
         to: u64,
     },
     Heal,
+    /// The node snapshots its state machine and compacts its log, keeping this many entries
+    /// before the snapshot's last one: lagging followers then need a snapshot.
+    Compact {
+        node: u64,
+        keep: u64,
+    },
 }
 
 /// How many kinds of step there are, for swarm weights.
-const STEP_KINDS: usize = 22;
+const STEP_KINDS: usize = 23;
 
 /// Steps drawn with per-case weights (swarm testing: each case leans on a different mix of
 /// faults, which finds more bugs than one fixed mix).
@@ -98,6 +104,7 @@ fn step_strategy(size: u64, weights: Vec<u32>) -> impl Strategy<Value = Step> {
         (node(), node()).prop_map(|(from, to)| Step::CutOneWay { from, to }).boxed(),
         Just(Step::Heal).boxed(),
         any::<usize>().prop_map(Step::Deliver).boxed(),
+        (node(), 0u64..4).prop_map(|(node, keep)| Step::Compact { node, keep }).boxed(),
     ];
     assert_eq!(kinds.len(), STEP_KINDS);
     // Every case keeps delivering and persisting at least a little, or nothing happens.
@@ -176,6 +183,7 @@ fn run_step(cluster: &mut Cluster, step: &Step, size: u64) -> Result<(), Failure
         Step::CutOneWay { from, to } if from != to => cluster.cut_one_way(from, to),
         Step::CutOneWay { .. } => {}
         Step::Heal => cluster.heal(),
+        Step::Compact { node, keep } => cluster.compact(node, keep),
     }
     cluster.check()
 }
@@ -216,7 +224,8 @@ fn check_liveness(cluster: &mut Cluster) -> Result<(), Failure> {
     )))
 }
 
-fn run_schedule(size: u64, seed: u64, config: ReplicaConfig, steps: &[Step]) -> Result<(), TestCaseError> {
+/// Runs one schedule; returns how many snapshots followers installed in it.
+fn run_schedule(size: u64, seed: u64, config: ReplicaConfig, steps: &[Step]) -> Result<u64, TestCaseError> {
     let mut cluster = Cluster::new(size, config, seed);
     // Start from a working cluster: the faults are more interesting with a leader to fight.
     cluster.elect().map_err(|Failure(why)| TestCaseError::fail(why))?;
@@ -224,7 +233,8 @@ fn run_schedule(size: u64, seed: u64, config: ReplicaConfig, steps: &[Step]) -> 
         cluster.note(format!("step {n}: {step:?}"));
         run_step(&mut cluster, step, size).map_err(|Failure(why)| TestCaseError::fail(why))?;
     }
-    check_liveness(&mut cluster).map_err(|Failure(why)| TestCaseError::fail(why))
+    check_liveness(&mut cluster).map_err(|Failure(why)| TestCaseError::fail(why))?;
+    Ok(cluster.snapshots_installed)
 }
 
 fn env_number(name: &str, default: u32) -> u32 {
@@ -253,9 +263,13 @@ fn run_property(size: u64) {
     );
     let started = std::time::Instant::now();
     let steps_run = std::cell::Cell::new(0usize);
+    let (cases_with_snapshots, snapshots) = (std::cell::Cell::new(0u32), std::cell::Cell::new(0u64));
     let result = runner.run(&strategy, |(seed, config, steps)| {
         steps_run.set(steps_run.get() + steps.len());
-        run_schedule(size, seed, config, &steps)
+        let installed = run_schedule(size, seed, config, &steps)?;
+        cases_with_snapshots.set(cases_with_snapshots.get() + u32::from(installed > 0));
+        snapshots.set(snapshots.get() + installed);
+        Ok(())
     });
     let seconds = started.elapsed().as_secs_f64();
     eprintln!(
@@ -263,8 +277,19 @@ fn run_property(size: u64) {
         steps_run.get(),
         steps_run.get() as f64 / seconds
     );
+    eprintln!(
+        "{size}-node harness: {} snapshots installed from a leader, in {} of {cases} cases",
+        snapshots.get(),
+        cases_with_snapshots.get()
+    );
     match result {
-        Ok(()) => {}
+        Ok(()) => {
+            // The schedules must reach the snapshot path, or its safety goes unchecked.
+            assert!(
+                cases < 100 || cases_with_snapshots.get() > 0,
+                "no case installed a snapshot: the schedules no longer exercise it"
+            );
+        }
         Err(TestError::Fail(_, (seed, config, steps))) => {
             // proptest's shrinking keeps the schedule's length mostly; cut it down further
             // by delta debugging (steps whose removal keeps the failure are dropped).
@@ -272,7 +297,7 @@ fn run_property(size: u64) {
             let minimal = minimize(steps, fails);
             let why = match run_schedule(size, seed, config.clone(), &minimal) {
                 Err(error) => error.to_string(),
-                Ok(()) => "(the minimized schedule passed; see the proptest output above)".to_owned(),
+                Ok(_) => "(the minimized schedule passed; see the proptest output above)".to_owned(),
             };
             let numbered: Vec<String> =
                 minimal.iter().enumerate().map(|(n, step)| format!("  {n}: {step:?}")).collect();
@@ -374,6 +399,21 @@ fn arbitrary_message(size: u64) -> impl Strategy<Value = chorus::replication::Me
             }
         ),
         position().prop_map(|last_log| MessageBody::TimeoutNow { last_log }),
+        // Only snapshots a replica must refuse (at index 0, beyond the largest index, or
+        // naming other members): a well-formed forged snapshot is forged state, which a
+        // replica installs and commits (as it would forged entries with a forged commit
+        // index), after which no cluster can promise liveness.
+        (
+            prop_oneof![Just(0u64), Just(chorus::replication::INDEX_MAX + 1), 1u64..12],
+            wire_term(),
+            prop_oneof![Just(BTreeSet::from([1, 2])), Just(BTreeSet::from([1, 2, 3, 4]))]
+        )
+            .prop_map(|(index, term, members)| MessageBody::InstallSnapshot {
+                snapshot: chorus::replication::SnapshotMeta {
+                    last_included: chorus::replication::LogPosition { term, index },
+                    members
+                }
+            }),
     ]
     .boxed();
     (1..=size + 1, 1..=size + 1, wire_term(), body).prop_map(|(from, to, term, body)| Message { from, to, term, body })

@@ -11,7 +11,9 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use chorus::replication::{Entry, HardState, LogIndex, MemoryStorage, Payload, Storage, StorageError, Term};
+use chorus::replication::{
+    Entry, HardState, LogIndex, MemoryStorage, Payload, SnapshotMeta, Storage, StorageError, Term,
+};
 use chorus::storage::{ClusterIdentity, Creation, LogStore, LogStoreError, ScrubProgress};
 use rand::Rng;
 
@@ -207,8 +209,16 @@ impl Storage for SimDiskLog {
         self.view.last_index()
     }
 
+    fn first_index(&self) -> Result<LogIndex, StorageError> {
+        self.view.first_index()
+    }
+
     fn term(&self, index: LogIndex) -> Result<Option<Term>, StorageError> {
         self.view.term(index)
+    }
+
+    fn snapshot(&self) -> Result<Option<SnapshotMeta>, StorageError> {
+        self.view.snapshot()
     }
 
     fn entries(&self, low: LogIndex, high: LogIndex, bytes_max: usize) -> Result<Vec<Entry>, StorageError> {

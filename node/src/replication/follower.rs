@@ -78,6 +78,15 @@ impl<S: Storage> Replica<S> {
                     None
                 }
             }
+            MessageBody::InstallSnapshot { snapshot } => {
+                if position_malformed(&snapshot.last_included) || snapshot.last_included.index == 0 {
+                    Some("snapshot's last entry is inconsistent with the term, or before the log's start")
+                } else if snapshot.members != self.members {
+                    Some("snapshot's members differ from this cluster's (membership changes are not supported yet)")
+                } else {
+                    None
+                }
+            }
             MessageBody::PreVoteResponse { .. } | MessageBody::VoteResponse { .. } => None,
         }
     }
@@ -94,6 +103,14 @@ impl<S: Storage> Replica<S> {
                     first_index_of_term: 0,
                 };
                 self.send(message.from, MessageBody::AppendResponse { result, heartbeat_round });
+            }
+            MessageBody::InstallSnapshot { snapshot } => {
+                let result = AppendResult::Rejected {
+                    rejected_previous: snapshot.last_included.index,
+                    conflict_term: None,
+                    first_index_of_term: 0,
+                };
+                self.send(message.from, MessageBody::AppendResponse { result, heartbeat_round: 0 });
             }
             // Tell a pre-candidate with an old term that it cannot win, and what the term is.
             MessageBody::PreVoteRequest { .. } => {

@@ -15,6 +15,7 @@ use super::message::{AppendResult, Message, MessageBody};
 use super::progress::{Progress, ProgressMode};
 use super::read_index::PendingRead;
 use super::replica::{Outbox, ProposeError, Replica, RoleState};
+use super::snapshot::SNAPSHOT_ACK_TIMEOUT_MS;
 use super::storage::{Storage, StorageError};
 use super::transfer::Transfer;
 use super::types::{Entry, INDEX_MAX, LogIndex, LogPosition, NodeId, Payload, Term};
@@ -199,6 +200,12 @@ impl LeaderState {
             let last_index = cx.log.last_index();
             let stall_ms = cx.config.election_timeout_min_ms / 2;
             for (&follower, progress) in self.progress.iter_mut() {
+                if matches!(progress.mode, ProgressMode::Snapshot { .. }) && now >= progress.snapshot_deadline_ms {
+                    tracing::info!(follower, "no acknowledgement of the snapshot sent; probing again");
+                    progress.restart_probing();
+                    progress.last_progress_ms = now;
+                    continue;
+                }
                 let stalled = progress.mode == ProgressMode::Replicate
                     && progress.match_index < last_index
                     && now.saturating_sub(progress.last_progress_ms) >= stall_ms;
@@ -225,6 +232,15 @@ impl LeaderState {
         progress.recently_active = true;
         progress.last_contact_ms = Some(now);
         progress.acknowledged_round = progress.acknowledged_round.max(heartbeat_round);
+        if let (ProgressMode::Snapshot { index }, Some(delivered_round), AppendResult::Accepted { match_index }) =
+            (progress.mode, progress.snapshot_delivered_round, result)
+            && heartbeat_round >= delivered_round
+            && match_index < index
+        {
+            // See `Progress::snapshot_delivered_round`: send it again.
+            tracing::info!(follower = from, "follower lost the snapshot before installing it; probing again");
+            progress.restart_probing();
+        }
         match result {
             AppendResult::Accepted { match_index } => {
                 if progress.accepted(match_index, now) {
@@ -305,6 +321,11 @@ impl LeaderState {
                 }
                 return Ok(());
             }
+            if progress.next_index < cx.log.first_index()? {
+                // What the follower needs next (or the entry before it, for the consistency
+                // check) was compacted away: only a snapshot can bring it up to date.
+                return self.send_snapshot(cx, follower);
+            }
             let previous_index = progress.next_index - 1;
             let previous_term = cx.log.term(previous_index)?.expect("previous index is within the leader's log");
             let entries = cx.log.entries(
@@ -343,19 +364,45 @@ impl LeaderState {
         let commit = cx.log.committed();
         let transfer_target = self.transfer_target();
         let progress = self.progress.get_mut(&follower).expect("follower has progress");
-        let previous_index = progress.match_index;
         progress.commit_sent = commit;
-        let previous_term = cx.log.term(previous_index)?.expect("match index is within the leader's log");
+        // After what the follower is known to hold, if the leader still knows that entry's
+        // term; else after the start of the log, which every log matches (the follower
+        // answers with its commit index). Either way it never disturbs what is in flight.
+        let previous = match cx.log.term(progress.match_index)? {
+            Some(term) => LogPosition { term, index: progress.match_index },
+            None => LogPosition::ZERO,
+        };
         cx.send(
             follower,
             MessageBody::AppendRequest {
-                previous: LogPosition { term: previous_term, index: previous_index },
+                previous,
                 entries: Vec::new(),
                 leader_commit: commit,
                 heartbeat_round: round,
                 transfer_target,
             },
         );
+        Ok(())
+    }
+
+    /// Sends `follower` the latest snapshot, which covers everything compacted, and waits
+    /// for its acknowledgement before sending it anything but heartbeats.
+    fn send_snapshot<S: Storage>(
+        &mut self,
+        cx: &mut LeaderContext<'_, S>,
+        follower: NodeId,
+    ) -> Result<(), StorageError> {
+        let first = cx.log.first_index()?;
+        let snapshot = cx.log.storage().snapshot()?.expect("a compacted log has a snapshot covering what it dropped");
+        assert!(
+            snapshot.last_included.index + 1 >= first,
+            "the snapshot through {} does not cover the log compacted before {first}",
+            snapshot.last_included.index
+        );
+        let progress = self.progress.get_mut(&follower).expect("follower has progress");
+        progress.snapshot_sent(snapshot.last_included.index, cx.now_ms + SNAPSHOT_ACK_TIMEOUT_MS);
+        tracing::info!(follower, index = snapshot.last_included.index, "sending a snapshot");
+        cx.send(follower, MessageBody::InstallSnapshot { snapshot });
         Ok(())
     }
 

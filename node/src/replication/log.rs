@@ -1,5 +1,8 @@
 //! The replica's view of its log: the durable part (read through [`Storage`]) followed by
-//! the unstable part (entries accepted but not yet reported durable by the caller).
+//! the unstable part (entries accepted but not yet reported durable by the caller). The
+//! durable part may start after index 1: entries covered by a snapshot are compacted away
+//! (by the caller, through its storage), or replaced whole by a snapshot installed from
+//! the leader (through this log, see [`RaftLog::install_snapshot`]).
 
 use super::storage::{Storage, StorageError};
 use super::types::{Entry, LogIndex, LogPosition, Term};
@@ -19,12 +22,25 @@ pub(crate) struct RaftLog<S> {
     committed: LogIndex,
     /// The last committed index handed to the caller for applying.
     handed_out: LogIndex,
+    /// A snapshot this log was reset to, until the caller's storage holds it too (the
+    /// `Ready` that asks it to install the snapshot is advanced): meanwhile its storage
+    /// still holds the old log, which must not be read.
+    installing: Option<LogPosition>,
 }
 
 impl<S: Storage> RaftLog<S> {
     /// Opens the log over `storage`, whose state machine has applied through `applied`.
     pub fn new(storage: S, applied: LogIndex) -> Result<Self, StorageError> {
         let last = storage.last_index()?;
+        let first = storage.first_index()?;
+        if first > applied + 1 {
+            // Entries were dropped that the state machine never applied: the snapshot that
+            // covers them was not installed in the state machine.
+            return Err(StorageError::Corrupt(format!(
+                "the log was compacted through entry {} but the state machine applied only through {applied}",
+                first - 1
+            )));
+        }
         if applied > last {
             // Committed entries were acknowledged as durable and are gone: the disk lost
             // fsynced writes. This node must not take part until an operator looks.
@@ -41,7 +57,40 @@ impl<S: Storage> RaftLog<S> {
             stored_last_index: last,
             committed: applied,
             handed_out: applied,
+            installing: None,
         })
+    }
+
+    /// The first index this log holds an entry at (entries before it are compacted).
+    pub fn first_index(&self) -> Result<LogIndex, StorageError> {
+        match self.installing {
+            Some(snapshot) => Ok(snapshot.index + 1),
+            None => self.storage.first_index(),
+        }
+    }
+
+    /// Resets this log to `snapshot`, which the caller installs with the `Ready` handing
+    /// it out: no entries, everything through the snapshot committed and applied. Only a
+    /// snapshot beyond the commit index is installed (anything else this log holds already).
+    pub fn install_snapshot(&mut self, snapshot: LogPosition) {
+        assert!(snapshot.index > self.committed, "snapshot {} installed at commit {}", snapshot.index, self.committed);
+        self.unstable.clear();
+        self.unstable_start = snapshot.index + 1;
+        self.stored_last_index = snapshot.index;
+        self.committed = snapshot.index;
+        self.handed_out = snapshot.index;
+        self.installing = Some(snapshot);
+    }
+
+    /// The caller's storage now holds the installed snapshot (or none was installing).
+    fn snapshot_installed(&mut self) -> Result<(), StorageError> {
+        let Some(snapshot) = self.installing.take() else { return Ok(()) };
+        let (first, term) = (self.storage.first_index()?, self.storage.term(snapshot.index)?);
+        assert!(
+            first == snapshot.index + 1 && term == Some(snapshot.term),
+            "the caller's storage starts at {first} with term {term:?} before it, not at the installed snapshot {snapshot:?}"
+        );
+        Ok(())
     }
 
     pub fn storage(&self) -> &S {
@@ -74,10 +123,17 @@ impl<S: Storage> RaftLog<S> {
         Ok(LogPosition { term: self.term(index)?.expect("the last index has a term"), index })
     }
 
-    /// The term of the entry at `index`: `Some(0)` at 0, `None` beyond the end.
+    /// The term of the entry at `index`: `Some(0)` at 0, `None` beyond the end and before
+    /// the entry preceding the first one (compacted).
     pub fn term(&self, index: LogIndex) -> Result<Option<Term>, StorageError> {
+        if index == 0 {
+            return Ok(Some(0));
+        }
         if index >= self.unstable_start {
             return Ok(self.unstable.get((index - self.unstable_start) as usize).map(|entry| entry.term));
+        }
+        if let Some(snapshot) = self.installing {
+            return Ok((index == snapshot.index).then_some(snapshot.term));
         }
         self.storage.term(index)
     }
@@ -87,12 +143,15 @@ impl<S: Storage> RaftLog<S> {
         Ok(self.term(position.index)? == Some(position.term))
     }
 
-    /// Entries in `low..high`, at most `bytes_max` bytes (but at least one).
+    /// Entries in `low..high`, at most `bytes_max` bytes (but at least one). `low` must not
+    /// be compacted: callers look at `first_index` first.
     pub fn entries(&self, low: LogIndex, high: LogIndex, bytes_max: usize) -> Result<Vec<Entry>, StorageError> {
         let high = high.min(self.last_index() + 1);
         if low >= high {
             return Ok(Vec::new());
         }
+        let first = self.first_index()?;
+        assert!(low >= first, "entries from {low} asked of a log compacted before {first}");
         let mut out = Vec::new();
         if low < self.unstable_start {
             let stable_high = high.min(self.unstable_start);
@@ -187,10 +246,13 @@ impl<S: Storage> RaftLog<S> {
         index: LogIndex,
         term: Term,
     ) -> Result<(LogIndex, Term), StorageError> {
-        let mut index = index.min(self.last_index());
+        // Below the first entry's predecessor nothing is known; stopping there sends the
+        // follower the snapshot if it needs anything before it.
+        let floor = self.first_index()? - 1;
+        let mut index = index.min(self.last_index()).max(floor);
         loop {
             let found = self.term(index)?.expect("index within the log has a term");
-            if found <= term || index == 0 {
+            if found <= term || index == floor {
                 return Ok((index, found));
             }
             index -= 1;
@@ -237,7 +299,9 @@ impl<S: Storage> RaftLog<S> {
 
     /// Marks entries through `position` durable, unless they were superseded meanwhile.
     /// `position` is the last entry of the `Ready` the caller just wrote.
-    pub fn stable_to(&mut self, position: LogPosition) -> Result<(), StorageError> {
+    pub fn stable_to(&mut self, position: Option<LogPosition>) -> Result<(), StorageError> {
+        self.snapshot_installed()?;
+        let Some(position) = position else { return Ok(()) };
         // Checked where the storage was written, against what `take_to_persist` expected
         // of it: a storage that ignored a truncation, or lost or invented entries, would
         // let the leader count this replica for entries it does not hold.

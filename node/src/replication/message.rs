@@ -1,7 +1,7 @@
 //! Messages between replicas. The core only produces and consumes them; carrying them is
 //! the transport's job, which may lose, delay, duplicate or reorder them.
 
-use super::types::{Entry, LogIndex, LogPosition, NodeId, Term};
+use super::types::{Entry, LogIndex, LogPosition, NodeId, SnapshotMeta, Term};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
@@ -49,6 +49,15 @@ pub enum MessageBody {
         result: AppendResult,
         heartbeat_round: u64,
     },
+    /// From a leader to a follower that needs entries the leader's log no longer holds
+    /// (they were compacted into a snapshot, §5): replace your state with this snapshot.
+    /// The transport delivers it only once the snapshot's data has arrived whole and been
+    /// staged beside the follower's state. The follower answers with an `AppendResponse`
+    /// (accepted through `snapshot.last_included` once installed, or through its commit
+    /// index if it already had that far).
+    InstallSnapshot {
+        snapshot: SnapshotMeta,
+    },
     /// From a leader handing over leadership: campaign now (§3.10). `last_log` is where the
     /// leader's log ended when it sent this, which the target's log must match.
     TimeoutNow {
@@ -78,6 +87,7 @@ impl MessageBody {
             MessageBody::AppendRequest { .. } => "AppendRequest",
             MessageBody::AppendResponse { .. } => "AppendResponse",
             MessageBody::TimeoutNow { .. } => "TimeoutNow",
+            MessageBody::InstallSnapshot { .. } => "InstallSnapshot",
         }
     }
 }

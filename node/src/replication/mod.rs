@@ -9,9 +9,10 @@
 //! Implemented: leader election with randomized timeouts, PreVote and CheckQuorum; log
 //! replication with the consistency check, conflict-term hints, batching, pipelining and
 //! flow control; commitment of current-term entries only, with a no-op per new leader;
-//! ReadIndex reads; leadership transfer. Membership changes and
-//! snapshots are not implemented yet: the member set is fixed at construction, and the
-//! log is never compacted.
+//! ReadIndex reads; leadership transfer; log compaction behind snapshots the caller takes,
+//! and snapshot installation on followers that fell behind the compacted log
+//! (`snapshot.rs`). Membership changes are not implemented yet: the member set is fixed at
+//! construction.
 
 mod config;
 mod election;
@@ -24,6 +25,7 @@ mod read_index;
 mod ready;
 mod replica;
 mod rng;
+mod snapshot;
 mod storage;
 #[cfg(test)]
 mod test_support;
@@ -36,6 +38,9 @@ pub use ready::{ReadAborted, ReadOutcome, Ready, SoftState};
 pub use replica::{
     COMMITTED_ENTRIES_PER_READY_MAX, FollowerStatus, ProposeError, Replica, ReplicaError, ReplicaStatus,
 };
+pub use snapshot::SnapshotTransfer;
 pub use storage::{MemoryStorage, Storage, StorageError, assert_writable};
 pub use transfer::TransferError;
-pub use types::{Entry, HardState, INDEX_MAX, LogIndex, LogPosition, NodeId, Payload, Role, TERM_MAX, Term};
+pub use types::{
+    Entry, HardState, INDEX_MAX, LogIndex, LogPosition, NodeId, Payload, Role, SnapshotMeta, TERM_MAX, Term,
+};

@@ -12,6 +12,10 @@ pub enum ProgressMode {
     /// The follower's log matches through `match_index`: appends are pipelined, up to the
     /// in-flight bound, optimistically advancing `next_index`.
     Replicate,
+    /// The follower needs entries the leader's log no longer holds: a snapshot through
+    /// `index` was sent, and nothing more is until the follower acknowledges it (or
+    /// `snapshot_deadline_ms` passes). Heartbeats still go out.
+    Snapshot { index: LogIndex },
 }
 
 #[derive(Debug, Clone)]
@@ -36,6 +40,14 @@ pub struct Progress {
     /// When `match_index` last moved (or replication started): a pipeline that stops
     /// moving has lost appends.
     pub last_progress_ms: u64,
+    /// In Snapshot mode, when to give up waiting and probe again (which sends the snapshot
+    /// again if it is still needed).
+    pub snapshot_deadline_ms: u64,
+    /// In Snapshot mode, once the transport delivered the snapshot: the first heartbeat
+    /// round sent after that. The follower handles the snapshot before any message sent
+    /// later, so an answer to such a round that still lacks the snapshot means the follower
+    /// lost it (it crashed before installing it).
+    pub snapshot_delivered_round: Option<u64>,
 }
 
 impl Progress {
@@ -51,6 +63,8 @@ impl Progress {
             last_contact_ms: None,
             commit_sent: 0,
             last_progress_ms: now_ms,
+            snapshot_deadline_ms: 0,
+            snapshot_delivered_round: None,
         }
     }
 
@@ -59,6 +73,7 @@ impl Progress {
         match self.mode {
             ProgressMode::Probe => !self.probe_outstanding,
             ProgressMode::Replicate => self.inflight.len() < inflight_max,
+            ProgressMode::Snapshot { .. } => false,
         }
     }
 
@@ -70,7 +85,18 @@ impl Progress {
                 self.next_index = last_index + 1;
                 self.inflight.push_back(last_index);
             }
+            ProgressMode::Snapshot { .. } => unreachable!("no append is sent to a follower awaiting a snapshot"),
         }
+    }
+
+    /// Records a snapshot through `index` sent, with the time to give up waiting for it.
+    pub fn snapshot_sent(&mut self, index: LogIndex, deadline_ms: u64) {
+        self.mode = ProgressMode::Snapshot { index };
+        self.next_index = index + 1;
+        self.probe_outstanding = false;
+        self.inflight.clear();
+        self.snapshot_deadline_ms = deadline_ms;
+        self.snapshot_delivered_round = None;
     }
 
     /// The follower matches through `match_index`. Returns whether that is news.
@@ -85,9 +111,18 @@ impl Progress {
         while self.inflight.front().is_some_and(|&last| last <= match_index) {
             self.inflight.pop_front();
         }
-        if self.mode == ProgressMode::Probe {
-            self.mode = ProgressMode::Replicate;
-            self.inflight.clear();
+        match self.mode {
+            ProgressMode::Probe => {
+                self.mode = ProgressMode::Replicate;
+                self.inflight.clear();
+            }
+            // Replication resumes once the follower holds what the snapshot covers (an
+            // acknowledgement of less answers a heartbeat).
+            ProgressMode::Snapshot { index } if match_index >= index => {
+                self.mode = ProgressMode::Replicate;
+                self.next_index = match_index + 1;
+            }
+            ProgressMode::Replicate | ProgressMode::Snapshot { .. } => {}
         }
         true
     }
@@ -108,6 +143,8 @@ impl Progress {
             ProgressMode::Replicate => rejected_previous < self.match_index,
             // Only the answer to the outstanding probe counts.
             ProgressMode::Probe => rejected_previous + 1 != self.next_index,
+            // Nothing was sent that it could answer but heartbeats after what it holds.
+            ProgressMode::Snapshot { .. } => true,
         };
         if stale {
             return false;

@@ -2,18 +2,25 @@
 //!
 //! The caller handles a `Ready` in this order:
 //! 1. send `messages` (they depend on nothing unpersisted);
-//! 2. make `hard_state`, `truncate_from` and `entries` durable in one write (fsync): first
+//! 2. if `snapshot` is set, install it, durably and atomically: the state machine becomes
+//!    the staged snapshot's state, and the stored log becomes empty with the snapshot's last
+//!    entry as its compaction point (`Storage::first_index` = its index + 1);
+//! 3. make `hard_state`, `truncate_from` and `entries` durable in one write (fsync): first
 //!    remove the stored entries from `truncate_from` on, if set, then append `entries`;
-//! 3. send `messages_after_persist`: each depends on that state (a granted vote, an
-//!    acknowledged append) and must never leave before it is durable;
-//! 4. apply `committed_entries` in order; serve `reads` once applied through their index;
-//! 5. call `Replica::advance`.
+//! 4. send `messages_after_persist`: each depends on that state (a granted vote, an
+//!    acknowledged append or snapshot) and must never leave before it is durable;
+//! 5. apply `committed_entries` in order (after a snapshot, they follow its last entry);
+//!    serve `reads` once applied through their index;
+//! 6. call `Replica::advance`.
 
 use super::message::Message;
-use super::types::{Entry, HardState, LogIndex, NodeId, Role, Term};
+use super::types::{Entry, HardState, LogIndex, NodeId, Role, SnapshotMeta, Term};
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Ready {
+    /// A snapshot from the leader to install before anything else (see the module's steps):
+    /// the one its `InstallSnapshot` named, whose data the transport staged.
+    pub snapshot: Option<SnapshotMeta>,
     pub hard_state: Option<HardState>,
     /// Remove every stored entry at or after this index before appending `entries`, in the
     /// same durable write. Set only when the storage holds entries that the replica dropped
@@ -32,7 +39,8 @@ pub struct Ready {
 
 impl Ready {
     pub fn is_empty(&self) -> bool {
-        self.hard_state.is_none()
+        self.snapshot.is_none()
+            && self.hard_state.is_none()
             && self.truncate_from.is_none()
             && self.entries.is_empty()
             && self.messages.is_empty()

@@ -22,7 +22,7 @@ use super::message::{Message, MessageBody};
 use super::ready::{ReadOutcome, Ready, SoftState};
 use super::rng::SplitMix64;
 use super::storage::{Storage, StorageError};
-use super::types::{Entry, HardState, LogIndex, LogPosition, NodeId, Role, TERM_MAX, Term};
+use super::types::{Entry, HardState, LogIndex, LogPosition, NodeId, Role, SnapshotMeta, TERM_MAX, Term};
 
 /// Most bytes of committed entries handed out in one `Ready`.
 const COMMITTED_BYTES_PER_READY_MAX: usize = 8 * 1024 * 1024;
@@ -105,7 +105,12 @@ impl Outbox {
     /// term) and waits for it.
     pub fn send(&mut self, message: Message, sender_is_leader: bool) {
         let leader_traffic = sender_is_leader
-            && matches!(message.body, MessageBody::AppendRequest { .. } | MessageBody::TimeoutNow { .. });
+            && matches!(
+                message.body,
+                MessageBody::AppendRequest { .. }
+                    | MessageBody::TimeoutNow { .. }
+                    | MessageBody::InstallSnapshot { .. }
+            );
         if leader_traffic {
             self.messages.push(message);
         } else {
@@ -146,6 +151,9 @@ pub struct Replica<S: Storage> {
     outstanding: Option<(Option<LogPosition>, HardState)>,
     /// See [`ReplicaStatus::messages_refused`].
     messages_refused: u64,
+    /// The latest snapshot a leader of the current term sent, waiting for the next `Ready`
+    /// to be installed (or found unneeded): see `snapshot.rs`.
+    pub(super) snapshot_offered: Option<(NodeId, SnapshotMeta)>,
 }
 
 impl<S: Storage> Replica<S> {
@@ -189,6 +197,7 @@ impl<S: Storage> Replica<S> {
             reported_soft_state: SoftState { role: Role::Follower, term: hard_state.term, leader: None },
             outstanding: None,
             messages_refused: 0,
+            snapshot_offered: None,
         };
         replica.reset_election_deadline();
         if replica.quorum() == 1 {
@@ -247,9 +256,15 @@ impl<S: Storage> Replica<S> {
         self.log.into_storage()
     }
 
-    /// Entries of this replica's log (durable and not yet durable) in `low..high`.
+    /// Entries of this replica's log (durable and not yet durable) in `low..high`, from
+    /// its first index if `low` was compacted.
     pub fn entries(&self, low: LogIndex, high: LogIndex) -> Result<Vec<Entry>, StorageError> {
-        self.log.entries(low, high, usize::MAX)
+        self.log.entries(low.max(self.log.first_index()?), high, usize::MAX)
+    }
+
+    /// The first index this replica's log holds (1 unless compacted).
+    pub fn first_index(&self) -> Result<LogIndex, StorageError> {
+        self.log.first_index()
     }
 
     pub fn config(&self) -> &ReplicaConfig {
@@ -333,9 +348,9 @@ impl<S: Storage> Replica<S> {
                 // A pre-vote request carries a term the sender has not adopted; so does a
                 // granted pre-vote response (§9.6). Neither changes ours.
                 MessageBody::PreVoteRequest { .. } | MessageBody::PreVoteResponse { granted: true } => {}
-                MessageBody::AppendRequest { .. } | MessageBody::TimeoutNow { .. } => {
-                    self.become_follower(message.term, Some(message.from))
-                }
+                MessageBody::AppendRequest { .. }
+                | MessageBody::TimeoutNow { .. }
+                | MessageBody::InstallSnapshot { .. } => self.become_follower(message.term, Some(message.from)),
                 _ => self.become_follower(message.term, None),
             }
         } else if message.term < self.term {
@@ -355,6 +370,7 @@ impl<S: Storage> Replica<S> {
                 self.handle_append_response(from, result, heartbeat_round)
             }
             MessageBody::TimeoutNow { last_log } => self.handle_timeout_now(from, last_log),
+            MessageBody::InstallSnapshot { snapshot } => self.handle_install_snapshot(from, snapshot),
         }
     }
 
@@ -367,6 +383,7 @@ impl<S: Storage> Replica<S> {
         }
         let broadcast = matches!(&self.role, RoleState::Leader(l) if l.broadcast_needed || l.heartbeat_requested);
         broadcast
+            || self.snapshot_offered.is_some()
             || !self.outbox.is_empty()
             || !self.log.unstable_entries().is_empty()
             || self.hard_state() != self.persisted_hard_state
@@ -379,6 +396,7 @@ impl<S: Storage> Replica<S> {
     pub fn ready(&mut self) -> Result<Ready, StorageError> {
         assert!(self.outstanding.is_none(), "ready() called again before advance()");
         self.flush_broadcast()?;
+        let snapshot = self.take_snapshot_to_install()?;
         let hard_state = self.hard_state();
         let soft_state = self.soft_state();
         // The one step that can fail comes first: if it does, nothing was taken, and the
@@ -388,6 +406,7 @@ impl<S: Storage> Replica<S> {
         let outbox = std::mem::take(&mut self.outbox);
         let (truncate_from, entries) = self.log.take_to_persist();
         let ready = Ready {
+            snapshot,
             hard_state: (hard_state != self.persisted_hard_state).then_some(hard_state),
             truncate_from,
             entries,
@@ -407,9 +426,7 @@ impl<S: Storage> Replica<S> {
     pub fn advance(&mut self) -> Result<(), StorageError> {
         let (last_entry, hard_state) = self.outstanding.take().expect("advance() without an outstanding ready()");
         self.persisted_hard_state = hard_state;
-        if let Some(position) = last_entry {
-            self.log.stable_to(position)?;
-        }
+        self.log.stable_to(last_entry)?;
         // The leader's own log counts toward the quorum only once durable.
         if let Some((leader, mut cx)) = self.leader_parts() {
             leader.maybe_commit(&mut cx)?;
@@ -451,6 +468,9 @@ impl<S: Storage> Replica<S> {
             self.term = term;
             self.vote = None;
             self.announced_transfer = None;
+            // Offered by a leader of an older term: whatever this replica accepts in the new
+            // term must not be wiped out by installing it.
+            self.snapshot_offered = None;
         }
     }
 

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 
-use super::types::{Entry, HardState, LogIndex, Term};
+use super::types::{Entry, HardState, LogIndex, LogPosition, SnapshotMeta, Term};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StorageError {
@@ -17,13 +17,24 @@ pub enum StorageError {
 }
 
 /// Read access to the durable log.
+///
+/// A log may be compacted: the entries before `first_index` were dropped once a snapshot
+/// covering them was durable. The term of the entry just before the first one is kept (the
+/// consistency check of the next append needs it), and `snapshot` describes the latest
+/// snapshot, which covers at least every dropped entry.
 pub trait Storage {
     /// The term and vote as last persisted.
     fn hard_state(&self) -> Result<HardState, StorageError>;
-    /// The index of the last durable entry (0 when empty).
+    /// The index of the last durable entry (0 when empty; after a compaction that dropped
+    /// everything, the index of the last dropped entry).
     fn last_index(&self) -> Result<LogIndex, StorageError>;
-    /// The term of the durable entry at `index`; `Some(0)` for index 0, `None` beyond the end.
+    /// The index of the first entry held: 1 when nothing was compacted.
+    fn first_index(&self) -> Result<LogIndex, StorageError>;
+    /// The term of the durable entry at `index`: `Some(0)` for index 0, the kept term for
+    /// `first_index - 1`, `None` beyond the end and below `first_index - 1` (compacted).
     fn term(&self, index: LogIndex) -> Result<Option<Term>, StorageError>;
+    /// The latest durable snapshot, if any was taken or installed.
+    fn snapshot(&self) -> Result<Option<SnapshotMeta>, StorageError>;
     /// Durable entries in `low..high` (high exclusive), stopping early once `bytes_max`
     /// would be exceeded (but always at least one entry if any is in range).
     fn entries(&self, low: LogIndex, high: LogIndex, bytes_max: usize) -> Result<Vec<Entry>, StorageError>;
@@ -34,8 +45,11 @@ pub trait Storage {
 #[derive(Debug, Clone, Default)]
 pub struct MemoryStorage {
     hard_state: HardState,
-    /// entries[i] has index i + 1.
+    /// The last compacted entry (ZERO when none was): `entries[i]` has index
+    /// `compacted.index + i + 1`.
+    compacted: LogPosition,
     entries: VecDeque<Entry>,
+    snapshot: Option<SnapshotMeta>,
 }
 
 impl MemoryStorage {
@@ -49,7 +63,7 @@ impl MemoryStorage {
         for (offset, entry) in entries.iter().enumerate() {
             assert_eq!(entry.index, offset as LogIndex + 1, "entries must be contiguous from 1");
         }
-        Self { hard_state, entries: entries.into() }
+        Self { hard_state, entries: entries.into(), ..Self::default() }
     }
 
     pub fn set_hard_state(&mut self, hard_state: HardState) {
@@ -60,13 +74,46 @@ impl MemoryStorage {
     /// (a conflicting suffix the leader overwrote), if set, then appends `entries`, which
     /// must start exactly there, or else right after the last stored entry.
     pub fn append(&mut self, truncate_from: Option<LogIndex>, entries: &[Entry]) {
-        let start = assert_writable(self.entries.len() as LogIndex, truncate_from, entries);
-        self.entries.truncate(start as usize - 1);
+        let start = assert_writable(self.last_index_held(), truncate_from, entries);
+        assert!(start > self.compacted.index, "write at {start} into the compacted part of the log");
+        self.entries.truncate((start - self.compacted.index) as usize - 1);
         self.entries.extend(entries.iter().cloned());
     }
 
+    /// The entries held (from `first_index`).
     pub fn all_entries(&self) -> impl Iterator<Item = &Entry> {
         self.entries.iter()
+    }
+
+    /// Records a snapshot the caller took of its state machine, through an index this log
+    /// holds (or its compaction point).
+    pub fn record_snapshot(&mut self, snapshot: SnapshotMeta) {
+        let position = snapshot.last_included;
+        let previous = self.snapshot.as_ref().map_or(0, |s| s.last_included.index);
+        assert!(position.index >= previous, "snapshot through {} older than the one held ({previous})", position.index);
+        assert_eq!(self.term(position.index).ok().flatten(), Some(position.term), "snapshot of an entry not held");
+        self.snapshot = Some(snapshot);
+    }
+
+    /// Drops the entries through `through`, which the latest snapshot must cover.
+    pub fn compact(&mut self, through: LogIndex) {
+        let covered = self.snapshot.as_ref().map_or(0, |s| s.last_included.index);
+        assert!(through <= covered, "compaction through {through} beyond the snapshot ({covered})");
+        if through <= self.compacted.index {
+            return;
+        }
+        let term = self.term(through).ok().flatten().expect("a covered index is held");
+        let drop = (through - self.compacted.index) as usize;
+        self.entries.drain(..drop);
+        self.compacted = LogPosition { term, index: through };
+    }
+
+    /// Replaces the whole log with a snapshot installed from the leader: no entries, the
+    /// snapshot's last entry as the compaction point.
+    pub fn install_snapshot(&mut self, snapshot: SnapshotMeta) {
+        self.entries.clear();
+        self.compacted = snapshot.last_included;
+        self.snapshot = Some(snapshot);
     }
 }
 
@@ -91,27 +138,44 @@ pub fn assert_writable(last: LogIndex, truncate_from: Option<LogIndex>, entries:
     start
 }
 
+impl MemoryStorage {
+    fn last_index_held(&self) -> LogIndex {
+        self.compacted.index + self.entries.len() as LogIndex
+    }
+}
+
 impl Storage for MemoryStorage {
     fn hard_state(&self) -> Result<HardState, StorageError> {
         Ok(self.hard_state)
     }
 
     fn last_index(&self) -> Result<LogIndex, StorageError> {
-        Ok(self.entries.len() as LogIndex)
+        Ok(self.last_index_held())
+    }
+
+    fn first_index(&self) -> Result<LogIndex, StorageError> {
+        Ok(self.compacted.index + 1)
     }
 
     fn term(&self, index: LogIndex) -> Result<Option<Term>, StorageError> {
         if index == 0 {
             return Ok(Some(0));
         }
-        Ok(self.entries.get(index as usize - 1).map(|entry| entry.term))
+        if index <= self.compacted.index {
+            return Ok((index == self.compacted.index).then_some(self.compacted.term));
+        }
+        Ok(self.entries.get((index - self.compacted.index) as usize - 1).map(|entry| entry.term))
+    }
+
+    fn snapshot(&self) -> Result<Option<SnapshotMeta>, StorageError> {
+        Ok(self.snapshot.clone())
     }
 
     fn entries(&self, low: LogIndex, high: LogIndex, bytes_max: usize) -> Result<Vec<Entry>, StorageError> {
         let mut out = Vec::new();
         let mut bytes = 0;
-        for index in low.max(1)..high.min(self.entries.len() as LogIndex + 1) {
-            let entry = &self.entries[index as usize - 1];
+        for index in low.max(self.compacted.index + 1)..high.min(self.last_index_held() + 1) {
+            let entry = &self.entries[(index - self.compacted.index) as usize - 1];
             bytes += entry.size_bytes();
             if !out.is_empty() && bytes > bytes_max {
                 break;
@@ -163,6 +227,29 @@ mod tests {
     fn an_overwrite_without_its_truncation_panics() {
         let mut storage = MemoryStorage::with_log(HardState::default(), vec![entry(1, 1), entry(2, 1)]);
         storage.append(None, &[entry(2, 2)]);
+    }
+
+    /// A compacted log answers for its kept boundary and nothing before it, and appends
+    /// after its end as before.
+    #[test]
+    fn a_compacted_log_keeps_the_boundary_term_and_appends_after_its_end() {
+        let mut storage = MemoryStorage::with_log(HardState::default(), vec![entry(1, 1), entry(2, 1), entry(3, 2)]);
+        let members = [1, 2, 3].into();
+        storage.record_snapshot(SnapshotMeta { last_included: LogPosition { term: 1, index: 2 }, members });
+        storage.compact(2);
+        assert_eq!((storage.first_index().unwrap(), storage.last_index().unwrap()), (3, 3));
+        assert_eq!([0, 1, 2, 3, 4].map(|i| storage.term(i).unwrap()), [Some(0), None, Some(1), Some(2), None]);
+        assert_eq!(storage.entries(1, 4, usize::MAX).unwrap(), [entry(3, 2)]);
+        storage.append(Some(3), &[entry(3, 3)]);
+        assert_eq!(stored(&storage), [(3, 3)]);
+    }
+
+    /// Nothing may be dropped that no snapshot covers.
+    #[test]
+    #[should_panic(expected = "beyond the snapshot")]
+    fn compaction_beyond_the_snapshot_panics() {
+        let mut storage = MemoryStorage::with_log(HardState::default(), vec![entry(1, 1), entry(2, 1)]);
+        storage.compact(1);
     }
 
     /// A truncation that removes nothing means the core's view of this storage is wrong.

@@ -1,5 +1,7 @@
 //! The vocabulary of the replication core.
 
+use std::collections::BTreeSet;
+
 use bytes::Bytes;
 
 /// A member of the cluster. Ids are chosen by the operator and never reused.
@@ -67,6 +69,16 @@ impl Entry {
                 Payload::Command(bytes) => bytes.len(),
             }
     }
+}
+
+/// What a snapshot of the state machine covers: every entry through `last_included`
+/// applied, with the members of the cluster at that point. The core handles only this
+/// description; the state itself is the caller's (for Chorus, a copy of the chat database),
+/// and travels beside the `InstallSnapshot` message that names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SnapshotMeta {
+    pub last_included: LogPosition,
+    pub members: BTreeSet<NodeId>,
 }
 
 /// What must survive a crash besides the log: the current term and the vote cast in it.

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::sqlite_log::{ClusterIdentity, LogStoreError};
-use crate::replication::{Entry, HardState, LogIndex, Storage, StorageError, Term};
+use crate::replication::{Entry, HardState, LogIndex, SnapshotMeta, Storage, StorageError, Term};
 
 /// Whether opening a log may initialize an empty one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,8 +87,16 @@ impl Storage for SharedLog {
         self.lock().last_index()
     }
 
+    fn first_index(&self) -> Result<LogIndex, StorageError> {
+        self.lock().first_index()
+    }
+
     fn term(&self, index: LogIndex) -> Result<Option<Term>, StorageError> {
         self.lock().term(index)
+    }
+
+    fn snapshot(&self) -> Result<Option<SnapshotMeta>, StorageError> {
+        self.lock().snapshot()
     }
 
     fn entries(&self, low: LogIndex, high: LogIndex, bytes_max: usize) -> Result<Vec<Entry>, StorageError> {

@@ -17,7 +17,9 @@ use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::log_store::{Creation, LogStore, ScrubProgress};
-use crate::replication::{Entry, HardState, LogIndex, NodeId, Payload, Storage, StorageError, Term, assert_writable};
+use crate::replication::{
+    Entry, HardState, LogIndex, NodeId, Payload, SnapshotMeta, Storage, StorageError, Term, assert_writable,
+};
 use crate::sqlite::{Sharing, SqliteError, migrate, open_database};
 
 /// What a data directory belongs to: checked at every start.
@@ -451,11 +453,19 @@ impl Storage for SqliteLog {
         Ok(self.terms.len() as LogIndex)
     }
 
+    fn first_index(&self) -> Result<LogIndex, StorageError> {
+        Ok(1)
+    }
+
     fn term(&self, index: LogIndex) -> Result<Option<Term>, StorageError> {
         if index == 0 {
             return Ok(Some(0));
         }
         Ok(self.terms.get(index as usize - 1).copied())
+    }
+
+    fn snapshot(&self) -> Result<Option<SnapshotMeta>, StorageError> {
+        Ok(None)
     }
 
     fn entries(&self, low: LogIndex, high: LogIndex, bytes_max: usize) -> Result<Vec<Entry>, StorageError> {

@@ -5,7 +5,9 @@
 use bytes::Bytes;
 use chorus_proto::v1 as pb;
 
-use crate::replication::{AppendResult, Entry, LogPosition, Message, MessageBody, NodeId, Payload};
+use std::collections::BTreeSet;
+
+use crate::replication::{AppendResult, Entry, LogPosition, Message, MessageBody, NodeId, Payload, SnapshotMeta};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("malformed Raft message: {0}")]
@@ -51,6 +53,10 @@ pub fn encode_message(message: &Message) -> pb::RaftMessage {
         MessageBody::TimeoutNow { last_log } => {
             Body::TimeoutNow(pb::TimeoutNow { last_log: Some(encode_position(*last_log)) })
         }
+        MessageBody::InstallSnapshot { snapshot } => Body::InstallSnapshot(pb::InstallSnapshot {
+            last_included: Some(encode_position(snapshot.last_included)),
+            members: snapshot.members.iter().copied().collect(),
+        }),
     };
     pb::RaftMessage { term: message.term, body: Some(body) }
 }
@@ -89,6 +95,14 @@ pub fn decode_message(from: NodeId, to: NodeId, message: pb::RaftMessage) -> Res
             MessageBody::AppendResponse { result, heartbeat_round: response.heartbeat_round }
         }
         Body::TimeoutNow(request) => MessageBody::TimeoutNow { last_log: decode_position(request.last_log)? },
+        Body::InstallSnapshot(request) => {
+            let members: BTreeSet<NodeId> = request.members.iter().copied().collect();
+            if members.len() != request.members.len() {
+                return Err(DecodeError("snapshot lists a member twice"));
+            }
+            let last_included = decode_position(request.last_included)?;
+            MessageBody::InstallSnapshot { snapshot: SnapshotMeta { last_included, members } }
+        }
     };
     Ok(Message { from, to, term: message.term, body })
 }
@@ -152,6 +166,9 @@ mod tests {
                 heartbeat_round: 0,
             },
             MessageBody::TimeoutNow { last_log: position },
+            MessageBody::InstallSnapshot {
+                snapshot: SnapshotMeta { last_included: position, members: [1, 2, 3].into() },
+            },
         ];
         for body in bodies {
             let message = Message { from: 1, to: 2, term: 4, body };

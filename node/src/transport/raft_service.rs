@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use super::RAFT_BATCH_MESSAGES_MAX;
 use super::codec::decode_message;
 use super::inbox::InboxSender;
-use crate::replication::{Message, NodeId};
+use crate::replication::{Message, MessageBody, NodeId};
 
 /// How the peer service learns who sent a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,11 +70,18 @@ impl BatchGate {
             return Err(Status::invalid_argument(message));
         }
         let (from, to) = (batch.from, batch.to);
-        std::mem::take(&mut batch.messages)
+        let messages = std::mem::take(&mut batch.messages)
             .into_iter()
             .map(|message| decode_message(from, to, message))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|error| Status::invalid_argument(error.to_string()))
+            .map_err(|error| Status::invalid_argument(error.to_string()))?;
+        if messages.iter().any(|message| matches!(message.body, MessageBody::InstallSnapshot { .. })) {
+            // Installing needs the data, which only the InstallSnapshot stream carries.
+            return Err(Status::invalid_argument(
+                "an InstallSnapshot message travels only in the InstallSnapshot stream, with its data",
+            ));
+        }
+        Ok(messages)
     }
 }
 

@@ -12,8 +12,8 @@ use std::fmt::Write as _;
 
 use bytes::Bytes;
 use chorus::replication::{
-    Entry, LogIndex, MemoryStorage, Message, MessageBody, NodeId, Payload, ReadOutcome, Ready, Replica, ReplicaConfig,
-    Role, Storage, Term,
+    Entry, LogIndex, LogPosition, MemoryStorage, Message, MessageBody, NodeId, Payload, ReadOutcome, Ready, Replica,
+    ReplicaConfig, Role, SnapshotMeta, SnapshotTransfer, Storage, Term,
 };
 
 /// One simulated machine.
@@ -28,6 +28,12 @@ pub struct Node {
     /// The state machine: every applied entry, in order. It survives crashes (it stands for
     /// a durable state machine such as the chat database).
     pub applied: Vec<Entry>,
+    /// Every snapshot this node took or installed, by last index: the state machine's
+    /// entries through it. Durable, like the snapshot files of a real node.
+    pub snapshots: BTreeMap<LogIndex, Vec<Entry>>,
+    /// Snapshot data a leader's transfer staged here, waiting for the `Ready` that
+    /// installs it (the transport stages it before it hands over the message).
+    pub staged: Option<(SnapshotMeta, Vec<Entry>)>,
     pub restarts: u64,
 }
 
@@ -73,6 +79,8 @@ pub struct Cluster {
     /// Counts of what happened, for tests that assert on efficiency.
     pub delivered: BTreeMap<&'static str, u64>,
     pub append_rejections_by_follower: BTreeMap<NodeId, u64>,
+    /// Snapshots installed on followers from a leader.
+    pub snapshots_installed: u64,
     /// The node the last delivered message went to.
     pub last_receiver: Option<NodeId>,
     /// Forged messages were injected: Raft promises no safety against them (they are
@@ -107,6 +115,7 @@ impl Cluster {
             next_read_context: 1,
             delivered: BTreeMap::new(),
             append_rejections_by_follower: BTreeMap::new(),
+            snapshots_installed: 0,
             last_receiver: None,
             forgeries_injected: false,
             trace: Vec::new(),
@@ -114,7 +123,15 @@ impl Cluster {
         for (id, storage) in storages {
             cluster.nodes.insert(
                 id,
-                Node { replica: None, crashed_storage: Some(storage), pending: None, applied: Vec::new(), restarts: 0 },
+                Node {
+                    replica: None,
+                    crashed_storage: Some(storage),
+                    pending: None,
+                    applied: Vec::new(),
+                    snapshots: BTreeMap::new(),
+                    staged: None,
+                    restarts: 0,
+                },
             );
             cluster.start(id);
         }
@@ -212,6 +229,22 @@ impl Cluster {
     pub fn persist(&mut self, id: NodeId) -> Result<(), Failure> {
         let node = self.nodes.get_mut(&id).unwrap();
         let (Some(replica), Some(ready)) = (node.replica.as_mut(), node.pending.take()) else { return Ok(()) };
+        if let Some(meta) = &ready.snapshot {
+            // Installed whole, state machine and log together, before anything else.
+            let Some((staged, data)) = node.staged.take().filter(|(staged, _)| staged == meta) else {
+                return Err(self.fail(format!("node {id} was asked to install {meta:?}, which was never staged")));
+            };
+            replica.storage_mut().install_snapshot(staged);
+            node.applied = data.clone();
+            node.snapshots.insert(meta.last_included.index, data.clone());
+            self.note(format!("node {id} installed the snapshot through {}", meta.last_included.index));
+            self.snapshots_installed += 1;
+            for entry in data {
+                self.check_against_committed(id, entry)?;
+            }
+        }
+        let node = self.nodes.get_mut(&id).unwrap();
+        let replica = node.replica.as_mut().expect("up");
         if let Some(hard_state) = ready.hard_state {
             replica.storage_mut().set_hard_state(hard_state);
         }
@@ -242,6 +275,11 @@ impl Cluster {
             return Err(self.fail(format!("node {id} applied index {} but expected {expected}", entry.index)));
         }
         node.applied.push(entry.clone());
+        self.check_against_committed(id, entry)
+    }
+
+    /// State Machine Safety for one applied entry: every node applies the same at an index.
+    fn check_against_committed(&mut self, id: NodeId, entry: Entry) -> Result<(), Failure> {
         if self.forgeries_injected {
             return Ok(());
         }
@@ -323,6 +361,38 @@ impl Cluster {
         result.ok().map(|()| context)
     }
 
+    /// The node snapshots its state machine at its applied index and compacts its log
+    /// through `keep` entries before it (as the runtime does once the log has grown).
+    pub fn compact(&mut self, id: NodeId, keep: u64) {
+        let node = self.nodes.get_mut(&id).unwrap();
+        let Some(replica) = node.replica.as_mut() else { return };
+        let applied = node.applied.last().map_or(0, |e| e.index);
+        let storage = replica.storage();
+        let taken = storage.snapshot().expect("memory storage does not fail").map_or(0, |s| s.last_included.index);
+        if applied <= taken {
+            return;
+        }
+        let term = storage.term(applied).expect("memory storage does not fail").expect("applied entries are stored");
+        let meta = SnapshotMeta { last_included: LogPosition { term, index: applied }, members: self.members.clone() };
+        let through =
+            applied.saturating_sub(keep).max(storage.first_index().expect("memory storage does not fail") - 1);
+        replica.storage_mut().record_snapshot(meta);
+        replica.storage_mut().compact(through);
+        node.snapshots.insert(applied, node.applied.clone());
+        self.note(format!("node {id} took a snapshot through {applied} and compacted through {through}"));
+    }
+
+    /// Tells the sender of a snapshot how its transfer ended, as the transport does.
+    fn report_snapshot(&mut self, message: &Message, transfer: SnapshotTransfer) {
+        if !matches!(message.body, MessageBody::InstallSnapshot { .. }) {
+            return;
+        }
+        if let Some(sender) = self.nodes.get_mut(&message.from).and_then(|n| n.replica.as_mut()) {
+            sender.report_snapshot(message.to, transfer);
+            self.collect(message.from);
+        }
+    }
+
     pub fn transfer(&mut self, id: NodeId, to: NodeId) {
         if !self.nodes[&id].is_up() {
             return;
@@ -349,7 +419,16 @@ impl Cluster {
         let (from, to) = (message.from, message.to);
         if self.blocked.contains(&(from, to)) || !self.nodes.get(&to).is_some_and(Node::is_up) {
             self.note(format!("lost {}", describe(&message)));
+            self.report_snapshot(&message, SnapshotTransfer::Failed);
             return Ok(());
+        }
+        if let MessageBody::InstallSnapshot { snapshot } = &message.body {
+            // The transport streams the sender's snapshot named by the message and stages
+            // it at the receiver before handing the message over.
+            let Some(data) = self.nodes[&from].snapshots.get(&snapshot.last_included.index).cloned() else {
+                return Err(self.fail(format!("node {from} sent a snapshot it never took: {snapshot:?}")));
+            };
+            self.nodes.get_mut(&to).unwrap().staged = Some((snapshot.clone(), data));
         }
         self.note(format!("deliver {}", describe(&message)));
         *self.delivered.entry(message.body.kind()).or_default() += 1;
@@ -359,8 +438,9 @@ impl Cluster {
             *self.append_rejections_by_follower.entry(from).or_default() += 1;
         }
         self.last_receiver = Some(to);
-        self.replica_mut(to).step(message).expect("memory storage does not fail");
+        self.replica_mut(to).step(message.clone()).expect("memory storage does not fail");
         self.collect(to);
+        self.report_snapshot(&message, SnapshotTransfer::Delivered);
         Ok(())
     }
 
@@ -391,15 +471,20 @@ impl Cluster {
 
     /// Removes the in-flight messages matching `unwanted`, as a lossy network would.
     pub fn drop_matching(&mut self, unwanted: impl Fn(&Message) -> bool) -> usize {
-        let before = self.network.len();
-        self.network.retain(|m| !unwanted(m));
-        before - self.network.len()
+        let (dropped, kept): (Vec<Message>, Vec<Message>) =
+            std::mem::take(&mut self.network).into_iter().partition(unwanted);
+        self.network = kept;
+        for message in &dropped {
+            self.report_snapshot(message, SnapshotTransfer::Failed);
+        }
+        dropped.len()
     }
 
     pub fn drop_message(&mut self, position: usize) {
         if !self.network.is_empty() {
             let message = self.network.remove(position % self.network.len());
             self.note(format!("drop {}", describe(&message)));
+            self.report_snapshot(&message, SnapshotTransfer::Failed);
         }
     }
 
@@ -542,15 +627,20 @@ impl Cluster {
             self.nodes.iter().filter(|(_, n)| n.is_up()).map(|(id, _)| (*id, self.log_of(*id))).collect();
         for (i, (a, log_a)) in logs.iter().enumerate() {
             for (b, log_b) in &logs[i + 1..] {
-                // Find the last index where both have the same term; everything before must match.
-                let common = log_a.len().min(log_b.len());
-                if let Some(last_same) = (0..common).rev().find(|&k| log_a[k].term == log_b[k].term)
-                    && log_a[..=last_same] != log_b[..=last_same]
+                // Over the indexes both still hold (compaction drops a prefix), find the last
+                // where both have the same term; everything before it must match.
+                let (Some(first_a), Some(first_b)) = (log_a.first(), log_b.first()) else { continue };
+                let low = first_a.index.max(first_b.index);
+                // (One log may end before the other starts: nothing to compare then.)
+                let a_from = log_a.get((low - first_a.index) as usize..).unwrap_or_default();
+                let b_from = log_b.get((low - first_b.index) as usize..).unwrap_or_default();
+                let common = a_from.len().min(b_from.len());
+                if let Some(last_same) = (0..common).rev().find(|&k| a_from[k].term == b_from[k].term)
+                    && a_from[..=last_same] != b_from[..=last_same]
                 {
                     return Err(self.fail(format!(
                         "Log Matching: nodes {a} and {b} both have index {} of term {} but differ before it",
-                        last_same + 1,
-                        log_a[last_same].term
+                        a_from[last_same].index, a_from[last_same].term
                     )));
                 }
             }
@@ -576,9 +666,16 @@ impl Cluster {
             else {
                 continue;
             };
+            let first = replica.first_index().expect("memory storage does not fail");
             for (index, entry) in &self.committed {
-                let held = replica.entries(*index, index + 1).expect("memory storage does not fail");
-                if held.first() != Some(entry) {
+                // A compacted entry is held in the leader's snapshot, which must have it.
+                let held = if *index < first {
+                    let snapshot = node.snapshots.range(index..).next().map(|(_, data)| data);
+                    snapshot.and_then(|data| data.get(*index as usize - 1)).cloned()
+                } else {
+                    replica.entries(*index, index + 1).expect("memory storage does not fail").first().cloned()
+                };
+                if held.as_ref() != Some(entry) {
                     return Err(self.fail(format!(
                         "Leader Completeness: leader {id} of term {} lacks committed entry {entry:?}",
                         replica.term()
@@ -590,11 +687,16 @@ impl Cluster {
     }
 
     /// Nothing committed is ever lost: every committed entry is on the disks of a majority,
-    /// so it survives any crash of a minority (and, with a restart, of everyone).
+    /// in their logs or in their latest durable snapshot, so it survives any crash of a
+    /// minority (and, with a restart, of everyone).
     fn check_committed_durable(&self) -> Result<(), Failure> {
         for (index, entry) in &self.committed {
-            let holders =
-                self.nodes.values().filter(|n| n.storage().term(*index).ok().flatten() == Some(entry.term)).count();
+            let holds = |node: &&Node| {
+                let storage = node.storage();
+                let snapshot = storage.snapshot().ok().flatten().map_or(0, |s| s.last_included.index);
+                *index <= snapshot || storage.term(*index).ok().flatten() == Some(entry.term)
+            };
+            let holders = self.nodes.values().filter(holds).count();
             if holders < self.quorum() {
                 return Err(self.fail(format!(
                     "Durability: committed entry {index} (term {}) is on {holders} disks, fewer than a majority",
@@ -627,6 +729,9 @@ pub fn describe(message: &Message) -> String {
             format!("AppendResponse({result:?}, round {heartbeat_round})")
         }
         MessageBody::TimeoutNow { last_log } => format!("TimeoutNow(last {}/{})", last_log.index, last_log.term),
+        MessageBody::InstallSnapshot { snapshot } => {
+            format!("InstallSnapshot(through {}/{})", snapshot.last_included.index, snapshot.last_included.term)
+        }
     };
     format!("{} -> {} term {}: {body}", message.from, message.to, message.term)
 }
