@@ -4,7 +4,8 @@
 #
 #   scripts/replay.sh SEED [SCENARIO] [BUG]
 #
-# SCENARIO: available-crash (default), available-power-loss, safety-crash, safety-power-loss.
+# SCENARIO: available-crash (default), available-power-loss, safety-crash, safety-power-loss,
+# snapshot-catch-up.
 # BUG: a planted bug to replay with (CommitWithoutQuorum, SkipFsync, ApplyBeforeCommit,
 #      ForgetDedup, SkipReadIndex), as scripts/test.sh's planted-bug tests report.
 # RUST_LOG sets the tracing filter (default: debug for Chorus, info for the rest).

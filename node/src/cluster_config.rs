@@ -15,6 +15,10 @@
 //! logins_per_address_per_minute = 60
 //! sends_per_account_per_minute = 600
 //!
+//! [compaction]                  # optional; these are the defaults
+//! snapshot_every_entries = 10000  # snapshot once the log is this many entries past the last
+//! log_tail_entries = 1000         # entries kept before the snapshot for slightly-behind followers
+//!
 //! [[members]]
 //! id = 1
 //! peer_address = "10.0.0.1:7101"    # node-to-node traffic
@@ -37,7 +41,31 @@ pub struct ClusterConfig {
     pub timing: Timing,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub compaction: Compaction,
     pub members: Vec<MemberConfig>,
+}
+
+/// When a node snapshots its chat state and compacts its log behind the snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Compaction {
+    /// A snapshot is taken once this many entries were applied after the last one.
+    #[serde(default = "defaults::snapshot_every_entries")]
+    pub snapshot_every_entries: u64,
+    /// Entries kept in the log before a snapshot's last one: a follower less far behind
+    /// than this catches up from the log, without a snapshot.
+    #[serde(default = "defaults::log_tail_entries")]
+    pub log_tail_entries: u64,
+}
+
+impl Default for Compaction {
+    fn default() -> Self {
+        Self {
+            snapshot_every_entries: defaults::snapshot_every_entries(),
+            log_tail_entries: defaults::log_tail_entries(),
+        }
+    }
 }
 
 /// What one account, one client address and one session may do. The rates are token
@@ -149,6 +177,12 @@ mod defaults {
     pub fn sends_per_account_per_minute() -> u64 {
         600
     }
+    pub fn snapshot_every_entries() -> u64 {
+        10_000
+    }
+    pub fn log_tail_entries() -> u64 {
+        1_000
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -169,6 +203,8 @@ pub enum ClusterConfigError {
     BadClusterId(String),
     #[error("members: a cluster needs 1 to 7 members (5 tolerates 2 failures), found {0}")]
     MemberCount(usize),
+    #[error("compaction: snapshot_every_entries must be at least 1")]
+    SnapshotEveryZero,
     #[error("members: id 0 is reserved; number members from 1")]
     MemberIdZero,
     #[error("members: id {0} is too large; ids go up to 9223372036854775807 (2^63 - 1)")]
@@ -215,6 +251,7 @@ impl ClusterConfig {
             cluster_id: format!("standalone-{node_id}"),
             timing: Timing::default(),
             limits: Limits::default(),
+            compaction: Compaction::default(),
             members: vec![MemberConfig {
                 id: node_id,
                 peer_address: "127.0.0.1:0".to_owned(),
@@ -269,6 +306,9 @@ impl ClusterConfig {
             }
         }
         self.replica_config().validate()?;
+        if self.compaction.snapshot_every_entries == 0 {
+            return Err(ClusterConfigError::SnapshotEveryZero);
+        }
         self.limits.validate()
     }
 

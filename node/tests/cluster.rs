@@ -12,7 +12,8 @@ use chorus::client::v1::{
     CreateAccountRequest, LoginRequest, ReadMessagesRequest, SendMessageRequest, SubscribeRequest,
 };
 use chorus::client::{ClusterClient, SendSequence};
-use common::cluster::TestCluster;
+use chorus::cluster_config::Compaction;
+use common::cluster::{ClusterOptions, TestCluster};
 use tonic::Code;
 
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -192,13 +193,17 @@ async fn killing_every_node_mid_load_loses_nothing_acknowledged() {
 }
 
 /// A node that was down while 10,000 messages were sent catches up after it restarts.
+/// The leader compacts its log several times meanwhile, so the node catches up from a
+/// snapshot (streamed to it, then installed), and then from the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_node_down_during_ten_thousand_messages_catches_up() {
+async fn a_node_down_during_ten_thousand_messages_catches_up_from_a_snapshot() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = TestCluster::start(dir.path(), 5);
+    let compaction = Compaction { snapshot_every_entries: 2_000, log_tail_entries: 100 };
+    let mut cluster =
+        TestCluster::start_with(dir.path(), 5, ClusterOptions { compaction, ..ClusterOptions::default() });
     let mut client = cluster.client(Duration::from_secs(30));
     let alice = create_and_login(&mut client, "alice").await;
-    create_and_login(&mut client, "bob").await;
+    let bob = create_and_login(&mut client, "bob").await;
     let leader = cluster.wait_for_leader(Duration::from_secs(30)).await;
     let down = (1..=5).find(|&id| id != leader).unwrap();
     cluster.kill(down);
@@ -222,6 +227,16 @@ async fn a_node_down_during_ten_thousand_messages_catches_up() {
     assert!(applied > TOTAL as u64, "applied only {applied}");
     let status = cluster.status(down, false).await.unwrap();
     assert_eq!(status.applied_index, applied);
+    let log = cluster.log_of(down);
+    assert!(log.contains("installed a snapshot from the leader"), "node {down} caught up without a snapshot:\n{log}");
+    // Everything is still readable after the restart of the node that took the snapshot.
+    cluster.kill(leader);
+    cluster.start_node(leader);
+    assert!(cluster.wait_converged(CONVERGE_TIMEOUT).await >= applied);
+    let mut client = cluster.client(Duration::from_secs(60));
+    let bodies = read_all(&mut client, &bob).await;
+    let distinct: BTreeSet<&String> = bodies.iter().collect();
+    assert_eq!((bodies.len(), distinct.len()), (TOTAL, TOTAL), "every message exactly once");
 }
 
 /// A Raft batch from another cluster, from a stranger, for another member than the

@@ -20,7 +20,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("chat", &["bugs", "seam", "sqlite"]),
     ("storage", &["bugs", "replication", "sqlite"]),
     ("tls", &["host", "seam"]),
-    ("transport", &["backoff", "bugs", "replication", "seam", "tls", "watch"]),
+    // The transport streams snapshot files, which `storage` names and checks.
+    ("transport", &["backoff", "bugs", "replication", "seam", "storage", "tls", "watch"]),
     ("runtime", &["blocking_pool", "bugs", "chat", "replication", "seam", "sqlite", "storage", "transport", "watch"]),
     ("server", &["blocking_pool", "chat", "cluster_config", "host", "replication", "runtime", "seam", "tls", "watch"]),
     (

@@ -135,6 +135,7 @@ fn a_node_refuses_data_or_configs_that_do_not_fit() {
             cluster_id: cluster_id.to_owned(),
             timing: Timing::default(),
             limits: Default::default(),
+            compaction: Default::default(),
             members,
         };
         let path = dir.path().join(name);

@@ -81,6 +81,9 @@ impl SimCluster {
             // The workload's clients send as fast as they can; rate limits are checked over
             // real sockets (node/tests/chat_api.rs), not here.
             limits: chorus::cluster_config::Limits::generous(),
+            // Small, so that every scenario compacts its logs and lagging nodes catch up
+            // from snapshots.
+            compaction: chorus::cluster_config::Compaction { snapshot_every_entries: 50, log_tail_entries: 10 },
             members,
         };
         let observer = Arc::new(GlobalObserver::default());

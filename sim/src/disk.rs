@@ -28,6 +28,13 @@ enum Body {
         entry: Entry,
         truncate_from: Option<LogIndex>,
     },
+    /// A snapshot recorded, and the log compacted through `compact_through`; or, when
+    /// `installed`, the whole log replaced by the snapshot.
+    Snapshot {
+        snapshot: SnapshotMeta,
+        compact_through: LogIndex,
+        installed: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -66,6 +73,16 @@ fn checksum(body: &Body) -> u32 {
                     bytes.push(1);
                     bytes.extend(command.iter());
                 }
+            }
+        }
+        Body::Snapshot { snapshot, compact_through, installed } => {
+            bytes.push(3);
+            bytes.push(u8::from(*installed));
+            for value in [snapshot.last_included.index, snapshot.last_included.term, *compact_through] {
+                bytes.extend(value.to_be_bytes());
+            }
+            for member in &snapshot.members {
+                bytes.extend(member.to_be_bytes());
             }
         }
     }
@@ -192,10 +209,22 @@ pub struct SimDiskLog {
 }
 
 impl SimDiskLog {
+    /// Appends one record and syncs, as the SQLite log's own transactions do.
+    fn write_durably(&mut self, body: Body) -> Result<(), StorageError> {
+        self.replay(&body);
+        self.disk.lock().volatile.push(Record::new(body));
+        self.sync()
+    }
+
     fn replay(&mut self, body: &Body) {
         match body {
             Body::HardState(hard_state) => self.view.set_hard_state(*hard_state),
             Body::Entry { entry, truncate_from } => self.view.append(*truncate_from, std::slice::from_ref(entry)),
+            Body::Snapshot { snapshot, installed: true, .. } => self.view.install_snapshot(snapshot.clone()),
+            Body::Snapshot { snapshot, compact_through, installed: false } => {
+                self.view.record_snapshot(snapshot.clone());
+                self.view.compact(*compact_through);
+            }
         }
     }
 }
@@ -253,6 +282,15 @@ impl LogStore for SimDiskLog {
         }
         self.disk.lock().volatile.extend(records);
         Ok(())
+    }
+
+    fn record_snapshot(&mut self, snapshot: &SnapshotMeta, compact_through: LogIndex) -> Result<(), StorageError> {
+        self.write_durably(Body::Snapshot { snapshot: snapshot.clone(), compact_through, installed: false })
+    }
+
+    fn install_snapshot(&mut self, snapshot: &SnapshotMeta) -> Result<(), StorageError> {
+        let compact_through = snapshot.last_included.index;
+        self.write_durably(Body::Snapshot { snapshot: snapshot.clone(), compact_through, installed: true })
     }
 
     fn sync(&mut self) -> Result<(), StorageError> {

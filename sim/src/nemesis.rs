@@ -42,6 +42,9 @@ pub struct Nemesis {
     /// quarantine themselves when they find the fault running), for good.
     corrupted: BTreeSet<u64>,
     degraded_network: bool,
+    /// A node kept down for the whole fault phase (see [`Nemesis::hold_down_one`]): never
+    /// restarted or wiped by the faults, brought back by `heal_all`.
+    held_down: Option<u64>,
 }
 
 impl Nemesis {
@@ -57,6 +60,7 @@ impl Nemesis {
             cut_links: BTreeSet::new(),
             corrupted: BTreeSet::new(),
             degraded_network: false,
+            held_down: None,
         }
     }
 
@@ -91,6 +95,18 @@ impl Nemesis {
     /// The largest clock drift, either way (a poor quartz oscillator).
     const CLOCK_DRIFT_PPM_MAX: i64 = 500;
 
+    /// Kills one node (power loss, on that storage model) and keeps it down until
+    /// `heal_all`: meanwhile the others compact their logs past what it holds, so that it
+    /// catches up from a snapshot. It counts against the family's budget of faulty nodes.
+    pub fn hold_down_one(&mut self, cluster: &mut SimCluster) {
+        let ids = cluster.ids();
+        let Some(id) = self.pick(&ids) else { return };
+        let disk = cluster.kill(id, &mut self.rng);
+        self.killed.insert(id);
+        self.held_down = Some(id);
+        self.note(format!("hold node {id} down for the fault phase{}{disk}", if disk.is_empty() { "" } else { ": " }));
+    }
+
     /// Runs faults for `duration`, one every 0.3-3 s.
     pub async fn run(&mut self, cluster: &mut SimCluster, duration: Duration) {
         let end = tokio::time::Instant::now() + duration;
@@ -121,7 +137,7 @@ impl Nemesis {
                 }
             }
             2 | 3 => {
-                let killed: Vec<u64> = self.killed.iter().copied().collect();
+                let killed: Vec<u64> = self.killed.iter().copied().filter(|id| Some(*id) != self.held_down).collect();
                 if let Some(id) = self.pick(&killed) {
                     cluster.restart(id);
                     self.killed.remove(&id);
@@ -222,7 +238,7 @@ impl Nemesis {
             15 if self.corrupted.is_empty() => {
                 // A node that is down loses its disk: it must not come back as the voter it
                 // was, and refuses to start.
-                let killed: Vec<u64> = self.killed.iter().copied().collect();
+                let killed: Vec<u64> = self.killed.iter().copied().filter(|id| Some(*id) != self.held_down).collect();
                 if let Some(id) = self.pick(&killed) {
                     cluster.wipe(id);
                     self.corrupted.insert(id);

@@ -18,6 +18,8 @@ struct State {
     applied: BTreeMap<LogIndex, (Term, [u8; 32], NodeId)>,
     /// Each node's last reported term and role.
     roles: BTreeMap<NodeId, (Term, Role)>,
+    /// Snapshots installed from a leader, per node.
+    snapshots_installed: BTreeMap<NodeId, u64>,
     violations: Vec<Violation>,
 }
 
@@ -47,6 +49,11 @@ impl GlobalObserver {
         self.lock().roles.remove(&node);
     }
 
+    /// Snapshots installed from a leader, in all.
+    pub fn snapshots_installed(&self) -> u64 {
+        self.lock().snapshots_installed.values().sum()
+    }
+
     /// How many entries were applied anywhere (the highest index).
     pub fn applied_max(&self) -> LogIndex {
         self.lock().applied.keys().next_back().copied().unwrap_or(0)
@@ -68,6 +75,18 @@ impl ReplicationObserver for GlobalObserver {
             _ => {
                 state.leaders.insert(term, node);
             }
+        }
+    }
+
+    fn snapshot_installed(&self, node: NodeId, index: LogIndex) {
+        let mut state = self.lock();
+        *state.snapshots_installed.entry(node).or_default() += 1;
+        // A snapshot holds applied state: some node applied every entry it covers.
+        let applied_max = state.applied.keys().next_back().copied().unwrap_or(0);
+        if index > applied_max {
+            let detail =
+                format!("node {node} installed a snapshot through {index}, but no node applied beyond {applied_max}");
+            state.violations.push(Violation { checker: "raft: state machine safety", detail });
         }
     }
 

@@ -23,16 +23,20 @@ pub struct Scenario {
     /// How long the nemesis injects faults (simulated time).
     pub fault_duration: Duration,
     pub clients: usize,
+    /// One node is held down through the fault phase, and must catch up from a snapshot
+    /// once back (the run fails if no snapshot was installed).
+    pub lagging_node: bool,
 }
 
 /// The scenarios the suite runs.
-pub const SCENARIOS: [Scenario; 4] = [
+pub const SCENARIOS: [Scenario; 5] = [
     Scenario {
         name: "available-crash",
         family: Family::Available,
         storage: StorageModel::Sqlite,
         fault_duration: Duration::from_secs(30),
         clients: 4,
+        lagging_node: false,
     },
     Scenario {
         name: "available-power-loss",
@@ -40,6 +44,7 @@ pub const SCENARIOS: [Scenario; 4] = [
         storage: StorageModel::PowerLoss,
         fault_duration: Duration::from_secs(30),
         clients: 4,
+        lagging_node: false,
     },
     Scenario {
         name: "safety-crash",
@@ -47,6 +52,7 @@ pub const SCENARIOS: [Scenario; 4] = [
         storage: StorageModel::Sqlite,
         fault_duration: Duration::from_secs(30),
         clients: 4,
+        lagging_node: false,
     },
     Scenario {
         name: "safety-power-loss",
@@ -54,6 +60,15 @@ pub const SCENARIOS: [Scenario; 4] = [
         storage: StorageModel::PowerLoss,
         fault_duration: Duration::from_secs(30),
         clients: 4,
+        lagging_node: false,
+    },
+    Scenario {
+        name: "snapshot-catch-up",
+        family: Family::Available,
+        storage: StorageModel::PowerLoss,
+        fault_duration: Duration::from_secs(30),
+        clients: 4,
+        lagging_node: true,
     },
 ];
 
@@ -186,6 +201,9 @@ async fn run(scenario: Scenario, seed: u64, bug: Option<Bug>) -> RunReport {
     // different schedules in different scenarios.
     let salt = scenario.name.bytes().fold(0x006e_656d_6573_6973_u64, |h, b| h.rotate_left(5) ^ u64::from(b));
     let mut nemesis = Nemesis::new(scenario.family, StdRng::seed_from_u64(seed ^ salt));
+    if scenario.lagging_node {
+        nemesis.hold_down_one(&mut cluster);
+    }
     nemesis.run(&mut cluster, scenario.fault_duration).await;
     nemesis.heal_all(&mut cluster).await;
     // A quiet while with everything healthy, for the workload to finish in.
@@ -213,6 +231,12 @@ async fn run(scenario: Scenario, seed: u64, bug: Option<Bug>) -> RunReport {
     violations.extend(cluster.observer.violations());
     if scenario.family == Family::Available {
         violations.extend(liveness(&history, OPERATION_BOUND));
+    }
+    if scenario.lagging_node && cluster.observer.snapshots_installed() == 0 {
+        let detail =
+            "the node held down caught up without installing a snapshot: the run did not reach the path it is for"
+                .to_owned();
+        violations.push(Violation { checker: "coverage", detail });
     }
     bugs::activate(None);
     RunReport {

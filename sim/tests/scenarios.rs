@@ -98,3 +98,8 @@ fn a_seed_replays_identically() {
     }
     assert_eq!(first.trace_hash, second.trace_hash, "seed {seed} of {} diverged between two runs", scenario.name);
 }
+
+#[test]
+fn snapshot_catch_up() {
+    run_scenario("snapshot-catch-up");
+}

@@ -158,6 +158,7 @@ impl Testbed {
             cluster_id: options.cluster_id.clone(),
             timing: options.timing,
             limits: Limits::generous(),
+            compaction: Default::default(),
             members,
         };
         let launch = Launch {

@@ -6,11 +6,13 @@ pub mod limits;
 mod outcome;
 mod queries;
 mod schema;
+mod snapshot;
 mod state_machine;
 pub mod validate;
 
 pub use outcome::{MessagePage, MessageView, Outcome, Rejection};
 pub use queries::{ChatReader, Credentials, SessionUser};
+pub use snapshot::snapshot_applied_index;
 pub use state_machine::{AppliedBatch, ChatStateMachine, StateMachineError};
 
 use chorus_proto::v1::Command;

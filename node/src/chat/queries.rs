@@ -101,7 +101,6 @@ impl ChatReader {
         &mut self.conn
     }
 
-    #[cfg(test)]
     pub(super) fn connection(&self) -> &Connection {
         &self.conn
     }

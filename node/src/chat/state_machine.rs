@@ -30,6 +30,8 @@ pub enum StateMachineError {
     Open(#[from] SqliteError),
     #[error("chat database {path}: {source}")]
     Sqlite { path: PathBuf, source: rusqlite::Error },
+    #[error("chat snapshot {path}: {detail}")]
+    Snapshot { path: PathBuf, detail: String },
 }
 
 /// The chat database's one writer: it applies commands, and answers queries over its own
@@ -69,6 +71,10 @@ impl ChatStateMachine {
     /// Queries over the writer's own connection.
     pub fn queries(&self) -> &ChatReader {
         &self.db
+    }
+
+    pub(super) fn db_mut(&mut self) -> &mut ChatReader {
+        &mut self.db
     }
 
     /// The index of the last command applied; 0 for a new database.

@@ -18,14 +18,17 @@ use tracing::Instrument;
 
 use crate::chat::credentials::{CredentialError, PasswordHashCost, PasswordHasher};
 use crate::chat::limits::REQUEST_BYTES_MAX;
-use crate::chat::{ChatStateMachine, StateMachineError};
+use crate::chat::{ChatStateMachine, StateMachineError, snapshot_applied_index};
 use crate::cluster_config::ClusterConfig;
 use crate::replication::{NodeId, ReplicaError};
-use crate::runtime::{ChatState, HandOver, ReplicaSetup, ReplicationObserver, RuntimeError, start_runtime};
+use crate::runtime::{
+    ChatState, HandOver, ReplicaSetup, ReplicationObserver, RuntimeError, SnapshotPolicy, SnapshotSetup, start_runtime,
+};
 use crate::seam::{NodeClock, os_seeded_rng};
 use crate::server::{ChatService, ClusterService, LeaderHints, RefusalCounts, StreamEnds};
 use crate::storage::{
-    ClusterIdentity, Creation, DataDir, DataDirError, LogStore, LogStoreError, LogStoreFactory, SharedLog, SqliteLog,
+    ClusterIdentity, Creation, DataDir, DataDirError, LogStore, LogStoreError, LogStoreFactory, SharedLog, SnapshotDir,
+    SnapshotFileError, SqliteLog,
 };
 use crate::transport::{
     GrpcTransport, LinkSecurity, PEER_DELIVERIES_MAX, PEER_DELIVERIES_PER_CONNECTION_MAX, PEER_DELIVERY_TIMEOUT,
@@ -130,6 +133,10 @@ pub enum NodeError {
     Serve(#[from] tonic::transport::Error),
     #[error("replication stopped: {0}")]
     Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    SnapshotDir(#[from] SnapshotFileError),
+    #[error("snapshot: {0}")]
+    Snapshot(String),
 }
 
 /// Runs a node until `shutdown` resolves: a leader first hands leadership to its most
@@ -172,6 +179,40 @@ fn open_storage(config: &NodeConfig, data_dir: &DataDir) -> Result<(Box<dyn LogS
     Ok((store, chat))
 }
 
+/// Completes the install of a leader's snapshot that a crash interrupted: the log records
+/// it (the commit point) but the chat state is older. Everything the chat state lacks is in
+/// that snapshot, whose file the node keeps until a later one replaces it.
+fn finish_snapshot_install(
+    store: Box<dyn LogStore>,
+    chat: &ChatState,
+    snapshots: &SnapshotDir,
+) -> Result<Box<dyn LogStore>, NodeError> {
+    let Some(snapshot) = store.snapshot().map_err(|error| NodeError::Snapshot(error.to_string()))? else {
+        return Ok(store);
+    };
+    let position = snapshot.last_included;
+    if chat.last_applied() >= position.index {
+        return Ok(store);
+    }
+    tracing::warn!(
+        index = position.index,
+        applied = chat.last_applied(),
+        "the chat state is behind the snapshot the log was reset to (a crash while installing it); installing it again"
+    );
+    let path = snapshots.path_of(position);
+    // Checked before anything is replaced.
+    let held = snapshot_applied_index(&path)?;
+    if held != position.index {
+        return Err(NodeError::Snapshot(format!(
+            "{} holds the state through entry {held}, but the log was reset to a snapshot through {}",
+            path.display(),
+            position.index
+        )));
+    }
+    chat.install_snapshot_blocking(&path)?;
+    Ok(store)
+}
+
 async fn serve(
     config: NodeConfig,
     shutdown: impl Future<Output = ()> + Send,
@@ -182,6 +223,8 @@ async fn serve(
     let cluster = &config.cluster;
     let data_dir = DataDir::open(&config.data_dir)?;
     let (store, chat) = open_storage(&config, &data_dir)?;
+    let snapshots = SnapshotDir::open(data_dir.path())?;
+    let store = finish_snapshot_install(store, &chat, &snapshots)?;
     let log = SharedLog::new(store);
     tracing::info!(
         cluster = %cluster.cluster_id,
@@ -197,11 +240,14 @@ async fn serve(
     let peers: BTreeMap<NodeId, String> =
         cluster.members.iter().filter(|m| m.id != node_id).map(|m| (m.id, m.peer_address.clone())).collect();
     let clustered = !peers.is_empty();
+    let (snapshot_reports, reports) = tokio::sync::mpsc::unbounded_channel();
     let transport = GrpcTransport::start(
         cluster.cluster_id.clone(),
         node_id,
         peers,
         config.security.link_security(),
+        snapshots.clone(),
+        snapshot_reports,
         stopping.clone(),
     );
     let refusals = RefusalCounts {
@@ -218,6 +264,14 @@ async fn serve(
         rng_seed: rng.next_u64(),
         observer: config.observer.clone(),
         clock: config.clock.clone(),
+        snapshots: SnapshotSetup {
+            dir: snapshots.clone(),
+            policy: SnapshotPolicy {
+                every_entries: cluster.compaction.snapshot_every_entries,
+                tail_entries: cluster.compaction.log_tail_entries,
+            },
+            reports,
+        },
     };
     // What can fail is done before the Raft thread starts: past it, a failure must stop
     // the thread and wait for it (it holds the log; see the serve error below).
@@ -268,6 +322,7 @@ async fn serve(
         node_id,
         cluster.member_ids(),
         inbox_tx,
+        snapshots,
         config.security.peer_authentication(),
         Arc::clone(&refusals.peer_batches),
     );
@@ -417,7 +472,45 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::replication::{Entry, Role, Term};
+    use crate::replication::{Entry, LogIndex, Role, Term};
+
+    /// A crash between installing a leader's snapshot in the log and in the chat state
+    /// leaves the chat state behind: the start installs the snapshot the log names, and
+    /// refuses a file that does not hold what the log says.
+    #[test]
+    fn a_start_completes_a_snapshot_install_a_crash_interrupted() {
+        use chorus_proto::v1::{Command, CreateAccountCommand, command};
+
+        use crate::replication::{LogPosition, SnapshotMeta};
+        use crate::storage::ClusterIdentity;
+
+        let dir = tempfile::tempdir().unwrap();
+        let snapshots = SnapshotDir::open(dir.path()).unwrap();
+        let mut leader = ChatStateMachine::open(&dir.path().join("leader.sqlite3")).unwrap();
+        for (index, name) in [(1, "ann"), (2, "bob"), (3, "cat")] {
+            let create = CreateAccountCommand { username: name.into(), password_hash: "h".into(), created_at_ms: 1 };
+            let command = Command { proposed_at_ms: 1, kind: Some(command::Kind::CreateAccount(create)) };
+            leader.apply(index, &command).unwrap();
+        }
+        let position = LogPosition { index: 3, term: 2 };
+        leader.queries().write_snapshot(&snapshots.path_of(position)).unwrap();
+        let identity = ClusterIdentity { cluster_id: "c".into(), node_id: 1, members: [1, 2, 3].into() };
+        let mut log = SqliteLog::open(&dir.path().join("raft.sqlite3"), &identity, Creation::Bootstrap).unwrap();
+        log.install_snapshot(&SnapshotMeta { last_included: position, members: identity.members.clone() }).unwrap();
+
+        let chat = ChatState::new(ChatStateMachine::open(&dir.path().join("chat.sqlite3")).unwrap()).unwrap();
+        let store = finish_snapshot_install(Box::new(log), &chat, &snapshots).unwrap();
+        assert_eq!(chat.last_applied(), 3);
+
+        // The log names a later snapshot than the file there holds.
+        drop(store);
+        let mut log = SqliteLog::open(&dir.path().join("raft.sqlite3"), &identity, Creation::MemberOfExisting).unwrap();
+        let later = LogPosition { index: 9, term: 2 };
+        std::fs::copy(snapshots.path_of(position), snapshots.path_of(later)).unwrap();
+        log.install_snapshot(&SnapshotMeta { last_included: later, members: identity.members.clone() }).unwrap();
+        let error = finish_snapshot_install(Box::new(log), &chat, &snapshots).err().expect("refused");
+        assert!(error.to_string().contains("through entry 3"), "{error}");
+    }
 
     /// Records the thread each applied entry was applied on.
     #[derive(Default)]
@@ -429,6 +522,7 @@ mod tests {
             self.0.lock().unwrap().push(std::thread::current().name().map(str::to_owned));
             self.1.notify_one();
         }
+        fn snapshot_installed(&self, _: NodeId, _: LogIndex) {}
     }
 
     /// The Raft loop, which reads old log entries synchronously, runs on its own thread,

@@ -138,7 +138,7 @@ mod tests {
     }
 
     /// Writes what `ready` asks, installing its snapshot first, as the runtime does.
-    fn persist_with_snapshot(replica: &mut Replica<super::super::storage::MemoryStorage>, ready: &Ready) {
+    fn persist_with_snapshot(replica: &mut Replica<crate::replication::MemoryStorage>, ready: &Ready) {
         if let Some(snapshot) = &ready.snapshot {
             replica.storage_mut().install_snapshot(snapshot.clone());
         }

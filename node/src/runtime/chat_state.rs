@@ -34,6 +34,8 @@ pub struct ChatState {
     /// Shared with the digest's computation, which records its own end: a caller that goes
     /// away mid-digest (a short `grpc-timeout`) must not let the next digest start at once.
     digest_pacer: Arc<Mutex<DigestPacer>>,
+    /// The connection snapshots are taken on: a read transaction, beside apply and queries.
+    snapshot_reader: Mutex<ChatReader>,
     applied: Watch<u64>,
     mailboxes: Mutex<BTreeMap<u64, (Watch<u64>, usize)>>,
 }
@@ -88,6 +90,7 @@ impl ChatState {
             readers: BlockingPool::new(readers, READS_WAITING_MAX),
             digest_reader: BlockingPool::new(vec![ChatReader::open_read_only(&path)?], 0),
             digest_pacer: Arc::new(Mutex::new(DigestPacer { not_before: None })),
+            snapshot_reader: Mutex::new(ChatReader::open_read_only(&path)?),
             applied: Watch::new(last_applied),
             mailboxes: Mutex::new(BTreeMap::new()),
         }))
@@ -141,6 +144,30 @@ impl ChatState {
             }
         }
         Ok(applied.outcomes)
+    }
+
+    /// Writes a snapshot of the applied state to `path` (which must not exist) on the
+    /// snapshot's own connection, while apply goes on; returns the applied index it holds.
+    /// Blocking: call it from a blocking context.
+    pub fn write_snapshot_blocking(&self, path: &std::path::Path) -> Result<u64, StateMachineError> {
+        lock(&self.snapshot_reader).write_snapshot(path)
+    }
+
+    /// Replaces the whole state with the snapshot at `path` (see
+    /// [`ChatStateMachine::install_snapshot`]) and wakes every subscription: any mailbox may
+    /// have changed. Returns the applied index it now holds. Blocking.
+    pub fn install_snapshot_blocking(&self, path: &std::path::Path) -> Result<u64, StateMachineError> {
+        let applied_before = self.applied.get();
+        let index = lock(&self.writer).install_snapshot(path)?;
+        assert!(index > applied_before, "a snapshot through {index} installed over applied {applied_before}");
+        self.applied.set(index);
+        for (watch, _) in lock(&self.mailboxes).values() {
+            watch.set_if(|changes| {
+                *changes += 1;
+                true
+            });
+        }
+        Ok(index)
     }
 
     /// The index of the last applied command.

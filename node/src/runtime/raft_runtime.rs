@@ -6,8 +6,16 @@
 //!
 //! While one `Ready` is being fsynced, new proposals and messages queue up; the next `Ready`
 //! carries them all, so a busy node writes many entries per fsync (group commit).
+//!
+//! Snapshots: once enough entries were applied since the last snapshot, a snapshot of the
+//! chat state is written in the background (on a connection of its own, while the loop goes
+//! on), then recorded in the log, which drops its entries up to a tail before it. A
+//! snapshot the leader sent (staged whole by the transport) is installed with the `Ready`
+//! that asks for it: first in the log (the commit point: a crash after it installs the
+//! snapshot in the chat state again at start, see `node::run`), then in the chat state.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,12 +25,13 @@ use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{ChatState, ProposeError, Proposer};
-use crate::chat::{Outcome, StateMachineError, decode_logged_command};
+use crate::chat::{Outcome, StateMachineError, decode_logged_command, snapshot_applied_index};
 use crate::replication::{
-    self, Entry, FollowerStatus, LogIndex, NodeId, Payload, Ready, Replica, ReplicaStatus, Role, StorageError, Term,
+    self, Entry, FollowerStatus, LogIndex, LogPosition, NodeId, Payload, Ready, Replica, ReplicaStatus, Role,
+    SnapshotMeta, SnapshotTransfer, Storage, StorageError, Term,
 };
 use crate::seam::{MonotonicClock, NodeClock, run_blocking};
-use crate::storage::SharedLog;
+use crate::storage::{SharedLog, SnapshotDir, SnapshotFileError};
 use crate::transport::{InboxReceiver, Transport};
 use crate::watch::Watch;
 
@@ -53,6 +62,38 @@ pub enum RuntimeError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     StateMachine(#[from] StateMachineError),
+    #[error(transparent)]
+    SnapshotFile(#[from] SnapshotFileError),
+    #[error("the snapshot staged for entry {expected} holds the state through entry {found}")]
+    SnapshotMismatch { expected: LogIndex, found: LogIndex },
+}
+
+/// When to snapshot the chat state and compact the log behind it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotPolicy {
+    /// A snapshot is taken once this many entries were applied after the last one.
+    pub every_entries: u64,
+    /// Entries kept in the log before the snapshot's last one, for followers a little
+    /// behind.
+    pub tail_entries: u64,
+}
+
+/// The node's snapshot files, when to take them, and the transport's reports on the ones
+/// it sent.
+pub struct SnapshotSetup {
+    pub dir: SnapshotDir,
+    pub policy: SnapshotPolicy,
+    pub reports: mpsc::UnboundedReceiver<(NodeId, SnapshotTransfer)>,
+}
+
+/// A snapshot being written in the background: its file, and the applied index it holds.
+type SnapshotTask = oneshot::Receiver<Result<(PathBuf, LogIndex), RuntimeError>>;
+
+/// Waits for the snapshot being written; a field of its own, borrowed apart in the loop.
+async fn snapshot_written(
+    task: &mut Option<SnapshotTask>,
+) -> Result<Result<(PathBuf, LogIndex), RuntimeError>, oneshot::error::RecvError> {
+    task.as_mut().expect("polled only while a snapshot is being written").await
 }
 
 /// Watches what one node's replica does: for checkers that see a whole cluster at once
@@ -62,6 +103,9 @@ pub trait ReplicationObserver: Send + Sync + 'static {
     fn role_changed(&self, node: NodeId, term: Term, role: Role);
     /// The replica applied a committed entry (in index order).
     fn entry_applied(&self, node: NodeId, entry: &Entry);
+    /// The replica's state was replaced by a leader's snapshot through `index`: the next
+    /// entry it applies is `index + 1`.
+    fn snapshot_installed(&self, node: NodeId, index: LogIndex);
 }
 
 /// What the rest of the node may know about the replica at any moment.
@@ -260,6 +304,11 @@ pub struct RaftRuntime<T> {
     reads_confirmed: Vec<(LogIndex, oneshot::Sender<Result<(), ProposeError>>)>,
     next_read_context: u64,
     observer: Option<Arc<dyn ReplicationObserver>>,
+    snapshots: SnapshotDir,
+    snapshot_policy: SnapshotPolicy,
+    snapshot_reports: mpsc::UnboundedReceiver<(NodeId, SnapshotTransfer)>,
+    /// The snapshot being written, if one is.
+    snapshot_task: Option<SnapshotTask>,
 }
 
 /// Who the replica is: its id, the members, the protocol settings and its random seed.
@@ -271,6 +320,7 @@ pub struct ReplicaSetup {
     pub observer: Option<Arc<dyn ReplicationObserver>>,
     /// The node's clocks; the replica is ticked by its monotonic one.
     pub clock: NodeClock,
+    pub snapshots: SnapshotSetup,
 }
 
 /// Builds the runtime around an opened log and chat state; returns the task's body and its
@@ -282,7 +332,7 @@ pub fn start_runtime<T: Transport>(
     transport: T,
     inbox: InboxReceiver,
 ) -> Result<(RaftRuntime<T>, RaftHandle), replication::ReplicaError> {
-    let ReplicaSetup { node_id, members, config, rng_seed, observer, clock } = setup;
+    let ReplicaSetup { node_id, members, config, rng_seed, observer, clock, snapshots } = setup;
     let clock = clock.monotonic();
     let tick_interval = Duration::from_millis((config.heartbeat_interval_ms / 5).clamp(1, 20));
     let applied = chat.last_applied();
@@ -319,6 +369,10 @@ pub fn start_runtime<T: Transport>(
         reads_confirmed: Vec::new(),
         next_read_context: 1,
         observer,
+        snapshots: snapshots.dir,
+        snapshot_policy: snapshots.policy,
+        snapshot_reports: snapshots.reports,
+        snapshot_task: None,
     };
     Ok((runtime, RaftHandle { inputs: inputs_tx, status, leader_known, fault, clock }))
 }
@@ -345,7 +399,7 @@ impl<T: Transport> RaftRuntime<T> {
         // A closed channel answers `None` at once, every time: its branch is switched off
         // rather than polled in a busy loop. The node keeps its part in the cluster
         // without local callers (inputs) or without peers' messages (inbox).
-        let (mut inputs_open, mut inbox_open) = (true, true);
+        let (mut inputs_open, mut inbox_open, mut reports_open) = (true, true, true);
         loop {
             // One `Ready` per turn at most (its committed entries are bounded too), and
             // when more is ready the next turn does not wait: it goes round again at once,
@@ -373,6 +427,18 @@ impl<T: Transport> RaftRuntime<T> {
                     Some(message) => self.replica.step(message)?,
                     None => inbox_open = false,
                 },
+                report = self.snapshot_reports.recv(), if reports_open => match report {
+                    Some((peer, transfer)) => self.replica.report_snapshot(peer, transfer),
+                    None => reports_open = false,
+                },
+                taken = snapshot_written(&mut self.snapshot_task), if self.snapshot_task.is_some() => {
+                    self.snapshot_task = None;
+                    // A sender dropped without an answer: the blocking work panicked, which
+                    // run_blocking re-raises; nothing to record here.
+                    if let Ok(taken) = taken {
+                        self.record_snapshot(taken?).await?;
+                    }
+                }
                 () = std::future::ready(()), if more_ready => {}
             }
             self.take_queued_inputs()?;
@@ -382,7 +448,91 @@ impl<T: Transport> RaftRuntime<T> {
                 self.replica.advance()?;
                 self.publish_status();
             }
+            self.maybe_start_snapshot()?;
         }
+    }
+
+    /// Starts writing a snapshot in the background once enough was applied since the last.
+    fn maybe_start_snapshot(&mut self) -> Result<(), StorageError> {
+        if self.snapshot_task.is_some() {
+            return Ok(());
+        }
+        let taken = self.log.snapshot()?.map_or(0, |s| s.last_included.index);
+        if self.chat.last_applied() < taken + self.snapshot_policy.every_entries {
+            return Ok(());
+        }
+        let (reply, task) = oneshot::channel();
+        let (chat, snapshots) = (Arc::clone(&self.chat), self.snapshots.clone());
+        let write = async move {
+            let written = run_blocking(move || -> Result<(PathBuf, LogIndex), RuntimeError> {
+                let partial = snapshots.partial("taking")?;
+                let index = chat.write_snapshot_blocking(&partial)?;
+                Ok((partial, index))
+            })
+            .await;
+            let _ = reply.send(written);
+        };
+        tokio::task::spawn(tracing::Instrument::in_current_span(write));
+        self.snapshot_task = Some(task);
+        Ok(())
+    }
+
+    /// A snapshot written in the background is durable: name it, record it in the log and
+    /// compact the log behind it, and delete older snapshots.
+    async fn record_snapshot(&mut self, (partial, index): (PathBuf, LogIndex)) -> Result<(), RuntimeError> {
+        let taken = self.log.snapshot()?.map_or(0, |s| s.last_included.index);
+        if index <= taken {
+            // A leader's snapshot was installed meanwhile, covering this one.
+            let _ = std::fs::remove_file(&partial);
+            return Ok(());
+        }
+        // Applied entries are committed and still in the log: compaction never goes past
+        // the last snapshot, which is behind `index`.
+        let term = self.log.term(index)?.expect("an entry applied after the last snapshot is in the log");
+        let position = LogPosition { term, index };
+        let meta = SnapshotMeta { last_included: position, members: self.replica.members().clone() };
+        let compact_through = index.saturating_sub(self.snapshot_policy.tail_entries);
+        let (log, snapshots) = (self.log.clone(), self.snapshots.clone());
+        run_blocking(move || -> Result<(), RuntimeError> {
+            snapshots.publish(&partial, position)?;
+            // Durable before the log drops the entries it covers (publish fsynced the file
+            // when it was written, and the directory now).
+            log.lock().record_snapshot(&meta, compact_through)?;
+            snapshots.remove_older_than(position)?;
+            Ok(())
+        })
+        .await?;
+        tracing::info!(index, compact_through, "took a snapshot and compacted the log");
+        Ok(())
+    }
+
+    /// Installs the leader's snapshot the `Ready` asks for: in the log, then in the chat
+    /// state (see the module's comment for why in this order).
+    async fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), RuntimeError> {
+        let position = meta.last_included;
+        let path = self.snapshots.path_of(position);
+        let (log, chat, snapshots) = (self.log.clone(), Arc::clone(&self.chat), self.snapshots.clone());
+        let check_path = path.clone();
+        // Checked before the log gives up anything for it.
+        let found = run_blocking(move || snapshot_applied_index(&check_path)).await?;
+        if found != position.index {
+            return Err(RuntimeError::SnapshotMismatch { expected: position.index, found });
+        }
+        run_blocking(move || log.lock().install_snapshot(&meta)).await?;
+        // A crash may strike between the two installs (under simulation, this yield is
+        // where it can): the node then installs the snapshot in the chat state at start.
+        tokio::task::yield_now().await;
+        run_blocking(move || -> Result<(), RuntimeError> {
+            chat.install_snapshot_blocking(&path)?;
+            snapshots.remove_older_than(position)?;
+            Ok(())
+        })
+        .await?;
+        tracing::info!(index = position.index, term = position.term, "installed a snapshot from the leader");
+        if let Some(observer) = &self.observer {
+            observer.snapshot_installed(self.replica.id(), position.index);
+        }
+        Ok(())
     }
 
     /// Verifies another stretch of the log (see [`crate::storage::LogStore::scrub`]).
@@ -542,6 +692,9 @@ impl<T: Transport> RaftRuntime<T> {
 
     async fn handle_ready(&mut self, mut ready: Ready) -> Result<(), RuntimeError> {
         self.transport.send(std::mem::take(&mut ready.messages));
+        if let Some(snapshot) = ready.snapshot.take() {
+            self.install_snapshot(snapshot).await?;
+        }
         if ready.hard_state.is_some() || ready.truncate_from.is_some() || !ready.entries.is_empty() {
             let log = self.log.clone();
             let hard_state = ready.hard_state;
@@ -730,6 +883,11 @@ mod tests {
             rng_seed: 1,
             observer: None,
             clock: NodeClock::system(),
+            snapshots: SnapshotSetup {
+                dir: SnapshotDir::open(dir).unwrap(),
+                policy: SnapshotPolicy { every_entries: u64::MAX, tail_entries: 0 },
+                reports: tokio::sync::mpsc::unbounded_channel().1,
+            },
         };
         let (_inbox_sender, inbox) = peer_inbox();
         let (runtime, handle) =

@@ -40,6 +40,16 @@ pub trait LogStore: Storage + Send + 'static {
         entries: &[Entry],
     ) -> Result<(), StorageError>;
 
+    /// Records a snapshot the node took of its state machine (its file already durable)
+    /// and drops the entries through `compact_through` (at most the snapshot's last index),
+    /// in one durable write.
+    fn record_snapshot(&mut self, snapshot: &SnapshotMeta, compact_through: LogIndex) -> Result<(), StorageError>;
+
+    /// Replaces the whole log with a snapshot installed from the leader (its file already
+    /// durable, and installed in the state machine or about to be): no entries, its last
+    /// entry as the compaction point, in one durable write.
+    fn install_snapshot(&mut self, snapshot: &SnapshotMeta) -> Result<(), StorageError>;
+
     /// Makes everything written so far durable. Nothing that depends on a write may leave
     /// the node before the `sync` after it has returned.
     fn sync(&mut self) -> Result<(), StorageError>;

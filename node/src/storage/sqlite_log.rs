@@ -18,7 +18,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::log_store::{Creation, LogStore, ScrubProgress};
 use crate::replication::{
-    Entry, HardState, LogIndex, NodeId, Payload, SnapshotMeta, Storage, StorageError, Term, assert_writable,
+    Entry, HardState, LogIndex, LogPosition, NodeId, Payload, SnapshotMeta, Storage, StorageError, Term,
+    assert_writable,
 };
 use crate::sqlite::{Sharing, SqliteError, migrate, open_database};
 
@@ -97,6 +98,20 @@ CREATE TABLE raft_scrub (
 );
 INSERT INTO raft_scrub VALUES (1, 1, 0, NULL);
 ",
+    "
+-- The latest snapshot of the state machine (its file lives beside this database), and the
+-- point the log is compacted through: entries up to compacted_index are gone, and the
+-- term of that last one is kept for the consistency check of the next append.
+CREATE TABLE raft_snapshot (
+    singleton       INTEGER PRIMARY KEY CHECK (singleton = 1),
+    last_index      INTEGER NOT NULL,
+    last_term       INTEGER NOT NULL,
+    members         TEXT    NOT NULL,   -- sorted ids, comma-separated
+    compacted_index INTEGER NOT NULL,
+    compacted_term  INTEGER NOT NULL,
+    checksum        INTEGER NOT NULL    -- CRC-32C of the five fields above
+);
+",
 ];
 
 /// Recent entries kept in memory: followers mostly ask for the tail of the log.
@@ -109,8 +124,12 @@ pub struct SqliteLog {
     conn: Connection,
     path: PathBuf,
     hard_state: HardState,
-    /// The term of every entry: `terms[i]` is the term of index `i + 1`. 8 bytes an entry
-    /// buys term lookups (the consistency check, conflict hints) without I/O.
+    /// The last entry compacted away (ZERO when none was), and the latest snapshot.
+    compacted: LogPosition,
+    snapshot: Option<SnapshotMeta>,
+    /// The term of every entry held: `terms[i]` is the term of index
+    /// `compacted.index + 1 + i`. 8 bytes an entry buys term lookups (the consistency
+    /// check, conflict hints) without I/O.
     terms: Vec<Term>,
     /// The last entries, starting at `recent_start`, each with the checksum computed when
     /// it was written (or read back at open) and verified whenever it is read from here,
@@ -162,6 +181,10 @@ impl SqliteLog {
                 hard_state
             }
         };
+        let (snapshot, compacted) = read_snapshot_record(&conn).map_err(|e| match e {
+            RecordError::Sqlite(source) => sql_error(source),
+            RecordError::Damaged(detail) => corrupt(detail),
+        })?;
         let mut terms = Vec::new();
         {
             let mut statement =
@@ -170,8 +193,9 @@ impl SqliteLog {
             while let Some(row) = rows.next().map_err(sql_error)? {
                 let index = stored_u64(row.get(0).map_err(sql_error)?, "an entry's index").map_err(corrupt)?;
                 let term = stored_u64(row.get(1).map_err(sql_error)?, "an entry's term").map_err(corrupt)?;
-                if index != terms.len() as u64 + 1 {
-                    return Err(corrupt(format!("entry {index} follows entry {} (a gap)", terms.len())));
+                let expected = compacted.index + terms.len() as u64 + 1;
+                if index != expected {
+                    return Err(corrupt(format!("entry {index} follows entry {} (a gap)", expected - 1)));
                 }
                 if term > hard_state.term {
                     return Err(corrupt(format!(
@@ -179,7 +203,7 @@ impl SqliteLog {
                         hard_state.term
                     )));
                 }
-                if terms.last().is_some_and(|&last| term < last) {
+                if terms.last().copied().unwrap_or(compacted.term) > term {
                     return Err(corrupt(format!("entry {index} has term {term}, below the entry before it")));
                 }
                 terms.push(term);
@@ -189,14 +213,16 @@ impl SqliteLog {
             conn,
             path: path.to_owned(),
             hard_state,
+            compacted,
+            snapshot,
             terms,
             recent: VecDeque::new(),
-            recent_start: 1,
-            scrub_next: stored_u64(scrub_next, "the scrub's position").map_err(corrupt)?.max(1),
+            recent_start: compacted.index + 1,
+            scrub_next: stored_u64(scrub_next, "the scrub's position").map_err(corrupt)?.max(compacted.index + 1),
             scrub_steps_unsaved: 0,
         };
-        let last = log.terms.len() as LogIndex;
-        let start = last.saturating_sub(RECENT_ENTRIES_MAX as LogIndex) + 1;
+        let last = log.last_held();
+        let start = last.saturating_sub(RECENT_ENTRIES_MAX as LogIndex).max(compacted.index) + 1;
         let recent = log.read_verified(start, last + 1, usize::MAX).map_err(|e| match e {
             StorageError::Corrupt(detail) => corrupt(detail),
             StorageError::Io(detail) => corrupt(detail),
@@ -208,6 +234,62 @@ impl SqliteLog {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    fn last_held(&self) -> LogIndex {
+        self.compacted.index + self.terms.len() as LogIndex
+    }
+
+    /// Records `snapshot` (whose state is durable already) and drops the entries through
+    /// `compact_through`, in one transaction; durable on return.
+    pub fn record_snapshot(&mut self, snapshot: &SnapshotMeta, compact_through: LogIndex) -> Result<(), StorageError> {
+        let position = snapshot.last_included;
+        let taken = self.snapshot.as_ref().map_or(0, |s| s.last_included.index);
+        assert!(position.index >= taken, "snapshot through {} after one through {taken}", position.index);
+        assert_eq!(self.term(position.index)?, Some(position.term), "a snapshot of an entry this log does not hold");
+        assert!(compact_through <= position.index, "compaction past the snapshot");
+        let through = compact_through.max(self.compacted.index);
+        let compacted = LogPosition { term: self.term(through)?.expect("a held index has a term"), index: through };
+        let io = |e: rusqlite::Error| StorageError::Io(format!("{}: {e}", self.path.display()));
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(io)?;
+        write_snapshot_record(&tx, snapshot, compacted).map_err(io)?;
+        tx.execute("DELETE FROM raft_log WHERE log_index <= ?1", [through]).map_err(io)?;
+        // The commit is the fsync (synchronous=FULL): from here on the entries are gone,
+        // and the snapshot file they live on in must be kept.
+        tx.commit().map_err(io)?;
+        self.drop_through(compacted);
+        self.snapshot = Some(snapshot.clone());
+        Ok(())
+    }
+
+    /// Replaces the whole log with `snapshot`, installed from the leader: no entries, its
+    /// last entry as the compaction point; durable on return.
+    pub fn install_snapshot(&mut self, snapshot: &SnapshotMeta) -> Result<(), StorageError> {
+        let io = |e: rusqlite::Error| StorageError::Io(format!("{}: {e}", self.path.display()));
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(io)?;
+        write_snapshot_record(&tx, snapshot, snapshot.last_included).map_err(io)?;
+        tx.execute("DELETE FROM raft_log", []).map_err(io)?;
+        tx.commit().map_err(io)?;
+        self.terms.clear();
+        self.recent.clear();
+        self.compacted = snapshot.last_included;
+        self.recent_start = self.compacted.index + 1;
+        self.scrub_next = self.recent_start;
+        self.snapshot = Some(snapshot.clone());
+        Ok(())
+    }
+
+    /// Forgets the entries through `compacted` in memory (they are gone from the table).
+    fn drop_through(&mut self, compacted: LogPosition) {
+        let dropped = (compacted.index - self.compacted.index) as usize;
+        self.terms.drain(..dropped);
+        while self.recent_start <= compacted.index && !self.recent.is_empty() {
+            self.recent.pop_front();
+            self.recent_start += 1;
+        }
+        self.recent_start = self.recent_start.max(compacted.index + 1);
+        self.scrub_next = self.scrub_next.max(compacted.index + 1);
+        self.compacted = compacted;
     }
 
     /// Makes `hard_state`, the removal of the stored entries from `truncate_from` on (if
@@ -223,7 +305,8 @@ impl SqliteLog {
         if hard_state.is_none() && truncate_from.is_none() && entries.is_empty() {
             return Ok(());
         }
-        assert_writable(self.terms.len() as LogIndex, truncate_from, entries);
+        let start = assert_writable(self.last_held(), truncate_from, entries);
+        assert!(start > self.compacted.index, "write at {start} into the compacted part of the log");
         // Computed once: stored with each row, and kept with each entry in the cache.
         let checksums: Vec<u32> = entries.iter().map(checksum_of).collect();
         let io = |e: rusqlite::Error| StorageError::Io(format!("{}: {e}", self.path.display()));
@@ -258,7 +341,7 @@ impl SqliteLog {
             self.hard_state = hard_state;
         }
         if let Some(index) = truncate_from {
-            self.terms.truncate(index as usize - 1);
+            self.terms.truncate((index - self.compacted.index) as usize - 1);
             if index < self.recent_start {
                 self.recent.clear();
                 self.recent_start = index;
@@ -275,7 +358,7 @@ impl SqliteLog {
         // The cache of recent entries ends where the log does.
         assert_eq!(
             self.recent_start + self.recent.len() as LogIndex,
-            self.terms.len() as LogIndex + 1,
+            self.last_held() + 1,
             "the recent-entry cache does not end with the log"
         );
         Ok(())
@@ -301,7 +384,7 @@ impl SqliteLog {
             )
             .map_err(io)?;
         // Past the log's end there is nothing to read (and an index past i64 has no row).
-        let high = high.min(self.terms.len() as LogIndex + 1);
+        let high = high.min(self.last_held() + 1);
         let mut rows = statement.query(params![low, high]).map_err(io)?;
         let mut out = Vec::new();
         let mut bytes = 0;
@@ -337,6 +420,87 @@ impl SqliteLog {
         }
         Ok(out)
     }
+}
+
+enum RecordError {
+    Sqlite(rusqlite::Error),
+    Damaged(String),
+}
+
+fn members_text(members: &BTreeSet<NodeId>) -> String {
+    members.iter().map(|id| id.to_string()).collect::<Vec<_>>().join(",")
+}
+
+fn snapshot_record_checksum(snapshot: &SnapshotMeta, compacted: LogPosition) -> u32 {
+    let mut bytes = Vec::with_capacity(64);
+    for value in [snapshot.last_included.index, snapshot.last_included.term, compacted.index, compacted.term] {
+        bytes.extend_from_slice(&value.to_be_bytes());
+    }
+    bytes.extend_from_slice(members_text(&snapshot.members).as_bytes());
+    crc32c::crc32c(&bytes)
+}
+
+fn write_snapshot_record(
+    tx: &rusqlite::Transaction<'_>,
+    snapshot: &SnapshotMeta,
+    compacted: LogPosition,
+) -> Result<(), rusqlite::Error> {
+    tx.execute(
+        "INSERT INTO raft_snapshot (singleton, last_index, last_term, members, compacted_index, compacted_term, checksum)
+         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (singleton) DO UPDATE SET last_index = ?1, last_term = ?2, members = ?3,
+             compacted_index = ?4, compacted_term = ?5, checksum = ?6",
+        params![
+            snapshot.last_included.index,
+            snapshot.last_included.term,
+            members_text(&snapshot.members),
+            compacted.index,
+            compacted.term,
+            i64::from(snapshot_record_checksum(snapshot, compacted))
+        ],
+    )?;
+    Ok(())
+}
+
+/// The snapshot record and the compaction point (none and ZERO for a log never compacted).
+fn read_snapshot_record(conn: &Connection) -> Result<(Option<SnapshotMeta>, LogPosition), RecordError> {
+    type Row = (i64, i64, String, i64, i64, i64);
+    let row: Option<Row> = conn
+        .query_row(
+            "SELECT last_index, last_term, members, compacted_index, compacted_term, checksum FROM raft_snapshot
+             WHERE singleton = 1",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?)),
+        )
+        .optional()
+        .map_err(RecordError::Sqlite)?;
+    let Some((last_index, last_term, members, compacted_index, compacted_term, checksum)) = row else {
+        return Ok((None, LogPosition::ZERO));
+    };
+    let number = |value, what| stored_u64(value, what).map_err(RecordError::Damaged);
+    let last_included = LogPosition {
+        index: number(last_index, "the snapshot's index")?,
+        term: number(last_term, "the snapshot's term")?,
+    };
+    let compacted = LogPosition {
+        index: number(compacted_index, "the compaction point")?,
+        term: number(compacted_term, "the compaction point's term")?,
+    };
+    let members = members
+        .split(',')
+        .map(|id| {
+            id.parse().map_err(|_| RecordError::Damaged(format!("the snapshot's members '{members}' are not ids")))
+        })
+        .collect::<Result<_, _>>()?;
+    let snapshot = SnapshotMeta { last_included, members };
+    let checksum = stored_checksum(checksum, "the snapshot record").map_err(RecordError::Damaged)?;
+    if snapshot_record_checksum(&snapshot, compacted) != checksum {
+        return Err(RecordError::Damaged("the snapshot record fails its checksum".to_owned()));
+    }
+    if compacted.index > last_included.index {
+        return Err(RecordError::Damaged("the log is compacted past its snapshot".to_owned()));
+    }
+    Ok((Some(snapshot), compacted))
 }
 
 enum IdentityCheck {
@@ -450,26 +614,30 @@ impl Storage for SqliteLog {
     }
 
     fn last_index(&self) -> Result<LogIndex, StorageError> {
-        Ok(self.terms.len() as LogIndex)
+        Ok(self.last_held())
     }
 
     fn first_index(&self) -> Result<LogIndex, StorageError> {
-        Ok(1)
+        Ok(self.compacted.index + 1)
     }
 
     fn term(&self, index: LogIndex) -> Result<Option<Term>, StorageError> {
         if index == 0 {
             return Ok(Some(0));
         }
-        Ok(self.terms.get(index as usize - 1).copied())
+        if index <= self.compacted.index {
+            return Ok((index == self.compacted.index).then_some(self.compacted.term));
+        }
+        Ok(self.terms.get((index - self.compacted.index) as usize - 1).copied())
     }
 
     fn snapshot(&self) -> Result<Option<SnapshotMeta>, StorageError> {
-        Ok(None)
+        Ok(self.snapshot.clone())
     }
 
     fn entries(&self, low: LogIndex, high: LogIndex, bytes_max: usize) -> Result<Vec<Entry>, StorageError> {
-        let high = high.min(self.terms.len() as LogIndex + 1);
+        let low = low.max(self.compacted.index + 1);
+        let high = high.min(self.last_held() + 1);
         if low >= high {
             return Ok(Vec::new());
         }
@@ -513,16 +681,24 @@ impl LogStore for SqliteLog {
         Ok(())
     }
 
+    fn record_snapshot(&mut self, snapshot: &SnapshotMeta, compact_through: LogIndex) -> Result<(), StorageError> {
+        SqliteLog::record_snapshot(self, snapshot, compact_through)
+    }
+
+    fn install_snapshot(&mut self, snapshot: &SnapshotMeta) -> Result<(), StorageError> {
+        SqliteLog::install_snapshot(self, snapshot)
+    }
+
     fn scrub(&mut self, records_max: usize, bytes_max: usize) -> Result<ScrubProgress, StorageError> {
-        let last = self.terms.len() as LogIndex;
+        let last = self.last_held();
         let io = |e: rusqlite::Error| StorageError::Io(format!("{}: {e}", self.path.display()));
         let mut pass_done = false;
         if self.scrub_next > last {
             // The end of a pass (or a log truncated meanwhile): start over.
-            self.scrub_next = 1;
+            self.scrub_next = self.compacted.index + 1;
             pass_done = true;
         }
-        let low = self.scrub_next;
+        let low = self.scrub_next.max(self.compacted.index + 1);
         let high = (low + records_max as LogIndex).min(last + 1);
         if low >= high {
             // An empty log: nothing to verify.
@@ -536,7 +712,7 @@ impl LogStore for SqliteLog {
         };
         for (offset, entry) in entries.iter().enumerate() {
             let expected = low + offset as LogIndex;
-            if entry.index != expected || self.terms.get(expected as usize - 1) != Some(&entry.term) {
+            if entry.index != expected || self.term(expected)? != Some(entry.term) {
                 return Err(StorageError::Corrupt(format!(
                     "{}: entry {expected} does not match the log's index of terms",
                     self.path.display()
@@ -608,6 +784,39 @@ mod tests {
         assert_eq!(entries, vec![entry(1, 1, "a"), Entry { index: 2, term: 3, payload: Payload::Noop }]);
         // The on-disk path (not the cache) returns the same.
         assert_eq!(log.read_entries(1, 10, usize::MAX).unwrap(), entries);
+    }
+
+    /// A compacted log keeps its snapshot, its compaction point and its tail across a
+    /// reopen, serves reads from the tail (the cache and the table alike) and appends after
+    /// it; an installed snapshot leaves an empty log ending at the snapshot.
+    #[test]
+    fn compaction_and_installed_snapshots_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.sqlite3");
+        let id = identity("c", 1, &[1, 2, 3]);
+        let snapshot =
+            |index, term| SnapshotMeta { last_included: LogPosition { index, term }, members: id.members.clone() };
+        let entries: Vec<Entry> = (1..=6).map(|i| entry(i, 1 + i / 4, &format!("e{i}"))).collect();
+        {
+            let mut log = SqliteLog::open(&path, &id, Creation::Bootstrap).unwrap();
+            log.persist(Some(HardState { term: 2, vote: None }), None, &entries).unwrap();
+            log.record_snapshot(&snapshot(5, 2), 3).unwrap();
+        }
+        let mut log = SqliteLog::open(&path, &id, Creation::MemberOfExisting).unwrap();
+        assert_eq!((log.first_index().unwrap(), log.last_index().unwrap()), (4, 6));
+        assert_eq!([2, 3, 4, 6, 7].map(|i| log.term(i).unwrap()), [None, Some(1), Some(2), Some(2), None]);
+        assert_eq!(log.snapshot().unwrap(), Some(snapshot(5, 2)));
+        assert_eq!(log.entries(1, 10, usize::MAX).unwrap(), entries[3..]);
+        assert_eq!(log.read_entries(4, 10, usize::MAX).unwrap(), entries[3..]);
+        log.persist(None, Some(6), &[entry(6, 2, "again"), entry(7, 2, "new")]).unwrap();
+        assert_eq!(log.scrub(100, usize::MAX).unwrap().verified_through, 7);
+        log.install_snapshot(&snapshot(20, 3)).unwrap();
+        drop(log);
+        let mut log = SqliteLog::open(&path, &id, Creation::MemberOfExisting).unwrap();
+        assert_eq!((log.first_index().unwrap(), log.last_index().unwrap(), log.term(20).unwrap()), (21, 20, Some(3)));
+        assert_eq!(log.entries(1, 30, usize::MAX).unwrap(), []);
+        log.persist(None, None, &[entry(21, 3, "after")]).unwrap();
+        assert_eq!(log.entries(21, 22, usize::MAX).unwrap(), [entry(21, 3, "after")]);
     }
 
     /// An overwrite must come with its truncation: the log would otherwise keep both.

@@ -22,7 +22,7 @@ pub use ports::{PortClaim, PortError, claim_loopback_port, claim_loopback_ports}
 pub use process::{NodeProcess, ProcessError, listening_line, parse_listening_line};
 
 use crate::client::{ClientError, ClientIdentity, ClientSecurity};
-use crate::cluster_config::{ClusterConfig, ClusterConfigError, Limits, MemberConfig, Timing};
+use crate::cluster_config::{ClusterConfig, ClusterConfigError, Compaction, Limits, MemberConfig, Timing};
 use crate::replication::NodeId;
 use crate::tls::{CA_CERT_FILE, CertificateAuthority, TlsError, Validity, client_files, node_files};
 
@@ -133,7 +133,13 @@ impl LocalCluster {
                 data_dir: Some(dir.join(format!("node-{id}"))),
             })
             .collect();
-        let config = ClusterConfig { cluster_id: cluster_id.to_owned(), timing, limits, members };
+        let config = ClusterConfig {
+            cluster_id: cluster_id.to_owned(),
+            timing,
+            limits,
+            compaction: Compaction::default(),
+            members,
+        };
         let mut cluster = Self::create_placed(dir, config, header, launch, BTreeMap::new())?;
         cluster._ports = ports;
         Ok(cluster)
@@ -211,6 +217,19 @@ impl LocalCluster {
         }
         let security = if launch.insecure { ClientSecurity::Insecure } else { ensure_certificates(dir, &config)? };
         Ok(Self { dir: dir.to_owned(), config_path, config, launch, members, security, _ports: ports })
+    }
+
+    /// Sets `[compaction]` in the cluster's configuration file; for members started after.
+    pub fn set_compaction(&mut self, compaction: Compaction) -> Result<(), SupervisorError> {
+        let config_error = |source| SupervisorError::Config { path: self.config_path.clone(), source };
+        let mut config = self.config.clone();
+        config.compaction = compaction;
+        config.validate().map_err(config_error)?;
+        let text = config.to_toml("# Written by chorus's supervisor.").map_err(config_error)?;
+        std::fs::write(&self.config_path, text)
+            .map_err(|source| SupervisorError::Io { path: self.config_path.clone(), source })?;
+        self.config = config;
+        Ok(())
     }
 
     /// Where the cluster's TLS files are (whether or not it uses them).

@@ -1,12 +1,14 @@
-//! The sending side of the gRPC transport: one task and one bounded queue per peer.
+//! The sending side of the gRPC transport: one task and one bounded queue per peer, and a
+//! task per snapshot transfer (at most one per peer at a time), which streams the snapshot
+//! file in chunks and reports how the transfer ended.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use chorus_proto::v1::RaftBatch;
 use chorus_proto::v1::raft_client::RaftClient;
+use chorus_proto::v1::{RaftBatch, SnapshotChunk};
 use rand::RngCore;
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
@@ -15,7 +17,9 @@ use tracing::Instrument;
 use super::codec::encode_message;
 use super::{RAFT_BATCH_BYTES_MAX, RAFT_BATCH_MESSAGES_MAX, Transport, message_cost};
 use crate::backoff::Backoff;
-use crate::replication::{Message, NodeId};
+use crate::replication::{Message, MessageBody, NodeId, SnapshotTransfer};
+use crate::seam::run_blocking;
+use crate::storage::{SnapshotDir, file_digest, read_chunk};
 use crate::watch::Watch;
 
 /// Messages waiting for one peer; beyond this, new ones are dropped.
@@ -26,6 +30,14 @@ const BATCH_BYTES_MAX: usize = RAFT_BATCH_BYTES_MAX / 2;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long one batch RPC may take.
 const DELIVER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one snapshot chunk may take (the last one includes the follower's fsync).
+const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes of snapshot data in one chunk: well under what the receiver decodes.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// How a snapshot transfer to a peer ended, for the runtime to tell its replica.
+pub type SnapshotReports = mpsc::UnboundedSender<(NodeId, SnapshotTransfer)>;
+
 /// Reconnection backoff: doubles from the minimum to the maximum while a peer is down
 /// (plus jitter, so that the links of a restarted node's peers do not all come at once).
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
@@ -44,6 +56,10 @@ pub enum LinkSecurity {
 
 pub struct GrpcTransport {
     queues: BTreeMap<NodeId, mpsc::Sender<Message>>,
+    /// Per peer: how to reach it for a snapshot, and whether a transfer is under way.
+    snapshot_links: BTreeMap<NodeId, (Arc<PeerLink>, Arc<std::sync::atomic::AtomicBool>)>,
+    snapshots: SnapshotDir,
+    reports: SnapshotReports,
     dropped: Arc<AtomicU64>,
 }
 
@@ -55,10 +71,13 @@ impl GrpcTransport {
         node_id: NodeId,
         peers: BTreeMap<NodeId, String>,
         security: LinkSecurity,
+        snapshots: SnapshotDir,
+        reports: SnapshotReports,
         stopping: Watch<bool>,
     ) -> Self {
         let dropped = Arc::new(AtomicU64::new(0));
         let mut queues = BTreeMap::new();
+        let mut snapshot_links = BTreeMap::new();
         for (peer, address) in peers {
             let (sender, receiver) = mpsc::channel(PEER_QUEUE_MAX);
             queues.insert(peer, sender);
@@ -70,9 +89,48 @@ impl GrpcTransport {
                 security: security.clone(),
                 dropped: Arc::clone(&dropped),
             };
+            let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            snapshot_links.insert(peer, (Arc::new(link.clone()), busy));
             tokio::task::spawn(link.run(receiver, stopping.clone()).in_current_span());
         }
-        Self { queues, dropped }
+        Self { queues, snapshot_links, snapshots, reports, dropped }
+    }
+
+    /// Starts streaming the snapshot `message` names to its peer, unless a transfer to it
+    /// is under way (that one's report stands for this one too).
+    fn send_snapshot(&self, message: Message) {
+        let Some((link, busy)) = self.snapshot_links.get(&message.to) else {
+            tracing::warn!(to = message.to, "no route to node; snapshot not sent");
+            return;
+        };
+        if busy.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (link, busy, snapshots, reports) =
+            (Arc::clone(link), Arc::clone(busy), self.snapshots.clone(), self.reports.clone());
+        let transfer = async move {
+            let to = message.to;
+            let started = crate::seam::monotonic_now();
+            let outcome = match link.stream_snapshot(&snapshots, &message).await {
+                Ok(bytes) => {
+                    let elapsed = crate::seam::monotonic_now().saturating_duration_since(started);
+                    tracing::info!(
+                        peer = to,
+                        bytes,
+                        ms = elapsed.as_millis() as u64,
+                        "snapshot handed to the follower"
+                    );
+                    SnapshotTransfer::Delivered
+                }
+                Err(reason) => {
+                    tracing::info!(peer = to, %reason, "snapshot transfer failed");
+                    SnapshotTransfer::Failed
+                }
+            };
+            busy.store(false, Ordering::Release);
+            let _ = reports.send((to, outcome));
+        };
+        tokio::task::spawn(transfer.in_current_span());
     }
 
     /// Messages dropped so far (full queues, failed deliveries).
@@ -84,6 +142,10 @@ impl GrpcTransport {
 impl Transport for GrpcTransport {
     fn send(&self, messages: Vec<Message>) {
         for message in messages {
+            if matches!(message.body, MessageBody::InstallSnapshot { .. }) {
+                self.send_snapshot(message);
+                continue;
+            }
             let Some(queue) = self.queues.get(&message.to) else {
                 tracing::warn!(to = message.to, "no route to node; message dropped");
                 continue;
@@ -95,6 +157,7 @@ impl Transport for GrpcTransport {
     }
 }
 
+#[derive(Clone)]
 struct PeerLink {
     cluster_id: String,
     from: NodeId,
@@ -108,6 +171,10 @@ impl PeerLink {
     /// The endpoint of the next connection: under TLS, with the material current now (a
     /// reload reaches a link when it next connects).
     fn endpoint(&self) -> Result<Endpoint, tonic::transport::Error> {
+        self.endpoint_with_timeout(DELIVER_TIMEOUT)
+    }
+
+    fn endpoint_with_timeout(&self, timeout: Duration) -> Result<Endpoint, tonic::transport::Error> {
         match &self.security {
             LinkSecurity::Plain => Endpoint::from_shared(format!("http://{}", self.address)),
             #[cfg(not(madsim))]
@@ -120,7 +187,7 @@ impl PeerLink {
             // mid-connection is given up within the keepalive timeout, and reconnects.
             endpoint
                 .connect_timeout(CONNECT_TIMEOUT)
-                .timeout(DELIVER_TIMEOUT)
+                .timeout(timeout)
                 .http2_keep_alive_interval(super::PEER_KEEPALIVE_INTERVAL)
                 .keep_alive_timeout(super::PEER_KEEPALIVE_TIMEOUT)
                 .keep_alive_while_idle(true)
@@ -216,6 +283,51 @@ impl PeerLink {
                 }
             }
         }
+    }
+
+    /// Streams the snapshot file `message` names, chunk after chunk, going on from where
+    /// the follower says it stands; returns the bytes sent once the follower handed the
+    /// message to its replica.
+    async fn stream_snapshot(&self, snapshots: &SnapshotDir, message: &Message) -> Result<u64, String> {
+        let MessageBody::InstallSnapshot { snapshot } = &message.body else { unreachable!("only snapshots stream") };
+        let path = snapshots.path_of(snapshot.last_included);
+        let digest_path = path.clone();
+        let (data_bytes, digest) =
+            run_blocking(move || file_digest(&digest_path)).await.map_err(|error| error.to_string())?;
+        let endpoint = self.endpoint_with_timeout(SNAPSHOT_CHUNK_TIMEOUT).map_err(|error| error.to_string())?;
+        let mut client = RaftClient::new(endpoint.connect().await.map_err(|error| error.to_string())?)
+            .max_decoding_message_size(1024);
+        let encoded = encode_message(message);
+        let mut offset = 0u64;
+        // Each answer moves the transfer on or back; a follower that sends it back more
+        // often than the data has chunks, plus some, is not going to take it.
+        let chunks = data_bytes / SNAPSHOT_CHUNK_BYTES as u64 + 1;
+        for _ in 0..2 * chunks + 8 {
+            let chunk_path = path.clone();
+            let data = run_blocking(move || read_chunk(&chunk_path, offset, SNAPSHOT_CHUNK_BYTES))
+                .await
+                .map_err(|error| error.to_string())?;
+            let request = SnapshotChunk {
+                cluster_id: self.cluster_id.clone(),
+                from: self.from,
+                to: self.to,
+                message: Some(encoded.clone()),
+                data_bytes,
+                data_sha256: digest.to_vec(),
+                offset,
+                data,
+            };
+            let ack =
+                client.install_snapshot(request).await.map_err(|status| status.message().to_owned())?.into_inner();
+            if ack.handed_over {
+                return Ok(data_bytes);
+            }
+            if ack.next_offset > data_bytes {
+                return Err(format!("the follower asks for offset {} of {data_bytes} bytes", ack.next_offset));
+            }
+            offset = ack.next_offset;
+        }
+        Err("the follower kept sending the transfer back".to_owned())
     }
 
     async fn pause(&self, backoff: &mut Backoff) {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chorus::client::v1::StatusResponse;
 use chorus::client::{ClientSecurity, ClusterClient, RetryPolicy};
-use chorus::cluster_config::{Limits, Timing};
+use chorus::cluster_config::{Compaction, Limits, Timing};
 use chorus::supervisor::{Launch, LocalCluster};
 
 use super::BINARY;
@@ -30,6 +30,8 @@ pub struct ClusterOptions {
     pub insecure: bool,
     /// `[limits]` of the configuration (by default, limits no load of a test reaches).
     pub limits: Limits,
+    /// `[compaction]` of the configuration (by default, the production defaults).
+    pub compaction: Compaction,
 }
 
 impl Default for ClusterOptions {
@@ -41,6 +43,7 @@ impl Default for ClusterOptions {
             fast_password_hashing: true,
             insecure: false,
             limits: Limits::generous(),
+            compaction: Compaction::default(),
         }
     }
 }
@@ -71,7 +74,11 @@ impl TestCluster {
             log_filter: Some("info".to_owned()),
             ..Launch::new(BINARY)
         };
-        let cluster = LocalCluster::create(dir, &options.cluster_id, size, timing, options.limits, "", launch).unwrap();
+        let mut cluster =
+            LocalCluster::create(dir, &options.cluster_id, size, timing, options.limits, "", launch).unwrap();
+        if options.compaction != Compaction::default() {
+            cluster.set_compaction(options.compaction).unwrap();
+        }
         let mut cluster = Self { cluster };
         for id in 1..=size {
             cluster.start_node(id);
