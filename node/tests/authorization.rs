@@ -16,7 +16,7 @@ use chorus::client::v1::raft_client::RaftClient;
 use chorus::client::v1::{
     ChangePasswordRequest, CreateAccountRequest, DeleteAccountRequest, DeleteMessagesRequest, HistoryRequest,
     ListAccountsRequest, LoginRequest, LogoutRequest, RaftBatch, ReadMessagesRequest, SendMessageRequest,
-    StatusRequest, SubscribeRequest,
+    SnapshotChunk, StatusRequest, SubscribeRequest,
 };
 use chorus::client::{ClientSecurity, authorized};
 use common::cluster::{TestCluster, connect};
@@ -167,8 +167,15 @@ async fn no_method_serves_a_caller_it_should_not() {
     operator.status(StatusRequest::default()).await.expect("the operator's certificate is a cluster credential");
 
     // The peer service is not served on the client port at all.
-    assert_eq!(methods_of("raft.proto"), ["Deliver".to_owned()].into(), "add a row for each new Raft method");
+    let raft_methods = methods_of("raft.proto");
+    assert_eq!(
+        raft_methods,
+        ["Deliver".to_owned(), "InstallSnapshot".to_owned()].into(),
+        "add a row for each new Raft method"
+    );
     let mut raft = RaftClient::new(connect(&address, &cluster.security()).await);
     let batch = RaftBatch { cluster_id: "e2e".into(), from: 1, to: 1, messages: vec![] };
     assert_eq!(raft.deliver(batch).await.unwrap_err().code(), Code::Unimplemented);
+    let chunk = SnapshotChunk { cluster_id: "e2e".into(), from: 1, to: 1, ..SnapshotChunk::default() };
+    assert_eq!(raft.install_snapshot(chunk).await.unwrap_err().code(), Code::Unimplemented);
 }

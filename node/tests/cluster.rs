@@ -239,7 +239,7 @@ async fn a_node_down_during_ten_thousand_messages_catches_up_from_a_snapshot() {
     assert_eq!((bodies.len(), distinct.len()), (TOTAL, TOTAL), "every message exactly once");
 }
 
-/// A Raft batch from another cluster, from a stranger, for another member than the
+/// A Raft batch (or snapshot chunk) from another cluster, from a stranger, for another member than the
 /// sender's certificate names, or that does not decode is refused, logged and counted; a
 /// message that decodes but is impossible is dropped and counted by the core; the cluster
 /// is unaffected. (The forger holds node 2's own certificate: tests/tls.rs shows
@@ -247,7 +247,9 @@ async fn a_node_down_during_ten_thousand_messages_catches_up_from_a_snapshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_wrong_cluster_raft_messages_are_refused_and_logged() {
     use chorus::client::v1::raft_client::RaftClient;
-    use chorus::client::v1::{AppendRequest, LogPosition, RaftBatch, RaftMessage, raft_message};
+    use chorus::client::v1::{
+        AppendRequest, InstallSnapshot, LogPosition, RaftBatch, RaftMessage, SnapshotChunk, raft_message,
+    };
 
     let dir = tempfile::tempdir().unwrap();
     let cluster = TestCluster::start(dir.path(), 3);
@@ -285,6 +287,39 @@ async fn garbage_and_wrong_cluster_raft_messages_are_refused_and_logged() {
             assert!(status.message().contains("node 2's; it cannot send for node 3"), "{status:?}");
         }
     }
+    // Snapshot chunks: for another node, not an InstallSnapshot, a digest that is not a
+    // SHA-256, more data than any snapshot holds; each refused before anything is written.
+    let offer = RaftMessage {
+        term: 99,
+        body: Some(raft_message::Body::InstallSnapshot(InstallSnapshot {
+            last_included: Some(LogPosition { term: 99, index: 5 }),
+            members: vec![1, 2, 3],
+        })),
+    };
+    let chunk = |from: u64, message: RaftMessage, digest: Vec<u8>, data_bytes: u64| SnapshotChunk {
+        cluster_id: "e2e".to_owned(),
+        from,
+        to: 1,
+        message: Some(message),
+        data_bytes,
+        data_sha256: digest,
+        offset: 0,
+        data: b"not a database".to_vec(),
+    };
+    let snapshot_cases = [
+        (chunk(3, offer.clone(), vec![0; 32], 14), Code::PermissionDenied),
+        (chunk(2, RaftMessage { term: 99, body: None }, vec![0; 32], 14), Code::InvalidArgument),
+        (chunk(2, offer.clone(), vec![0; 31], 14), Code::InvalidArgument),
+        (chunk(2, offer.clone(), vec![0; 32], u64::MAX), Code::InvalidArgument),
+    ];
+    for (request, code) in snapshot_cases.clone() {
+        let status = raft.install_snapshot(request).await.unwrap_err();
+        assert_eq!(status.code(), code, "{status:?}");
+    }
+    // Whole, but not what its digest says: never handed to the replica (whose term stays).
+    let status = raft.install_snapshot(chunk(2, offer, vec![0; 32], 14)).await.unwrap_err();
+    assert_eq!(status.code(), Code::DataLoss, "{status:?}");
+    assert!(status.message().contains("SHA-256"), "{status:?}");
     // Bytes that are not a protobuf at all.
     let status = raw_grpc_call(channel, "/chorus.v1.Raft/Deliver", vec![0xff; 64]).await;
     assert_ne!(status.code(), Code::Ok);
@@ -315,7 +350,7 @@ async fn garbage_and_wrong_cluster_raft_messages_are_refused_and_logged() {
     let refused = cluster.status(1, false).await.unwrap().peer_batches_refused - refused_before;
     // Bytes that are no protobuf are refused by gRPC's decoding, before the service: not
     // counted there.
-    assert_eq!(refused, cases.len() as u64, "each refusal is counted, the good batch not");
+    assert_eq!(refused, (cases.len() + snapshot_cases.len()) as u64, "each refusal is counted, the good batch not");
     send(&mut client, &alice, "bob", "still fine").await.unwrap();
     cluster.wait_converged(CONVERGE_TIMEOUT).await;
 }

@@ -47,6 +47,27 @@ pub fn snapshot_applied_index(path: &Path) -> Result<u64, StateMachineError> {
         .map_err(sql_error)
 }
 
+/// Checks that the snapshot file at `path` can be installed here: a sound chat database
+/// whose schema this build understands, holding the state through exactly `index`.
+/// Everything installing it could trip over is checked before anything is replaced.
+pub fn check_snapshot(path: &Path, index: u64) -> Result<(), StateMachineError> {
+    let conn = open_snapshot(path)?;
+    let sql_error = |source| StateMachineError::Sqlite { path: path.to_owned(), source };
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0)).map_err(sql_error)?;
+    let supported = MIGRATIONS.len() as i64;
+    if version > supported {
+        return Err(SqliteError::SchemaTooNew { path: path.to_owned(), found: version, supported }.into());
+    }
+    let held: u64 = conn
+        .query_row("SELECT last_applied FROM chat_state WHERE singleton = 1", [], |row| row.get(0))
+        .map_err(sql_error)?;
+    if held != index {
+        let detail = format!("it holds the state through entry {held}, not {index}");
+        return Err(StateMachineError::Snapshot { path: path.to_owned(), detail });
+    }
+    Ok(())
+}
+
 fn open_snapshot(path: &Path) -> Result<Connection, StateMachineError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags)
@@ -131,7 +152,17 @@ mod tests {
         machine.apply(1, &create("ann")).unwrap();
         let snapshot = dir.path().join("snapshot.sqlite3");
         std::fs::write(&snapshot, b"not a database at all, not even close to one").unwrap();
+        assert!(check_snapshot(&snapshot, 1).is_err());
         assert!(machine.install_snapshot(&snapshot).is_err());
         assert_eq!(machine.last_applied().unwrap(), 1);
+        std::fs::remove_file(&snapshot).unwrap();
+        // Sound, but not the index it is said to hold, or from a newer build.
+        machine.queries().write_snapshot(&snapshot).unwrap();
+        check_snapshot(&snapshot, 1).unwrap();
+        let error = check_snapshot(&snapshot, 2).unwrap_err();
+        assert!(error.to_string().contains("through entry 1, not 2"), "{error}");
+        rusqlite::Connection::open(&snapshot).unwrap().pragma_update(None, "user_version", 999).unwrap();
+        let error = check_snapshot(&snapshot, 1).unwrap_err();
+        assert!(error.to_string().contains("newer than this build"), "{error}");
     }
 }

@@ -18,7 +18,7 @@ use tracing::Instrument;
 
 use crate::chat::credentials::{CredentialError, PasswordHashCost, PasswordHasher};
 use crate::chat::limits::REQUEST_BYTES_MAX;
-use crate::chat::{ChatStateMachine, StateMachineError, snapshot_applied_index};
+use crate::chat::{ChatStateMachine, StateMachineError, check_snapshot};
 use crate::cluster_config::ClusterConfig;
 use crate::replication::{NodeId, ReplicaError};
 use crate::runtime::{
@@ -32,7 +32,8 @@ use crate::storage::{
 };
 use crate::transport::{
     GrpcTransport, LinkSecurity, PEER_DELIVERIES_MAX, PEER_DELIVERIES_PER_CONNECTION_MAX, PEER_DELIVERY_TIMEOUT,
-    PEER_KEEPALIVE_INTERVAL, PEER_KEEPALIVE_TIMEOUT, PeerAuthentication, RAFT_BATCH_BYTES_MAX, RaftService, peer_inbox,
+    PEER_KEEPALIVE_INTERVAL, PEER_KEEPALIVE_TIMEOUT, PeerAuthentication, RAFT_BATCH_BYTES_MAX, RaftService,
+    SnapshotIntake, peer_inbox,
 };
 use crate::watch::Watch;
 
@@ -201,14 +202,9 @@ fn finish_snapshot_install(
     );
     let path = snapshots.path_of(position);
     // Checked before anything is replaced.
-    let held = snapshot_applied_index(&path)?;
-    if held != position.index {
-        return Err(NodeError::Snapshot(format!(
-            "{} holds the state through entry {held}, but the log was reset to a snapshot through {}",
-            path.display(),
-            position.index
-        )));
-    }
+    check_snapshot(&path, position.index).map_err(|error| {
+        NodeError::Snapshot(format!("the log was reset to a snapshot through entry {}, but {error}", position.index))
+    })?;
     chat.install_snapshot_blocking(&path)?;
     Ok(store)
 }
@@ -322,7 +318,14 @@ async fn serve(
         node_id,
         cluster.member_ids(),
         inbox_tx,
-        snapshots,
+        SnapshotIntake {
+            dir: snapshots,
+            // A snapshot this node could not install never reaches its replica (which
+            // would reset its log for it).
+            validate: Arc::new(|path: &std::path::Path, position: crate::replication::LogPosition| {
+                check_snapshot(path, position.index).map_err(|error| error.to_string())
+            }),
+        },
         config.security.peer_authentication(),
         Arc::clone(&refusals.peer_batches),
     );
@@ -496,6 +499,7 @@ mod tests {
         leader.queries().write_snapshot(&snapshots.path_of(position)).unwrap();
         let identity = ClusterIdentity { cluster_id: "c".into(), node_id: 1, members: [1, 2, 3].into() };
         let mut log = SqliteLog::open(&dir.path().join("raft.sqlite3"), &identity, Creation::Bootstrap).unwrap();
+        log.persist(Some(crate::replication::HardState { term: 2, vote: None }), None, &[]).unwrap();
         log.install_snapshot(&SnapshotMeta { last_included: position, members: identity.members.clone() }).unwrap();
 
         let chat = ChatState::new(ChatStateMachine::open(&dir.path().join("chat.sqlite3")).unwrap()).unwrap();
@@ -509,7 +513,7 @@ mod tests {
         std::fs::copy(snapshots.path_of(position), snapshots.path_of(later)).unwrap();
         log.install_snapshot(&SnapshotMeta { last_included: later, members: identity.members.clone() }).unwrap();
         let error = finish_snapshot_install(Box::new(log), &chat, &snapshots).err().expect("refused");
-        assert!(error.to_string().contains("through entry 3"), "{error}");
+        assert!(error.to_string().contains("through entry 3, not 9"), "{error}");
     }
 
     /// Records the thread each applied entry was applied on.

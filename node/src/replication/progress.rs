@@ -48,6 +48,8 @@ pub struct Progress {
     /// later, so an answer to such a round that still lacks the snapshot means the follower
     /// lost it (it crashed before installing it).
     pub snapshot_delivered_round: Option<u64>,
+    /// Snapshot transfers to this follower that failed in a row (it backs off).
+    pub snapshot_failures: u32,
 }
 
 impl Progress {
@@ -65,6 +67,7 @@ impl Progress {
             last_progress_ms: now_ms,
             snapshot_deadline_ms: 0,
             snapshot_delivered_round: None,
+            snapshot_failures: 0,
         }
     }
 

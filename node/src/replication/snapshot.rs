@@ -112,11 +112,23 @@ impl<S: Storage> Replica<S> {
         }
         match transfer {
             SnapshotTransfer::Failed => {
-                tracing::info!(follower, "snapshot transfer failed; sending it again shortly");
-                progress.snapshot_deadline_ms = cx.now_ms + cx.config.election_timeout_min_ms;
+                // An election timeout, doubling with each failure in a row up to a minute:
+                // a follower that is down (or cannot take it) is not sent a whole snapshot
+                // every second.
+                let pause = cx.config.election_timeout_min_ms.saturating_mul(1 << progress.snapshot_failures.min(6));
+                progress.snapshot_failures = progress.snapshot_failures.saturating_add(1);
+                tracing::info!(
+                    follower,
+                    pause_ms = pause.min(SNAPSHOT_ACK_TIMEOUT_MS),
+                    "snapshot transfer failed; sending it again later"
+                );
+                progress.snapshot_deadline_ms = cx.now_ms + pause.min(SNAPSHOT_ACK_TIMEOUT_MS);
             }
             SnapshotTransfer::Delivered => {
+                progress.snapshot_failures = 0;
                 progress.snapshot_delivered_round.get_or_insert(next_round);
+                // Installing a large snapshot takes a while: the wait starts again from here.
+                progress.snapshot_deadline_ms = cx.now_ms + SNAPSHOT_ACK_TIMEOUT_MS;
             }
         }
     }

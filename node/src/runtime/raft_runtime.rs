@@ -25,7 +25,7 @@ use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{ChatState, ProposeError, Proposer};
-use crate::chat::{Outcome, StateMachineError, decode_logged_command, snapshot_applied_index};
+use crate::chat::{Outcome, StateMachineError, check_snapshot, decode_logged_command};
 use crate::replication::{
     self, Entry, FollowerStatus, LogIndex, LogPosition, NodeId, Payload, Ready, Replica, ReplicaStatus, Role,
     SnapshotMeta, SnapshotTransfer, Storage, StorageError, Term,
@@ -55,6 +55,8 @@ const SCRUB_INTERVAL: Duration = Duration::from_millis(100);
 const SCRUB_RECORDS_PER_STEP: usize = 256;
 const SCRUB_BYTES_PER_STEP: usize = 1024 * 1024;
 const SCRUB_PAUSE_BETWEEN_PASSES: Duration = Duration::from_secs(10);
+/// After a snapshot that could not be written, how long until the next attempt.
+const SNAPSHOT_RETRY_PAUSE: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -64,8 +66,6 @@ pub enum RuntimeError {
     StateMachine(#[from] StateMachineError),
     #[error(transparent)]
     SnapshotFile(#[from] SnapshotFileError),
-    #[error("the snapshot staged for entry {expected} holds the state through entry {found}")]
-    SnapshotMismatch { expected: LogIndex, found: LogIndex },
 }
 
 /// When to snapshot the chat state and compact the log behind it.
@@ -309,6 +309,8 @@ pub struct RaftRuntime<T> {
     snapshot_reports: mpsc::UnboundedReceiver<(NodeId, SnapshotTransfer)>,
     /// The snapshot being written, if one is.
     snapshot_task: Option<SnapshotTask>,
+    /// No snapshot is started before this (after one that failed).
+    snapshot_not_before: tokio::time::Instant,
 }
 
 /// Who the replica is: its id, the members, the protocol settings and its random seed.
@@ -373,6 +375,7 @@ pub fn start_runtime<T: Transport>(
         snapshot_policy: snapshots.policy,
         snapshot_reports: snapshots.reports,
         snapshot_task: None,
+        snapshot_not_before: crate::seam::monotonic_now(),
     };
     Ok((runtime, RaftHandle { inputs: inputs_tx, status, leader_known, fault, clock }))
 }
@@ -435,8 +438,15 @@ impl<T: Transport> RaftRuntime<T> {
                     self.snapshot_task = None;
                     // A sender dropped without an answer: the blocking work panicked, which
                     // run_blocking re-raises; nothing to record here.
-                    if let Ok(taken) = taken {
-                        self.record_snapshot(taken?).await?;
+                    match taken {
+                        Ok(Ok(taken)) => self.record_snapshot(taken).await?,
+                        // A snapshot that could not be written (a full disk, say) changes
+                        // nothing: the log keeps its entries. Tried again later, not at once.
+                        Ok(Err(error)) => {
+                            tracing::warn!(%error, "could not take a snapshot; trying again in a minute");
+                            self.snapshot_not_before = crate::seam::monotonic_now() + SNAPSHOT_RETRY_PAUSE;
+                        }
+                        Err(_) => self.snapshot_not_before = crate::seam::monotonic_now() + SNAPSHOT_RETRY_PAUSE,
                     }
                 }
                 () = std::future::ready(()), if more_ready => {}
@@ -457,8 +467,11 @@ impl<T: Transport> RaftRuntime<T> {
         if self.snapshot_task.is_some() {
             return Ok(());
         }
+        if crate::seam::monotonic_now() < self.snapshot_not_before {
+            return Ok(());
+        }
         let taken = self.log.snapshot()?.map_or(0, |s| s.last_included.index);
-        if self.chat.last_applied() < taken + self.snapshot_policy.every_entries {
+        if self.chat.last_applied() < taken.saturating_add(self.snapshot_policy.every_entries) {
             return Ok(());
         }
         let (reply, task) = oneshot::channel();
@@ -493,15 +506,23 @@ impl<T: Transport> RaftRuntime<T> {
         let meta = SnapshotMeta { last_included: position, members: self.replica.members().clone() };
         let compact_through = index.saturating_sub(self.snapshot_policy.tail_entries);
         let (log, snapshots) = (self.log.clone(), self.snapshots.clone());
+        let cleanup = snapshots.clone();
         run_blocking(move || -> Result<(), RuntimeError> {
             snapshots.publish(&partial, position)?;
             // Durable before the log drops the entries it covers (publish fsynced the file
             // when it was written, and the directory now).
             log.lock().record_snapshot(&meta, compact_through)?;
-            snapshots.remove_older_than(position)?;
             Ok(())
         })
         .await?;
+        // Deleting big files may take a while: not in the loop. What a failure leaves is
+        // deleted with the next snapshot.
+        let delete = run_blocking(move || {
+            if let Err(error) = cleanup.remove_older_than(position) {
+                tracing::warn!(%error, "could not delete older snapshots");
+            }
+        });
+        tokio::task::spawn(tracing::Instrument::in_current_span(delete));
         tracing::info!(index, compact_through, "took a snapshot and compacted the log");
         Ok(())
     }
@@ -510,24 +531,27 @@ impl<T: Transport> RaftRuntime<T> {
     /// state (see the module's comment for why in this order).
     async fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), RuntimeError> {
         let position = meta.last_included;
-        let path = self.snapshots.path_of(position);
         let (log, chat, snapshots) = (self.log.clone(), Arc::clone(&self.chat), self.snapshots.clone());
-        let check_path = path.clone();
-        // Checked before the log gives up anything for it.
-        let found = run_blocking(move || snapshot_applied_index(&check_path)).await?;
-        if found != position.index {
-            return Err(RuntimeError::SnapshotMismatch { expected: position.index, found });
-        }
+        // The transport checked the staged file before the replica saw its message; checked
+        // again (a disk can fail meanwhile) before the log gives up anything for it, and
+        // given its complete name: from here on it is this node's snapshot.
+        let promoting = snapshots.clone();
+        let path = run_blocking(move || -> Result<PathBuf, RuntimeError> {
+            check_snapshot(&promoting.staged_path_of(position), position.index)?;
+            Ok(promoting.promote(position)?)
+        })
+        .await?;
         run_blocking(move || log.lock().install_snapshot(&meta)).await?;
         // A crash may strike between the two installs (under simulation, this yield is
         // where it can): the node then installs the snapshot in the chat state at start.
         tokio::task::yield_now().await;
-        run_blocking(move || -> Result<(), RuntimeError> {
-            chat.install_snapshot_blocking(&path)?;
-            snapshots.remove_older_than(position)?;
-            Ok(())
-        })
-        .await?;
+        run_blocking(move || chat.install_snapshot_blocking(&path)).await?;
+        let delete = run_blocking(move || {
+            if let Err(error) = snapshots.remove_older_than(position) {
+                tracing::warn!(%error, "could not delete older snapshots");
+            }
+        });
+        tokio::task::spawn(tracing::Instrument::in_current_span(delete));
         tracing::info!(index = position.index, term = position.term, "installed a snapshot from the leader");
         if let Some(observer) = &self.observer {
             observer.snapshot_installed(self.replica.id(), position.index);
@@ -693,6 +717,17 @@ impl<T: Transport> RaftRuntime<T> {
     async fn handle_ready(&mut self, mut ready: Ready) -> Result<(), RuntimeError> {
         self.transport.send(std::mem::take(&mut ready.messages));
         if let Some(snapshot) = ready.snapshot.take() {
+            if let Some(hard_state) = ready.hard_state.take() {
+                // The term first: the log's compaction point must never be of a term after
+                // the stored one, whichever step a crash falls after.
+                let log = self.log.clone();
+                run_blocking(move || -> Result<(), StorageError> {
+                    let mut log = log.lock();
+                    log.write(Some(hard_state), None, &[])?;
+                    log.sync()
+                })
+                .await?;
+            }
             self.install_snapshot(snapshot).await?;
         }
         if ready.hard_state.is_some() || ready.truncate_from.is_some() || !ready.entries.is_empty() {

@@ -8,5 +8,5 @@ mod sqlite_log;
 
 pub use data_dir::{DataDir, DataDirError};
 pub use log_store::{Creation, LogStore, LogStoreFactory, ScrubProgress, SharedLog};
-pub use snapshot_dir::{IncomingSnapshot, SnapshotDir, SnapshotFileError, file_digest, read_chunk};
+pub use snapshot_dir::{IncomingSnapshot, OutgoingSnapshot, SnapshotDir, SnapshotFileError};
 pub use sqlite_log::{ClusterIdentity, LogStoreError, SqliteLog, entry_checksum, hard_state_checksum};

@@ -5,6 +5,10 @@
 //! a `.partial` file, fsynced, renamed, the directory fsynced). The log store records which
 //! one is the latest; the node keeps that one (it sends it to followers, and installs it
 //! again if it crashed midway through installing it) and deletes older ones.
+//!
+//! A snapshot received from a leader is `staged-<index>-<term>.sqlite3` until the replica
+//! installs it, when the runtime renames it to its complete name: what a peer sends never
+//! lands under the name of the snapshot the log records.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -16,6 +20,10 @@ use crate::replication::LogPosition;
 
 const SUFFIX: &str = ".sqlite3";
 const PREFIX: &str = "snapshot-";
+const STAGED_PREFIX: &str = "staged-";
+/// Bytes written to a received snapshot between two syncs: the last chunk's sync (and its
+/// answer) then never waits for a whole multi-gigabyte file to reach the disk.
+const SYNC_EVERY_BYTES: u64 = 64 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotFileError {
@@ -52,6 +60,20 @@ impl SnapshotDir {
         self.dir.join(format!("{PREFIX}{}-{}{SUFFIX}", position.index, position.term))
     }
 
+    /// Where a snapshot received from a leader waits to be installed.
+    pub fn staged_path_of(&self, position: LogPosition) -> PathBuf {
+        self.dir.join(format!("{STAGED_PREFIX}{}-{}{SUFFIX}", position.index, position.term))
+    }
+
+    /// Gives a staged snapshot its complete name (the replica installs it): renamed, the
+    /// directory fsynced.
+    pub fn promote(&self, position: LogPosition) -> Result<PathBuf, SnapshotFileError> {
+        let (staged, path) = (self.staged_path_of(position), self.path_of(position));
+        std::fs::rename(&staged, &path).map_err(|source| SnapshotFileError::Io { path: staged, source })?;
+        self.sync_dir()?;
+        Ok(path)
+    }
+
     /// A fresh partial file's path for a snapshot being taken or received (`purpose` keeps
     /// the two apart). Any earlier file of that name is removed.
     pub fn partial(&self, purpose: &str) -> Result<PathBuf, SnapshotFileError> {
@@ -67,7 +89,10 @@ impl SnapshotDir {
 
     /// Gives a durable partial file its complete name: renamed, the directory fsynced.
     pub fn publish(&self, partial: &Path, position: LogPosition) -> Result<PathBuf, SnapshotFileError> {
-        let path = self.path_of(position);
+        self.rename_durably(partial, self.path_of(position))
+    }
+
+    fn rename_durably(&self, partial: &Path, path: PathBuf) -> Result<PathBuf, SnapshotFileError> {
         std::fs::rename(partial, &path).map_err(|source| SnapshotFileError::Io { path: path.clone(), source })?;
         self.sync_dir()?;
         Ok(path)
@@ -79,8 +104,8 @@ impl SnapshotDir {
             .map_err(|source| SnapshotFileError::Io { path: self.dir.clone(), source })
     }
 
-    /// Deletes the complete snapshots through an index below `kept`'s. Later ones stay: one
-    /// may be a leader's, staged and waiting to be installed.
+    /// Deletes the complete and staged snapshots through an index below `kept`'s. Later
+    /// ones stay: one may be a leader's, staged and waiting to be installed.
     pub fn remove_older_than(&self, kept: LogPosition) -> Result<(), SnapshotFileError> {
         let io = |source| SnapshotFileError::Io { path: self.dir.clone(), source };
         for entry in std::fs::read_dir(&self.dir).map_err(io)? {
@@ -88,6 +113,7 @@ impl SnapshotDir {
             let name = path.file_name().and_then(|name| name.to_str()).unwrap_or_default();
             let index = name
                 .strip_prefix(PREFIX)
+                .or_else(|| name.strip_prefix(STAGED_PREFIX))
                 .and_then(|rest| rest.strip_suffix(SUFFIX))
                 .and_then(|rest| rest.split('-').next())
                 .and_then(|index| index.parse::<u64>().ok());
@@ -99,31 +125,51 @@ impl SnapshotDir {
     }
 }
 
-/// The length and SHA-256 of a file.
-pub fn file_digest(path: &Path) -> Result<(u64, [u8; 32]), SnapshotFileError> {
-    let io = |source| SnapshotFileError::Io { path: path.to_owned(), source };
-    let mut file = File::open(path).map_err(io)?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 16];
-    let mut length = 0u64;
-    loop {
-        let read = file.read(&mut buffer).map_err(io)?;
-        if read == 0 {
-            return Ok((length, hasher.finalize().into()));
-        }
-        hasher.update(&buffer[..read]);
-        length += read as u64;
-    }
+/// A snapshot file open for sending. It is read through the handle opened first, so that
+/// a newer snapshot deleting the file meanwhile (the leader takes them as it goes) does
+/// not break the transfer: the data stays readable until the handle closes.
+pub struct OutgoingSnapshot {
+    path: PathBuf,
+    file: File,
+    length: u64,
+    digest: [u8; 32],
 }
 
-/// Reads up to `bytes_max` bytes of a file from `offset`.
-pub fn read_chunk(path: &Path, offset: u64, bytes_max: usize) -> Result<Vec<u8>, SnapshotFileError> {
-    let io = |source| SnapshotFileError::Io { path: path.to_owned(), source };
-    let mut file = File::open(path).map_err(io)?;
-    file.seek(SeekFrom::Start(offset)).map_err(io)?;
-    let mut chunk = Vec::with_capacity(bytes_max);
-    file.take(bytes_max as u64).read_to_end(&mut chunk).map_err(io)?;
-    Ok(chunk)
+impl OutgoingSnapshot {
+    /// Opens the file and reads it once through for its length and SHA-256.
+    pub fn open(path: PathBuf) -> Result<Self, SnapshotFileError> {
+        let io = |source| SnapshotFileError::Io { path: path.clone(), source };
+        let mut file = File::open(&path).map_err(io)?;
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0u8; 1 << 16];
+        let mut length = 0u64;
+        loop {
+            let read = file.read(&mut buffer).map_err(io)?;
+            if read == 0 {
+                break;
+            }
+            hasher.update(&buffer[..read]);
+            length += read as u64;
+        }
+        Ok(Self { path, file, length, digest: hasher.finalize().into() })
+    }
+
+    pub fn length(&self) -> u64 {
+        self.length
+    }
+
+    pub fn digest(&self) -> [u8; 32] {
+        self.digest
+    }
+
+    /// Up to `bytes_max` bytes from `offset`.
+    pub fn read_chunk(&mut self, offset: u64, bytes_max: usize) -> Result<Vec<u8>, SnapshotFileError> {
+        let io = |source| SnapshotFileError::Io { path: self.path.clone(), source };
+        self.file.seek(SeekFrom::Start(offset)).map_err(io)?;
+        let mut chunk = Vec::with_capacity(bytes_max);
+        (&mut self.file).take(bytes_max as u64).read_to_end(&mut chunk).map_err(io)?;
+        Ok(chunk)
+    }
 }
 
 /// A snapshot arriving from the leader, written in order to a partial file.
@@ -157,13 +203,18 @@ impl IncomingSnapshot {
         if got > self.expected_bytes {
             return Err(SnapshotFileError::Length { expected: self.expected_bytes, got });
         }
-        self.file.write_all(data).map_err(|source| SnapshotFileError::Io { path: self.path.clone(), source })?;
+        let io = |source| SnapshotFileError::Io { path: self.path.clone(), source };
+        self.file.write_all(data).map_err(io)?;
         self.hasher.update(data);
+        if got / SYNC_EVERY_BYTES != self.written / SYNC_EVERY_BYTES {
+            self.file.sync_data().map_err(io)?;
+        }
         self.written = got;
         Ok(())
     }
 
-    /// Checks the digest, makes the file durable and gives it its complete name.
+    /// Checks the digest, makes the file durable and stages it for the replica (see
+    /// [`SnapshotDir::staged_path_of`]).
     pub fn finish(self, dir: &SnapshotDir, position: LogPosition) -> Result<PathBuf, SnapshotFileError> {
         if self.written != self.expected_bytes {
             return Err(SnapshotFileError::Length { expected: self.expected_bytes, got: self.written });
@@ -172,7 +223,7 @@ impl IncomingSnapshot {
             return Err(SnapshotFileError::Digest);
         }
         self.file.sync_all().map_err(|source| SnapshotFileError::Io { path: self.path.clone(), source })?;
-        dir.publish(&self.path, position)
+        dir.rename_durably(&self.path, dir.staged_path_of(position))
     }
 }
 
@@ -188,15 +239,21 @@ mod tests {
         let snapshots = SnapshotDir::open(dir.path()).unwrap();
         let source = dir.path().join("source");
         std::fs::write(&source, b"0123456789").unwrap();
-        let (length, digest) = file_digest(&source).unwrap();
+        let mut outgoing = OutgoingSnapshot::open(source.clone()).unwrap();
+        let (length, digest) = (outgoing.length(), outgoing.digest());
+        // Deleted under the transfer (a newer snapshot replaced it): still readable.
+        std::fs::remove_file(&source).unwrap();
         let position = LogPosition { index: 7, term: 2 };
 
         let mut incoming = IncomingSnapshot::create(snapshots.partial("incoming").unwrap(), length, digest).unwrap();
-        incoming.append(&read_chunk(&source, 0, 4).unwrap()).unwrap();
+        incoming.append(&outgoing.read_chunk(0, 4).unwrap()).unwrap();
         assert!(matches!(incoming.append(b"too much data"), Err(SnapshotFileError::Length { .. })));
-        incoming.append(&read_chunk(&source, 4, 100).unwrap()).unwrap();
+        incoming.append(&outgoing.read_chunk(4, 100).unwrap()).unwrap();
         assert!(incoming.is_whole());
-        let path = incoming.finish(&snapshots, position).unwrap();
+        let staged = incoming.finish(&snapshots, position).unwrap();
+        assert_eq!(staged, snapshots.staged_path_of(position));
+        assert!(!snapshots.path_of(position).exists(), "staged, not under a complete snapshot's name");
+        let path = snapshots.promote(position).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"0123456789");
 
         let mut damaged = IncomingSnapshot::create(snapshots.partial("incoming").unwrap(), length, digest).unwrap();
@@ -206,10 +263,12 @@ mod tests {
         assert!(!snapshots.path_of(other).exists());
 
         std::fs::write(snapshots.path_of(LogPosition { index: 3, term: 1 }), b"old").unwrap();
+        std::fs::write(snapshots.staged_path_of(LogPosition { index: 4, term: 1 }), b"old").unwrap();
         std::fs::write(snapshots.path_of(LogPosition { index: 30, term: 3 }), b"new").unwrap();
         snapshots.remove_older_than(position).unwrap();
         assert!(path.exists());
         assert!(!snapshots.path_of(LogPosition { index: 3, term: 1 }).exists());
+        assert!(!snapshots.staged_path_of(LogPosition { index: 4, term: 1 }).exists());
         assert!(snapshots.path_of(LogPosition { index: 30, term: 3 }).exists());
     }
 }

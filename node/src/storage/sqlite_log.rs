@@ -185,6 +185,12 @@ impl SqliteLog {
             RecordError::Sqlite(source) => sql_error(source),
             RecordError::Damaged(detail) => corrupt(detail),
         })?;
+        if compacted.term > hard_state.term {
+            return Err(corrupt(format!(
+                "the log is compacted through an entry of term {}, after the stored term {}",
+                compacted.term, hard_state.term
+            )));
+        }
         let mut terms = Vec::new();
         {
             let mut statement =
@@ -810,6 +816,7 @@ mod tests {
         assert_eq!(log.read_entries(4, 10, usize::MAX).unwrap(), entries[3..]);
         log.persist(None, Some(6), &[entry(6, 2, "again"), entry(7, 2, "new")]).unwrap();
         assert_eq!(log.scrub(100, usize::MAX).unwrap().verified_through, 7);
+        log.persist(Some(HardState { term: 3, vote: None }), None, &[]).unwrap();
         log.install_snapshot(&snapshot(20, 3)).unwrap();
         drop(log);
         let mut log = SqliteLog::open(&path, &id, Creation::MemberOfExisting).unwrap();

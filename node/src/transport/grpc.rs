@@ -19,7 +19,7 @@ use super::{RAFT_BATCH_BYTES_MAX, RAFT_BATCH_MESSAGES_MAX, Transport, message_co
 use crate::backoff::Backoff;
 use crate::replication::{Message, MessageBody, NodeId, SnapshotTransfer};
 use crate::seam::run_blocking;
-use crate::storage::{SnapshotDir, file_digest, read_chunk};
+use crate::storage::{OutgoingSnapshot, SnapshotDir};
 use crate::watch::Watch;
 
 /// Messages waiting for one peer; beyond this, new ones are dropped.
@@ -290,23 +290,26 @@ impl PeerLink {
     /// message to its replica.
     async fn stream_snapshot(&self, snapshots: &SnapshotDir, message: &Message) -> Result<u64, String> {
         let MessageBody::InstallSnapshot { snapshot } = &message.body else { unreachable!("only snapshots stream") };
-        let path = snapshots.path_of(snapshot.last_included);
-        let digest_path = path.clone();
-        let (data_bytes, digest) =
-            run_blocking(move || file_digest(&digest_path)).await.map_err(|error| error.to_string())?;
+        // Connected first: a follower that is down costs no read of the whole file.
         let endpoint = self.endpoint_with_timeout(SNAPSHOT_CHUNK_TIMEOUT).map_err(|error| error.to_string())?;
         let mut client = RaftClient::new(endpoint.connect().await.map_err(|error| error.to_string())?)
             .max_decoding_message_size(1024);
+        let path = snapshots.path_of(snapshot.last_included);
+        let mut file = run_blocking(move || OutgoingSnapshot::open(path)).await.map_err(|error| error.to_string())?;
+        let (data_bytes, digest) = (file.length(), file.digest());
         let encoded = encode_message(message);
         let mut offset = 0u64;
         // Each answer moves the transfer on or back; a follower that sends it back more
         // often than the data has chunks, plus some, is not going to take it.
         let chunks = data_bytes / SNAPSHOT_CHUNK_BYTES as u64 + 1;
         for _ in 0..2 * chunks + 8 {
-            let chunk_path = path.clone();
-            let data = run_blocking(move || read_chunk(&chunk_path, offset, SNAPSHOT_CHUNK_BYTES))
-                .await
-                .map_err(|error| error.to_string())?;
+            let (returned, data) = run_blocking(move || {
+                let data = file.read_chunk(offset, SNAPSHOT_CHUNK_BYTES);
+                (file, data)
+            })
+            .await;
+            file = returned;
+            let data = data.map_err(|error| error.to_string())?;
             let request = SnapshotChunk {
                 cluster_id: self.cluster_id.clone(),
                 from: self.from,

@@ -14,7 +14,7 @@ use crate::replication::Message;
 pub use codec::{DecodeError, decode_message, encode_message};
 pub use grpc::{GrpcTransport, LinkSecurity};
 pub use inbox::{InboxReceiver, InboxSender, PEER_INBOX_BYTES_MAX, PEER_INBOX_MESSAGES_MAX, message_cost, peer_inbox};
-pub use raft_service::{BatchGate, PeerAuthentication, RaftService};
+pub use raft_service::{BatchGate, PeerAuthentication, RaftService, SnapshotIntake, SnapshotValidator};
 
 /// Most messages in one `chorus.v1.Raft/Deliver` batch; a node refuses larger batches.
 pub const RAFT_BATCH_MESSAGES_MAX: usize = 64;

@@ -10,11 +10,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use chorus_proto::v1::raft_server::Raft;
 use chorus_proto::v1::{RaftBatch, RaftBatchAck, SnapshotChunk, SnapshotChunkAck};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use super::RAFT_BATCH_MESSAGES_MAX;
 use super::codec::decode_message;
 use super::inbox::InboxSender;
-use crate::replication::{Message, MessageBody, NodeId, SnapshotMeta, Term};
+use crate::replication::{LogPosition, Message, MessageBody, NodeId, SnapshotMeta, Term};
 use crate::seam::run_blocking;
 use crate::storage::{IncomingSnapshot, SnapshotDir};
 
@@ -151,9 +152,44 @@ pub struct TransferKey {
 }
 
 /// The one snapshot transfer a node takes in at a time.
-struct Receiving {
-    key: TransferKey,
-    file: IncomingSnapshot,
+enum Receiving {
+    Writing {
+        key: TransferKey,
+        file: IncomingSnapshot,
+    },
+    /// Staged whole; its message may not have reached the replica (a full inbox, a caller
+    /// gone before the answer): a chunk of the same transfer hands it over again.
+    Staged {
+        key: TransferKey,
+    },
+}
+
+impl Receiving {
+    fn key(&self) -> &TransferKey {
+        match self {
+            Receiving::Writing { key, .. } | Receiving::Staged { key } => key,
+        }
+    }
+}
+
+/// Checks a staged snapshot file before its message reaches the replica: the node's
+/// state machine says whether it can install it (the transport knows nothing of what a
+/// snapshot holds).
+pub type SnapshotValidator = Arc<dyn Fn(&std::path::Path, LogPosition) -> Result<(), String> + Send + Sync>;
+
+/// Where snapshots from a leader are staged, and the check each must pass first.
+pub struct SnapshotIntake {
+    pub dir: SnapshotDir,
+    pub validate: SnapshotValidator,
+}
+
+/// What handling a chunk needs, owned by the task that handles it.
+#[derive(Clone)]
+struct ChunkContext {
+    node_id: NodeId,
+    inbox: InboxSender,
+    snapshots: SnapshotDir,
+    validate: SnapshotValidator,
 }
 
 /// Most characters of a peer's cluster id that a status or a log line repeats: a frame
@@ -175,9 +211,11 @@ pub struct RaftService {
     gate: BatchGate,
     inbox: InboxSender,
     snapshots: SnapshotDir,
+    validate: SnapshotValidator,
     /// A transfer under way. A chunk of another transfer at offset 0 replaces it (a new
-    /// leader, or the same leader's newer snapshot); one at another offset is sent back.
-    receiving: tokio::sync::Mutex<Option<Receiving>>,
+    /// leader, or the same leader's newer snapshot) unless it is of an older term; one at
+    /// another offset is sent back to 0.
+    receiving: Arc<tokio::sync::Mutex<Option<Receiving>>>,
     authentication: PeerAuthentication,
     /// Batches refused so far, for `cluster status`.
     refused: Arc<AtomicU64>,
@@ -189,72 +227,46 @@ impl RaftService {
         node_id: NodeId,
         members: BTreeSet<NodeId>,
         inbox: InboxSender,
-        snapshots: SnapshotDir,
+        intake: SnapshotIntake,
         authentication: PeerAuthentication,
         refused: Arc<AtomicU64>,
     ) -> Self {
         Self {
             gate: BatchGate { cluster_id, node_id, members },
             inbox,
-            snapshots,
-            receiving: tokio::sync::Mutex::new(None),
+            snapshots: intake.dir,
+            validate: intake.validate,
+            receiving: Arc::new(tokio::sync::Mutex::new(None)),
             authentication,
             refused,
         }
     }
 
     /// Writes a chunk of the transfer it belongs to; once the data is whole and sound,
-    /// publishes the snapshot file and hands the message to the replica.
+    /// stages the snapshot file and hands the message to the replica. The work runs in a
+    /// task of its own that holds the transfer's state throughout: a caller that gives up
+    /// (its deadline passed during a long sync) leaves the state whole, and its retry
+    /// resumes where the data stands.
     async fn receive_chunk(
         &self,
         message: Message,
         key: TransferKey,
         chunk: SnapshotChunk,
     ) -> Result<SnapshotChunkAck, Status> {
-        let mut receiving = self.receiving.lock().await;
-        let same_transfer = receiving.as_ref().is_some_and(|r| r.key == key);
-        if !same_transfer {
-            if chunk.offset != 0 {
-                return Ok(SnapshotChunkAck { next_offset: 0, handed_over: false });
-            }
-            let snapshots = self.snapshots.clone();
-            let (data_bytes, digest) = (key.data_bytes, key.digest);
-            let file =
-                run_blocking(move || IncomingSnapshot::create(snapshots.partial("incoming")?, data_bytes, digest))
-                    .await
-                    .map_err(|error| Status::internal(error.to_string()))?;
-            *receiving = Some(Receiving { key: key.clone(), file });
-        }
-        let mut current = receiving.take().expect("a transfer is under way");
-        if chunk.offset != current.file.written() {
-            let next_offset = current.file.written();
-            *receiving = Some(current);
-            return Ok(SnapshotChunkAck { next_offset, handed_over: false });
-        }
-        let data = chunk.data;
-        let (result, file) = run_blocking(move || {
-            let result = current.file.append(&data);
-            (result, current)
-        })
-        .await;
-        current = file;
-        // A chunk that does not fit ends the transfer: it starts over.
-        result.map_err(|error| Status::invalid_argument(error.to_string()))?;
-        if !current.file.is_whole() {
-            let next_offset = current.file.written();
-            *receiving = Some(current);
-            return Ok(SnapshotChunkAck { next_offset, handed_over: false });
-        }
-        let snapshots = self.snapshots.clone();
-        let position = key.snapshot.last_included;
-        run_blocking(move || current.file.finish(&snapshots, position))
+        let receiving = Arc::clone(&self.receiving);
+        let context = ChunkContext {
+            node_id: self.gate.node_id,
+            inbox: self.inbox.clone(),
+            snapshots: self.snapshots.clone(),
+            validate: Arc::clone(&self.validate),
+        };
+        let work = async move {
+            let mut slot = receiving.lock_owned().await;
+            take_chunk(&mut slot, &context, message, key, chunk).await
+        };
+        tokio::task::spawn(work.in_current_span())
             .await
-            .map_err(|error| Status::data_loss(format!("{error}; send it again")))?;
-        tracing::info!(node = self.gate.node_id, from = key.from, index = position.index, "received a snapshot");
-        if !self.inbox.try_send(message) {
-            return Err(Status::unavailable("this node's replication inbox is full; send the snapshot again shortly"));
-        }
-        Ok(SnapshotChunkAck { next_offset: key.data_bytes, handed_over: true })
+            .unwrap_or_else(|_| Err(Status::internal("the snapshot chunk's handling stopped; send it again")))
     }
 
     /// The member the request's connection proved it is, or `None` when peers are not
@@ -300,6 +312,80 @@ impl RaftService {
         );
         status
     }
+}
+
+/// One chunk's effect on the transfer under way (see [`RaftService::receive_chunk`]).
+async fn take_chunk(
+    slot: &mut Option<Receiving>,
+    context: &ChunkContext,
+    message: Message,
+    key: TransferKey,
+    chunk: SnapshotChunk,
+) -> Result<SnapshotChunkAck, Status> {
+    let data_bytes = key.data_bytes;
+    let hand_over = |message: Message| {
+        if context.inbox.try_send(message) {
+            Ok(SnapshotChunkAck { next_offset: data_bytes, handed_over: true })
+        } else {
+            Err(Status::unavailable(
+                "this node's replication inbox is full; send the snapshot's last chunk again shortly",
+            ))
+        }
+    };
+    match slot.as_ref() {
+        Some(Receiving::Staged { key: staged }) if *staged == key => return hand_over(message),
+        Some(current) if *current.key() == key => {}
+        Some(current) if current.key().term > key.term => {
+            let message = format!(
+                "a snapshot from the leader of term {} is being received; this one is of term {}",
+                current.key().term,
+                key.term
+            );
+            return Err(Status::failed_precondition(message));
+        }
+        _ if chunk.offset != 0 => return Ok(SnapshotChunkAck { next_offset: 0, handed_over: false }),
+        _ => {
+            let snapshots = context.snapshots.clone();
+            let (data_bytes, digest) = (key.data_bytes, key.digest);
+            let file =
+                run_blocking(move || IncomingSnapshot::create(snapshots.partial("incoming")?, data_bytes, digest))
+                    .await
+                    .map_err(|error| Status::internal(error.to_string()))?;
+            *slot = Some(Receiving::Writing { key: key.clone(), file });
+        }
+    }
+    let Some(Receiving::Writing { file, .. }) = slot.as_mut() else { unreachable!("a transfer is being written") };
+    if chunk.offset != file.written() {
+        return Ok(SnapshotChunkAck { next_offset: file.written(), handed_over: false });
+    }
+    let Some(Receiving::Writing { mut file, .. }) = slot.take() else { unreachable!("a transfer is being written") };
+    let data = chunk.data;
+    let (result, returned) = run_blocking(move || (file.append(&data), file)).await;
+    file = returned;
+    // A chunk that does not fit ends the transfer: it starts over.
+    result.map_err(|error| Status::invalid_argument(error.to_string()))?;
+    if !file.is_whole() {
+        let next_offset = file.written();
+        *slot = Some(Receiving::Writing { key, file });
+        return Ok(SnapshotChunkAck { next_offset, handed_over: false });
+    }
+    let (snapshots, validate) = (context.snapshots.clone(), Arc::clone(&context.validate));
+    let position = key.snapshot.last_included;
+    run_blocking(move || {
+        let staged =
+            file.finish(&snapshots, position).map_err(|error| Status::data_loss(format!("{error}; send it again")))?;
+        validate(&staged, position).map_err(|reason| {
+            let _ = std::fs::remove_file(&staged);
+            Status::invalid_argument(format!(
+                "the snapshot through entry {} cannot be installed here: {reason}",
+                position.index
+            ))
+        })
+    })
+    .await?;
+    tracing::info!(node = context.node_id, from = key.from, index = position.index, "received a snapshot");
+    *slot = Some(Receiving::Staged { key: key.clone() });
+    hand_over(message)
 }
 
 #[tonic::async_trait]
@@ -354,5 +440,90 @@ mod tests {
         let long = "é".repeat(10_000);
         assert_eq!(shown(&long), format!("{}...", "é".repeat(CLUSTER_ID_SHOWN_CHARS_MAX)));
         assert_eq!(shown("e2e\nforged line"), "e2e\\nforged line");
+    }
+    fn service(dir: &std::path::Path, accept: bool) -> (RaftService, super::super::InboxReceiver) {
+        let (inbox, receiver) = super::super::peer_inbox();
+        let validate: SnapshotValidator =
+            Arc::new(move |_: &std::path::Path, _: LogPosition| if accept { Ok(()) } else { Err("no".to_owned()) });
+        let intake = SnapshotIntake { dir: SnapshotDir::open(dir).unwrap(), validate };
+        let members = [1, 2, 3].into();
+        let service = RaftService::new(
+            "c".into(),
+            1,
+            members,
+            inbox,
+            intake,
+            PeerAuthentication::Unauthenticated,
+            Arc::new(AtomicU64::new(0)),
+        );
+        (service, receiver)
+    }
+
+    fn chunk(term: Term, data: &[u8], offset: u64, part: std::ops::Range<usize>) -> SnapshotChunk {
+        use sha2::Digest;
+        let offer = Message {
+            from: 2,
+            to: 1,
+            term,
+            body: MessageBody::InstallSnapshot {
+                snapshot: SnapshotMeta { last_included: LogPosition { term, index: 7 }, members: [1, 2, 3].into() },
+            },
+        };
+        SnapshotChunk {
+            cluster_id: "c".into(),
+            from: 2,
+            to: 1,
+            message: Some(super::super::encode_message(&offer)),
+            data_bytes: data.len() as u64,
+            data_sha256: sha2::Sha256::digest(data).to_vec(),
+            offset,
+            data: data[part].to_vec(),
+        }
+    }
+
+    async fn send(service: &RaftService, mut chunk: SnapshotChunk) -> Result<SnapshotChunkAck, Status> {
+        let (message, key) = service.gate.admit_chunk(None, &mut chunk)?;
+        service.receive_chunk(message, key, chunk).await
+    }
+
+    /// Chunks out of place are sent back to where the data stands, the last one stages the
+    /// file and hands the message over (again, if repeated), and a transfer of an older
+    /// term does not displace one of a newer.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_transfer_resumes_where_it_stands_and_hands_over_once_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (service, mut inbox) = service(dir.path(), true);
+        let data = b"0123456789";
+        let ack = |next_offset, handed_over| SnapshotChunkAck { next_offset, handed_over };
+        assert_eq!(send(&service, chunk(5, data, 4, 4..8)).await.unwrap(), ack(0, false), "a start mid-way");
+        assert_eq!(send(&service, chunk(5, data, 0, 0..4)).await.unwrap(), ack(4, false));
+        assert_eq!(send(&service, chunk(5, data, 0, 0..4)).await.unwrap(), ack(4, false), "a repeat");
+        assert_eq!(send(&service, chunk(5, data, 8, 8..10)).await.unwrap(), ack(4, false), "a gap");
+        let refused = send(&service, chunk(4, data, 0, 0..4)).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+        assert!(inbox.try_recv().is_none(), "nothing handed over before the data is whole");
+        assert_eq!(send(&service, chunk(5, data, 4, 4..10)).await.unwrap(), ack(10, true));
+        assert!(matches!(inbox.try_recv().map(|m| m.body), Some(MessageBody::InstallSnapshot { .. })));
+        let staged = service.snapshots.staged_path_of(LogPosition { term: 5, index: 7 });
+        assert_eq!(std::fs::read(&staged).unwrap(), data);
+        assert_eq!(send(&service, chunk(5, data, 4, 4..10)).await.unwrap(), ack(10, true), "handed over again");
+        assert!(inbox.try_recv().is_some());
+    }
+
+    /// Data whose digest fails, or that the node could not install, is not staged and its
+    /// message never reaches the replica.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_snapshot_the_node_cannot_use_never_reaches_the_replica() {
+        let dir = tempfile::tempdir().unwrap();
+        let (service, mut inbox) = service(dir.path(), false);
+        let refused = send(&service, chunk(5, b"0123456789", 0, 0..10)).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+        assert!(!service.snapshots.staged_path_of(LogPosition { term: 5, index: 7 }).exists());
+        assert!(inbox.try_recv().is_none());
+        let (service, mut inbox) = self::service(dir.path(), true);
+        let mut damaged = chunk(5, b"0123456789", 0, 0..10);
+        damaged.data[0] = b'x';
+        assert_eq!(send(&service, damaged).await.unwrap_err().code(), tonic::Code::DataLoss);
+        assert!(inbox.try_recv().is_none());
     }
 }
