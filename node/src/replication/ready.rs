@@ -6,7 +6,9 @@
 //!    the staged snapshot's state, and the stored log becomes empty with the snapshot's last
 //!    entry as its compaction point (`Storage::first_index` = its index + 1);
 //! 3. make `hard_state`, `truncate_from` and `entries` durable in one write (fsync): first
-//!    remove the stored entries from `truncate_from` on, if set, then append `entries`;
+//!    remove the stored entries from `truncate_from` on, if set, then append `entries`
+//!    (with a snapshot to install, the hard state may be made durable first, before step 2:
+//!    a log never holds a compaction point of a term after its stored one);
 //! 4. send `messages_after_persist`: each depends on that state (a granted vote, an
 //!    acknowledged append or snapshot) and must never leave before it is durable;
 //! 5. apply `committed_entries` in order (after a snapshot, they follow its last entry);

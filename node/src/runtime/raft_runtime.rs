@@ -537,8 +537,11 @@ impl<T: Transport> RaftRuntime<T> {
         // given its complete name: from here on it is this node's snapshot.
         let promoting = snapshots.clone();
         let path = run_blocking(move || -> Result<PathBuf, RuntimeError> {
-            check_snapshot(&promoting.staged_path_of(position), position.index)?;
-            Ok(promoting.promote(position)?)
+            // Renamed first, then checked: the file checked is the file installed, whatever
+            // the transport stages meanwhile.
+            let path = promoting.promote(position)?;
+            check_snapshot(&path, position.index)?;
+            Ok(path)
         })
         .await?;
         run_blocking(move || log.lock().install_snapshot(&meta)).await?;

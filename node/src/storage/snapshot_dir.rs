@@ -60,6 +60,12 @@ impl SnapshotDir {
         self.dir.join(format!("{PREFIX}{}-{}{SUFFIX}", position.index, position.term))
     }
 
+    /// Gives a received, checked partial file its staged name (see
+    /// [`SnapshotDir::staged_path_of`]): renamed, the directory fsynced.
+    pub fn stage(&self, partial: &Path, position: LogPosition) -> Result<PathBuf, SnapshotFileError> {
+        self.rename_durably(partial, self.staged_path_of(position))
+    }
+
     /// Where a snapshot received from a leader waits to be installed.
     pub fn staged_path_of(&self, position: LogPosition) -> PathBuf {
         self.dir.join(format!("{STAGED_PREFIX}{}-{}{SUFFIX}", position.index, position.term))
@@ -136,22 +142,31 @@ pub struct OutgoingSnapshot {
 }
 
 impl OutgoingSnapshot {
-    /// Opens the file and reads it once through for its length and SHA-256.
+    /// Opens the file; [`OutgoingSnapshot::hashed`] reads it through for its length and
+    /// SHA-256.
     pub fn open(path: PathBuf) -> Result<Self, SnapshotFileError> {
-        let io = |source| SnapshotFileError::Io { path: path.clone(), source };
-        let mut file = File::open(&path).map_err(io)?;
+        let file = File::open(&path).map_err(|source| SnapshotFileError::Io { path: path.clone(), source })?;
+        Ok(Self { path, file, length: 0, digest: [0; 32] })
+    }
+
+    /// Reads the whole file through the handle for its length and SHA-256.
+    pub fn hashed(mut self) -> Result<Self, SnapshotFileError> {
+        let io = |source| SnapshotFileError::Io { path: self.path.clone(), source };
+        self.file.seek(SeekFrom::Start(0)).map_err(io)?;
         let mut hasher = Sha256::new();
         let mut buffer = vec![0u8; 1 << 16];
         let mut length = 0u64;
         loop {
-            let read = file.read(&mut buffer).map_err(io)?;
+            let read = self.file.read(&mut buffer).map_err(io)?;
             if read == 0 {
                 break;
             }
             hasher.update(&buffer[..read]);
             length += read as u64;
         }
-        Ok(Self { path, file, length, digest: hasher.finalize().into() })
+        self.length = length;
+        self.digest = hasher.finalize().into();
+        Ok(self)
     }
 
     pub fn length(&self) -> u64 {
@@ -213,9 +228,9 @@ impl IncomingSnapshot {
         Ok(())
     }
 
-    /// Checks the digest, makes the file durable and stages it for the replica (see
-    /// [`SnapshotDir::staged_path_of`]).
-    pub fn finish(self, dir: &SnapshotDir, position: LogPosition) -> Result<PathBuf, SnapshotFileError> {
+    /// Checks the digest and makes the file durable; returns it, still partial, for the
+    /// node to check what it holds before staging it ([`SnapshotDir::stage`]).
+    pub fn finish(self) -> Result<PathBuf, SnapshotFileError> {
         if self.written != self.expected_bytes {
             return Err(SnapshotFileError::Length { expected: self.expected_bytes, got: self.written });
         }
@@ -223,7 +238,7 @@ impl IncomingSnapshot {
             return Err(SnapshotFileError::Digest);
         }
         self.file.sync_all().map_err(|source| SnapshotFileError::Io { path: self.path.clone(), source })?;
-        dir.rename_durably(&self.path, dir.staged_path_of(position))
+        Ok(self.path)
     }
 }
 
@@ -239,7 +254,7 @@ mod tests {
         let snapshots = SnapshotDir::open(dir.path()).unwrap();
         let source = dir.path().join("source");
         std::fs::write(&source, b"0123456789").unwrap();
-        let mut outgoing = OutgoingSnapshot::open(source.clone()).unwrap();
+        let mut outgoing = OutgoingSnapshot::open(source.clone()).unwrap().hashed().unwrap();
         let (length, digest) = (outgoing.length(), outgoing.digest());
         // Deleted under the transfer (a newer snapshot replaced it): still readable.
         std::fs::remove_file(&source).unwrap();
@@ -250,7 +265,8 @@ mod tests {
         assert!(matches!(incoming.append(b"too much data"), Err(SnapshotFileError::Length { .. })));
         incoming.append(&outgoing.read_chunk(4, 100).unwrap()).unwrap();
         assert!(incoming.is_whole());
-        let staged = incoming.finish(&snapshots, position).unwrap();
+        let partial = incoming.finish().unwrap();
+        let staged = snapshots.stage(&partial, position).unwrap();
         assert_eq!(staged, snapshots.staged_path_of(position));
         assert!(!snapshots.path_of(position).exists(), "staged, not under a complete snapshot's name");
         let path = snapshots.promote(position).unwrap();
@@ -258,9 +274,7 @@ mod tests {
 
         let mut damaged = IncomingSnapshot::create(snapshots.partial("incoming").unwrap(), length, digest).unwrap();
         damaged.append(b"0123456780").unwrap();
-        let other = LogPosition { index: 9, term: 2 };
-        assert!(matches!(damaged.finish(&snapshots, other), Err(SnapshotFileError::Digest)));
-        assert!(!snapshots.path_of(other).exists());
+        assert!(matches!(damaged.finish(), Err(SnapshotFileError::Digest)));
 
         std::fs::write(snapshots.path_of(LogPosition { index: 3, term: 1 }), b"old").unwrap();
         std::fs::write(snapshots.staged_path_of(LogPosition { index: 4, term: 1 }), b"old").unwrap();

@@ -290,12 +290,14 @@ impl PeerLink {
     /// message to its replica.
     async fn stream_snapshot(&self, snapshots: &SnapshotDir, message: &Message) -> Result<u64, String> {
         let MessageBody::InstallSnapshot { snapshot } = &message.body else { unreachable!("only snapshots stream") };
-        // Connected first: a follower that is down costs no read of the whole file.
+        // Opened first (a newer snapshot may delete it any time), then connected, then
+        // hashed: a follower that is down costs no read of the whole file.
+        let path = snapshots.path_of(snapshot.last_included);
+        let file = run_blocking(move || OutgoingSnapshot::open(path)).await.map_err(|error| error.to_string())?;
         let endpoint = self.endpoint_with_timeout(SNAPSHOT_CHUNK_TIMEOUT).map_err(|error| error.to_string())?;
         let mut client = RaftClient::new(endpoint.connect().await.map_err(|error| error.to_string())?)
             .max_decoding_message_size(1024);
-        let path = snapshots.path_of(snapshot.last_included);
-        let mut file = run_blocking(move || OutgoingSnapshot::open(path)).await.map_err(|error| error.to_string())?;
+        let mut file = run_blocking(move || file.hashed()).await.map_err(|error| error.to_string())?;
         let (data_bytes, digest) = (file.length(), file.digest());
         let encoded = encode_message(message);
         let mut offset = 0u64;

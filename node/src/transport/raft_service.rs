@@ -372,15 +372,16 @@ async fn take_chunk(
     let (snapshots, validate) = (context.snapshots.clone(), Arc::clone(&context.validate));
     let position = key.snapshot.last_included;
     run_blocking(move || {
-        let staged =
-            file.finish(&snapshots, position).map_err(|error| Status::data_loss(format!("{error}; send it again")))?;
-        validate(&staged, position).map_err(|reason| {
-            let _ = std::fs::remove_file(&staged);
+        let partial = file.finish().map_err(|error| Status::data_loss(format!("{error}; send it again")))?;
+        // Checked while still partial: only checked data ever carries a staged name.
+        validate(&partial, position).map_err(|reason| {
+            let _ = std::fs::remove_file(&partial);
             Status::invalid_argument(format!(
                 "the snapshot through entry {} cannot be installed here: {reason}",
                 position.index
             ))
-        })
+        })?;
+        snapshots.stage(&partial, position).map_err(|error| Status::internal(error.to_string()))
     })
     .await?;
     tracing::info!(node = context.node_id, from = key.from, index = position.index, "received a snapshot");

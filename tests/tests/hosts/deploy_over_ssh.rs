@@ -424,7 +424,9 @@ fn deploy_installs_upgrades_one_member_at_a_time_and_refuses_to_bring_back_a_los
     assert!(ok, "{said}");
     let data = root_of(dir.path(), "C").join("var/lib/chorus");
     for entry in std::fs::read_dir(&data).unwrap() {
-        std::fs::remove_file(entry.unwrap().path()).unwrap();
+        let path = entry.unwrap().path();
+        // The databases and the snapshots directory alike.
+        if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) }.unwrap();
     }
     let (ok, said) = site.deploy("install", &binary, &[]);
     assert!(!ok, "install on a cluster with a lost member must fail:\n{said}");
