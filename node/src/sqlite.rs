@@ -135,6 +135,11 @@ pub fn migrate(conn: &mut Connection, path: &Path, migrations: &[&str]) -> Resul
     if found > supported {
         return Err(SqliteError::SchemaTooNew { path: path.to_owned(), found, supported });
     }
+    if found < 0 {
+        // No build writes a negative version: the header was damaged or edited.
+        let detail = format!("its schema version is {found}, which no Chorus build writes");
+        return Err(SqliteError::Corrupt { path: path.to_owned(), detail });
+    }
     for version in found..supported {
         let step = migrations[usize::try_from(version).expect("schema version is non-negative")];
         let migrate_error = |source| SqliteError::Migrate { path: path.to_owned(), version: version + 1, source };
@@ -224,5 +229,9 @@ mod tests {
         migrate(&mut conn, &path, &steps).unwrap();
         let err = migrate(&mut conn, &path, &steps[..1]).unwrap_err();
         assert!(matches!(err, SqliteError::SchemaTooNew { found: 2, supported: 1, .. }), "{err}");
+        // A damaged header's negative version is refused, not a panic (found by fuzzing).
+        conn.pragma_update(None, "user_version", -3).unwrap();
+        let err = migrate(&mut conn, &path, &steps).unwrap_err();
+        assert!(err.to_string().contains("schema version is -3"), "{err}");
     }
 }
