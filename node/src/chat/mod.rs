@@ -12,7 +12,7 @@ pub mod validate;
 
 pub use outcome::{MessagePage, MessageView, Outcome, Rejection};
 pub use queries::{ChatReader, Credentials, SessionUser};
-pub use snapshot::{check_snapshot, snapshot_applied_index};
+pub use snapshot::check_snapshot;
 pub use state_machine::{AppliedBatch, ChatStateMachine, StateMachineError};
 
 use chorus_proto::v1::Command;

@@ -40,7 +40,7 @@ impl ChatReader {
 
 /// Opens the snapshot file at `path` read-only, checks it is a sound chat database, and
 /// returns the applied index it holds.
-pub fn snapshot_applied_index(path: &Path) -> Result<u64, StateMachineError> {
+fn snapshot_applied_index(path: &Path) -> Result<u64, StateMachineError> {
     let conn = open_snapshot(path)?;
     let sql_error = |source| StateMachineError::Sqlite { path: path.to_owned(), source };
     conn.query_row("SELECT last_applied FROM chat_state WHERE singleton = 1", [], |row| row.get::<_, u64>(0))
