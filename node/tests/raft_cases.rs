@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use chorus::replication::{
-    AppendResult, HardState, MemoryStorage, Message, MessageBody, Payload, ProposeError, Replica, ReplicaConfig, Role,
-    Storage,
+    AppendResult, HardState, MemberRole, Membership, MemoryStorage, Message, MessageBody, Payload, ProposeError,
+    Replica, ReplicaConfig, Role, Storage,
 };
 use raft_harness::{Cluster, Failure, log_with_terms, tight_config};
 
@@ -412,8 +412,8 @@ fn a_transfer_pre_vote_needs_the_leaders_announcement() -> TestResult {
 /// durable; a leader's appends may leave at once.
 #[test]
 fn replies_that_depend_on_unpersisted_state_wait_for_it() {
-    let members: BTreeSet<u64> = set(&[1, 2, 3]);
-    let mut follower = Replica::new(2, members, tight_config(), MemoryStorage::new(), 0, 7, 0).unwrap();
+    let mut follower =
+        Replica::new(2, Membership::with_voters([1, 2, 3]), tight_config(), MemoryStorage::new(), 0, 7, 0).unwrap();
     let last_log = chorus::replication::LogPosition { term: 0, index: 0 };
     follower
         .step(Message {
@@ -510,13 +510,16 @@ fn restart_recovers_durable_state_and_does_not_reapply() -> TestResult {
     Ok(())
 }
 
-/// Bad input to the core: messages from strangers or for another node are ignored, and a
-/// configuration that would not work is refused with a reason.
+/// Bad input to the core: messages for another node, from itself or from node 0 are
+/// ignored, and a configuration that would not work is refused with a reason. (A message
+/// from a node outside the configuration is handled: the sender may be a member of a
+/// configuration this replica has not heard of yet.)
 #[test]
 fn misaddressed_messages_and_bad_configs_are_refused() {
-    let mut replica = Replica::new(1, set(&[1, 2, 3]), tight_config(), MemoryStorage::new(), 0, 1, 0).unwrap();
+    let voters = || Membership::with_voters([1, 2, 3]);
+    let mut replica = Replica::new(1, voters(), tight_config(), MemoryStorage::new(), 0, 1, 0).unwrap();
     let last_log = chorus::replication::LogPosition::ZERO;
-    for (from, to) in [(9, 1), (2, 3), (1, 1)] {
+    for (from, to) in [(0, 1), (2, 3), (1, 1)] {
         replica
             .step(Message {
                 from,
@@ -528,8 +531,24 @@ fn misaddressed_messages_and_bad_configs_are_refused() {
         assert_eq!(replica.term(), 0);
     }
     let bad = ReplicaConfig { election_timeout_min_ms: 100, heartbeat_interval_ms: 100, ..tight_config() };
-    assert!(Replica::new(1, set(&[1, 2, 3]), bad, MemoryStorage::new(), 0, 1, 0).is_err());
-    assert!(Replica::new(4, set(&[1, 2, 3]), tight_config(), MemoryStorage::new(), 0, 1, 0).is_err());
+    assert!(Replica::new(1, voters(), bad, MemoryStorage::new(), 0, 1, 0).is_err());
+    for invalid in [
+        Membership::with_voters([]),
+        Membership::with_voters([0, 1]),
+        Membership::with_voters(1..=8),
+        Membership { learners: [1].into(), ..voters() },
+    ] {
+        assert!(Replica::new(1, invalid, tight_config(), MemoryStorage::new(), 0, 1, 0).is_err());
+    }
+    // A node outside the first configuration waits to be added: it never campaigns.
+    let mut joining = Replica::new(4, voters(), tight_config(), MemoryStorage::new(), 0, 1, 0).unwrap();
+    assert_eq!(joining.member_role(), MemberRole::Joining);
+    for now_ms in (0..60_000).step_by(100) {
+        joining.tick(now_ms).unwrap();
+    }
+    let ready = joining.ready().unwrap();
+    assert!(ready.messages.is_empty() && ready.messages_after_persist.is_empty(), "{ready:?}");
+    assert_eq!((joining.term(), joining.role()), (0, Role::Follower));
 }
 
 /// Messages no correct replica sends are dropped: they neither crash the replica nor
@@ -764,5 +783,125 @@ fn a_follower_behind_the_compacted_log_catches_up_from_a_snapshot() -> TestResul
     cluster.elect()?;
     cluster.run_for(1000)?;
     assert_eq!(cluster.applied_commands(follower).len(), 13);
+    Ok(())
+}
+
+/// Membership (§4.1): a learner catches up, is promoted, and counts; a voter is removed and
+/// stops counting; the cluster keeps committing throughout and across a restart of all.
+#[test]
+fn a_cluster_grows_and_shrinks_one_server_at_a_time() -> TestResult {
+    use chorus::replication::MembershipChange::{AddLearner, Promote, Remove};
+    let mut cluster = Cluster::with_spares(3, 2, tight_config(), 91);
+    let leader = cluster.elect()?;
+    for n in 0..5 {
+        assert!(cluster.propose(leader, &format!("before {n}")));
+    }
+    cluster.run_for(1000)?;
+    for spare in [4, 5] {
+        assert!(cluster.change_membership(leader, AddLearner(spare)));
+        cluster.run_for(1000)?;
+        assert_eq!(cluster.replica(spare).member_role(), MemberRole::Learner, "{}", cluster.trace_tail(40));
+        assert!(cluster.change_membership(leader, Promote(spare)));
+        cluster.run_for(1000)?;
+        assert_eq!(cluster.replica(spare).member_role(), MemberRole::Voter);
+    }
+    assert_eq!(cluster.committed_membership().voters, set(&[1, 2, 3, 4, 5]));
+    let expected: Vec<String> = (0..5).map(|n| format!("before {n}")).collect();
+    assert_eq!(cluster.applied_commands(5), expected, "the new voter holds the whole log");
+    // With five voters, two down still leave a majority.
+    let others: Vec<u64> = cluster.ids().into_iter().filter(|&id| id != leader).collect();
+    cluster.crash(others[0]);
+    cluster.crash(others[1]);
+    assert!(cluster.propose(leader, "with two down"));
+    cluster.run_for(1000)?;
+    assert!(cluster.applied_commands(leader).contains(&"with two down".to_owned()));
+    cluster.restart(others[0]);
+    cluster.restart(others[1]);
+    cluster.run_for(1000)?;
+    // Remove two of the original voters (never the leader), one at a time.
+    let removed: Vec<u64> = [1, 2, 3].into_iter().filter(|&id| id != leader).collect();
+    for &id in &removed {
+        assert!(cluster.change_membership(leader, Remove(id)));
+        cluster.run_for(1000)?;
+        assert_eq!(cluster.replica(id).member_role(), MemberRole::Removed);
+    }
+    let remaining = cluster.committed_membership().voters.clone();
+    assert_eq!(remaining.len(), 3);
+    // The removed nodes keep running but never disturb the rest: the leader stays.
+    let term = cluster.replica(leader).term();
+    cluster.run_for(10_000)?;
+    assert_eq!((cluster.leader(), cluster.replica(leader).term()), (Some(leader), term));
+    assert!(cluster.propose(leader, "after"));
+    cluster.run_for(1000)?;
+    for id in cluster.ids() {
+        cluster.crash(id);
+    }
+    for id in cluster.ids() {
+        cluster.restart(id);
+    }
+    let leader = cluster.elect()?;
+    assert!(remaining.contains(&leader));
+    assert!(cluster.propose(leader, "after restart"));
+    cluster.run_for(1000)?;
+    assert!(cluster.applied_by_members("after restart"));
+    Ok(())
+}
+
+/// The raft-dev bug of 2015 in single-server changes: a leader that changes the
+/// configuration before an entry of its own term commits can combine its change with one
+/// a deposed leader appended and never committed, into two configurations whose majorities
+/// do not overlap. Here leader L promotes spare 5 (the promotion reaches only 5); N is
+/// elected without L, reaches only B with its no-op, and would remove C: committed by N and
+/// B alone, then L (with C and 5, a majority of L's five) would win a later term without
+/// it and overwrite what N committed. The rule that a change waits for the new leader's
+/// no-op refuses N's change; the observer checks that nothing committed is ever lost.
+#[test]
+fn a_new_leader_changes_membership_only_after_its_noop_commits() -> TestResult {
+    use chorus::replication::MembershipChange::{AddLearner, Promote, Remove};
+    let mut cluster = Cluster::with_spares(4, 1, tight_config(), 95);
+    let l = cluster.elect()?;
+    assert!(cluster.change_membership(l, AddLearner(5)));
+    cluster.run_for(1000)?;
+    cluster.partition(&set(&[l, 5]));
+    assert!(cluster.change_membership(l, Promote(5)));
+    cluster.settle()?;
+    assert_eq!(cluster.replica(5).membership().voters, set(&[1, 2, 3, 4, 5]));
+    // The other three elect one of them; the moment it wins, the third is cut off too.
+    let rest: Vec<u64> = (1..=4).filter(|&id| id != l).collect();
+    let old_term = cluster.replica(l).term();
+    let n = 'elected: {
+        for _ in 0..1000 {
+            cluster.advance(10)?;
+            let votes =
+                |m: &Message| !matches!(m.body, MessageBody::AppendRequest { .. } | MessageBody::AppendResponse { .. });
+            while cluster.deliver_matching(votes)? > 0 {}
+            if let Some(&n) = rest
+                .iter()
+                .find(|&&id| cluster.replica(id).role() == Role::Leader && cluster.replica(id).term() > old_term)
+            {
+                break 'elected n;
+            }
+        }
+        return Err(Failure("no leader elected among the majority".to_owned()));
+    };
+    let others: Vec<u64> = rest.iter().copied().filter(|&id| id != n).collect();
+    let (b, c) = (others[0], others[1]);
+    for (from, to) in [(n, c), (c, n), (b, c), (c, b)] {
+        cluster.cut_one_way(from, to);
+    }
+    cluster.settle()?;
+    // N's no-op is on N and B only: not committed among its four voters.
+    cluster.change_membership(n, Remove(c));
+    cluster.propose(n, "committed by the new leader?");
+    cluster.run_for(300)?;
+    // L comes back with C and 5 (a majority of L's five voters), cut off from N and B.
+    cluster.partition(&set(&[n, b]));
+    cluster.run_for(5000)?;
+    cluster.heal();
+    cluster.run_for(5000)?;
+    let leader = cluster.elect()?;
+    assert!(cluster.propose(leader, "after"));
+    cluster.run_for(2000)?;
+    assert!(cluster.applied_by_members("after"));
     Ok(())
 }

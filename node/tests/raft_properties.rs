@@ -2,6 +2,9 @@
 //! every decision proptest makes (deliver, drop, duplicate, reorder, delay; crash and
 //! restart nodes, losing what was not durable; partition and heal; advance time), with
 //! Raft's safety properties checked after every step and liveness checked after healing.
+//! Two spare nodes run outside the configuration: the schedules add them as learners,
+//! promote them, and remove members (one change at a time, on whichever node leads), so
+//! every property is checked across changing configurations too.
 //!
 //! A failing case shrinks to a short schedule, printed step by step with the cluster's
 //! trace, and its seed is saved in `raft_properties.proptest-regressions` next to this file
@@ -12,7 +15,7 @@ mod raft_harness;
 
 use std::collections::BTreeSet;
 
-use chorus::replication::{ReplicaConfig, Role};
+use chorus::replication::{MembershipChange, ReplicaConfig, Role};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestError, TestRunner};
 use raft_harness::{Cluster, Failure};
@@ -70,15 +73,22 @@ enum Step {
         node: u64,
         keep: u64,
     },
+    /// On whichever node leads: add this node as a learner, promote it, or remove it.
+    AddLearner(u64),
+    Promote(u64),
+    Remove(u64),
 }
 
 /// How many kinds of step there are, for swarm weights.
-const STEP_KINDS: usize = 23;
+const STEP_KINDS: usize = 26;
+/// Nodes outside the first configuration, for the schedules to add.
+const SPARES: u64 = 2;
 
 /// Steps drawn with per-case weights (swarm testing: each case leans on a different mix of
 /// faults, which finds more bugs than one fixed mix).
 fn step_strategy(size: u64, weights: Vec<u32>) -> impl Strategy<Value = Step> {
-    let node = move || 1..=size;
+    let nodes = size + SPARES;
+    let node = move || 1..=nodes;
     let kinds: Vec<BoxedStrategy<Step>> = vec![
         any::<usize>().prop_map(Step::Deliver).boxed(),
         Just(Step::DeliverAll).boxed(),
@@ -100,11 +110,14 @@ fn step_strategy(size: u64, weights: Vec<u32>) -> impl Strategy<Value = Step> {
         Just(Step::IsolateLeader).boxed(),
         node().prop_map(Step::Restart).boxed(),
         Just(Step::RestartAll).boxed(),
-        (1u8..(1 << size) - 1).prop_map(Step::Partition).boxed(),
+        (1u8..(1 << nodes) - 1).prop_map(Step::Partition).boxed(),
         (node(), node()).prop_map(|(from, to)| Step::CutOneWay { from, to }).boxed(),
         Just(Step::Heal).boxed(),
         any::<usize>().prop_map(Step::Deliver).boxed(),
         (node(), 0u64..4).prop_map(|(node, keep)| Step::Compact { node, keep }).boxed(),
+        node().prop_map(Step::AddLearner).boxed(),
+        node().prop_map(Step::Promote).boxed(),
+        node().prop_map(Step::Remove).boxed(),
     ];
     assert_eq!(kinds.len(), STEP_KINDS);
     // Every case keeps delivering and persisting at least a little, or nothing happens.
@@ -177,19 +190,28 @@ fn run_step(cluster: &mut Cluster, step: &Step, size: u64) -> Result<(), Failure
             }
         }
         Step::Partition(mask) => {
-            let side: BTreeSet<u64> = (1..=size).filter(|id| mask & (1 << (id - 1)) != 0).collect();
+            let side: BTreeSet<u64> = (1..=size + SPARES).filter(|id| mask & (1 << (id - 1)) != 0).collect();
             cluster.partition(&side);
         }
         Step::CutOneWay { from, to } if from != to => cluster.cut_one_way(from, to),
         Step::CutOneWay { .. } => {}
         Step::Heal => cluster.heal(),
         Step::Compact { node, keep } => cluster.compact(node, keep),
+        Step::AddLearner(node) => change_on_leader(cluster, MembershipChange::AddLearner(node)),
+        Step::Promote(node) => change_on_leader(cluster, MembershipChange::Promote(node)),
+        Step::Remove(node) => change_on_leader(cluster, MembershipChange::Remove(node)),
     }
     cluster.check()
 }
 
+fn change_on_leader(cluster: &mut Cluster, change: MembershipChange) {
+    if let Some(leader) = cluster.leader() {
+        cluster.change_membership(leader, change);
+    }
+}
+
 /// After the faults: heal everything, restart everyone, and require a leader and a new
-/// committed entry on every node within a bounded time.
+/// committed entry on every member within a bounded time.
 fn check_liveness(cluster: &mut Cluster) -> Result<(), Failure> {
     cluster.heal();
     for id in cluster.ids() {
@@ -204,8 +226,7 @@ fn check_liveness(cluster: &mut Cluster) -> Result<(), Failure> {
         if !proposed || cluster.replica(leader).role() != Role::Leader {
             proposed = cluster.propose(leader, "liveness");
         }
-        let everywhere = cluster.ids().iter().all(|&id| cluster.applied_commands(id).iter().any(|c| c == "liveness"));
-        if everywhere {
+        if cluster.applied_by_members("liveness") {
             return Ok(());
         }
     }
@@ -214,7 +235,14 @@ fn check_liveness(cluster: &mut Cluster) -> Result<(), Failure> {
         .iter()
         .map(|&id| {
             let r = cluster.replica(id);
-            format!("{id}: {:?} term {} commit {} last {}", r.role(), r.term(), r.commit_index(), r.last_index())
+            format!(
+                "{id}: {:?} ({:?}) term {} commit {} last {}",
+                r.role(),
+                r.member_role(),
+                r.term(),
+                r.commit_index(),
+                r.last_index()
+            )
         })
         .collect();
     Err(Failure(format!(
@@ -224,9 +252,17 @@ fn check_liveness(cluster: &mut Cluster) -> Result<(), Failure> {
     )))
 }
 
-/// Runs one schedule; returns how many snapshots followers installed in it.
-fn run_schedule(size: u64, seed: u64, config: ReplicaConfig, steps: &[Step]) -> Result<u64, TestCaseError> {
-    let mut cluster = Cluster::new(size, config, seed);
+/// What a schedule exercised.
+struct Exercised {
+    /// Snapshots followers installed from a leader.
+    snapshots_installed: u64,
+    /// Whether the committed configuration ended different from the first.
+    membership_changed: bool,
+}
+
+/// Runs one schedule.
+fn run_schedule(size: u64, seed: u64, config: ReplicaConfig, steps: &[Step]) -> Result<Exercised, TestCaseError> {
+    let mut cluster = Cluster::with_spares(size, SPARES, config, seed);
     // Start from a working cluster: the faults are more interesting with a leader to fight.
     cluster.elect().map_err(|Failure(why)| TestCaseError::fail(why))?;
     for (n, step) in steps.iter().enumerate() {
@@ -234,7 +270,8 @@ fn run_schedule(size: u64, seed: u64, config: ReplicaConfig, steps: &[Step]) -> 
         run_step(&mut cluster, step, size).map_err(|Failure(why)| TestCaseError::fail(why))?;
     }
     check_liveness(&mut cluster).map_err(|Failure(why)| TestCaseError::fail(why))?;
-    Ok(cluster.snapshots_installed)
+    let membership_changed = cluster.committed_membership().voters != (1..=size).collect();
+    Ok(Exercised { snapshots_installed: cluster.snapshots_installed, membership_changed })
 }
 
 fn env_number(name: &str, default: u32) -> u32 {
@@ -264,11 +301,13 @@ fn run_property(size: u64) {
     let started = std::time::Instant::now();
     let steps_run = std::cell::Cell::new(0usize);
     let (cases_with_snapshots, snapshots) = (std::cell::Cell::new(0u32), std::cell::Cell::new(0u64));
+    let cases_with_new_voters = std::cell::Cell::new(0u32);
     let result = runner.run(&strategy, |(seed, config, steps)| {
         steps_run.set(steps_run.get() + steps.len());
-        let installed = run_schedule(size, seed, config, &steps)?;
-        cases_with_snapshots.set(cases_with_snapshots.get() + u32::from(installed > 0));
-        snapshots.set(snapshots.get() + installed);
+        let exercised = run_schedule(size, seed, config, &steps)?;
+        cases_with_snapshots.set(cases_with_snapshots.get() + u32::from(exercised.snapshots_installed > 0));
+        snapshots.set(snapshots.get() + exercised.snapshots_installed);
+        cases_with_new_voters.set(cases_with_new_voters.get() + u32::from(exercised.membership_changed));
         Ok(())
     });
     let seconds = started.elapsed().as_secs_f64();
@@ -282,15 +321,28 @@ fn run_property(size: u64) {
         snapshots.get(),
         cases_with_snapshots.get()
     );
+    eprintln!(
+        "{size}-node harness: the voters changed (a committed promotion or removal) in {} of {cases} cases",
+        cases_with_new_voters.get()
+    );
     match result {
         Ok(()) => {
-            // The schedules must reach the snapshot path, or its safety goes unchecked.
+            // The schedules must reach the snapshot and membership paths, or their safety
+            // goes unchecked.
             assert!(
                 cases < 100 || cases_with_snapshots.get() > 0,
                 "no case installed a snapshot: the schedules no longer exercise it"
             );
+            assert!(
+                cases < 100 || cases_with_new_voters.get() > 0,
+                "no case changed the voters: the schedules no longer exercise membership changes"
+            );
         }
         Err(TestError::Fail(_, (seed, config, steps))) => {
+            // Said before minimizing, which re-runs the schedule many times and can be slow.
+            if let Err(error) = run_schedule(size, seed, config.clone(), &steps) {
+                eprintln!("{size}-node cluster failed ({} steps; minimizing):\n{error}", steps.len());
+            }
             // proptest's shrinking keeps the schedule's length mostly; cut it down further
             // by delta debugging (steps whose removal keeps the failure are dropped).
             let fails = |candidate: &[Step]| run_schedule(size, seed, config.clone(), candidate).is_err();
@@ -373,7 +425,7 @@ fn wire_term() -> BoxedStrategy<u64> {
 }
 
 fn arbitrary_message(size: u64) -> impl Strategy<Value = chorus::replication::Message> {
-    use chorus::replication::{AppendResult, Entry, LogPosition, Message, MessageBody, Payload};
+    use chorus::replication::{AppendResult, Entry, LogPosition, Membership, Message, MessageBody, Payload};
     let position = || (wire_term(), wire_index()).prop_map(|(term, index)| LogPosition { term, index }).boxed();
     let entry =
         (wire_term(), wire_index()).prop_map(|(term, index)| Entry { term, index, payload: Payload::Noop }).boxed();
@@ -400,18 +452,23 @@ fn arbitrary_message(size: u64) -> impl Strategy<Value = chorus::replication::Me
         ),
         position().prop_map(|last_log| MessageBody::TimeoutNow { last_log }),
         // Only snapshots a replica must refuse (at index 0, beyond the largest index, or
-        // naming other members): a well-formed forged snapshot is forged state, which a
-        // replica installs and commits (as it would forged entries with a forged commit
-        // index), after which no cluster can promise liveness.
+        // with a configuration no correct replica holds): a well-formed forged snapshot is
+        // forged state, which a replica installs and commits (as it would forged entries
+        // with a forged commit index), after which no cluster can promise liveness.
         (
             prop_oneof![Just(0u64), Just(chorus::replication::INDEX_MAX + 1), 1u64..12],
             wire_term(),
-            prop_oneof![Just(BTreeSet::from([1, 2])), Just(BTreeSet::from([1, 2, 3, 4]))]
+            prop_oneof![
+                Just(Membership::with_voters([])),
+                Just(Membership::with_voters([0, 1, 2])),
+                Just(Membership::with_voters(1..=8)),
+                Just(Membership { learners: [2].into(), ..Membership::with_voters([1, 2]) }),
+            ]
         )
-            .prop_map(|(index, term, members)| MessageBody::InstallSnapshot {
+            .prop_map(|(index, term, membership)| MessageBody::InstallSnapshot {
                 snapshot: chorus::replication::SnapshotMeta {
                     last_included: chorus::replication::LogPosition { term, index },
-                    members
+                    membership
                 }
             }),
     ]

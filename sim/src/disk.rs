@@ -12,7 +12,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chorus::replication::{
-    Entry, HardState, LogIndex, MemoryStorage, Payload, SnapshotMeta, Storage, StorageError, Term,
+    Entry, HardState, LogIndex, Membership, MemoryStorage, Payload, SnapshotMeta, Storage, StorageError, Term,
 };
 use chorus::storage::{ClusterIdentity, Creation, LogStore, LogStoreError, ScrubProgress};
 use rand::Rng;
@@ -73,6 +73,10 @@ fn checksum(body: &Body) -> u32 {
                     bytes.push(1);
                     bytes.extend(command.iter());
                 }
+                Payload::Membership(membership) => {
+                    bytes.push(2);
+                    extend_with_membership(&mut bytes, membership);
+                }
             }
         }
         Body::Snapshot { snapshot, compact_through, installed } => {
@@ -81,12 +85,22 @@ fn checksum(body: &Body) -> u32 {
             for value in [snapshot.last_included.index, snapshot.last_included.term, *compact_through] {
                 bytes.extend(value.to_be_bytes());
             }
-            for member in &snapshot.members {
-                bytes.extend(member.to_be_bytes());
-            }
+            extend_with_membership(&mut bytes, &snapshot.membership);
         }
     }
     crc32c::crc32c(&bytes)
+}
+
+/// A configuration's bytes for a record's checksum: each id set with its length first,
+/// so that no two configurations give the same bytes.
+fn extend_with_membership(bytes: &mut Vec<u8>, membership: &Membership) {
+    for ids in [&membership.voters, &membership.learners] {
+        bytes.extend((ids.len() as u64).to_be_bytes());
+        for id in ids {
+            bytes.extend(id.to_be_bytes());
+        }
+    }
+    bytes.extend(membership.context.iter());
 }
 
 #[derive(Default)]

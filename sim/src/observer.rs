@@ -94,6 +94,7 @@ impl ReplicationObserver for GlobalObserver {
         let digest: [u8; 32] = match &entry.payload {
             Payload::Noop => [0; 32],
             Payload::Command(bytes) => Sha256::digest(bytes).into(),
+            Payload::Membership(membership) => Sha256::digest(format!("{membership:?}")).into(),
         };
         let mut state = self.lock();
         match state.applied.get(&entry.index) {

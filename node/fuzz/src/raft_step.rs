@@ -15,11 +15,9 @@
 //!
 //! Input: a role byte, then a `RaftBatch` whose first message is stepped.
 
-use std::collections::BTreeSet;
-
 use bytes::Bytes;
 use chorus::replication::{
-    Entry, HardState, MemoryStorage, Message, MessageBody, Payload, Replica, ReplicaConfig, TERM_MAX,
+    Entry, HardState, Membership, MemoryStorage, Message, MessageBody, Payload, Replica, ReplicaConfig, TERM_MAX,
 };
 use chorus_proto::v1::RaftBatch;
 use prost::Message as _;
@@ -56,7 +54,7 @@ pub fn replica_in(role: u8) -> Replica<MemoryStorage> {
         .map(|(index, term)| Entry { term, index, payload: Payload::Command(Bytes::from(format!("{index}@{term}"))) })
         .collect();
     let storage = MemoryStorage::with_log(HardState { term: 2, vote: None }, entries);
-    let members = BTreeSet::from([1, 2, 3]);
+    let members = Membership::with_voters([1, 2, 3]);
     let mut replica = Replica::new(1, members, config(), storage, 0, 1, 0).expect("a valid replica");
     let from_2 = |body| Message { from: 2, to: 1, term: 3, body };
     if role >= 1 {

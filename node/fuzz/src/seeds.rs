@@ -3,7 +3,7 @@
 //! they follow the code when it changes; `fuzz-seeds` writes them into `corpus/`.
 
 use bytes::Bytes;
-use chorus::replication::{AppendResult, Entry, LogPosition, Message, MessageBody, Payload};
+use chorus::replication::{AppendResult, Entry, LogPosition, Membership, Message, MessageBody, Payload};
 use chorus::transport::encode_message;
 use chorus_proto::v1::{self as pb, command::Kind};
 use prost::Message as _;
@@ -59,6 +59,15 @@ fn every_kind() -> Vec<Message> {
     let entries = vec![
         Entry { term: 1, index: 1, payload: Payload::Noop },
         Entry { term: 2, index: 2, payload: Payload::Command(Bytes::from_static(b"a command")) },
+        Entry {
+            term: 3,
+            index: 3,
+            payload: Payload::Membership(Membership {
+                learners: [4].into(),
+                context: Bytes::from_static(b"addresses"),
+                ..Membership::with_voters([1, 2, 3])
+            }),
+        },
     ];
     vec![
         message(3, MessageBody::PreVoteRequest { last_log: position(2, 2), leadership_transfer: false }),

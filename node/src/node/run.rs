@@ -475,7 +475,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::replication::{Entry, LogIndex, Role, Term};
+    use crate::replication::{Entry, LogIndex, Membership, Role, Term};
 
     /// A crash between installing a leader's snapshot in the log and in the chat state
     /// leaves the chat state behind: the start installs the snapshot the log names, and
@@ -500,7 +500,11 @@ mod tests {
         let identity = ClusterIdentity { cluster_id: "c".into(), node_id: 1, members: [1, 2, 3].into() };
         let mut log = SqliteLog::open(&dir.path().join("raft.sqlite3"), &identity, Creation::Bootstrap).unwrap();
         log.persist(Some(crate::replication::HardState { term: 2, vote: None }), None, &[]).unwrap();
-        log.install_snapshot(&SnapshotMeta { last_included: position, members: identity.members.clone() }).unwrap();
+        log.install_snapshot(&SnapshotMeta {
+            last_included: position,
+            membership: Membership::with_voters(identity.members.iter().copied()),
+        })
+        .unwrap();
 
         let chat = ChatState::new(ChatStateMachine::open(&dir.path().join("chat.sqlite3")).unwrap()).unwrap();
         let store = finish_snapshot_install(Box::new(log), &chat, &snapshots).unwrap();
@@ -511,7 +515,11 @@ mod tests {
         let mut log = SqliteLog::open(&dir.path().join("raft.sqlite3"), &identity, Creation::MemberOfExisting).unwrap();
         let later = LogPosition { index: 9, term: 2 };
         std::fs::copy(snapshots.path_of(position), snapshots.path_of(later)).unwrap();
-        log.install_snapshot(&SnapshotMeta { last_included: later, members: identity.members.clone() }).unwrap();
+        log.install_snapshot(&SnapshotMeta {
+            last_included: later,
+            membership: Membership::with_voters(identity.members.iter().copied()),
+        })
+        .unwrap();
         let error = finish_snapshot_install(Box::new(log), &chat, &snapshots).err().expect("refused");
         assert!(error.to_string().contains("through entry 3, not 9"), "{error}");
     }

@@ -27,7 +27,7 @@ impl Ballot {
         Self { granted: BTreeSet::from([candidate]), rejected: BTreeSet::new() }
     }
 
-    fn record(&mut self, voter: NodeId, granted: bool, quorum: usize, members: usize) -> Tally {
+    fn record(&mut self, voter: NodeId, granted: bool, quorum: usize, voters: usize) -> Tally {
         if granted {
             self.granted.insert(voter);
         } else {
@@ -35,7 +35,7 @@ impl Ballot {
         }
         if self.granted.len() >= quorum {
             Tally::Won
-        } else if self.rejected.len() > members - quorum {
+        } else if self.rejected.len() > voters - quorum {
             Tally::Lost
         } else {
             Tally::Open
@@ -50,9 +50,19 @@ impl Ballot {
 
 impl<S: Storage> Replica<S> {
     /// A follower's or candidate's clock: when no leader was heard from within the
-    /// election timeout, ask whether an election could be won.
+    /// election timeout, ask whether an election could be won. Only a voter asks: a
+    /// learner, a node waiting to join and a removed one wait for a leader.
     pub(super) fn tick_election_timer(&mut self) -> Result<(), StorageError> {
         if self.now_ms >= self.election_deadline_ms {
+            if !self.may_campaign() {
+                self.reset_election_deadline();
+                if !matches!(self.role, RoleState::Follower) {
+                    // A candidate whose own configuration stopped naming it a voter (an
+                    // entry appended meanwhile) gives up.
+                    self.become_follower(self.term, None);
+                }
+                return Ok(());
+            }
             self.start_pre_vote(false)?;
         }
         Ok(())
@@ -94,6 +104,9 @@ impl<S: Storage> Replica<S> {
     /// (`leadership_transfer`) keeps following the leader that asked for it meanwhile.
     pub(super) fn start_pre_vote(&mut self, leadership_transfer: bool) -> Result<(), StorageError> {
         self.reset_election_deadline();
+        if !self.may_campaign() {
+            return Ok(());
+        }
         self.abort_leader_state();
         let Some(proposed_term) = self.next_term() else { return Ok(()) };
         if !leadership_transfer {
@@ -105,7 +118,7 @@ impl<S: Storage> Replica<S> {
             return self.start_election(leadership_transfer);
         }
         let last_log = self.log.last_position()?;
-        for peer in self.peers() {
+        for peer in self.voting_peers() {
             self.send_in_term(peer, proposed_term, MessageBody::PreVoteRequest { last_log, leadership_transfer });
         }
         Ok(())
@@ -134,7 +147,7 @@ impl<S: Storage> Replica<S> {
             return self.become_leader();
         }
         let last_log = self.log.last_position()?;
-        for peer in self.peers() {
+        for peer in self.voting_peers() {
             // Queued after the persist, like every message but a leader's: no grant can
             // come back before the term and self-vote are durable, so a candidate that wins
             // cannot crash, forget its vote and vote for a rival in the same term.
@@ -146,9 +159,9 @@ impl<S: Storage> Replica<S> {
     fn become_leader(&mut self) -> Result<(), StorageError> {
         assert!(matches!(self.role, RoleState::Candidate(_)), "only a candidate becomes leader");
         assert_eq!(self.vote, Some(self.id), "a leader voted for itself");
-        let peers: Vec<NodeId> = self.peers().collect();
+        assert!(self.may_campaign(), "only a voter becomes leader");
         let (_, mut cx) = self.role_and_leader_context();
-        let leader = LeaderState::new(&mut cx, peers);
+        let leader = LeaderState::new(&mut cx)?;
         self.role = RoleState::Leader(leader);
         self.leader = Some(self.id);
         tracing::info!(term = self.term, "became leader");
@@ -198,7 +211,11 @@ impl<S: Storage> Replica<S> {
         term: Term,
         granted: bool,
     ) -> Result<(), StorageError> {
-        let (quorum, members) = (self.quorum(), self.members.len());
+        let (quorum, voters) = (self.quorum(), self.configs.latest().voters.len());
+        if !self.configs.latest().is_voter(from) {
+            // Only the voters of the configuration in effect are counted.
+            return Ok(());
+        }
         let RoleState::PreCandidate { ballot, leadership_transfer } = &mut self.role else { return Ok(()) };
         let leadership_transfer = *leadership_transfer;
         // A grant counts only for the term this pre-vote proposed (our term is below
@@ -206,7 +223,7 @@ impl<S: Storage> Replica<S> {
         if granted && term != self.term + 1 {
             return Ok(());
         }
-        match ballot.record(from, granted, quorum, members) {
+        match ballot.record(from, granted, quorum, voters) {
             Tally::Won => self.start_election(leadership_transfer),
             Tally::Lost => {
                 // A refused transfer goes back to following the leader that asked for it.
@@ -219,9 +236,12 @@ impl<S: Storage> Replica<S> {
     }
 
     pub(super) fn handle_vote_response(&mut self, from: NodeId, granted: bool) -> Result<(), StorageError> {
-        let (quorum, members) = (self.quorum(), self.members.len());
+        let (quorum, voters) = (self.quorum(), self.configs.latest().voters.len());
+        if !self.configs.latest().is_voter(from) {
+            return Ok(());
+        }
         let RoleState::Candidate(ballot) = &mut self.role else { return Ok(()) };
-        match ballot.record(from, granted, quorum, members) {
+        match ballot.record(from, granted, quorum, voters) {
             Tally::Won => self.become_leader(),
             Tally::Lost => {
                 self.become_follower(self.term, None);

@@ -5,7 +5,7 @@
 use super::message::{AppendResult, Message, MessageBody};
 use super::replica::{Replica, RoleState};
 use super::storage::{Storage, StorageError};
-use super::types::{Entry, INDEX_MAX, LogIndex, LogPosition, NodeId, TERM_MAX};
+use super::types::{Entry, INDEX_MAX, LogIndex, LogPosition, Membership, NodeId, Payload, TERM_MAX};
 
 impl<S: Storage> Replica<S> {
     /// Why a message cannot have come from a correct replica, if it cannot. Every number
@@ -26,7 +26,9 @@ impl<S: Storage> Replica<S> {
                 if previous.index + entries.len() as LogIndex > INDEX_MAX || *leader_commit > INDEX_MAX {
                     return Some("entries or commit index beyond the largest index");
                 }
-                if transfer_target.is_some_and(|target| target == message.from || !self.members.contains(&target)) {
+                // (Not checked against this replica's configuration, which may lag behind
+                // the leader's: the target is a voter of the leader's.)
+                if transfer_target.is_some_and(|target| target == message.from || target == 0) {
                     return Some("announces a transfer to a node that cannot take over");
                 }
                 let mut last_term = previous.term;
@@ -36,6 +38,11 @@ impl<S: Storage> Replica<S> {
                     }
                     if entry.term < last_term || entry.term > message.term {
                         return Some("entry terms go backwards or exceed the leader's term");
+                    }
+                    if let Payload::Membership(membership) = &entry.payload
+                        && let Some(reason) = membership.invalid()
+                    {
+                        return Some(reason);
                     }
                     last_term = entry.term;
                 }
@@ -81,8 +88,8 @@ impl<S: Storage> Replica<S> {
             MessageBody::InstallSnapshot { snapshot } => {
                 if position_malformed(&snapshot.last_included) || snapshot.last_included.index == 0 {
                     Some("snapshot's last entry is inconsistent with the term, or before the log's start")
-                } else if snapshot.members != self.members {
-                    Some("snapshot's members differ from this cluster's (membership changes are not supported yet)")
+                } else if let Some(reason) = snapshot.membership.invalid() {
+                    Some(reason)
                 } else {
                     None
                 }
@@ -189,7 +196,15 @@ impl<S: Storage> Replica<S> {
         leader_commit: LogIndex,
         heartbeat_round: u64,
     ) -> Result<(), StorageError> {
-        let match_index = self.log.accept(previous, entries)?;
+        let configurations: Vec<(LogIndex, Membership)> = entries
+            .iter()
+            .filter_map(|entry| match &entry.payload {
+                Payload::Membership(membership) => Some((entry.index, membership.clone())),
+                _ => None,
+            })
+            .collect();
+        let (match_index, written_from) = self.log.accept(previous, entries)?;
+        self.configurations_written(written_from, configurations);
         // Only what is known to match the leader may be committed here (§3.5: commit up
         // to min(leaderCommit, index of last new entry)).
         self.log.commit_to(leader_commit.min(match_index));

@@ -11,6 +11,7 @@ use bytes::Bytes;
 
 use super::config::ReplicaConfig;
 use super::log::RaftLog;
+use super::membership::Configurations;
 use super::message::{AppendResult, Message, MessageBody};
 use super::progress::{Progress, ProgressMode};
 use super::read_index::PendingRead;
@@ -49,6 +50,25 @@ pub(super) struct LeaderContext<'a, S> {
     pub config: &'a ReplicaConfig,
     pub log: &'a mut RaftLog<S>,
     pub outbox: &'a mut Outbox,
+    /// The configurations the leader knows; the last is in effect.
+    pub configs: &'a Configurations,
+}
+
+/// The last entry a leader may send now. Entries normally leave before the leader's own
+/// write is durable (§10.2.1), but a configuration entry leaves only once durable here:
+/// a follower that holds a configuration removing it no longer campaigns, so if the
+/// leader crashed and lost the entry, the follower holding the longest log (which the
+/// others cannot outvote) would never stand, and the cluster would stay leaderless.
+fn sendable_through<S: Storage>(cx: &LeaderContext<'_, S>) -> LogIndex {
+    let configuration = cx.configs.latest_index();
+    if configuration > cx.log.persisted_index() { configuration - 1 } else { cx.log.last_index() }
+}
+
+impl<S> LeaderContext<'_, S> {
+    /// Whether `id` is a voter of the configuration in effect: only voters are counted.
+    pub fn is_voter(&self, id: NodeId) -> bool {
+        self.configs.latest().is_voter(id)
+    }
 }
 
 impl<S> LeaderContext<'_, S> {
@@ -80,6 +100,7 @@ impl<S: Storage> Replica<S> {
             config: &self.config,
             log: &mut self.log,
             outbox: &mut self.outbox,
+            configs: &self.configs,
         };
         (&mut self.role, cx)
     }
@@ -143,11 +164,10 @@ impl LeaderState {
     /// The state of a replica that just won an election, with the no-op of its term
     /// appended (§3.6.2 / §6.4): a no-op of the new term lets earlier entries commit and
     /// tells the leader when its commit index is current.
-    pub fn new<S: Storage>(cx: &mut LeaderContext<'_, S>, peers: Vec<NodeId>) -> Box<Self> {
+    pub fn new<S: Storage>(cx: &mut LeaderContext<'_, S>) -> Result<Box<Self>, StorageError> {
         let next_index = cx.log.last_index() + 1;
-        let progress = peers.into_iter().map(|peer| (peer, Progress::new(next_index, cx.now_ms))).collect();
         let mut leader = Box::new(Self {
-            progress,
+            progress: BTreeMap::new(),
             heartbeat_deadline_ms: cx.now_ms,
             check_quorum_deadline_ms: cx.now_ms + cx.config.election_timeout_min_ms,
             heartbeat_round: 0,
@@ -158,15 +178,17 @@ impl LeaderState {
             broadcast_needed: true,
             heartbeat_requested: false,
         });
+        // Every member it replicates to (see `sync_progress`), starting after its log.
+        leader.sync_progress(cx, cx.log.last_index() + 1)?;
         let noop = leader.append(cx, Payload::Noop);
         assert_eq!(noop.index, leader.noop_index, "the no-op is the new leader's first entry");
-        leader
+        Ok(leader)
     }
 
     /// Appends an entry of this leader's term. Client proposals pass the backpressure check
     /// first; the new leader's no-op must not (a leader that inherits a long uncommitted
     /// tail commits it only through its no-op).
-    fn append<S: Storage>(&mut self, cx: &mut LeaderContext<'_, S>, payload: Payload) -> LogPosition {
+    pub(super) fn append<S: Storage>(&mut self, cx: &mut LeaderContext<'_, S>, payload: Payload) -> LogPosition {
         let position = LogPosition { term: cx.term, index: cx.log.last_index() + 1 };
         assert!(position.index <= INDEX_MAX, "the log reached the largest index");
         cx.log.append_new(Entry { term: position.term, index: position.index, payload });
@@ -181,7 +203,7 @@ impl LeaderState {
             // CheckQuorum (§6.2): a leader that has not heard from a majority within an
             // election timeout may be on the minority side of a partition; it steps down
             // so that clients look for the real leader.
-            let active = 1 + self.progress.values().filter(|p| p.recently_active).count();
+            let active = 1 + self.progress.iter().filter(|(id, p)| p.recently_active && cx.is_voter(**id)).count();
             if active < cx.quorum {
                 tracing::info!(term = cx.term, active, "lost contact with a majority; stepping down");
                 return Ok(Leadership::Lost);
@@ -277,7 +299,9 @@ impl LeaderState {
     /// Commits the highest index stored on a majority, if it is of the current term
     /// (§3.6.2, figure 3.7: entries of older terms commit only indirectly).
     pub fn maybe_commit<S: Storage>(&mut self, cx: &mut LeaderContext<'_, S>) -> Result<(), StorageError> {
-        let mut matched: Vec<LogIndex> = self.progress.values().map(|p| p.match_index).collect();
+        assert!(cx.is_voter(cx.id), "a leader is a voter of its configuration (it never removes itself)");
+        let mut matched: Vec<LogIndex> =
+            self.progress.iter().filter(|(id, _)| cx.is_voter(**id)).map(|(_, p)| p.match_index).collect();
         matched.push(cx.log.persisted_index());
         matched.sort_unstable_by(|a, b| b.cmp(a));
         let needed = if crate::bugs::active(crate::bugs::Bug::CommitWithoutQuorum) {
@@ -289,7 +313,12 @@ impl LeaderState {
         if majority_index <= cx.log.committed() || cx.log.term(majority_index)? != Some(cx.term) {
             return Ok(());
         }
+        let previous_commit = cx.log.committed();
         cx.log.commit_to(majority_index);
+        if cx.configs.logged_between(previous_commit, majority_index) {
+            // A configuration committed: members it removed are no longer replicated to.
+            self.sync_progress(cx, cx.log.last_index() + 1)?;
+        }
         let noop_committed = majority_index >= self.noop_index;
         self.broadcast_needed = true;
         if noop_committed && !self.reads_waiting_for_noop.is_empty() {
@@ -306,7 +335,7 @@ impl LeaderState {
         cx: &mut LeaderContext<'_, S>,
         follower: NodeId,
     ) -> Result<(), StorageError> {
-        let last_index = cx.log.last_index();
+        let last_index = sendable_through(cx);
         let commit = cx.log.committed();
         let round = self.heartbeat_round;
         let transfer_target = self.transfer_target();
@@ -353,9 +382,14 @@ impl LeaderState {
         }
     }
 
+    /// The leader's own configuration entry became durable: what waited for it may go.
+    pub(super) fn configuration_persisted(&mut self) {
+        self.broadcast_needed = true;
+    }
+
     /// An empty append after what the follower is known to hold: it always matches, so it
     /// never disturbs pipelined appends, and it carries the commit index and the round.
-    fn send_heartbeat_to<S: Storage>(
+    pub(super) fn send_heartbeat_to<S: Storage>(
         &mut self,
         cx: &mut LeaderContext<'_, S>,
         follower: NodeId,

@@ -185,8 +185,13 @@ impl<S: Storage> RaftLog<S> {
 
     /// Follower side of AppendEntries (§3.5) once `previous` is known to match: keeps
     /// entries that agree, truncates at the first conflict, appends the rest. Returns the
-    /// index through which this log now matches the leader's.
-    pub fn accept(&mut self, previous: LogPosition, entries: Vec<Entry>) -> Result<LogIndex, StorageError> {
+    /// index through which this log now matches the leader's, and the first index written
+    /// (None when every entry was already there).
+    pub fn accept(
+        &mut self,
+        previous: LogPosition,
+        entries: Vec<Entry>,
+    ) -> Result<(LogIndex, Option<LogIndex>), StorageError> {
         let match_index = previous.index + entries.len() as LogIndex;
         let mut new_from = None;
         for (offset, entry) in entries.iter().enumerate() {
@@ -202,8 +207,9 @@ impl<S: Storage> RaftLog<S> {
                 self.truncate_from(first);
             }
             self.unstable.extend(entries.into_iter().skip(offset));
+            return Ok((match_index, Some(first)));
         }
-        Ok(match_index)
+        Ok((match_index, None))
     }
 
     /// Drops every entry at or after `index` (a suffix that conflicts with the leader's).

@@ -11,14 +11,15 @@
 //! flow control; commitment of current-term entries only, with a no-op per new leader;
 //! ReadIndex reads; leadership transfer; log compaction behind snapshots the caller takes,
 //! and snapshot installation on followers that fell behind the compacted log
-//! (`snapshot.rs`). Membership changes are not implemented yet: the member set is fixed at
-//! construction.
+//! (`snapshot.rs`); membership changes one server at a time, with learners
+//! (`membership.rs`).
 
 mod config;
 mod election;
 mod follower;
 mod leader;
 mod log;
+mod membership;
 mod message;
 mod progress;
 mod read_index;
@@ -33,6 +34,7 @@ mod transfer;
 mod types;
 
 pub use config::{ConfigError, ReplicaConfig};
+pub use membership::{MemberRole, MembershipChange, MembershipError, PROMOTION_LAG_MAX};
 pub use message::{AppendResult, Message, MessageBody};
 pub use ready::{ReadAborted, ReadOutcome, Ready, SoftState};
 pub use replica::{
@@ -42,5 +44,6 @@ pub use snapshot::SnapshotTransfer;
 pub use storage::{MemoryStorage, Storage, StorageError, assert_writable};
 pub use transfer::TransferError;
 pub use types::{
-    Entry, HardState, INDEX_MAX, LogIndex, LogPosition, NodeId, Payload, Role, SnapshotMeta, TERM_MAX, Term,
+    Entry, HardState, INDEX_MAX, LEARNERS_MAX, LogIndex, LogPosition, Membership, NodeId, Payload, Role, SnapshotMeta,
+    TERM_MAX, Term, VOTERS_MAX,
 };

@@ -51,7 +51,8 @@ impl LeaderState {
 
     /// Releases the reads whose heartbeat round a majority acknowledged.
     pub fn release_confirmed_reads<S: Storage>(&mut self, cx: &mut LeaderContext<'_, S>) {
-        let mut rounds: Vec<u64> = self.progress.values().map(|p| p.acknowledged_round).collect();
+        let mut rounds: Vec<u64> =
+            self.progress.iter().filter(|(id, _)| cx.is_voter(**id)).map(|(_, p)| p.acknowledged_round).collect();
         rounds.push(self.heartbeat_round);
         rounds.sort_unstable_by(|a, b| b.cmp(a));
         let confirmed_round = rounds[cx.quorum - 1];

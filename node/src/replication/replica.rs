@@ -12,34 +12,32 @@
 //! Section numbers refer to Diego Ongaro's dissertation, "Consensus: Bridging Theory and
 //! Practice" (2014).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use super::config::{ConfigError, ReplicaConfig};
 use super::election::Ballot;
 use super::leader::{LeaderState, Leadership};
 use super::log::RaftLog;
+use super::membership::{Configurations, MemberRole};
 use super::message::{Message, MessageBody};
 use super::ready::{ReadOutcome, Ready, SoftState};
 use super::rng::SplitMix64;
 use super::storage::{Storage, StorageError};
-use super::types::{Entry, HardState, LogIndex, LogPosition, NodeId, Role, SnapshotMeta, TERM_MAX, Term};
+use super::types::{
+    Entry, HardState, LogIndex, LogPosition, Membership, NodeId, Payload, Role, SnapshotMeta, TERM_MAX, Term,
+};
 
 /// Most bytes of committed entries handed out in one `Ready`.
 const COMMITTED_BYTES_PER_READY_MAX: usize = 8 * 1024 * 1024;
 /// Most committed entries handed out in one `Ready`: the caller applies them in one go, and
 /// a node re-applying a long log must get back to its timers between batches.
 pub const COMMITTED_ENTRIES_PER_READY_MAX: usize = 1024;
-/// Most members a cluster may have.
-const MEMBERS_MAX: usize = 7;
-
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReplicaError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cluster must have 1 to 7 members, got {0}")]
-    ClusterSize(usize),
-    #[error("node {0} is not a member of the cluster")]
-    NotAMember(NodeId),
+    #[error("invalid initial configuration: {0}")]
+    InvalidMembership(&'static str),
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -72,6 +70,9 @@ pub struct ReplicaStatus {
     pub role: Role,
     pub term: Term,
     pub leader: Option<NodeId>,
+    /// The configuration in effect, and this replica's part in it.
+    pub membership: Membership,
+    pub member_role: MemberRole,
     pub commit_index: LogIndex,
     pub last_index: LogIndex,
     pub persisted_index: LogIndex,
@@ -125,7 +126,8 @@ impl Outbox {
 
 pub struct Replica<S: Storage> {
     pub(super) id: NodeId,
-    pub(super) members: BTreeSet<NodeId>,
+    /// The configurations this replica knows of; the last is in effect (`membership.rs`).
+    pub(super) configs: Configurations,
     pub(super) config: ReplicaConfig,
     pub(super) rng: SplitMix64,
     pub(super) log: RaftLog<S>,
@@ -157,12 +159,13 @@ pub struct Replica<S: Storage> {
 }
 
 impl<S: Storage> Replica<S> {
-    /// Starts (or restarts) a replica on `storage`. `applied` is the last index the state
-    /// machine has applied; `rng_seed` drives the election timeouts; `now_ms` is the
-    /// caller's clock.
+    /// Starts (or restarts) a replica on `storage`. `initial` is the cluster's first
+    /// configuration, in effect until the snapshot or the log says otherwise (a node that
+    /// is not in it waits to be added). `applied` is the last index the state machine has
+    /// applied; `rng_seed` drives the election timeouts; `now_ms` is the caller's clock.
     pub fn new(
         id: NodeId,
-        members: BTreeSet<NodeId>,
+        initial: Membership,
         config: ReplicaConfig,
         storage: S,
         applied: LogIndex,
@@ -170,17 +173,15 @@ impl<S: Storage> Replica<S> {
         now_ms: u64,
     ) -> Result<Self, ReplicaError> {
         config.validate()?;
-        if members.is_empty() || members.len() > MEMBERS_MAX {
-            return Err(ReplicaError::ClusterSize(members.len()));
-        }
-        if !members.contains(&id) {
-            return Err(ReplicaError::NotAMember(id));
+        if let Some(reason) = initial.invalid() {
+            return Err(ReplicaError::InvalidMembership(reason));
         }
         let hard_state = storage.hard_state()?;
+        let configs = configurations_in(&storage, id, initial)?;
         let log = RaftLog::new(storage, applied)?;
         let mut replica = Self {
             id,
-            members,
+            configs,
             config,
             rng: SplitMix64::new(rng_seed ^ id.wrapping_mul(0x2545_f491_4f6c_dd1d)),
             log,
@@ -200,7 +201,7 @@ impl<S: Storage> Replica<S> {
             snapshot_offered: None,
         };
         replica.reset_election_deadline();
-        if replica.quorum() == 1 {
+        if replica.quorum() == 1 && replica.may_campaign() {
             // Alone, there is nobody to wait for: campaign at the first tick.
             replica.election_deadline_ms = now_ms;
         }
@@ -236,10 +237,6 @@ impl<S: Storage> Replica<S> {
 
     pub fn last_index(&self) -> LogIndex {
         self.log.last_index()
-    }
-
-    pub fn members(&self) -> &BTreeSet<NodeId> {
-        &self.members
     }
 
     pub fn storage(&self) -> &S {
@@ -294,6 +291,8 @@ impl<S: Storage> Replica<S> {
             role: self.role(),
             term: self.term,
             leader: self.leader,
+            membership: self.configs.latest().clone(),
+            member_role: self.member_role(),
             commit_index: self.log.committed(),
             last_index: self.log.last_index(),
             persisted_index: self.log.persisted_index(),
@@ -302,8 +301,9 @@ impl<S: Storage> Replica<S> {
         }
     }
 
+    /// How many voters of the configuration in effect make a majority.
     pub(super) fn quorum(&self) -> usize {
-        self.members.len() / 2 + 1
+        self.configs.latest().quorum()
     }
 
     // ---- Inputs ----------------------------------------------------------------------
@@ -323,10 +323,12 @@ impl<S: Storage> Replica<S> {
         self.tick_election_timer()
     }
 
-    /// Handles a message from another replica. Messages from non-members, or addressed to
-    /// another node, are ignored.
+    /// Handles a message from another replica. Messages addressed to another node are
+    /// ignored. Messages from nodes outside the configuration are handled like any other
+    /// (§4.1: a replica may lag behind the configuration that made the sender a member);
+    /// answers from them count for nothing, since only members' answers are tallied.
     pub fn step(&mut self, message: Message) -> Result<(), StorageError> {
-        if message.to != self.id || message.from == self.id || !self.members.contains(&message.from) {
+        if message.to != self.id || message.from == self.id || message.from == 0 {
             tracing::warn!(from = message.from, to = message.to, "ignoring misaddressed message");
             self.messages_refused += 1;
             return Ok(());
@@ -426,9 +428,15 @@ impl<S: Storage> Replica<S> {
     pub fn advance(&mut self) -> Result<(), StorageError> {
         let (last_entry, hard_state) = self.outstanding.take().expect("advance() without an outstanding ready()");
         self.persisted_hard_state = hard_state;
+        let persisted_before = self.log.persisted_index();
         self.log.stable_to(last_entry)?;
+        let configuration = self.configs.latest_index();
+        let configuration_persisted = persisted_before < configuration && configuration <= self.log.persisted_index();
         // The leader's own log counts toward the quorum only once durable.
         if let Some((leader, mut cx)) = self.leader_parts() {
+            if configuration_persisted {
+                leader.configuration_persisted();
+            }
             leader.maybe_commit(&mut cx)?;
         }
         Ok(())
@@ -498,11 +506,31 @@ impl<S: Storage> Replica<S> {
             leader.abort_reads(&mut self.outbox.reads);
         }
     }
+}
 
-    pub(super) fn peers(&self) -> impl Iterator<Item = NodeId> + use<S> {
-        let id = self.id;
-        self.members.clone().into_iter().filter(move |&member| member != id)
+/// The configurations `storage` holds: its snapshot's (or `initial`), then each one in the
+/// log after the snapshot.
+fn configurations_in<S: Storage>(storage: &S, id: NodeId, initial: Membership) -> Result<Configurations, StorageError> {
+    let (base_index, base) = match storage.snapshot()? {
+        Some(snapshot) => (snapshot.last_included.index, snapshot.membership),
+        None => (0, initial),
+    };
+    let mut configs = Configurations::new(base_index, base, id);
+    let mut previous = base_index;
+    for entry in storage.configuration_entries(base_index)? {
+        let Payload::Membership(membership) = entry.payload else {
+            return Err(StorageError::Corrupt(format!("entry {} was listed as a configuration", entry.index)));
+        };
+        if entry.index <= previous {
+            return Err(StorageError::Corrupt(format!("configuration entry {} is out of order", entry.index)));
+        }
+        if let Some(reason) = membership.invalid() {
+            return Err(StorageError::Corrupt(format!("entry {} holds {reason}", entry.index)));
+        }
+        previous = entry.index;
+        configs.appended(entry.index, membership, id);
     }
+    Ok(configs)
 }
 
 #[cfg(test)]
@@ -518,17 +546,28 @@ mod tests {
         assert_eq!(replica.ready().unwrap(), Ready::default());
     }
 
-    /// Messages to another node, from this node itself or from a non-member are ignored
-    /// before anything else looks at them.
+    /// Messages to another node, from this node itself or from node 0 are ignored before
+    /// anything else looks at them; one from outside the configuration is handled (its
+    /// sender may belong to a configuration this replica has not heard of yet).
     #[test]
     fn misaddressed_messages_are_ignored() {
         let mut replica = replica(1, 3, 1, &[1]);
         let request = MessageBody::VoteRequest { last_log: position(1, 1), leadership_transfer: false };
-        for (from, to) in [(2, 3), (1, 1), (4, 1)] {
+        for (from, to) in [(2, 3), (1, 1), (0, 1)] {
             replica.step(message(from, to, 2, request.clone())).unwrap();
         }
         assert!(!replica.has_ready());
         assert_eq!(replica.term(), 1);
+        replica.step(message(4, 1, 2, request)).unwrap();
+        assert_eq!(replica.term(), 2, "a newer term from a node outside the configuration is adopted");
+        let ready = replica.ready().unwrap();
+        assert!(
+            ready
+                .messages_after_persist
+                .iter()
+                .any(|m| m.to == 4 && m.body == MessageBody::VoteResponse { granted: true }),
+            "{ready:?}"
+        );
     }
 
     /// One `Ready` at a time: asking for the next before `advance` is a caller's bug.

@@ -62,9 +62,8 @@ impl<S: Storage> Replica<S> {
     /// leader (which agree with it) may make the install unnecessary, and the log is never
     /// reset under a `Ready` the caller is still writing.
     pub(super) fn take_snapshot_to_install(&mut self) -> Result<Option<SnapshotMeta>, StorageError> {
-        let Some((leader, snapshot)) = &self.snapshot_offered else { return Ok(None) };
+        let Some((leader, snapshot)) = self.snapshot_offered.take() else { return Ok(None) };
         let position = snapshot.last_included;
-        let leader = *leader;
         let committed = self.log.committed();
         let install = if position.index <= committed {
             // Everything it covers is committed here already (and so matches the leader).
@@ -75,11 +74,10 @@ impl<S: Storage> Replica<S> {
             self.log.commit_to(position.index);
             None
         } else {
-            Some(snapshot.clone())
+            Some(snapshot)
         };
-        self.snapshot_offered = None;
         let match_index = match &install {
-            Some(_) => {
+            Some(snapshot) => {
                 tracing::info!(
                     term = self.term,
                     index = position.index,
@@ -89,6 +87,7 @@ impl<S: Storage> Replica<S> {
                 // Leaves nothing committed to hand out in this `Ready`: the state machine
                 // resumes after the snapshot.
                 self.log.install_snapshot(position);
+                self.configs.reset(position.index, snapshot.membership.clone(), self.id);
                 position.index
             }
             None => position.index.max(committed),
@@ -138,11 +137,11 @@ impl<S: Storage> Replica<S> {
 mod tests {
     use super::super::ready::Ready;
     use super::super::test_support::*;
-    use super::super::types::{HardState, LogIndex, LogPosition, Term};
+    use super::super::types::{HardState, LogIndex, LogPosition, Membership, Term};
     use super::*;
 
     fn snapshot_through(index: LogIndex, term: Term) -> SnapshotMeta {
-        SnapshotMeta { last_included: position(index, term), members: [1, 2, 3].into() }
+        SnapshotMeta { last_included: position(index, term), membership: Membership::with_voters([1, 2, 3]) }
     }
 
     fn offer(index: LogIndex, term: Term) -> MessageBody {

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 
-use super::types::{Entry, HardState, LogIndex, LogPosition, SnapshotMeta, Term};
+use super::types::{Entry, HardState, LogIndex, LogPosition, Payload, SnapshotMeta, Term};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StorageError {
@@ -38,6 +38,27 @@ pub trait Storage {
     /// Durable entries in `low..high` (high exclusive), stopping early once `bytes_max`
     /// would be exceeded (but always at least one entry if any is in range).
     fn entries(&self, low: LogIndex, high: LogIndex, bytes_max: usize) -> Result<Vec<Entry>, StorageError>;
+    /// The durable entries after `after` that hold a configuration, in order: what a
+    /// replica reads at start to know the configuration in effect. By default a scan of
+    /// the whole log; a log on disk keeps them findable without one.
+    fn configuration_entries(&self, after: LogIndex) -> Result<Vec<Entry>, StorageError> {
+        /// Entries read at a time while scanning.
+        const SCAN_BYTES: usize = 4 * 1024 * 1024;
+        let last = self.last_index()?;
+        let mut next = (after + 1).max(self.first_index()?);
+        let mut found = Vec::new();
+        while next <= last {
+            let entries = self.entries(next, last + 1, SCAN_BYTES)?;
+            let Some(end) = entries.last().map(|entry| entry.index) else {
+                return Err(StorageError::Corrupt(format!(
+                    "the log holds no entry {next} below its last index {last}"
+                )));
+            };
+            found.extend(entries.into_iter().filter(|entry| matches!(entry.payload, Payload::Membership(_))));
+            next = end + 1;
+        }
+        Ok(found)
+    }
 }
 
 /// Storage in memory: the reference implementation, used by tests and the cluster harness.
@@ -234,8 +255,8 @@ mod tests {
     #[test]
     fn a_compacted_log_keeps_the_boundary_term_and_appends_after_its_end() {
         let mut storage = MemoryStorage::with_log(HardState::default(), vec![entry(1, 1), entry(2, 1), entry(3, 2)]);
-        let members = [1, 2, 3].into();
-        storage.record_snapshot(SnapshotMeta { last_included: LogPosition { term: 1, index: 2 }, members });
+        let membership = super::super::types::Membership::with_voters([1, 2, 3]);
+        storage.record_snapshot(SnapshotMeta { last_included: LogPosition { term: 1, index: 2 }, membership });
         storage.compact(2);
         assert_eq!((storage.first_index().unwrap(), storage.last_index().unwrap()), (3, 3));
         assert_eq!([0, 1, 2, 3, 4].map(|i| storage.term(i).unwrap()), [Some(0), None, Some(1), Some(2), None]);

@@ -2,8 +2,6 @@
 //! (openraft's handler tests): it builds a replica in a known role, feeds it one input and
 //! asserts on the exact `Ready` it hands out.
 
-use std::collections::BTreeSet;
-
 use bytes::Bytes;
 
 use super::config::ReplicaConfig;
@@ -11,7 +9,7 @@ use super::message::{AppendResult, Message, MessageBody};
 use super::ready::Ready;
 use super::replica::Replica;
 use super::storage::MemoryStorage;
-use super::types::{Entry, HardState, LogIndex, LogPosition, NodeId, Payload, Role, Term};
+use super::types::{Entry, HardState, LogIndex, LogPosition, Membership, NodeId, Payload, Role, Term};
 
 pub const HEARTBEAT_INTERVAL_MS: u64 = 10;
 pub const ELECTION_TIMEOUT_MIN_MS: u64 = 100;
@@ -57,9 +55,8 @@ pub fn accepted(match_index: LogIndex, heartbeat_round: u64) -> MessageBody {
 /// Replica `id` of a cluster of `size` (ids 1..=size), started at time 0 on a disk that
 /// holds `terms` as its log and `term` with no vote.
 pub fn replica(id: NodeId, size: u64, term: Term, terms: &[Term]) -> Replica<MemoryStorage> {
-    let members: BTreeSet<NodeId> = (1..=size).collect();
     let storage = MemoryStorage::with_log(HardState { term, vote: None }, log(terms));
-    Replica::new(id, members, config(), storage, 0, 1, 0).expect("valid replica")
+    Replica::new(id, Membership::with_voters(1..=size), config(), storage, 0, 1, 0).expect("valid replica")
 }
 
 /// Writes what `ready` asks to persist, as the runtime does, and advances.

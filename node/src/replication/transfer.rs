@@ -12,8 +12,8 @@ use super::types::NodeId;
 pub enum TransferError {
     #[error("not the leader (leader: {leader_hint:?})")]
     NotLeader { leader_hint: Option<NodeId> },
-    #[error("node {0} is not a member of the cluster")]
-    UnknownMember(NodeId),
+    #[error("node {0} is not a voter of the cluster (only a voter can lead)")]
+    NotAVoter(NodeId),
     #[error("this node is already the leader")]
     ToSelf,
 }
@@ -29,8 +29,8 @@ impl<S: Storage> Replica<S> {
     /// Hands leadership to `target` (§3.10): proposals pause, the target is brought up to
     /// date, then told to campaign at once. Gives up after an election timeout.
     pub fn transfer_leadership(&mut self, target: NodeId) -> Result<(), TransferError> {
-        if !self.members.contains(&target) {
-            return Err(TransferError::UnknownMember(target));
+        if !self.configs.latest().is_voter(target) {
+            return Err(TransferError::NotAVoter(target));
         }
         if target == self.id {
             return Err(TransferError::ToSelf);
@@ -66,7 +66,8 @@ impl<S: Storage> Replica<S> {
     /// second. Repeated at each append that announces the transfer, for as long as it runs.
     pub(super) fn repeat_transfer_pre_vote(&mut self) -> Result<(), StorageError> {
         let RoleState::PreCandidate { ballot, leadership_transfer: true } = &self.role else { return Ok(()) };
-        let unanswered: Vec<NodeId> = self.peers().filter(|&peer| !ballot.has_answered(peer)).collect();
+        let unanswered: Vec<NodeId> =
+            self.voting_peers().into_iter().filter(|&peer| !ballot.has_answered(peer)).collect();
         let Some(proposed_term) = self.next_term() else { return Ok(()) };
         let last_log = self.log.last_position()?;
         for peer in unanswered {
@@ -213,7 +214,7 @@ mod tests {
     fn transfer_is_refused_to_self_to_a_stranger_and_by_a_follower() {
         let mut leader = leader(0, &[]);
         assert_eq!(leader.transfer_leadership(1), Err(TransferError::ToSelf));
-        assert_eq!(leader.transfer_leadership(4), Err(TransferError::UnknownMember(4)));
+        assert_eq!(leader.transfer_leadership(4), Err(TransferError::NotAVoter(4)));
         let mut follower = replica(2, 3, 1, &[]);
         assert_eq!(follower.transfer_leadership(3), Err(TransferError::NotLeader { leader_hint: None }));
     }

@@ -46,6 +46,10 @@ pub enum Payload {
     Noop,
     /// An application command, opaque to the core.
     Command(Bytes),
+    /// A new configuration of the cluster (§4.1), in effect from the moment a replica
+    /// appends it, committed or not. Proposed through `Replica::propose_membership`, one
+    /// member added, promoted or removed at a time.
+    Membership(Membership),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -67,18 +71,89 @@ impl Entry {
             + match &self.payload {
                 Payload::Noop => 0,
                 Payload::Command(bytes) => bytes.len(),
+                Payload::Membership(membership) => membership.size_bytes(),
             }
     }
 }
 
+/// Who takes part in the cluster (a configuration, §4). Voters elect leaders and count
+/// toward every majority; learners receive the log (to catch up before a promotion) but
+/// neither vote nor count.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Membership {
+    pub voters: BTreeSet<NodeId>,
+    pub learners: BTreeSet<NodeId>,
+    /// What the caller attaches to this configuration, replicated with it and opaque to
+    /// the core (Chorus: every member's addresses).
+    pub context: Bytes,
+}
+
+/// Most voters a configuration may have (a majority of 7 is 4: more buys little and slows
+/// every commit).
+pub const VOTERS_MAX: usize = 7;
+/// Most learners a configuration may have.
+pub const LEARNERS_MAX: usize = 4;
+/// Largest context a configuration may carry: it travels in every snapshot offer and
+/// stays in memory for every configuration the log holds.
+pub const MEMBERSHIP_CONTEXT_BYTES_MAX: usize = 16 * 1024;
+
+impl Membership {
+    /// Voters `voters`, no learners, no context: a cluster's first configuration.
+    pub fn with_voters(voters: impl IntoIterator<Item = NodeId>) -> Self {
+        Self { voters: voters.into_iter().collect(), ..Self::default() }
+    }
+
+    pub fn is_voter(&self, id: NodeId) -> bool {
+        self.voters.contains(&id)
+    }
+
+    /// A voter or a learner.
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.voters.contains(&id) || self.learners.contains(&id)
+    }
+
+    /// Voters and learners, in id order.
+    pub fn members(&self) -> impl Iterator<Item = NodeId> + '_ {
+        let mut all: Vec<NodeId> = self.voters.iter().chain(&self.learners).copied().collect();
+        all.sort_unstable();
+        all.into_iter()
+    }
+
+    /// How many voters make a majority.
+    pub fn quorum(&self) -> usize {
+        self.voters.len() / 2 + 1
+    }
+
+    /// Why no correct replica would hold this configuration, if none would.
+    pub fn invalid(&self) -> Option<&'static str> {
+        if self.voters.is_empty() {
+            Some("a configuration without voters")
+        } else if self.voters.len() > VOTERS_MAX || self.learners.len() > LEARNERS_MAX {
+            Some("a configuration with more members than a cluster may have")
+        } else if self.voters.contains(&0) || self.learners.contains(&0) {
+            Some("a configuration naming node 0 (ids start at 1)")
+        } else if !self.voters.is_disjoint(&self.learners) {
+            Some("a configuration naming a node both voter and learner")
+        } else if self.context.len() > MEMBERSHIP_CONTEXT_BYTES_MAX {
+            Some("a configuration whose context is larger than a cluster's may be")
+        } else {
+            None
+        }
+    }
+
+    fn size_bytes(&self) -> usize {
+        8 * (self.voters.len() + self.learners.len()) + self.context.len()
+    }
+}
+
 /// What a snapshot of the state machine covers: every entry through `last_included`
-/// applied, with the members of the cluster at that point. The core handles only this
+/// applied, with the configuration in effect at that point. The core handles only this
 /// description; the state itself is the caller's (for Chorus, a copy of the chat database),
 /// and travels beside the `InstallSnapshot` message that names it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SnapshotMeta {
     pub last_included: LogPosition,
-    pub members: BTreeSet<NodeId>,
+    pub membership: Membership,
 }
 
 /// What must survive a crash besides the log: the current term and the vote cast in it.

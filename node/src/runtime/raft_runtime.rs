@@ -27,8 +27,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::{ChatState, ProposeError, Proposer};
 use crate::chat::{Outcome, StateMachineError, check_snapshot, decode_logged_command};
 use crate::replication::{
-    self, Entry, FollowerStatus, LogIndex, LogPosition, NodeId, Payload, Ready, Replica, ReplicaStatus, Role,
-    SnapshotMeta, SnapshotTransfer, Storage, StorageError, Term,
+    self, Entry, FollowerStatus, LogIndex, LogPosition, Membership, NodeId, Payload, Ready, Replica, ReplicaStatus,
+    Role, SnapshotMeta, SnapshotTransfer, Storage, StorageError, Term,
 };
 use crate::seam::{MonotonicClock, NodeClock, run_blocking};
 use crate::storage::{SharedLog, SnapshotDir, SnapshotFileError};
@@ -338,7 +338,9 @@ pub fn start_runtime<T: Transport>(
     let clock = clock.monotonic();
     let tick_interval = Duration::from_millis((config.heartbeat_interval_ms / 5).clamp(1, 20));
     let applied = chat.last_applied();
-    let mut replica = Replica::new(node_id, members, config, log.clone(), applied, rng_seed, clock.now_ms())?;
+    let initial_membership = Membership::with_voters(members);
+    let mut replica =
+        Replica::new(node_id, initial_membership, config, log.clone(), applied, rng_seed, clock.now_ms())?;
     // A first tick right away: a cluster of one elects itself before serving anyone.
     replica.tick(clock.now_ms()).map_err(replication::ReplicaError::Storage)?;
     let (inputs_tx, inputs) = mpsc::channel(INPUT_QUEUE_MAX);
@@ -503,7 +505,12 @@ impl<T: Transport> RaftRuntime<T> {
         // the last snapshot, which is behind `index`.
         let term = self.log.term(index)?.expect("an entry applied after the last snapshot is in the log");
         let position = LogPosition { term, index };
-        let meta = SnapshotMeta { last_included: position, members: self.replica.members().clone() };
+        let Some(membership) = self.replica.membership_at(index) else {
+            // A leader's snapshot past this one was installed meanwhile: it covers it.
+            let _ = std::fs::remove_file(&partial);
+            return Ok(());
+        };
+        let meta = SnapshotMeta { last_included: position, membership };
         let compact_through = index.saturating_sub(self.snapshot_policy.tail_entries);
         let (log, snapshots) = (self.log.clone(), self.snapshots.clone());
         let cleanup = snapshots.clone();
@@ -629,6 +636,8 @@ impl<T: Transport> RaftRuntime<T> {
                             role: Role::Follower,
                             term: status.term,
                             leader: None,
+                            membership: self.replica.membership().clone(),
+                            member_role: self.replica.member_role(),
                             commit_index: status.commit_index,
                             last_index: last_log_index,
                             persisted_index: last_log_index,
@@ -800,7 +809,9 @@ impl<T: Transport> RaftRuntime<T> {
             .iter()
             .map(|entry| {
                 let command = match &entry.payload {
-                    Payload::Noop => None,
+                    // A configuration is the replica's (in effect since it was appended);
+                    // for the chat state it is an index applied.
+                    Payload::Noop | Payload::Membership(_) => None,
                     Payload::Command(bytes) => Some(decode_logged_command(bytes)),
                 };
                 (entry.index, command)

@@ -112,4 +112,8 @@ impl Storage for SharedLog {
     fn entries(&self, low: LogIndex, high: LogIndex, bytes_max: usize) -> Result<Vec<Entry>, StorageError> {
         self.lock().entries(low, high, bytes_max)
     }
+
+    fn configuration_entries(&self, after: LogIndex) -> Result<Vec<Entry>, StorageError> {
+        self.lock().configuration_entries(after)
+    }
 }

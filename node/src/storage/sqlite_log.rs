@@ -10,6 +10,7 @@
 //! `persist` commits with `synchronous=FULL`: when it returns, the term, vote and entries
 //! are fsynced, and only then may the runtime send the messages that depend on them.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 
@@ -17,8 +18,9 @@ use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::log_store::{Creation, LogStore, ScrubProgress};
+use super::membership_codec::{decode_membership, encode_membership};
 use crate::replication::{
-    Entry, HardState, LogIndex, LogPosition, NodeId, Payload, SnapshotMeta, Storage, StorageError, Term,
+    Entry, HardState, LogIndex, LogPosition, Membership, NodeId, Payload, SnapshotMeta, Storage, StorageError, Term,
     assert_writable,
 };
 use crate::sqlite::{Sharing, SqliteError, migrate, open_database};
@@ -82,7 +84,7 @@ CREATE TABLE raft_hard_state (
 CREATE TABLE raft_log (
     log_index    INTEGER PRIMARY KEY,
     term         INTEGER NOT NULL,
-    payload_kind INTEGER NOT NULL,   -- 0 no-op, 1 command
+    payload_kind INTEGER NOT NULL,   -- 0 no-op, 1 command, 2 configuration (a chorus.v1.Membership)
     payload      BLOB    NOT NULL,
     checksum     INTEGER NOT NULL    -- CRC-32C of index, term, kind and payload
 );
@@ -111,6 +113,15 @@ CREATE TABLE raft_snapshot (
     compacted_term  INTEGER NOT NULL,
     checksum        INTEGER NOT NULL    -- CRC-32C of the five fields above
 );
+",
+    "
+-- The whole configuration a snapshot records (voters, learners, addresses) as a
+-- chorus.v1.Membership; `members` keeps its voters. Empty in a record written before
+-- membership changes, whose configuration is its voters alone. The checksum covers it too
+-- (appended after the other fields, so that an old record's checksum still holds).
+ALTER TABLE raft_snapshot ADD COLUMN membership BLOB NOT NULL DEFAULT x'';
+-- The configuration entries, found at every start without reading the rest of the log.
+CREATE INDEX raft_log_configurations ON raft_log (log_index) WHERE payload_kind = 2;
 ",
 ];
 
@@ -229,7 +240,7 @@ impl SqliteLog {
         };
         let last = log.last_held();
         let start = last.saturating_sub(RECENT_ENTRIES_MAX as LogIndex).max(compacted.index) + 1;
-        let recent = log.read_verified(start, last + 1, usize::MAX).map_err(|e| match e {
+        let recent = log.read_verified(start, last + 1, usize::MAX, Rows::All).map_err(|e| match e {
             StorageError::Corrupt(detail) => corrupt(detail),
             StorageError::Io(detail) => corrupt(detail),
         })?;
@@ -336,7 +347,9 @@ impl SqliteLog {
                 .map_err(io)?;
             for (entry, checksum) in entries.iter().zip(&checksums) {
                 let (kind, payload) = encode_payload(&entry.payload);
-                insert.execute(params![entry.index, entry.term, kind, payload, i64::from(*checksum)]).map_err(io)?;
+                insert
+                    .execute(params![entry.index, entry.term, kind, payload.as_ref(), i64::from(*checksum)])
+                    .map_err(io)?;
             }
         }
         // The commit is the fsync (synchronous=FULL) that every reply depending on this
@@ -371,7 +384,13 @@ impl SqliteLog {
     }
 
     fn read_entries(&self, low: LogIndex, high: LogIndex, bytes_max: usize) -> Result<Vec<Entry>, StorageError> {
-        Ok(self.read_verified(low, high, bytes_max)?.into_iter().map(|(entry, _)| entry).collect())
+        Ok(self.read_verified(low, high, bytes_max, Rows::All)?.into_iter().map(|(entry, _)| entry).collect())
+    }
+
+    fn read_configuration_entries(&self, after: LogIndex) -> Result<Vec<Entry>, StorageError> {
+        let low = after.max(self.compacted.index) + 1;
+        let rows = self.read_verified(low, self.last_held() + 1, usize::MAX, Rows::Configurations)?;
+        Ok(rows.into_iter().map(|(entry, _)| entry).collect())
     }
 
     /// Entries read from the database, each with the checksum it was verified against.
@@ -380,15 +399,21 @@ impl SqliteLog {
         low: LogIndex,
         high: LogIndex,
         bytes_max: usize,
+        rows: Rows,
     ) -> Result<Vec<(Entry, u32)>, StorageError> {
         let io = |e: rusqlite::Error| StorageError::Io(format!("{}: {e}", self.path.display()));
-        let mut statement = self
-            .conn
-            .prepare_cached(
+        let query = match rows {
+            Rows::All => {
                 "SELECT log_index, term, payload_kind, payload, checksum FROM raft_log
-                 WHERE log_index >= ?1 AND log_index < ?2 ORDER BY log_index",
-            )
-            .map_err(io)?;
+                 WHERE log_index >= ?1 AND log_index < ?2 ORDER BY log_index"
+            }
+            // Through the partial index on configuration entries.
+            Rows::Configurations => {
+                "SELECT log_index, term, payload_kind, payload, checksum FROM raft_log
+                 WHERE log_index >= ?1 AND log_index < ?2 AND payload_kind = 2 ORDER BY log_index"
+            }
+        };
+        let mut statement = self.conn.prepare_cached(query).map_err(io)?;
         // Past the log's end there is nothing to read (and an index past i64 has no row).
         let high = high.min(self.last_held() + 1);
         let mut rows = statement.query(params![low, high]).map_err(io)?;
@@ -410,6 +435,9 @@ impl SqliteLog {
             let payload = match kind {
                 0 => Payload::Noop,
                 1 => Payload::Command(Bytes::from(payload)),
+                2 => Payload::Membership(decode_membership_record(&payload).map_err(|detail| {
+                    StorageError::Corrupt(format!("{}: entry {index}: {detail}", self.path.display()))
+                })?),
                 other => {
                     return Err(StorageError::Corrupt(format!(
                         "{}: entry {index} has unknown payload kind {other}",
@@ -428,6 +456,13 @@ impl SqliteLog {
     }
 }
 
+/// Which rows [`SqliteLog::read_verified`] reads.
+#[derive(Clone, Copy)]
+enum Rows {
+    All,
+    Configurations,
+}
+
 enum RecordError {
     Sqlite(rusqlite::Error),
     Damaged(String),
@@ -437,12 +472,31 @@ fn members_text(members: &BTreeSet<NodeId>) -> String {
     members.iter().map(|id| id.to_string()).collect::<Vec<_>>().join(",")
 }
 
-fn snapshot_record_checksum(snapshot: &SnapshotMeta, compacted: LogPosition) -> u32 {
+fn encode_membership_record(membership: &Membership) -> Vec<u8> {
+    use prost::Message as _;
+    encode_membership(membership).encode_to_vec()
+}
+
+/// A stored configuration: one that does not decode, or that no correct replica would
+/// hold, is damage.
+fn decode_membership_record(bytes: &[u8]) -> Result<Membership, String> {
+    use prost::Message as _;
+    let decoded =
+        chorus_proto::v1::Membership::decode(bytes).map_err(|e| format!("its configuration does not decode ({e})"))?;
+    let membership = decode_membership(decoded).map_err(|e| format!("its configuration is malformed ({e})"))?;
+    if let Some(reason) = membership.invalid() {
+        return Err(format!("it holds {reason}"));
+    }
+    Ok(membership)
+}
+
+fn snapshot_record_checksum(snapshot: &SnapshotMeta, compacted: LogPosition, membership_record: &[u8]) -> u32 {
     let mut bytes = Vec::with_capacity(64);
     for value in [snapshot.last_included.index, snapshot.last_included.term, compacted.index, compacted.term] {
         bytes.extend_from_slice(&value.to_be_bytes());
     }
-    bytes.extend_from_slice(members_text(&snapshot.members).as_bytes());
+    bytes.extend_from_slice(members_text(&snapshot.membership.voters).as_bytes());
+    bytes.extend_from_slice(membership_record);
     crc32c::crc32c(&bytes)
 }
 
@@ -451,18 +505,21 @@ fn write_snapshot_record(
     snapshot: &SnapshotMeta,
     compacted: LogPosition,
 ) -> Result<(), rusqlite::Error> {
+    let membership = encode_membership_record(&snapshot.membership);
     tx.execute(
-        "INSERT INTO raft_snapshot (singleton, last_index, last_term, members, compacted_index, compacted_term, checksum)
-         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)
+        "INSERT INTO raft_snapshot
+             (singleton, last_index, last_term, members, compacted_index, compacted_term, checksum, membership)
+         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT (singleton) DO UPDATE SET last_index = ?1, last_term = ?2, members = ?3,
-             compacted_index = ?4, compacted_term = ?5, checksum = ?6",
+             compacted_index = ?4, compacted_term = ?5, checksum = ?6, membership = ?7",
         params![
             snapshot.last_included.index,
             snapshot.last_included.term,
-            members_text(&snapshot.members),
+            members_text(&snapshot.membership.voters),
             compacted.index,
             compacted.term,
-            i64::from(snapshot_record_checksum(snapshot, compacted))
+            i64::from(snapshot_record_checksum(snapshot, compacted, &membership)),
+            membership,
         ],
     )?;
     Ok(())
@@ -470,17 +527,18 @@ fn write_snapshot_record(
 
 /// The snapshot record and the compaction point (none and ZERO for a log never compacted).
 fn read_snapshot_record(conn: &Connection) -> Result<(Option<SnapshotMeta>, LogPosition), RecordError> {
-    type Row = (i64, i64, String, i64, i64, i64);
+    type Row = (i64, i64, String, i64, i64, i64, Vec<u8>);
     let row: Option<Row> = conn
         .query_row(
-            "SELECT last_index, last_term, members, compacted_index, compacted_term, checksum FROM raft_snapshot
-             WHERE singleton = 1",
+            "SELECT last_index, last_term, members, compacted_index, compacted_term, checksum, membership
+             FROM raft_snapshot WHERE singleton = 1",
             [],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?)),
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?, row.get(6)?)),
         )
         .optional()
         .map_err(RecordError::Sqlite)?;
-    let Some((last_index, last_term, members, compacted_index, compacted_term, checksum)) = row else {
+    let Some((last_index, last_term, members, compacted_index, compacted_term, checksum, membership_record)) = row
+    else {
         return Ok((None, LogPosition::ZERO));
     };
     let number = |value, what| stored_u64(value, what).map_err(RecordError::Damaged);
@@ -492,16 +550,26 @@ fn read_snapshot_record(conn: &Connection) -> Result<(Option<SnapshotMeta>, LogP
         index: number(compacted_index, "the compaction point")?,
         term: number(compacted_term, "the compaction point's term")?,
     };
-    let members = members
+    let voters: BTreeSet<NodeId> = members
         .split(',')
         .map(|id| {
             id.parse().map_err(|_| RecordError::Damaged(format!("the snapshot's members '{members}' are not ids")))
         })
         .collect::<Result<_, _>>()?;
-    let snapshot = SnapshotMeta { last_included, members };
+    let membership = if membership_record.is_empty() {
+        // Written before membership changes: the voters are the whole configuration.
+        Membership::with_voters(voters.iter().copied())
+    } else {
+        decode_membership_record(&membership_record)
+            .map_err(|detail| RecordError::Damaged(format!("the snapshot record: {detail}")))?
+    };
+    let snapshot = SnapshotMeta { last_included, membership };
     let checksum = stored_checksum(checksum, "the snapshot record").map_err(RecordError::Damaged)?;
-    if snapshot_record_checksum(&snapshot, compacted) != checksum {
+    if snapshot_record_checksum(&snapshot, compacted, &membership_record) != checksum {
         return Err(RecordError::Damaged("the snapshot record fails its checksum".to_owned()));
+    }
+    if snapshot.membership.voters != voters {
+        return Err(RecordError::Damaged("the snapshot record's voters disagree with its configuration".to_owned()));
     }
     if compacted.index > last_included.index {
         return Err(RecordError::Damaged("the log is compacted past its snapshot".to_owned()));
@@ -571,10 +639,13 @@ fn check_identity(
     Ok(())
 }
 
-fn encode_payload(payload: &Payload) -> (i64, &[u8]) {
+/// An entry's payload kind and stored bytes (borrowed but for a configuration, which is
+/// encoded: configurations are rare).
+fn encode_payload(payload: &Payload) -> (i64, Cow<'_, [u8]>) {
     match payload {
-        Payload::Noop => (0, &[]),
-        Payload::Command(bytes) => (1, bytes),
+        Payload::Noop => (0, Cow::Borrowed(&[])),
+        Payload::Command(bytes) => (1, Cow::Borrowed(bytes)),
+        Payload::Membership(membership) => (2, Cow::Owned(encode_membership_record(membership))),
     }
 }
 
@@ -590,7 +661,7 @@ pub fn entry_checksum(index: LogIndex, term: Term, kind: i64, payload: &[u8]) ->
 
 fn checksum_of(entry: &Entry) -> u32 {
     let (kind, payload) = encode_payload(&entry.payload);
-    entry_checksum(entry.index, entry.term, kind, payload)
+    entry_checksum(entry.index, entry.term, kind, &payload)
 }
 
 /// A stored integer that must be a non-negative number (an index, a term, a node id): any
@@ -669,6 +740,11 @@ impl Storage for SqliteLog {
             return Ok(out);
         }
         self.read_entries(low, high, bytes_max)
+    }
+
+    /// Read through an index of their own: a start does not read the whole log.
+    fn configuration_entries(&self, after: LogIndex) -> Result<Vec<Entry>, StorageError> {
+        self.read_configuration_entries(after)
     }
 }
 
@@ -800,8 +876,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raft.sqlite3");
         let id = identity("c", 1, &[1, 2, 3]);
-        let snapshot =
-            |index, term| SnapshotMeta { last_included: LogPosition { index, term }, members: id.members.clone() };
+        let snapshot = |index, term| SnapshotMeta {
+            last_included: LogPosition { index, term },
+            membership: Membership::with_voters(id.members.iter().copied()),
+        };
         let entries: Vec<Entry> = (1..=6).map(|i| entry(i, 1 + i / 4, &format!("e{i}"))).collect();
         {
             let mut log = SqliteLog::open(&path, &id, Creation::Bootstrap).unwrap();
@@ -824,6 +902,57 @@ mod tests {
         assert_eq!(log.entries(1, 30, usize::MAX).unwrap(), []);
         log.persist(None, None, &[entry(21, 3, "after")]).unwrap();
         assert_eq!(log.entries(21, 22, usize::MAX).unwrap(), [entry(21, 3, "after")]);
+    }
+
+    /// Configurations, in entries and in the snapshot record, survive a reopen whole
+    /// (learners and context too); the configuration entries are found without the rest,
+    /// truncated ones are gone; a snapshot record written before configurations were
+    /// stored (an empty `membership`) reads as its voters.
+    #[test]
+    fn configurations_survive_a_reopen_and_old_snapshot_records_read_as_voters() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.sqlite3");
+        let id = identity("c", 1, &[1, 2, 3]);
+        let with_learner = Membership {
+            learners: [4].into(),
+            context: Bytes::from_static(b"ctx"),
+            ..Membership::with_voters([1, 2, 3])
+        };
+        let promoted = Membership::with_voters([1, 2, 3, 4]);
+        let configuration = |index, membership| Entry { term: 1, index, payload: Payload::Membership(membership) };
+        let entries = vec![
+            entry(1, 1, "a"),
+            configuration(2, with_learner.clone()),
+            entry(3, 1, "b"),
+            configuration(4, promoted.clone()),
+            configuration(5, with_learner.clone()),
+        ];
+        {
+            let mut log = SqliteLog::open(&path, &id, Creation::Bootstrap).unwrap();
+            log.persist(Some(HardState { term: 1, vote: None }), None, &entries).unwrap();
+            log.persist(None, Some(5), &[entry(5, 1, "c")]).unwrap();
+            let snapshot =
+                SnapshotMeta { last_included: LogPosition { index: 2, term: 1 }, membership: with_learner.clone() };
+            log.record_snapshot(&snapshot, 0).unwrap();
+        }
+        let log = SqliteLog::open(&path, &id, Creation::MemberOfExisting).unwrap();
+        assert_eq!(log.entries(1, 6, usize::MAX).unwrap()[..4], entries[..4]);
+        assert_eq!(log.configuration_entries(0).unwrap(), [entries[1].clone(), entries[3].clone()]);
+        assert_eq!(log.configuration_entries(2).unwrap(), [entries[3].clone()]);
+        assert_eq!(log.snapshot().unwrap().unwrap().membership, with_learner);
+        drop(log);
+        // The record as a build before configurations wrote it: no `membership`, and the
+        // checksum over the voters alone.
+        let conn = Connection::open(&path).unwrap();
+        let voters = SnapshotMeta {
+            last_included: LogPosition { index: 2, term: 1 },
+            membership: Membership::with_voters([1, 2, 3]),
+        };
+        let old_checksum = snapshot_record_checksum(&voters, LogPosition::ZERO, &[]);
+        conn.execute("UPDATE raft_snapshot SET membership = x'', checksum = ?1", [i64::from(old_checksum)]).unwrap();
+        drop(conn);
+        let log = SqliteLog::open(&path, &id, Creation::MemberOfExisting).unwrap();
+        assert_eq!(log.snapshot().unwrap(), Some(voters));
     }
 
     /// An overwrite must come with its truncation: the log would otherwise keep both.

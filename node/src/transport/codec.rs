@@ -5,9 +5,10 @@
 use bytes::Bytes;
 use chorus_proto::v1 as pb;
 
-use std::collections::BTreeSet;
-
-use crate::replication::{AppendResult, Entry, LogPosition, Message, MessageBody, NodeId, Payload, SnapshotMeta};
+use crate::replication::{
+    AppendResult, Entry, LogPosition, Membership, Message, MessageBody, NodeId, Payload, SnapshotMeta,
+};
+use crate::storage::encode_membership;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("malformed Raft message: {0}")]
@@ -55,7 +56,7 @@ pub fn encode_message(message: &Message) -> pb::RaftMessage {
         }
         MessageBody::InstallSnapshot { snapshot } => Body::InstallSnapshot(pb::InstallSnapshot {
             last_included: Some(encode_position(snapshot.last_included)),
-            members: snapshot.members.iter().copied().collect(),
+            membership: Some(encode_membership(&snapshot.membership)),
         }),
     };
     pb::RaftMessage { term: message.term, body: Some(body) }
@@ -96,12 +97,10 @@ pub fn decode_message(from: NodeId, to: NodeId, message: pb::RaftMessage) -> Res
         }
         Body::TimeoutNow(request) => MessageBody::TimeoutNow { last_log: decode_position(request.last_log)? },
         Body::InstallSnapshot(request) => {
-            let members: BTreeSet<NodeId> = request.members.iter().copied().collect();
-            if members.len() != request.members.len() {
-                return Err(DecodeError("snapshot lists a member twice"));
-            }
+            let membership = request.membership.ok_or(DecodeError("snapshot without a configuration"))?;
+            let membership = decode_membership(membership)?;
             let last_included = decode_position(request.last_included)?;
-            MessageBody::InstallSnapshot { snapshot: SnapshotMeta { last_included, members } }
+            MessageBody::InstallSnapshot { snapshot: SnapshotMeta { last_included, membership } }
         }
     };
     Ok(Message { from, to, term: message.term, body })
@@ -120,6 +119,7 @@ fn encode_entry(entry: &Entry) -> pb::LogEntry {
     let payload = match &entry.payload {
         Payload::Noop => pb::log_entry::Payload::Noop(pb::NoopPayload {}),
         Payload::Command(bytes) => pb::log_entry::Payload::Command(bytes.clone()),
+        Payload::Membership(membership) => pb::log_entry::Payload::Membership(encode_membership(membership)),
     };
     pb::LogEntry { term: entry.term, index: entry.index, payload: Some(payload) }
 }
@@ -132,8 +132,14 @@ fn decode_entry(entry: pb::LogEntry) -> Result<Entry, DecodeError> {
         // 8 MiB with unknown fields) while it waits in the inbox or the log's cache, which
         // count only the payload.
         pb::log_entry::Payload::Command(bytes) => Payload::Command(Bytes::copy_from_slice(&bytes)),
+        pb::log_entry::Payload::Membership(membership) => Payload::Membership(decode_membership(membership)?),
     };
     Ok(Entry { term: entry.term, index: entry.index, payload })
+}
+
+/// Decodes a configuration on the wire (see `storage::decode_membership`).
+fn decode_membership(membership: pb::Membership) -> Result<Membership, DecodeError> {
+    crate::storage::decode_membership(membership).map_err(DecodeError)
 }
 
 #[cfg(test)]
@@ -155,6 +161,7 @@ mod tests {
                 entries: vec![
                     Entry { term: 3, index: 10, payload: Payload::Noop },
                     Entry { term: 4, index: 11, payload: Payload::Command(Bytes::from_static(b"cmd")) },
+                    Entry { term: 4, index: 12, payload: Payload::Membership(Membership::with_voters([1, 2])) },
                 ],
                 leader_commit: 8,
                 heartbeat_round: 5,
@@ -167,7 +174,14 @@ mod tests {
             },
             MessageBody::TimeoutNow { last_log: position },
             MessageBody::InstallSnapshot {
-                snapshot: SnapshotMeta { last_included: position, members: [1, 2, 3].into() },
+                snapshot: SnapshotMeta {
+                    last_included: position,
+                    membership: Membership {
+                        voters: [1, 2, 3].into(),
+                        learners: [4].into(),
+                        context: Bytes::from_static(b"addresses"),
+                    },
+                },
             },
         ];
         for body in bodies {

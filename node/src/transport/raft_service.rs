@@ -433,6 +433,7 @@ impl Raft for RaftService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::replication::Membership;
 
     /// A peer's cluster id is repeated in full only when short.
     #[test]
@@ -467,7 +468,10 @@ mod tests {
             to: 1,
             term,
             body: MessageBody::InstallSnapshot {
-                snapshot: SnapshotMeta { last_included: LogPosition { term, index: 7 }, members: [1, 2, 3].into() },
+                snapshot: SnapshotMeta {
+                    last_included: LogPosition { term, index: 7 },
+                    membership: Membership::with_voters([1, 2, 3]),
+                },
             },
         };
         SnapshotChunk {

@@ -12,8 +12,8 @@ use std::fmt::Write as _;
 
 use bytes::Bytes;
 use chorus::replication::{
-    Entry, LogIndex, LogPosition, MemoryStorage, Message, MessageBody, NodeId, Payload, ReadOutcome, Ready, Replica,
-    ReplicaConfig, Role, SnapshotMeta, SnapshotTransfer, Storage, Term,
+    Entry, LogIndex, LogPosition, Membership, MembershipChange, MemoryStorage, Message, MessageBody, NodeId, Payload,
+    ReadOutcome, Ready, Replica, ReplicaConfig, Role, SnapshotMeta, SnapshotTransfer, Storage, Term,
 };
 
 /// One simulated machine.
@@ -60,7 +60,9 @@ pub struct Failure(pub String);
 
 pub struct Cluster {
     pub nodes: BTreeMap<NodeId, Node>,
-    members: BTreeSet<NodeId>,
+    /// The cluster's first configuration, which every node starts from (a spare is a node
+    /// outside it, waiting to be added).
+    initial: Membership,
     pub config: ReplicaConfig,
     seed: u64,
     /// Messages in flight, in send order; tests pick which to deliver.
@@ -93,16 +95,31 @@ pub struct Cluster {
 impl Cluster {
     /// A fresh cluster of `size` empty nodes with ids 1..=size.
     pub fn new(size: u64, config: ReplicaConfig, seed: u64) -> Self {
-        let storages = (1..=size).map(|id| (id, MemoryStorage::new())).collect();
-        Self::with_storages(storages, config, seed)
+        Self::with_spares(size, 0, config, seed)
+    }
+
+    /// A fresh cluster of `size` voters with ids 1..=size, and `spares` more empty nodes
+    /// (the next ids) running outside the configuration until they are added.
+    pub fn with_spares(size: u64, spares: u64, config: ReplicaConfig, seed: u64) -> Self {
+        let storages = (1..=size + spares).map(|id| (id, MemoryStorage::new())).collect();
+        Self::start_with(storages, Membership::with_voters(1..=size), config, seed)
     }
 
     /// A cluster whose nodes start from the given disks (for the dissertation's figures).
     pub fn with_storages(storages: BTreeMap<NodeId, MemoryStorage>, config: ReplicaConfig, seed: u64) -> Self {
-        let members: BTreeSet<NodeId> = storages.keys().copied().collect();
+        let initial = Membership::with_voters(storages.keys().copied());
+        Self::start_with(storages, initial, config, seed)
+    }
+
+    fn start_with(
+        storages: BTreeMap<NodeId, MemoryStorage>,
+        initial: Membership,
+        config: ReplicaConfig,
+        seed: u64,
+    ) -> Self {
         let mut cluster = Self {
             nodes: BTreeMap::new(),
-            members: members.clone(),
+            initial,
             config,
             seed,
             network: Vec::new(),
@@ -138,12 +155,19 @@ impl Cluster {
         cluster
     }
 
+    /// Every node, member or not.
     pub fn ids(&self) -> Vec<NodeId> {
-        self.members.iter().copied().collect()
+        self.nodes.keys().copied().collect()
     }
 
-    pub fn quorum(&self) -> usize {
-        self.members.len() / 2 + 1
+    /// The configuration in effect once every committed entry is applied: the last one
+    /// among the entries any node applied (all agree on them), or the first.
+    pub fn committed_membership(&self) -> &Membership {
+        let logged = self.committed.values().rev().find_map(|entry| match &entry.payload {
+            Payload::Membership(membership) => Some(membership),
+            _ => None,
+        });
+        logged.unwrap_or(&self.initial)
     }
 
     pub fn replica(&self, id: NodeId) -> &Replica<MemoryStorage> {
@@ -180,7 +204,7 @@ impl Cluster {
         let storage = node.crashed_storage.take().expect("node is down");
         let rng_seed = self.seed.wrapping_mul(31).wrapping_add(node.restarts);
         let replica =
-            Replica::new(id, self.members.clone(), self.config.clone(), storage, node.applied_index(), rng_seed, now)
+            Replica::new(id, self.initial.clone(), self.config.clone(), storage, node.applied_index(), rng_seed, now)
                 .expect("replica starts");
         node.replica = Some(replica);
         self.collect(id);
@@ -373,7 +397,8 @@ impl Cluster {
             return;
         }
         let term = storage.term(applied).expect("memory storage does not fail").expect("applied entries are stored");
-        let meta = SnapshotMeta { last_included: LogPosition { term, index: applied }, members: self.members.clone() };
+        let membership = replica.membership_at(applied).expect("the applied index is past the installed snapshot");
+        let meta = SnapshotMeta { last_included: LogPosition { term, index: applied }, membership };
         let through =
             applied.saturating_sub(keep).max(storage.first_index().expect("memory storage does not fail") - 1);
         replica.storage_mut().record_snapshot(meta);
@@ -391,6 +416,19 @@ impl Cluster {
             sender.report_snapshot(message.to, transfer);
             self.collect(message.from);
         }
+    }
+
+    /// Proposes a membership change on `id` (the context names the change, so that every
+    /// configuration is told apart in the trace); returns whether it was appended.
+    pub fn change_membership(&mut self, id: NodeId, change: MembershipChange) -> bool {
+        if !self.nodes[&id].is_up() {
+            return false;
+        }
+        let context = Bytes::from(format!("{change:?}"));
+        let result = self.replica_mut(id).propose_membership(change, context);
+        self.note(format!("membership change {change:?} on node {id}: {result:?}"));
+        self.collect(id);
+        result.is_ok()
     }
 
     pub fn transfer(&mut self, id: NodeId, to: NodeId) {
@@ -582,7 +620,7 @@ impl Cluster {
             .iter()
             .filter_map(|e| match &e.payload {
                 Payload::Command(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
-                Payload::Noop => None,
+                Payload::Noop | Payload::Membership(_) => None,
             })
             .collect()
     }
@@ -686,25 +724,36 @@ impl Cluster {
         Ok(())
     }
 
-    /// Nothing committed is ever lost: every committed entry is on the disks of a majority,
-    /// in their logs or in their latest durable snapshot, so it survives any crash of a
-    /// minority (and, with a restart, of everyone).
+    /// Nothing committed is ever lost: every committed entry is on the disks (in the log or
+    /// the latest durable snapshot) of enough voters of the committed configuration that
+    /// every majority of it includes one, so it survives any crash of a minority (and,
+    /// with a restart, of everyone) and no leader can be elected without it. That is a
+    /// majority for an odd number of voters, and half for an even one: an entry committed
+    /// by a majority of the next configuration (one voter more, §4.1) may be on only half
+    /// of the current one, which still meets every majority of it.
     fn check_committed_durable(&self) -> Result<(), Failure> {
+        let voters = &self.committed_membership().voters;
+        let needed = voters.len() - (voters.len() / 2 + 1) + 1;
         for (index, entry) in &self.committed {
-            let holds = |node: &&Node| {
-                let storage = node.storage();
+            let holds = |id: &&NodeId| {
+                let storage = self.nodes[*id].storage();
                 let snapshot = storage.snapshot().ok().flatten().map_or(0, |s| s.last_included.index);
                 *index <= snapshot || storage.term(*index).ok().flatten() == Some(entry.term)
             };
-            let holders = self.nodes.values().filter(holds).count();
-            if holders < self.quorum() {
+            let holders = voters.iter().filter(holds).count();
+            if holders < needed {
                 return Err(self.fail(format!(
-                    "Durability: committed entry {index} (term {}) is on {holders} disks, fewer than a majority",
+                    "Durability: committed entry {index} (term {}) is on {holders} disks of the voters {voters:?}, too few to meet every majority of them",
                     entry.term
                 )));
             }
         }
         Ok(())
+    }
+
+    /// Whether every member of the committed configuration applied `command`.
+    pub fn applied_by_members(&self, command: &str) -> bool {
+        self.committed_membership().members().all(|id| self.applied_commands(id).iter().any(|c| c == command))
     }
 }
 
