@@ -476,3 +476,46 @@ async fn sigterm_on_the_leader_hands_leadership_over_first() {
     assert_eq!(cluster.status(new_leader, false).await.unwrap().term, term + 1);
     send(&mut client, &alice, "bob", "after the hand-over").await.unwrap();
 }
+
+/// `TransferLeader` (and `chorus cluster transfer-leader`) hands leadership to the voter
+/// asked for; a follower answers NOT_LEADER naming the leader, a target that is not a voter
+/// is INVALID_ARGUMENT, and the command line says so and exits non-zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_moves_to_the_voter_an_operator_names() {
+    use chorus::client::v1::TransferLeaderRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = TestCluster::start(dir.path(), 3);
+    let leader = cluster.wait_for_leader(Duration::from_secs(30)).await;
+    let target = (1..=3).find(|&id| id != leader).unwrap();
+    let mut client = cluster.client(Duration::from_secs(20));
+    let index_of = |id: u64| (id - 1) as usize;
+
+    let answer = client.cluster_of(index_of(leader)).transfer_leader(TransferLeaderRequest { target_id: target }).await;
+    assert_eq!(answer.expect("the transfer succeeds").into_inner().leader_id, target);
+    let status = cluster.status(target, false).await.expect("the target answers");
+    assert_eq!(status.role(), chorus::client::v1::Role::Leader);
+
+    // The old leader is a follower now, and says who leads.
+    let refused =
+        client.cluster_of(index_of(leader)).transfer_leader(TransferLeaderRequest { target_id: leader }).await;
+    let refused = refused.expect_err("a follower cannot transfer");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains(&format!("node {target} is")), "{refused:?}");
+    for bad in [0, 9] {
+        let answer =
+            client.cluster_of(index_of(target)).transfer_leader(TransferLeaderRequest { target_id: bad }).await;
+        assert_eq!(answer.expect_err("not a voter").code(), Code::InvalidArgument);
+    }
+    // To itself: nothing to do.
+    let answer = client.cluster_of(index_of(target)).transfer_leader(TransferLeaderRequest { target_id: target }).await;
+    assert_eq!(answer.unwrap().into_inner().leader_id, target);
+
+    let output = cluster.run_cli(&["cluster", "transfer-leader", &leader.to_string()]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains(&format!("leader: node {leader} (was node {target})")), "{stdout}");
+    let output = cluster.run_cli(&["cluster", "transfer-leader", "9"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("node 9 is not a member"), "{stderr}");
+}

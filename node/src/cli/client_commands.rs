@@ -247,6 +247,9 @@ pub(super) async fn run_verb(options: &ClientOptions, verb: Verb) -> Result<()> 
         Verb::Cluster(super::ClusterVerb::Health { wait }) => {
             super::cluster_status::health(&mut client, std::time::Duration::from_secs(wait)).await?
         }
+        Verb::Cluster(super::ClusterVerb::TransferLeader { id }) => {
+            super::cluster_status::transfer_leader(&mut client, id).await?
+        }
         Verb::Node(_) | Verb::Demo(_) | Verb::Certs(_) => unreachable!("not a client verb"),
     }
     Ok(())

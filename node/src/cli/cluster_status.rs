@@ -181,6 +181,49 @@ pub async fn health(client: &mut ClusterClient, wait: Duration) -> Result<()> {
     }
 }
 
+/// How long a transfer may take, as the leader answers it (it waits at most two election
+/// timeouts for each of its two steps).
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `chorus cluster transfer-leader ID`: finds the leader and asks it to hand over to `id`.
+pub async fn transfer_leader(client: &mut ClusterClient, id: u64) -> Result<()> {
+    let answers = gather(client).await?;
+    let leader = answers
+        .iter()
+        .filter_map(|(address, a)| a.as_ref().map(|a| (address, a)))
+        .filter(|(_, a)| a.role() == Role::Leader)
+        .max_by_key(|(_, a)| a.term);
+    let Some((address, leader)) = leader else {
+        anyhow::bail!(
+            "no member leads right now (an election may be under way): retry, or see `chorus cluster status`"
+        );
+    };
+    if !members_named(&answers).contains_key(&id) {
+        anyhow::bail!(
+            "node {id} is not a member of the cluster (members: {:?})",
+            members_named(&answers).keys().collect::<Vec<_>>()
+        );
+    }
+    let mut single = ClusterClient::new(std::slice::from_ref(address), client.policy(), client.security().clone())?;
+    let request = chorus::client::v1::TransferLeaderRequest { target_id: id };
+    let answer =
+        tokio::time::timeout(TRANSFER_TIMEOUT, single.cluster_of(0).transfer_leader(request)).await.map_err(|_| {
+            anyhow::anyhow!("node {} did not answer within {} s", leader.node_id, TRANSFER_TIMEOUT.as_secs())
+        })?;
+    match answer {
+        Ok(response) => {
+            let now = response.into_inner().leader_id;
+            if now == id {
+                println!("leader: node {now} (was node {})", leader.node_id);
+                Ok(())
+            } else {
+                anyhow::bail!("node {now} leads now, not node {id} (an election took over): ask again")
+            }
+        }
+        Err(status) => anyhow::bail!("node {} refused: {}", leader.node_id, status.message()),
+    }
+}
+
 /// "healthy: leader N, …" or every problem found.
 fn judge(answers: &Answers) -> Result<String, Vec<String>> {
     let mut problems = Vec::new();

@@ -192,6 +192,12 @@ pub enum ClusterVerb {
         #[arg(long, default_value_t = 0)]
         wait: u64,
     },
+    /// Hand leadership to the voter ID (before maintenance on the leader's machine, or to
+    /// move the leader next to its clients); prints the new leader.
+    TransferLeader {
+        /// The member to lead.
+        id: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -300,10 +300,17 @@ async fn serve(
         leaderless_max: Duration::from_millis(2 * cluster.timing.election_timeout_max_ms),
         clock: config.clock.clone(),
     };
-    let chat_service =
-        ChatService::new(Arc::clone(&chat), Arc::new(raft.clone()), hasher, rng, stream_ends, hints, &cluster.limits);
+    let chat_service = ChatService::new(
+        Arc::clone(&chat),
+        Arc::new(raft.clone()),
+        hasher,
+        rng,
+        stream_ends,
+        hints.clone(),
+        &cluster.limits,
+    );
     let cluster_service =
-        ClusterService::new(node_id, cluster.clone(), raft.clone(), Arc::clone(&chat), refusals.clone());
+        ClusterService::new(node_id, cluster.clone(), raft.clone(), Arc::clone(&chat), refusals.clone(), hints.clone());
     let client_router = tonic::transport::Server::builder()
         .trace_fn(rpc_span.clone())
         // A client that vanished without closing its connection (a dead machine, a cut

@@ -29,13 +29,16 @@ impl<S: Storage> Replica<S> {
     /// Hands leadership to `target` (§3.10): proposals pause, the target is brought up to
     /// date, then told to campaign at once. Gives up after an election timeout.
     pub fn transfer_leadership(&mut self, target: NodeId) -> Result<(), TransferError> {
+        let leader_hint = self.leader;
+        if !matches!(self.role, RoleState::Leader(_)) {
+            return Err(TransferError::NotLeader { leader_hint });
+        }
         if !self.configs.latest().is_voter(target) {
             return Err(TransferError::NotAVoter(target));
         }
         if target == self.id {
             return Err(TransferError::ToSelf);
         }
-        let leader_hint = self.leader;
         let Some((leader, cx)) = self.leader_parts() else {
             return Err(TransferError::NotLeader { leader_hint });
         };

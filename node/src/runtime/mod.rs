@@ -18,7 +18,7 @@ use crate::chat::Outcome;
 pub use chat_state::{ChatState, DigestBusy, MailboxWatch, READS_WAITING_MAX, ReadError};
 pub use raft_runtime::{
     HandOver, NodeStatus, RaftHandle, RaftRuntime, ReplicaSetup, ReplicationObserver, RuntimeError, SnapshotPolicy,
-    SnapshotSetup, start_runtime,
+    SnapshotSetup, TransferLeaderError, start_runtime,
 };
 
 /// Why a proposal or a read fence did not go through. Each variant says whether the

@@ -131,6 +131,11 @@ enum Input {
     HandOver {
         reply: oneshot::Sender<Option<NodeId>>,
     },
+    /// Hand leadership to `target` (an operator's request).
+    TransferTo {
+        target: NodeId,
+        reply: oneshot::Sender<Result<(), replication::TransferError>>,
+    },
     Status {
         reply: oneshot::Sender<ReplicaStatus>,
     },
@@ -213,6 +218,47 @@ impl RaftHandle {
         match tokio::time::timeout(wait, self.status.wait_for(someone_else_leads)).await {
             Ok(_) => HandOver::Done { target },
             Err(_) => HandOver::NoLeaderSeen { target },
+        }
+    }
+}
+
+/// Why leadership did not move to the node an operator asked for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransferLeaderError {
+    #[error(transparent)]
+    Refused(#[from] replication::TransferError),
+    #[error("node {target} did not take over within {waited_ms} ms; this node still leads (retry)")]
+    NotTaken { target: NodeId, waited_ms: u64 },
+    #[error(
+        "this node stepped down for node {target} but saw no new leader within {waited_ms} ms; ask the cluster who leads"
+    )]
+    NoLeaderSeen { target: NodeId, waited_ms: u64 },
+    #[error("this node's replication loop did not answer (it is stopping, or stalled)")]
+    Stalled,
+}
+
+impl RaftHandle {
+    /// If leader, hands leadership to `target` and waits (at most `wait` for each step)
+    /// until this node leads no more and then until it hears of a new leader; answers with
+    /// that leader (normally `target`).
+    pub async fn transfer_leadership(&self, target: NodeId, wait: Duration) -> Result<NodeId, TransferLeaderError> {
+        let (reply, answer) = oneshot::channel();
+        let asked = async {
+            self.inputs.send(Input::TransferTo { target, reply }).await.ok()?;
+            answer.await.ok()
+        };
+        let Ok(Some(started)) = tokio::time::timeout(wait, asked).await else {
+            return Err(TransferLeaderError::Stalled);
+        };
+        started?;
+        let waited_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        if tokio::time::timeout(wait, self.status.wait_for(|s| s.role != Role::Leader)).await.is_err() {
+            return Err(TransferLeaderError::NotTaken { target, waited_ms });
+        }
+        let someone_else_leads = |s: &NodeStatus| s.role != Role::Leader && s.leader.is_some();
+        match tokio::time::timeout(wait, self.status.wait_for(someone_else_leads)).await {
+            Ok(status) => Ok(status.leader.expect("waited for a leader")),
+            Err(_) => Err(TransferLeaderError::NoLeaderSeen { target, waited_ms }),
         }
     }
 }
@@ -627,6 +673,9 @@ impl<T: Transport> RaftRuntime<T> {
                     Some(Input::ReadFence { reply }) => {
                         let _ = reply.send(Err(ProposeError::Quarantined(refusal.clone())));
                     }
+                    Some(Input::TransferTo { reply, .. }) => {
+                        let _ = reply.send(Err(replication::TransferError::NotLeader { leader_hint: None }));
+                    }
                     Some(Input::HandOver { reply }) => {
                         let _ = reply.send(None);
                     }
@@ -704,6 +753,9 @@ impl<T: Transport> RaftRuntime<T> {
                         let _ = reply.send(Err(propose_error(error)));
                     }
                 }
+            }
+            Input::TransferTo { target, reply } => {
+                let _ = reply.send(self.replica.transfer_leadership(target));
             }
             Input::HandOver { reply } => {
                 // The most up-to-date of the followers heard from lately (a down one, even

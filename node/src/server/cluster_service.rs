@@ -4,13 +4,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chorus_proto::v1::cluster_server::Cluster;
-use chorus_proto::v1::{self as pb, StatusRequest, StatusResponse};
-use tonic::{Request, Response, Status};
+use std::time::Duration;
 
-use super::status;
+use chorus_proto::v1::{self as pb, StatusRequest, StatusResponse, TransferLeaderRequest, TransferLeaderResponse};
+use chorus_proto::wire;
+use tonic::{Code, Request, Response, Status};
+
+use super::status::{self, LeaderHints};
 use crate::cluster_config::ClusterConfig;
-use crate::replication::Role;
-use crate::runtime::{ChatState, RaftHandle};
+use crate::replication::{Role, TransferError};
+use crate::runtime::{ChatState, ProposeError, RaftHandle, TransferLeaderError};
 
 /// What a node has refused from the network, for `cluster status`, and how it serves.
 #[derive(Clone)]
@@ -27,6 +30,7 @@ pub struct ClusterService {
     raft: RaftHandle,
     chat: Arc<ChatState>,
     refusals: RefusalCounts,
+    hints: LeaderHints,
 }
 
 impl ClusterService {
@@ -36,8 +40,34 @@ impl ClusterService {
         raft: RaftHandle,
         chat: Arc<ChatState>,
         refusals: RefusalCounts,
+        hints: LeaderHints,
     ) -> Self {
-        Self { node_id, cluster, raft, chat, refusals }
+        Self { node_id, cluster, raft, chat, refusals, hints }
+    }
+
+    /// How long each step of a transfer may take: the target's catch-up and election are
+    /// bounded by the core's own give-up after an election timeout, so twice the longest
+    /// one covers a transfer that is going to succeed.
+    fn transfer_wait(&self) -> Duration {
+        Duration::from_millis(2 * self.cluster.timing.election_timeout_max_ms)
+    }
+
+    fn transfer_error(&self, error: TransferLeaderError) -> Status {
+        let message = error.to_string();
+        match error {
+            TransferLeaderError::Refused(TransferError::NotLeader { leader_hint }) => {
+                self.hints.propose_error(ProposeError::NotLeader { leader: leader_hint })
+            }
+            TransferLeaderError::Refused(TransferError::NotAVoter(_)) => {
+                status::error(Code::InvalidArgument, wire::INVALID_INPUT, message)
+            }
+            // Handled before asking the runtime (the leader answers with itself).
+            TransferLeaderError::Refused(TransferError::ToSelf) => status::not_applied(message),
+            TransferLeaderError::NotTaken { .. } | TransferLeaderError::Stalled => status::not_applied(message),
+            TransferLeaderError::NoLeaderSeen { .. } => {
+                status::error(Code::Unavailable, wire::OUTCOME_UNKNOWN, message)
+            }
+        }
     }
 }
 
@@ -123,5 +153,31 @@ impl Cluster for ClusterService {
             connections_refused: self.refusals.connections.load(Ordering::Relaxed),
             peer_messages_refused: replica.messages_refused,
         }))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<TransferLeaderRequest>,
+    ) -> Result<Response<TransferLeaderResponse>, Status> {
+        self.require_credential(&request)?;
+        let target = request.into_inner().target_id;
+        if target == 0 {
+            return Err(status::error(
+                Code::InvalidArgument,
+                wire::INVALID_INPUT,
+                "target_id is required (ids start at 1)",
+            ));
+        }
+        if target == self.node_id {
+            let replica =
+                self.raft.replica_status().await.ok_or_else(|| self.transfer_error(TransferLeaderError::Stalled))?;
+            if replica.role == Role::Leader {
+                return Ok(Response::new(TransferLeaderResponse { leader_id: self.node_id }));
+            }
+        }
+        let leader =
+            self.raft.transfer_leadership(target, self.transfer_wait()).await.map_err(|e| self.transfer_error(e))?;
+        tracing::info!(target, leader, "leadership transferred on an operator's request");
+        Ok(Response::new(TransferLeaderResponse { leader_id: leader }))
     }
 }

@@ -149,6 +149,24 @@ impl TestCluster {
             .unwrap()
     }
 
+    /// Runs the `chorus` command line against this cluster, as an operator holding node
+    /// 1's certificate.
+    pub fn run_cli(&self, args: &[&str]) -> std::process::Output {
+        let files = chorus::tls::TlsFiles::of_node(&self.cluster.certs_dir(), 1);
+        std::process::Command::new(super::BINARY)
+            .arg("--servers")
+            .arg(self.servers().join(","))
+            .arg("--ca")
+            .arg(&files.ca)
+            .arg("--cert")
+            .arg(&files.cert)
+            .arg("--key")
+            .arg(&files.key)
+            .args(args)
+            .output()
+            .expect("run chorus")
+    }
+
     pub fn servers(&self) -> Vec<String> {
         self.cluster.client_addresses()
     }
