@@ -156,15 +156,29 @@ async fn no_method_serves_a_caller_it_should_not() {
 
     // The cluster methods need a client certificate from the cluster's CA.
     let cluster_methods = methods_of("cluster.proto");
-    assert_eq!(cluster_methods, ["Status".to_owned()].into(), "add a row for each new Cluster method");
+    assert_eq!(
+        cluster_methods,
+        ["Status".to_owned(), "TransferLeader".to_owned()].into(),
+        "add a row for each new Cluster method"
+    );
     let mut anonymous = GrpcClusterClient::new(connect(&address, &person).await);
     let refused = anonymous.status(StatusRequest::default()).await.unwrap_err();
     assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
     assert_eq!(reason(&refused), chorus_proto::wire::CREDENTIAL_REQUIRED);
     let as_user = anonymous.status(request(StatusRequest::default(), Some(alice))).await.unwrap_err();
     assert_eq!(as_user.code(), Code::Unauthenticated, "a user's token is no cluster credential");
+    // Moving the leader: refused before anything is looked at (even a target of 0).
+    for token in [None, Some(alice.as_str())] {
+        let transfer = request(chorus_proto::v1::TransferLeaderRequest { target_id: 0 }, token);
+        let refused = anonymous.transfer_leader(transfer).await.unwrap_err();
+        assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+        assert_eq!(reason(&refused), chorus_proto::wire::CREDENTIAL_REQUIRED);
+    }
     let mut operator = GrpcClusterClient::new(connect(&address, &cluster.security()).await);
     operator.status(StatusRequest::default()).await.expect("the operator's certificate is a cluster credential");
+    let transfer = chorus_proto::v1::TransferLeaderRequest { target_id: 0 };
+    let refused = operator.transfer_leader(transfer).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "the operator's call is served: {refused:?}");
 
     // The peer service is not served on the client port at all.
     let raft_methods = methods_of("raft.proto");
