@@ -293,6 +293,7 @@ async fn garbage_and_wrong_cluster_raft_messages_are_refused_and_logged() {
         term: 99,
         body: Some(raft_message::Body::InstallSnapshot(InstallSnapshot {
             last_included: Some(LogPosition { term: 99, index: 5 }),
+            members: vec![],
             membership: Some(chorus_proto::v1::Membership { voters: vec![1, 2, 3], learners: vec![], context: vec![] }),
         })),
     };

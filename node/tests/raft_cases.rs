@@ -905,3 +905,35 @@ fn a_new_leader_changes_membership_only_after_its_noop_commits() -> TestResult {
     assert!(cluster.applied_by_members("after"));
     Ok(())
 }
+
+/// A removal reaches the member it removes only once it commits. Otherwise, with four
+/// voters, a leader lost for good right after sending "remove X" to X alone would leave X
+/// as the only holder of the longest log and not a voter in its own eyes. X would never
+/// stand, and the other two could not outvote its log: no leader, ever, with three of
+/// four voters up.
+#[test]
+fn a_member_being_removed_cannot_wedge_the_cluster_when_the_leader_is_lost() -> TestResult {
+    use chorus::replication::MembershipChange::Remove;
+    let mut cluster = Cluster::new(4, tight_config(), 97);
+    let leader = cluster.elect()?;
+    assert!(cluster.propose(leader, "before"));
+    cluster.run_for(1000)?;
+    let removed = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    // The leader reaches only the member it removes.
+    cluster.partition(&set(&[leader, removed]));
+    assert!(cluster.change_membership(leader, Remove(removed)));
+    cluster.run_for(300)?;
+    cluster.crash(leader);
+    cluster.heal();
+    let survivors: Vec<u64> = cluster.ids().into_iter().filter(|&id| id != leader).collect();
+    for _ in 0..100 {
+        cluster.run_for(500)?;
+        if let Some(new_leader) = cluster.leader().filter(|id| survivors.contains(id)) {
+            assert!(cluster.propose(new_leader, "after"));
+            cluster.run_for(1000)?;
+            assert!(cluster.applied_commands(new_leader).contains(&"after".to_owned()));
+            return Ok(());
+        }
+    }
+    Err(Failure(format!("no leader among {survivors:?} with the old leader gone\n{}", cluster.trace_tail(40))))
+}

@@ -54,14 +54,22 @@ pub(super) struct LeaderContext<'a, S> {
     pub configs: &'a Configurations,
 }
 
-/// The last entry a leader may send now. Entries normally leave before the leader's own
-/// write is durable (§10.2.1), but a configuration entry leaves only once durable here:
-/// a follower that holds a configuration removing it no longer campaigns, so if the
-/// leader crashed and lost the entry, the follower holding the longest log (which the
-/// others cannot outvote) would never stand, and the cluster would stay leaderless.
-fn sendable_through<S: Storage>(cx: &LeaderContext<'_, S>) -> LogIndex {
+/// The last entry a leader may send `follower` now. Entries normally leave before the
+/// leader's own write is durable (§10.2.1), but a configuration entry is held back in two
+/// cases, both because a follower holding a configuration that removes it no longer
+/// campaigns. If that follower then held the longest log (which the others cannot
+/// outvote), no one could ever be elected:
+/// - from everyone until it is durable here, or a leader that crashed and lost it would
+///   leave it only on the follower it removes;
+/// - from the member it removes until it commits, or a leader lost for good (a dead disk)
+///   right after sending it could leave it only there. (With four voters, removing one,
+///   the other two could not outvote it.) Once it commits, the removed member is sent it,
+///   once (`sync_progress`).
+fn sendable_through<S: Storage>(cx: &LeaderContext<'_, S>, follower: NodeId) -> LogIndex {
     let configuration = cx.configs.latest_index();
-    if configuration > cx.log.persisted_index() { configuration - 1 } else { cx.log.last_index() }
+    let undurable = configuration > cx.log.persisted_index();
+    let removes_follower = configuration > cx.log.committed() && !cx.configs.latest().contains(follower);
+    if undurable || removes_follower { configuration - 1 } else { cx.log.last_index() }
 }
 
 impl<S> LeaderContext<'_, S> {
@@ -330,12 +338,12 @@ impl LeaderState {
         Ok(())
     }
 
-    fn send_appends<S: Storage>(
+    pub(super) fn send_appends<S: Storage>(
         &mut self,
         cx: &mut LeaderContext<'_, S>,
         follower: NodeId,
     ) -> Result<(), StorageError> {
-        let last_index = sendable_through(cx);
+        let last_index = sendable_through(cx, follower);
         let commit = cx.log.committed();
         let round = self.heartbeat_round;
         let transfer_target = self.transfer_target();

@@ -275,8 +275,10 @@ impl<S: Storage> Replica<S> {
 impl LeaderState {
     /// Keeps a progress entry for every member this leader replicates to: each member of
     /// the configuration in effect, and each member of the committed one, so that a member
-    /// being removed hears of it. A member whose removal committed gets one last heartbeat
-    /// carrying the commit index (with it, it learns that it was removed) and no more. A
+    /// being removed hears of it. A member whose removal committed is sent it once (it was
+    /// held back until then: see `leader::sendable_through`) with the commit index, or a
+    /// heartbeat if it cannot take it now; with that it normally learns that it was
+    /// removed. Then nothing more. A
     /// member new to this leader is next sent entry `next_index`.
     pub fn sync_progress<S: Storage>(
         &mut self,
@@ -292,8 +294,12 @@ impl LeaderState {
         wanted.dedup();
         let gone: Vec<NodeId> = self.progress.keys().copied().filter(|id| !wanted.contains(id)).collect();
         for member in gone {
-            let round = self.heartbeat_round;
-            self.send_heartbeat_to(cx, member, round)?;
+            self.send_appends(cx, member)?;
+            let sent_removal = self.progress.get(&member).is_some_and(|p| p.next_index > cx.configs.latest_index());
+            if !sent_removal {
+                let round = self.heartbeat_round;
+                self.send_heartbeat_to(cx, member, round)?;
+            }
             tracing::info!(member, "member removed; no longer replicating to it");
             self.progress.remove(&member);
         }
@@ -349,9 +355,9 @@ mod tests {
             assert!(!sends_configuration_to(&ready, follower), "sent before it was durable: {ready:?}");
         }
         let ready = handle_ready(&mut leader);
-        for follower in [2, 3] {
-            assert!(sends_configuration_to(&ready, follower), "not sent once durable: {ready:?}");
-        }
+        assert!(sends_configuration_to(&ready, 2), "not sent once durable: {ready:?}");
+        // (Node 3, the member it removes, is sent it once it commits.)
+        assert!(!sends_configuration_to(&ready, 3), "{ready:?}");
         let sent_command = ready.messages.iter().any(|m| {
             matches!(&m.body, MessageBody::AppendRequest { entries, .. } if entries.iter().any(|e| e.index == command.index))
         });
@@ -450,14 +456,16 @@ mod tests {
         assert_eq!(leader.membership().voters, [1, 2].into());
         handle_ready(&mut leader);
         let ready = handle_ready(&mut leader);
-        assert!(sends_configuration_to(&ready, 3), "the member being removed is sent its removal: {ready:?}");
+        assert!(sends_configuration_to(&ready, 2), "{ready:?}");
+        assert!(!sends_configuration_to(&ready, 3), "the removal reached the member it removes uncommitted: {ready:?}");
         let ready = ack(&mut leader, 2, removal.index);
         assert_eq!(leader.commit_index(), removal.index);
-        let last_word = ready.messages.iter().find(|m| m.to == 3).expect("a last heartbeat to the removed member");
-        assert!(
-            matches!(last_word.body, MessageBody::AppendRequest { leader_commit, .. } if leader_commit == removal.index),
-            "{last_word:?}"
-        );
+        let last_word = ready.messages.iter().find(|m| m.to == 3).expect("a last append to the removed member");
+        let MessageBody::AppendRequest { entries, leader_commit, .. } = &last_word.body else {
+            panic!("{last_word:?}")
+        };
+        assert_eq!(*leader_commit, removal.index);
+        assert_eq!(entries.last().map(|e| e.index), Some(removal.index), "it carries the removal: {last_word:?}");
         assert!(!leader.status().followers.contains_key(&3));
         for now_ms in (ELECTION_TIMEOUT_MAX_MS..ELECTION_TIMEOUT_MAX_MS + 500).step_by(HEARTBEAT_INTERVAL_MS as usize) {
             leader.tick(now_ms).unwrap();

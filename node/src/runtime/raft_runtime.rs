@@ -767,6 +767,9 @@ impl<T: Transport> RaftRuntime<T> {
                 let target = status
                     .followers
                     .iter()
+                    // Only a voter can lead (learners and members being removed are
+                    // replicated to as well).
+                    .filter(|(id, _)| status.membership.is_voter(**id))
                     .max_by_key(|(id, f)| (heard(f), f.match_index, f.last_contact_ms, **id))
                     .map(|(id, _)| *id);
                 let target = target.filter(|&id| self.replica.transfer_leadership(id).is_ok());

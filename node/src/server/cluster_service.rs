@@ -175,8 +175,12 @@ impl Cluster for ClusterService {
                 return Ok(Response::new(TransferLeaderResponse { leader_id: self.node_id }));
             }
         }
-        let leader =
-            self.raft.transfer_leadership(target, self.transfer_wait()).await.map_err(|e| self.transfer_error(e))?;
+        let leader = match self.raft.transfer_leadership(target, self.transfer_wait()).await {
+            Ok(leader) => leader,
+            // This node won an election between the check above and the runtime's turn.
+            Err(TransferLeaderError::Refused(TransferError::ToSelf)) => target,
+            Err(error) => return Err(self.transfer_error(error)),
+        };
         tracing::info!(target, leader, "leadership transferred on an operator's request");
         Ok(Response::new(TransferLeaderResponse { leader_id: leader }))
     }

@@ -56,6 +56,7 @@ pub fn encode_message(message: &Message) -> pb::RaftMessage {
         }
         MessageBody::InstallSnapshot { snapshot } => Body::InstallSnapshot(pb::InstallSnapshot {
             last_included: Some(encode_position(snapshot.last_included)),
+            members: snapshot.membership.voters.iter().copied().collect(),
             membership: Some(encode_membership(&snapshot.membership)),
         }),
     };
@@ -97,8 +98,13 @@ pub fn decode_message(from: NodeId, to: NodeId, message: pb::RaftMessage) -> Res
         }
         Body::TimeoutNow(request) => MessageBody::TimeoutNow { last_log: decode_position(request.last_log)? },
         Body::InstallSnapshot(request) => {
-            let membership = request.membership.ok_or(DecodeError("snapshot without a configuration"))?;
-            let membership = decode_membership(membership)?;
+            let membership = match request.membership {
+                Some(membership) => decode_membership(membership)?,
+                // From a node built before membership changes: its voters are all of it.
+                None => {
+                    decode_membership(pb::Membership { voters: request.members, learners: vec![], context: vec![] })?
+                }
+            };
             let last_included = decode_position(request.last_included)?;
             MessageBody::InstallSnapshot { snapshot: SnapshotMeta { last_included, membership } }
         }
@@ -188,6 +194,23 @@ mod tests {
             let message = Message { from: 1, to: 2, term: 4, body };
             assert_eq!(decode_message(1, 2, encode_message(&message)).unwrap(), message);
         }
+    }
+
+    /// A snapshot offer from a node built before membership changes (voters in field 2, no
+    /// configuration) reads as those voters.
+    #[test]
+    fn an_old_nodes_snapshot_offer_reads_as_its_voters() {
+        let old = pb::RaftMessage {
+            term: 2,
+            body: Some(pb::raft_message::Body::InstallSnapshot(pb::InstallSnapshot {
+                last_included: Some(pb::LogPosition { term: 2, index: 9 }),
+                members: vec![1, 2, 3],
+                membership: None,
+            })),
+        };
+        let decoded = decode_message(1, 2, old).unwrap();
+        let MessageBody::InstallSnapshot { snapshot } = decoded.body else { panic!("{decoded:?}") };
+        assert_eq!(snapshot.membership, Membership::with_voters([1, 2, 3]));
     }
 
     #[test]
