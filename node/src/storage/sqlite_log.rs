@@ -407,11 +407,7 @@ impl SqliteLog {
                 "SELECT log_index, term, payload_kind, payload, checksum FROM raft_log
                  WHERE log_index >= ?1 AND log_index < ?2 ORDER BY log_index"
             }
-            // Through the partial index on configuration entries.
-            Rows::Configurations => {
-                "SELECT log_index, term, payload_kind, payload, checksum FROM raft_log
-                 WHERE log_index >= ?1 AND log_index < ?2 AND payload_kind = 2 ORDER BY log_index"
-            }
+            Rows::Configurations => CONFIGURATION_ROWS,
         };
         let mut statement = self.conn.prepare_cached(query).map_err(io)?;
         // Past the log's end there is nothing to read (and an index past i64 has no row).
@@ -455,6 +451,11 @@ impl SqliteLog {
         Ok(out)
     }
 }
+
+/// The configuration entries in a range, through their partial index (a test checks that
+/// SQLite's plan uses it).
+const CONFIGURATION_ROWS: &str = "SELECT log_index, term, payload_kind, payload, checksum FROM raft_log
+     WHERE log_index >= ?1 AND log_index < ?2 AND payload_kind = 2 ORDER BY log_index";
 
 /// Which rows [`SqliteLog::read_verified`] reads.
 #[derive(Clone, Copy)]
@@ -953,6 +954,20 @@ mod tests {
         drop(conn);
         let log = SqliteLog::open(&path, &id, Creation::MemberOfExisting).unwrap();
         assert_eq!(log.snapshot().unwrap(), Some(voters));
+    }
+
+    /// The start-up query for configuration entries goes through their partial index: a
+    /// start must not read the whole log to find them.
+    #[test]
+    fn configuration_entries_are_found_through_their_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.sqlite3");
+        let log = SqliteLog::open(&path, &identity("c", 1, &[1]), Creation::Bootstrap).unwrap();
+        let plan: Vec<String> = {
+            let mut statement = log.conn.prepare(&format!("EXPLAIN QUERY PLAN {CONFIGURATION_ROWS}")).unwrap();
+            statement.query_map([1, 10], |row| row.get::<_, String>(3)).unwrap().map(Result::unwrap).collect()
+        };
+        assert!(plan.iter().any(|step| step.contains("raft_log_configurations")), "{plan:?}");
     }
 
     /// An overwrite must come with its truncation: the log would otherwise keep both.
